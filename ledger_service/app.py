@@ -1,0 +1,53 @@
+"""The ledger service (DESIGN §4): programs, accounts, postings, holds."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from ledger_service.housekeeping import Housekeeper
+from ledger_service.members.endpoints import router as members_router
+from ledger_service.postings.endpoints import router as postings_router
+from ledger_service.postings.engine import PostingEngine
+from ledger_service.programs.endpoints import router as programs_router
+from services.app import build_app
+from services.settings import Settings
+
+DESCRIPTION = """
+Double-entry points ledger. Every write needs `Authorization: Bearer <api key>` and an
+`Idempotency-Key`; a retry with the same key and body returns the original response with
+`Idempotent-Replayed: true`. Points are integers; errors are `application/problem+json`
+with a stable `code`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    async def start(app: FastAPI) -> None:
+        app.state.engine = PostingEngine(app.state.db)
+        app.state.housekeeper = Housekeeper(
+            app.state.db,
+            sweep_interval_s=settings.hold_sweep_interval_s,
+            retention_days=settings.idempotency_retention_days,
+        )
+        app.state.housekeeper.start()
+
+    async def stop(app: FastAPI) -> None:
+        await app.state.housekeeper.stop()
+
+    return build_app(
+        service="ledger",
+        title="Jifen ledger",
+        description=DESCRIPTION,
+        settings=settings,
+        routers=[programs_router, postings_router, members_router],
+        on_start=[start],
+        on_stop=[stop],
+        openapi_tags=[
+            {"name": "programs", "description": "Points currencies and their configuration"},
+            {"name": "points", "description": "Earn, burn, reverse, transfer, adjust"},
+            {"name": "holds", "description": "Authorize now, capture or void later"},
+            {"name": "members", "description": "Balances and statements"},
+            {"name": "ops", "description": "Health, readiness, metrics"},
+        ],
+    )

@@ -1,0 +1,85 @@
+"""Read routes: member view and statement, one transaction, one hold."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+
+from ledger_service.members import service
+from ledger_service.members.schemas import MemberOut, Statement, TransactionDetail
+from ledger_service.postings.schemas import HoldOut
+from ledger_service.schemas_common import MemberRef, ProgramCode
+from services.auth import Principal, require
+from services.db import Database
+from services.errors import error_responses
+
+router = APIRouter(tags=["members"])
+
+Reader = Annotated[Principal, Depends(require("ledger:read"))]
+READ_ERRORS = error_responses(400, 401, 403, 404)
+
+
+def _db(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+DB = Annotated[Database, Depends(_db)]
+
+
+@router.get(
+    "/v1/programs/{code}/members/{member_ref}",
+    response_model=MemberOut,
+    summary="A member's balance, held and available points, tier and upcoming expiry",
+    responses=READ_ERRORS,
+)
+async def get_member(
+    code: Annotated[ProgramCode, Path()],
+    member_ref: Annotated[MemberRef, Path()],
+    principal: Reader,
+    db: DB,
+) -> MemberOut:
+    principal.require_program(code)
+    return await service.member_view(db, code, member_ref)
+
+
+@router.get(
+    "/v1/programs/{code}/members/{member_ref}/transactions",
+    response_model=Statement,
+    summary="A member's statement: balance movements, newest first",
+    responses=READ_ERRORS,
+)
+async def get_statement(
+    code: Annotated[ProgramCode, Path()],
+    member_ref: Annotated[MemberRef, Path()],
+    principal: Reader,
+    db: DB,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+) -> Statement:
+    principal.require_program(code)
+    return await service.statement(db, code, member_ref, limit=limit, cursor=cursor)
+
+
+@router.get(
+    "/v1/transactions/{transaction_id}",
+    response_model=TransactionDetail,
+    summary="One transaction with its postings",
+    responses=READ_ERRORS,
+    tags=["points"],
+)
+async def get_transaction(transaction_id: UUID, principal: Reader, db: DB) -> TransactionDetail:
+    return await service.transaction(db, principal, transaction_id)
+
+
+@router.get(
+    "/v1/holds/{hold_id}",
+    response_model=HoldOut,
+    summary="One hold and its status",
+    responses=READ_ERRORS,
+    tags=["holds"],
+)
+async def get_hold(hold_id: UUID, principal: Reader, db: DB) -> HoldOut:
+    return await service.hold(db, principal, hold_id)

@@ -1,0 +1,76 @@
+"""SQL for the ledger's read side."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+_PROGRAM_ID = "SELECT id FROM ledger.programs WHERE code = $1"
+
+_MEMBER = """
+SELECT p.id AS program_id, a.balance, a.held, a.lifetime_earned
+FROM ledger.programs p
+LEFT JOIN ledger.accounts a ON a.program_id = p.id AND a.kind = 'member' AND a.member_ref = $2
+WHERE p.code = $1
+"""
+
+_STATEMENT = """
+SELECT po.id AS posting_id, po.amount, t.id AS transaction_id, t.type, t.points, t.reference, t.reason, t.kind,
+       CASE WHEN t.type = 'transfer' AND t.member_ref <> $2 THEN t.member_ref ELSE t.counterparty_ref END
+           AS counterparty_ref,
+       t.original_id, t.hold_id, t.created_at
+FROM ledger.accounts a
+JOIN ledger.postings po ON po.account_id = a.id
+JOIN ledger.transactions t ON t.id = po.txn_id
+WHERE a.program_id = $1 AND a.kind = 'member' AND a.member_ref = $2 AND po.id < $3
+ORDER BY po.id DESC
+LIMIT $4
+"""
+
+_TRANSACTION = """
+SELECT t.*, p.code AS program
+FROM ledger.transactions t JOIN ledger.programs p ON p.id = t.program_id
+WHERE t.id = $1
+"""
+
+_POSTINGS = """
+SELECT po.account_id, a.kind AS account_kind, NULLIF(a.member_ref, '') AS member_ref, po.amount
+FROM ledger.postings po JOIN ledger.accounts a ON a.id = po.account_id
+WHERE po.txn_id = $1 ORDER BY po.id
+"""
+
+_HOLD = """
+SELECT h.*, p.code AS program, a.balance, a.held AS account_held
+FROM ledger.holds h
+JOIN ledger.programs p ON p.id = h.program_id
+JOIN ledger.accounts a ON a.id = h.account_id
+WHERE h.id = $1
+"""
+
+
+async def member(conn: asyncpg.Connection, program: str, member_ref: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(_MEMBER, program, member_ref)
+
+
+async def program_id(conn: asyncpg.Connection, program: str) -> int | None:
+    value: int | None = await conn.fetchval(_PROGRAM_ID, program)
+    return value
+
+
+async def statement(
+    conn: asyncpg.Connection, program_id: int, member_ref: str, *, before: int, limit: int
+) -> list[asyncpg.Record]:
+    return list(await conn.fetch(_STATEMENT, program_id, member_ref, before, limit))
+
+
+async def transaction(conn: asyncpg.Connection, txn_id: UUID) -> tuple[Any, list[asyncpg.Record]]:
+    row = await conn.fetchrow(_TRANSACTION, txn_id)
+    if row is None:
+        return None, []
+    return row, list(await conn.fetch(_POSTINGS, txn_id))
+
+
+async def hold(conn: asyncpg.Connection, hold_id: UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(_HOLD, hold_id)

@@ -1,0 +1,69 @@
+"""Read models: a member's balances, the statement, one transaction with its postings."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+from pydantic import BaseModel
+
+
+class Expiring(BaseModel):
+    points: int
+    expires_at: datetime
+
+
+class MemberOut(BaseModel):
+    program: str
+    member_ref: str
+    balance: int
+    held: int
+    available: int
+    tier: str
+    lifetime_earned: int
+    expiring: list[Expiring]
+
+
+class StatementEntry(BaseModel):
+    transaction_id: UUID
+    type: str
+    amount: int
+    points: int
+    reference: str | None
+    reason: str | None
+    kind: str | None
+    counterparty_ref: str | None
+    original_id: UUID | None
+    hold_id: UUID | None
+    created_at: datetime
+
+
+class Statement(BaseModel):
+    data: list[StatementEntry]
+    next_cursor: str | None
+
+
+class PostingOut(BaseModel):
+    account_id: int
+    account_kind: str
+    member_ref: str | None
+    amount: int
+
+
+class TransactionDetail(BaseModel):
+    id: UUID
+    type: str
+    program: str
+    member_ref: str
+    to_member_ref: str | None
+    points: int
+    reversed_points: int
+    kind: str | None
+    reference: str | None
+    reason: str | None
+    metadata: dict[str, object] | None
+    original_id: UUID | None
+    hold_id: UUID | None
+    occurred_at: datetime
+    created_at: datetime
+    postings: list[PostingOut]

@@ -1,0 +1,99 @@
+"""The ledger's read side: member view, statement, transaction, hold."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+import orjson
+
+from ledger_service.members import repository
+from ledger_service.members.schemas import (
+    MemberOut,
+    PostingOut,
+    Statement,
+    StatementEntry,
+    TransactionDetail,
+)
+from ledger_service.postings.schemas import BalanceAfter, HoldOut
+from services.auth import Principal
+from services.db import Database
+from services.errors import NotFound
+from services.pagination import decode_cursor, encode_cursor
+
+NO_CURSOR = 2**63 - 1
+
+
+def _program_missing(code: str) -> NotFound:
+    return NotFound(f"No program with code {code}.", code="program_not_found")
+
+
+async def member_view(db: Database, program: str, member_ref: str) -> MemberOut:
+    async with db.driver() as conn:
+        row = await repository.member(conn, program, member_ref)
+    if row is None:
+        raise _program_missing(program)
+    balance, held = row["balance"] or 0, row["held"] or 0
+    return MemberOut(
+        program=program,
+        member_ref=member_ref,
+        balance=balance,
+        held=held,
+        available=balance - held,
+        tier="basic",
+        lifetime_earned=row["lifetime_earned"] or 0,
+        expiring=[],
+    )
+
+
+async def statement(
+    db: Database, program: str, member_ref: str, *, limit: int, cursor: str | None
+) -> Statement:
+    before = decode_cursor(cursor) or NO_CURSOR
+    async with db.driver() as conn:
+        program_id = await repository.program_id(conn, program)
+        if program_id is None:
+            raise _program_missing(program)
+        rows = await repository.statement(conn, program_id, member_ref, before=before, limit=limit + 1)
+    page = rows[:limit]
+    return Statement(
+        data=[StatementEntry.model_validate(dict(r)) for r in page],
+        next_cursor=encode_cursor(page[-1]["posting_id"]) if len(rows) > limit else None,
+    )
+
+
+async def transaction(db: Database, principal: Principal, txn_id: UUID) -> TransactionDetail:
+    async with db.driver() as conn:
+        row, postings = await repository.transaction(conn, txn_id)
+    if row is None:
+        raise NotFound(f"No transaction with id {txn_id}.", code="transaction_not_found")
+    principal.require_program(row["program"])
+    data = dict(row)
+    metadata = data.pop("metadata")
+    return TransactionDetail.model_validate(
+        {
+            **data,
+            "to_member_ref": data["counterparty_ref"],
+            "metadata": orjson.loads(metadata) if isinstance(metadata, str) else metadata,
+            "postings": [PostingOut.model_validate(dict(p)) for p in postings],
+        }
+    )
+
+
+async def hold(db: Database, principal: Principal, hold_id: UUID) -> HoldOut:
+    async with db.driver() as conn:
+        row = await repository.hold(conn, hold_id)
+    if row is None:
+        raise NotFound(f"No hold with id {hold_id}.", code="hold_not_found")
+    principal.require_program(row["program"])
+    data = dict(row)
+    return HoldOut.model_validate(
+        {
+            **data,
+            "capture_transaction_id": data["capture_txn_id"],
+            "balance_after": BalanceAfter(
+                balance=data["balance"],
+                held=data["account_held"],
+                available=data["balance"] - data["account_held"],
+            ),
+        }
+    )

@@ -1,0 +1,176 @@
+"""Routes for ledger writes. Each needs an Idempotency-Key and answers with the engine's body."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Body, Depends, Request
+from starlette.responses import Response
+
+from ledger_service.postings import service
+from ledger_service.postings.engine import PostingEngine
+from ledger_service.postings.schemas import (
+    AdjustmentIn,
+    BurnIn,
+    CaptureIn,
+    EarnIn,
+    HoldIn,
+    HoldOut,
+    ReverseIn,
+    TransactionOut,
+    TransferIn,
+    VoidIn,
+)
+from services.auth import Principal, require
+from services.errors import error_responses
+from services.idempotency import idempotency_key
+
+router = APIRouter(tags=["points"])
+
+Key = Annotated[str, Depends(idempotency_key)]
+WRITE_ERRORS = error_responses(400, 401, 403, 404, 409, 422, 503)
+
+
+def _engine(request: Request) -> PostingEngine:
+    engine: PostingEngine = request.app.state.engine
+    return engine
+
+
+Engine = Annotated[PostingEngine, Depends(_engine)]
+
+
+@router.post(
+    "/v1/earn",
+    status_code=201,
+    response_model=TransactionOut,
+    summary="Credit a member with points",
+    responses=WRITE_ERRORS,
+)
+async def earn(
+    body: EarnIn,
+    principal: Annotated[Principal, Depends(require("ledger:earn"))],
+    key: Key,
+    engine: Engine,
+) -> Response:
+    return (await service.earn(engine, body, principal, key)).response()
+
+
+@router.post(
+    "/v1/burn",
+    status_code=201,
+    response_model=TransactionOut,
+    summary="Debit a member's available points",
+    responses=WRITE_ERRORS,
+)
+async def burn(
+    body: BurnIn,
+    principal: Annotated[Principal, Depends(require("ledger:burn"))],
+    key: Key,
+    engine: Engine,
+) -> Response:
+    return (await service.burn(engine, body, principal, key)).response()
+
+
+@router.post(
+    "/v1/holds",
+    status_code=201,
+    response_model=HoldOut,
+    summary="Authorize (hold) points for a later capture",
+    responses=WRITE_ERRORS,
+    tags=["holds"],
+)
+async def create_hold(
+    body: HoldIn,
+    principal: Annotated[Principal, Depends(require("ledger:burn"))],
+    key: Key,
+    engine: Engine,
+) -> Response:
+    return (await service.hold(engine, body, principal, key)).response()
+
+
+@router.post(
+    "/v1/holds/{hold_id}/capture",
+    status_code=201,
+    response_model=TransactionOut,
+    summary="Capture all or part of a hold; the rest is released",
+    responses=WRITE_ERRORS,
+    tags=["holds"],
+)
+async def capture_hold(
+    hold_id: UUID,
+    principal: Annotated[Principal, Depends(require("ledger:burn"))],
+    key: Key,
+    engine: Engine,
+    body: Annotated[CaptureIn | None, Body()] = None,
+) -> Response:
+    return (await service.capture(engine, hold_id, body or CaptureIn(), principal, key)).response()
+
+
+@router.post(
+    "/v1/holds/{hold_id}/void",
+    status_code=200,
+    response_model=HoldOut,
+    summary="Release a hold",
+    responses=WRITE_ERRORS,
+    tags=["holds"],
+)
+async def void_hold(
+    hold_id: UUID,
+    principal: Annotated[Principal, Depends(require("ledger:burn"))],
+    key: Key,
+    engine: Engine,
+    body: Annotated[VoidIn | None, Body()] = None,
+) -> Response:
+    return (await service.void(engine, hold_id, body or VoidIn(), principal, key)).response()
+
+
+@router.post(
+    "/v1/transactions/{transaction_id}/reverse",
+    status_code=201,
+    response_model=TransactionOut,
+    summary="Refund a burn or capture, or claw back an earn, wholly or partly",
+    description="Reversals of one transaction never add up to more than its points. Reversing an earn "
+    "needs `ledger:earn`; reversing a burn or capture needs `ledger:burn`.",
+    responses=WRITE_ERRORS,
+)
+async def reverse_transaction(
+    transaction_id: UUID,
+    body: ReverseIn,
+    principal: Annotated[Principal, Depends(require("ledger:earn", "ledger:burn"))],
+    key: Key,
+    engine: Engine,
+) -> Response:
+    return (await service.reverse(engine, transaction_id, body, principal, key)).response()
+
+
+@router.post(
+    "/v1/transfers",
+    status_code=201,
+    response_model=TransactionOut,
+    summary="Move points from one member to another in one program",
+    responses=WRITE_ERRORS,
+)
+async def transfer(
+    body: TransferIn,
+    principal: Annotated[Principal, Depends(require("ledger:burn"))],
+    key: Key,
+    engine: Engine,
+) -> Response:
+    return (await service.transfer(engine, body, principal, key)).response()
+
+
+@router.post(
+    "/v1/adjustments",
+    status_code=201,
+    response_model=TransactionOut,
+    summary="Operations correction (ledger:admin, reason required)",
+    responses=WRITE_ERRORS,
+)
+async def adjust(
+    body: AdjustmentIn,
+    principal: Annotated[Principal, Depends(require("ledger:admin"))],
+    key: Key,
+    engine: Engine,
+) -> Response:
+    return (await service.adjust(engine, body, principal, key)).response()

@@ -1,0 +1,73 @@
+"""Ledger operations: the checks that belong before the posting engine, then one engine call."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+from ledger_service.postings.engine import Outcome, PostingEngine
+from ledger_service.postings.schemas import (
+    AdjustmentIn,
+    BurnIn,
+    CaptureIn,
+    EarnIn,
+    HoldIn,
+    ReverseIn,
+    TransferIn,
+    VoidIn,
+)
+from services.auth import Principal
+from services.errors import Unprocessable
+
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+
+
+async def earn(engine: PostingEngine, body: EarnIn, principal: Principal, key: str) -> Outcome:
+    principal.require_program(body.program)
+    if body.occurred_at is not None and body.occurred_at > datetime.now(UTC) + MAX_CLOCK_SKEW:
+        raise Unprocessable("occurred_at is in the future.", code="occurred_in_future")
+    if body.points is None:
+        raise Unprocessable(
+            f"Program {body.program} has no earning rules to price a purchase; send points.",
+            code="no_earning_rules",
+        )
+    return await engine.execute("earn", body.model_dump(mode="json", exclude_none=True), principal, key)
+
+
+async def burn(engine: PostingEngine, body: BurnIn, principal: Principal, key: str) -> Outcome:
+    principal.require_program(body.program)
+    return await engine.execute("burn", body.model_dump(mode="json", exclude_none=True), principal, key)
+
+
+async def hold(engine: PostingEngine, body: HoldIn, principal: Principal, key: str) -> Outcome:
+    principal.require_program(body.program)
+    return await engine.execute("hold", body.model_dump(mode="json"), principal, key)
+
+
+async def capture(
+    engine: PostingEngine, hold_id: UUID, body: CaptureIn, principal: Principal, key: str
+) -> Outcome:
+    args = {"hold_id": str(hold_id), **body.model_dump(mode="json", exclude_none=True)}
+    return await engine.execute("capture", args, principal, key)
+
+
+async def void(engine: PostingEngine, hold_id: UUID, body: VoidIn, principal: Principal, key: str) -> Outcome:
+    args = {"hold_id": str(hold_id), **body.model_dump(mode="json", exclude_none=True)}
+    return await engine.execute("void", args, principal, key)
+
+
+async def reverse(
+    engine: PostingEngine, transaction_id: UUID, body: ReverseIn, principal: Principal, key: str
+) -> Outcome:
+    args = {"transaction_id": str(transaction_id), **body.model_dump(mode="json", exclude_none=True)}
+    return await engine.execute("reverse", args, principal, key)
+
+
+async def transfer(engine: PostingEngine, body: TransferIn, principal: Principal, key: str) -> Outcome:
+    principal.require_program(body.program)
+    return await engine.execute("transfer", body.model_dump(mode="json", exclude_none=True), principal, key)
+
+
+async def adjust(engine: PostingEngine, body: AdjustmentIn, principal: Principal, key: str) -> Outcome:
+    principal.require_program(body.program)
+    return await engine.execute("adjust", body.model_dump(mode="json", exclude_none=True), principal, key)

@@ -1,0 +1,77 @@
+"""Routes for programs: parse, check scope, call the service."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+
+from ledger_service.programs import service
+from ledger_service.programs.schemas import ProgramIn, ProgramList, ProgramOut, ProgramPatch
+from ledger_service.schemas_common import ProgramCode
+from services.auth import Principal, require
+from services.db import Database
+from services.errors import error_responses
+
+router = APIRouter(prefix="/v1/programs", tags=["programs"])
+
+CodePath = Annotated[ProgramCode, Path()]
+
+
+def _db(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=ProgramOut,
+    summary="Create a program (a points currency)",
+    responses=error_responses(401, 403, 409, 422),
+)
+async def create_program(
+    body: ProgramIn,
+    principal: Annotated[Principal, Depends(require("ledger:admin"))],
+    db: Annotated[Database, Depends(_db)],
+) -> ProgramOut:
+    principal.require_program(body.code)
+    return await service.create_program(db, body)
+
+
+@router.get("", response_model=ProgramList, summary="List programs", responses=error_responses(401, 403))
+async def list_programs(
+    principal: Annotated[Principal, Depends(require("ledger:read"))],
+    db: Annotated[Database, Depends(_db)],
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+) -> ProgramList:
+    return await service.list_programs(db, principal, limit=limit, cursor=cursor)
+
+
+@router.get(
+    "/{code}", response_model=ProgramOut, summary="Get a program", responses=error_responses(401, 403, 404)
+)
+async def get_program(
+    code: CodePath,
+    principal: Annotated[Principal, Depends(require("ledger:read"))],
+    db: Annotated[Database, Depends(_db)],
+) -> ProgramOut:
+    principal.require_program(code)
+    return await service.get_program(db, code)
+
+
+@router.patch(
+    "/{code}",
+    response_model=ProgramOut,
+    summary="Change a program's name, cash value, expiry, tiers or negative-balance policy",
+    responses=error_responses(401, 403, 404, 422),
+)
+async def patch_program(
+    code: CodePath,
+    body: ProgramPatch,
+    principal: Annotated[Principal, Depends(require("ledger:admin"))],
+    db: Annotated[Database, Depends(_db)],
+) -> ProgramOut:
+    principal.require_program(code)
+    return await service.update_program(db, code, body)

@@ -1,0 +1,151 @@
+"""Program configuration as clients send and receive it (DESIGN §4, "Program configuration")."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from ledger_service.schemas_common import Currency, PointKind, ProgramCode
+
+_MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CashValue(Strict):
+    """`points` points are worth `cash_minor` minor units of `currency` (500 points = 100 fen)."""
+
+    points: int = Field(strict=True, gt=0, le=10**12, examples=[500])
+    cash_minor: int = Field(strict=True, ge=0, le=10**12, examples=[100])
+    currency: Currency
+
+
+class ExpiryNever(Strict):
+    policy: Literal["never"]
+
+
+class ExpiryRolling(Strict):
+    policy: Literal["rolling"]
+    months: int = Field(strict=True, ge=1, le=600, examples=[24])
+
+
+class ExpiryFixed(Strict):
+    policy: Literal["fixed"]
+    month: int = Field(strict=True, ge=1, le=12, examples=[12])
+    day: int = Field(strict=True, ge=1, le=31, examples=[31])
+    years_after: int = Field(strict=True, ge=0, le=50, examples=[1])
+
+    @model_validator(mode="after")
+    def _real_date(self) -> ExpiryFixed:
+        if self.day > _MONTH_DAYS[self.month - 1]:
+            raise ValueError(f"month {self.month} has no day {self.day} in every year")
+        return self
+
+
+Expiry = Annotated[ExpiryNever | ExpiryRolling | ExpiryFixed, Field(discriminator="policy")]
+
+TierCode = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,32}$")]
+
+
+class Tier(Strict):
+    code: TierCode = Field(examples=["silver"])
+    min_points: int = Field(strict=True, gt=0, le=10**15, examples=[10000])
+
+
+def _check_tiers(tiers: list[Tier] | None) -> None:
+    if not tiers:
+        return
+    codes = [t.code for t in tiers]
+    if len(set(codes)) != len(codes) or "basic" in codes:
+        raise ValueError("tier codes must be unique and not 'basic' (the tier below every threshold)")
+    mins = [t.min_points for t in tiers]
+    if mins != sorted(mins) or len(set(mins)) != len(mins):
+        raise ValueError("tiers must be listed by strictly increasing min_points")
+
+
+class ProgramIn(Strict):
+    code: ProgramCode
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200)] = Field(
+        examples=["Ping An Wanlitong"]
+    )
+    cash_value: CashValue
+    expiry: Expiry = Field(default_factory=lambda: ExpiryNever(policy="never"))
+    rollover_bps: int = Field(default=0, strict=True, ge=0, le=10000)
+    tiers: list[Tier] = Field(default_factory=list, max_length=20)
+    tier_window_months: int = Field(default=12, strict=True, ge=1, le=120)
+    qualifying_kinds: list[PointKind] = Field(default_factory=lambda: ["purchase"], min_length=1)
+    allow_negative: bool = Field(default=False, strict=True)
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "code": "WLT",
+                    "name": "Ping An Wanlitong",
+                    "cash_value": {"points": 500, "cash_minor": 100, "currency": "CNY"},
+                    "expiry": {"policy": "fixed", "month": 12, "day": 31, "years_after": 1},
+                    "rollover_bps": 0,
+                    "tiers": [{"code": "silver", "min_points": 10000}, {"code": "gold", "min_points": 50000}],
+                    "tier_window_months": 12,
+                    "qualifying_kinds": ["purchase"],
+                    "allow_negative": False,
+                }
+            ]
+        },
+    )
+
+    @model_validator(mode="after")
+    def _valid(self) -> ProgramIn:
+        _check_tiers(self.tiers)
+        if len(set(self.qualifying_kinds)) != len(self.qualifying_kinds):
+            raise ValueError("qualifying_kinds must not repeat")
+        return self
+
+
+class ProgramPatch(Strict):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    cash_value: CashValue | None = None
+    expiry: Expiry | None = None
+    rollover_bps: int | None = Field(default=None, strict=True, ge=0, le=10000)
+    tiers: list[Tier] | None = Field(default=None, max_length=20)
+    tier_window_months: int | None = Field(default=None, strict=True, ge=1, le=120)
+    qualifying_kinds: list[PointKind] | None = Field(default=None, min_length=1)
+    allow_negative: bool | None = Field(default=None, strict=True)
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"name": "Wanlitong", "rollover_bps": 2000}]}
+    )
+
+    @model_validator(mode="after")
+    def _valid(self) -> ProgramPatch:
+        _check_tiers(self.tiers)
+        if not self.model_fields_set:
+            raise ValueError("send at least one field to change")
+        for name in self.model_fields_set:
+            if getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be null")
+        return self
+
+
+class ProgramOut(BaseModel):
+    code: str
+    name: str
+    cash_value: CashValue
+    expiry: Expiry
+    rollover_bps: int
+    tiers: list[Tier]
+    tier_window_months: int
+    qualifying_kinds: list[str]
+    allow_negative: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class ProgramList(BaseModel):
+    data: list[ProgramOut]
+    next_cursor: str | None

@@ -1,0 +1,103 @@
+"""The common FastAPI application: lifespan, errors, middleware, health, readiness and metrics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from starlette.responses import JSONResponse, Response
+
+from services.auth import KeyStore
+from services.db import Database
+from services.errors import install_error_handlers
+from services.logs import configure_logging
+from services.metrics import render
+from services.middleware import RequestContextMiddleware
+from services.settings import Settings
+
+log = logging.getLogger("jifen.app")
+
+Hook = Callable[[FastAPI], Awaitable[None]]
+
+
+def resolve_database_url(settings: Settings) -> str:
+    if settings.database_url:
+        return settings.database_url
+    from services.pg import EmbeddedPostgres
+
+    server = EmbeddedPostgres(settings.data_dir / "pgdata")
+    server.start()
+    server.ensure_database("jifen")
+    return server.url("jifen")
+
+
+def build_app(
+    *,
+    service: str,
+    title: str,
+    description: str,
+    settings: Settings,
+    routers: Sequence[APIRouter],
+    on_start: Sequence[Hook] = (),
+    on_stop: Sequence[Hook] = (),
+    openapi_tags: list[dict[str, Any]] | None = None,
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(service, settings.log_level)
+        db = Database(
+            resolve_database_url(settings), pool_size=settings.db_pool_size, application_name=service
+        )
+        app.state.settings = settings
+        app.state.db = db
+        app.state.keys = KeyStore(db)
+        for hook in on_start:
+            await hook(app)
+        log.info("service started")
+        try:
+            yield
+        finally:
+            for hook in reversed(on_stop):
+                await hook(app)
+            await db.dispose()
+            log.info("service stopped")
+
+    app = FastAPI(
+        title=title,
+        description=description,
+        version="0.1.0",
+        lifespan=lifespan,
+        openapi_tags=openapi_tags,
+    )
+    install_error_handlers(app)
+    app.add_middleware(
+        RequestContextMiddleware,
+        service=service,
+        max_body_bytes=settings.max_body_bytes,
+        access_log_enabled=settings.access_log,
+    )
+
+    @app.get("/healthz", tags=["ops"], summary="The process is up")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "service": service}
+
+    @app.get("/readyz", tags=["ops"], summary="The database is reachable")
+    async def readyz(request: Request) -> Response:
+        try:
+            await request.app.state.db.ping()
+        except Exception as exc:
+            log.warning("readiness check failed", extra={"error": repr(exc)})
+            return JSONResponse({"status": "unavailable", "service": service}, status_code=503)
+        return JSONResponse({"status": "ready", "service": service})
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=True)
+    async def metrics() -> Response:
+        body, content_type = render()
+        return Response(body, media_type=content_type)
+
+    for router in routers:
+        app.include_router(router)
+    return app

@@ -1,0 +1,164 @@
+"""API keys: stored hashed (SHA-256 of a 256-bit random secret), with scopes and program limits."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from services.db import Database
+from services.errors import Forbidden, Unauthorized
+
+SCOPES = (
+    "ledger:read",
+    "ledger:earn",
+    "ledger:burn",
+    "ledger:batch",
+    "ledger:admin",
+    "conversion:read",
+    "conversion:write",
+    "conversion:admin",
+    "catalog:read",
+    "catalog:write",
+    "catalog:admin",
+)
+KEY_PREFIX = "jf_"
+CACHE_TTL_S = 30.0
+
+
+def hash_key(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def new_secret() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: int
+    name: str
+    scopes: frozenset[str]
+    programs: frozenset[str] | None  # None: every program
+
+    def has(self, scope: str) -> bool:
+        service = scope.split(":", 1)[0]
+        return scope in self.scopes or f"{service}:admin" in self.scopes
+
+    def require(self, *any_of: str) -> None:
+        if not any(self.has(s) for s in any_of):
+            raise Forbidden(f"This API key lacks the scope {' or '.join(any_of)}.", code="insufficient_scope")
+
+    def require_program(self, code: str) -> None:
+        if self.programs is not None and code not in self.programs:
+            raise Forbidden(f"This API key may not act on program {code}.", code="program_forbidden")
+
+    def program_list(self) -> list[str] | None:
+        return None if self.programs is None else sorted(self.programs)
+
+
+class KeyStore:
+    """Looks keys up by hash, caching hits briefly so the hot path makes no extra round trip.
+
+    A revoked key keeps working for at most CACHE_TTL_S seconds in a process that has cached it.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._cache: dict[bytes, tuple[float, Principal]] = {}
+
+    async def lookup(self, secret: str) -> Principal | None:
+        digest = hash_key(secret)
+        now = time.monotonic()
+        hit = self._cache.get(digest)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        async with self.db.driver() as conn:
+            row = await conn.fetchrow(
+                "SELECT id, name, scopes, programs FROM auth.api_keys"
+                " WHERE key_hash = $1 AND revoked_at IS NULL",
+                digest,
+            )
+        if row is None:
+            self._cache.pop(digest, None)
+            return None
+        principal = Principal(
+            key_id=row["id"],
+            name=row["name"],
+            scopes=frozenset(row["scopes"]),
+            programs=None if row["programs"] is None else frozenset(row["programs"]),
+        )
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (now + CACHE_TTL_S, principal)
+        return principal
+
+
+async def create_api_key(
+    db: Database,
+    *,
+    name: str,
+    scopes: Iterable[str],
+    programs: Sequence[str] | None = None,
+    secret: str | None = None,
+) -> tuple[int, str]:
+    """Stores a new key and returns (id, secret). The secret is shown once and never stored."""
+    scope_list = sorted(set(scopes))
+    unknown = [s for s in scope_list if s not in SCOPES]
+    if unknown:
+        raise ValueError(f"unknown scopes: {', '.join(unknown)}")
+    secret = secret or new_secret()
+    async with db.driver() as conn:
+        key_id = await conn.fetchval(
+            "INSERT INTO auth.api_keys (name, prefix, key_hash, scopes, programs)"
+            " VALUES ($1, $2, $3, $4, $5)"
+            " ON CONFLICT (key_hash) DO UPDATE SET scopes = EXCLUDED.scopes,"
+            " programs = EXCLUDED.programs, revoked_at = NULL"
+            " RETURNING id",
+            name,
+            secret[:10],
+            hash_key(secret),
+            scope_list,
+            None if programs is None else sorted(set(programs)),
+        )
+    return int(key_id), secret
+
+
+_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer jf_...`")
+
+
+async def authenticate(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None or not credentials.credentials:
+        raise Unauthorized(
+            "Send an API key as `Authorization: Bearer <key>`.",
+            code="unauthorized",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    store: KeyStore = request.app.state.keys
+    principal = await store.lookup(credentials.credentials)
+    if principal is None:
+        raise Unauthorized(
+            "The API key is unknown or revoked.",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return principal
+
+
+def require(*any_of: str) -> Callable[..., Awaitable[Principal]]:
+    """A dependency: the caller's principal, after checking it holds one of the scopes."""
+
+    async def dependency(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+        principal.require(*any_of)
+        return principal
+
+    return dependency

@@ -1,0 +1,193 @@
+"""The `jifen` command: run everything, migrate, manage API keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+from services.settings import Settings
+
+SERVICES = ("ledger", "conversion", "catalog")
+
+
+def _database_url(settings: Settings) -> tuple[str, object | None]:
+    if settings.database_url:
+        return settings.database_url, None
+    from services.pg import EmbeddedPostgres
+
+    server = EmbeddedPostgres(settings.data_dir / "pgdata")
+    server.start()
+    server.ensure_database("jifen")
+    return server.url("jifen"), server
+
+
+async def _bootstrap(url: str, settings: Settings, *, demo: bool) -> tuple[str, list[str]]:
+    from ledger_service.demo import load_demo
+    from services.db import Database
+    from services.keyfiles import ensure_admin_key, pii_key
+
+    db = Database(url, pool_size=2)
+    try:
+        secret = await ensure_admin_key(db, settings)
+        pii_key(settings)
+        created = await load_demo(db) if demo else []
+    finally:
+        await db.dispose()
+    return secret, created
+
+
+def _wait_ready(port: int, host: str, timeout_s: float = 60.0) -> bool:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://{host}:{port}/readyz", timeout=1.0).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def spawn_service(service: str, settings: Settings, url: str, *, workers: int) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, DATABASE_URL=url)
+    if workers > 1:
+        metrics_dir = settings.data_dir / "metrics" / service
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    cmd = [
+        sys.executable, "-m", "uvicorn", f"{service}_service.app:create_app", "--factory",
+        "--host", settings.host, "--port", str(settings.service_port(service)),
+        "--workers", str(workers), "--loop", "uvloop", "--http", "httptools",
+        "--no-access-log", "--log-level", "warning", "--timeout-graceful-shutdown", "10",
+    ]  # fmt: skip
+    return subprocess.Popen(cmd, env=env)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from services.migrate import upgrade
+
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    url, server = _database_url(settings)
+    upgrade(url)
+    secret, created = asyncio.run(_bootstrap(url, settings, demo=not args.no_demo))
+    workers = args.workers or settings.workers
+    procs = {s: spawn_service(s, settings, url, workers=workers) for s in SERVICES}
+
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        for service in SERVICES:
+            if not _wait_ready(settings.service_port(service), settings.host):
+                print(f"{service} did not become ready; see its log above", file=sys.stderr)
+                return 1
+        if created:
+            print(f"Loaded demo programs: {', '.join(created)}")
+        print("\nJifen is running:")
+        for service in SERVICES:
+            print(f"  {service:<11} http://{settings.host}:{settings.service_port(service)}/docs")
+        print(f"\nAdmin API key: {secret}")
+        print(f"(also in {settings.data_dir / 'admin-api-key'} unless JIFEN_ADMIN_API_KEY is set)")
+        print("Press Ctrl-C to stop.\n", flush=True)
+        while not stopping:
+            if any(p.poll() is not None for p in procs.values()):
+                print("a service exited; stopping the others", file=sys.stderr)
+                return 1
+            time.sleep(0.3)
+        return 0
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if server is not None:
+            server.stop()  # type: ignore[attr-defined]
+        print("stopped")
+
+
+def cmd_migrate(_: argparse.Namespace) -> int:
+    from services.migrate import upgrade
+
+    settings = Settings()
+    url, server = _database_url(settings)
+    try:
+        upgrade(url)
+    finally:
+        if server is not None:
+            server.stop()  # type: ignore[attr-defined]
+    print("database is at the latest migration")
+    return 0
+
+
+def cmd_create_api_key(args: argparse.Namespace) -> int:
+    from services.auth import create_api_key
+    from services.db import Database
+
+    settings = Settings()
+    url, server = _database_url(settings)
+    scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+    programs = [p.strip() for p in args.programs.split(",")] if args.programs else None
+
+    async def go() -> tuple[int, str]:
+        db = Database(url, pool_size=1)
+        try:
+            return await create_api_key(db, name=args.name, scopes=scopes, programs=programs)
+        finally:
+            await db.dispose()
+
+    try:
+        key_id, secret = asyncio.run(go())
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if server is not None:
+            server.stop()  # type: ignore[attr-defined]
+    print(f"API key {key_id} ({args.name}); shown once, store it now:\n{secret}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="jifen", description="Jifen points platform")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="start PostgreSQL (embedded unless DATABASE_URL), migrate, serve all")
+    run.add_argument("--workers", type=int, default=None, help="uvicorn workers per service")
+    run.add_argument("--no-demo", action="store_true", help="do not load the demo programs")
+    run.set_defaults(func=cmd_run)
+
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+
+    key = sub.add_parser("create-api-key", help="create an API key")
+    key.add_argument("--name", default="cli")
+    key.add_argument("--scopes", required=True, help="comma-separated, e.g. ledger:read,ledger:earn")
+    key.add_argument("--programs", default=None, help="comma-separated program codes (default: all)")
+    key.set_defaults(func=cmd_create_api_key)
+
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

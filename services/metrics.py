@@ -1,0 +1,36 @@
+"""Prometheus metrics. With several worker processes, PROMETHEUS_MULTIPROC_DIR aggregates them."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+HTTP_REQUESTS = Counter(
+    "jifen_http_requests_total", "HTTP requests served", ["service", "method", "route", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "jifen_http_request_duration_seconds",
+    "HTTP request latency",
+    ["service", "method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+LEDGER_OPERATIONS = Counter(
+    "jifen_ledger_operations_total", "Ledger write operations by outcome", ["op", "outcome"]
+)
+LEDGER_POINTS = Counter("jifen_ledger_points_total", "Points moved by successful operations", ["op"])
+
+
+def render() -> tuple[bytes, str]:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST

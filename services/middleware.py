@@ -1,0 +1,124 @@
+"""One pure-ASGI middleware for every service: request id, body size limit, metrics, access log.
+
+Pure ASGI (not BaseHTTPMiddleware) because it wraps every request on the hot path.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.errors import PROBLEM_JSON, problem_body
+from services.logs import request_id_var
+from services.metrics import HTTP_LATENCY, HTTP_REQUESTS
+
+access_log = logging.getLogger("jifen.access")
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _valid_request_id(value: str) -> bool:
+    return 0 < len(value) <= 128 and value.isprintable()
+
+
+class RequestContextMiddleware:
+    def __init__(
+        self, app: ASGIApp, *, service: str, max_body_bytes: int, access_log_enabled: bool = True
+    ) -> None:
+        self.app = app
+        self.service = service
+        self.max_body_bytes = max_body_bytes
+        self.access_log_enabled = access_log_enabled
+
+    def _limit_for(self, scope: Scope) -> int:
+        state: dict[str, Any] = scope.get("state") or {}
+        limit: int = state.get("max_body_bytes", self.max_body_bytes)
+        return limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = dict(scope["headers"])
+        raw_rid = headers.get(b"x-request-id", b"").decode("latin-1")
+        rid = raw_rid if _valid_request_id(raw_rid) else uuid.uuid4().hex
+        token = request_id_var.set(rid)
+        rid_header = (b"x-request-id", rid.encode())
+        status_holder = [500]
+        response_started = [False]
+        limit = self.max_body_bytes
+        if scope["path"].endswith("/batches"):
+            limit = 1 << 40  # uploads are streamed by their own endpoint
+        received = [0]
+
+        async def limited_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                received[0] += len(message.get("body", b""))
+                if received[0] > limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                response_started[0] = True
+                status_holder[0] = message["status"]
+                message["headers"] = [*message.get("headers", []), rid_header]
+            await send(message)
+
+        try:
+            declared = headers.get(b"content-length")
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                await self._too_large(send, rid_header, limit)
+                status_holder[0] = 413
+                return
+            await self.app(scope, limited_receive, send_wrapper)
+        except _BodyTooLarge:
+            if not response_started[0]:
+                await self._too_large(send, rid_header, limit)
+            status_holder[0] = 413
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            route_path = getattr(route, "path", None) or "unmatched"
+            method = scope["method"]
+            HTTP_REQUESTS.labels(self.service, method, route_path, str(status_holder[0])).inc()
+            HTTP_LATENCY.labels(self.service, method, route_path).observe(elapsed)
+            if self.access_log_enabled:
+                access_log.info(
+                    "request",
+                    extra={
+                        "method": method,
+                        "path": scope["path"],
+                        "route": route_path,
+                        "status": status_holder[0],
+                        "duration_ms": round(elapsed * 1000, 2),
+                    },
+                )
+            request_id_var.reset(token)
+
+    async def _too_large(self, send: Send, rid_header: tuple[bytes, bytes], limit: int) -> None:
+        body = orjson.dumps(
+            problem_body(413, "payload_too_large", f"The request body exceeds {limit} bytes.")
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", PROBLEM_JSON.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                    rid_header,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

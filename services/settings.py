@@ -1,0 +1,46 @@
+"""Settings shared by every service, read from the environment (DESIGN §2)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="JIFEN_", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "JIFEN_DATABASE_URL")
+    )
+    data_dir: Path = REPO_ROOT / ".jifen"
+    host: str = "127.0.0.1"
+    ledger_port: int = Field(default=8001, ge=1, le=65535)
+    conversion_port: int = Field(default=8002, ge=1, le=65535)
+    catalog_port: int = Field(default=8003, ge=1, le=65535)
+    ledger_url: str | None = None
+    admin_api_key: SecretStr | None = None
+    pii_key: SecretStr | None = None
+    workers: int = Field(default=1, ge=1, le=64)
+    db_pool_size: int = Field(default=16, ge=1, le=200)
+    log_level: str = "INFO"
+    access_log: bool = True
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    hold_sweep_interval_s: float = Field(default=1.0, gt=0)
+    idempotency_retention_days: int = Field(default=30, ge=30)
+
+    def service_port(self, service: str) -> int:
+        port: int = getattr(self, f"{service}_port")
+        return port
+
+    def ledger_base_url(self) -> str:
+        return self.ledger_url or f"http://{self.host}:{self.ledger_port}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
