@@ -109,6 +109,7 @@ def _field(loc: Sequence[Any]) -> str:
 
 
 _HTTP_CODES = {
+    400: "bad_request",
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",

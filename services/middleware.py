@@ -20,8 +20,15 @@ from services.metrics import HTTP_LATENCY, HTTP_REQUESTS
 access_log = logging.getLogger("jifen.access")
 
 
-class _BodyTooLarge(Exception):
-    pass
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    pending = list(messages)
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay
 
 
 def _valid_request_id(value: str) -> bool:
@@ -57,15 +64,6 @@ class RequestContextMiddleware:
         limit = self.max_body_bytes
         if scope["path"].endswith("/batches"):
             limit = 1 << 40  # uploads are streamed by their own endpoint
-        received = [0]
-
-        async def limited_receive() -> Message:
-            message = await receive()
-            if message["type"] == "http.request":
-                received[0] += len(message.get("body", b""))
-                if received[0] > limit:
-                    raise _BodyTooLarge
-            return message
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -80,11 +78,15 @@ class RequestContextMiddleware:
                 await self._too_large(send, rid_header, limit)
                 status_holder[0] = 413
                 return
-            await self.app(scope, limited_receive, send_wrapper)
-        except _BodyTooLarge:
-            if not response_started[0]:
-                await self._too_large(send, rid_header, limit)
-            status_holder[0] = 413
+            if declared is None and scope["method"] in ("POST", "PUT", "PATCH"):
+                # Chunked body of unknown length: read it up to the limit before the app sees it.
+                buffered = await self._buffer(receive, limit)
+                if buffered is None:
+                    await self._too_large(send, rid_header, limit)
+                    status_holder[0] = 413
+                    return
+                receive = _replay(buffered, receive)
+            await self.app(scope, receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
@@ -104,6 +106,21 @@ class RequestContextMiddleware:
                     },
                 )
             request_id_var.reset(token)
+
+    @staticmethod
+    async def _buffer(receive: Receive, limit: int) -> list[Message] | None:
+        messages: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                return messages
+            size += len(message.get("body", b""))
+            if size > limit:
+                return None
+            if not message.get("more_body", False):
+                return messages
 
     async def _too_large(self, send: Send, rid_header: tuple[bytes, bytes], limit: int) -> None:
         body = orjson.dumps(

@@ -236,6 +236,10 @@ RETURNS ledger.accounts
 LANGUAGE plpgsql AS $$
 DECLARE acc ledger.accounts; avail bigint; attempt int := 0;
 BEGIN
+    IF prog.allow_negative THEN
+        INSERT INTO ledger.accounts (program_id, kind, member_ref) VALUES (prog.id, 'member', p_member)
+        ON CONFLICT DO NOTHING;
+    END IF;
     LOOP
         IF p_hold THEN
             UPDATE ledger.accounts SET held = held + p_points

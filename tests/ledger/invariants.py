@@ -1,0 +1,54 @@
+"""DESIGN §7 invariants, checked with SQL against the real database."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+async def check_ledger_invariants(db: Any, program: str | None = None) -> None:
+    """1: postings sum to zero per transaction and per program; 2: balances = postings and
+    available >= 0 unless allowed; holds: `held` equals the sum of active holds."""
+    where = "" if program is None else "WHERE p.code = $1"
+    args = () if program is None else (program,)
+    async with db.driver() as conn:
+        bad_txn = await conn.fetch(
+            f"""SELECT t.id, sum(po.amount) FROM ledger.transactions t
+                JOIN ledger.programs p ON p.id = t.program_id
+                LEFT JOIN ledger.postings po ON po.txn_id = t.id {where}
+                GROUP BY t.id HAVING coalesce(sum(po.amount), 0) <> 0 OR count(po.id) = 0""",
+            *args,
+        )
+        assert not bad_txn, f"transactions whose postings do not sum to zero: {bad_txn[:5]}"
+        bad_program = await conn.fetch(
+            f"""SELECT p.code, sum(po.amount) FROM ledger.postings po
+                JOIN ledger.accounts a ON a.id = po.account_id JOIN ledger.programs p ON p.id = a.program_id
+                {where} GROUP BY p.code HAVING sum(po.amount) <> 0""",
+            *args,
+        )
+        assert not bad_program, f"programs whose accounts do not sum to zero: {bad_program}"
+        bad_balance = await conn.fetch(
+            f"""SELECT a.member_ref, a.balance, coalesce(s.total, 0) AS postings
+                FROM ledger.accounts a JOIN ledger.programs p ON p.id = a.program_id
+                LEFT JOIN (SELECT account_id, sum(amount) AS total FROM ledger.postings GROUP BY account_id) s
+                    ON s.account_id = a.id
+                {where} {"AND" if where else "WHERE"} a.kind = 'member' AND a.balance <> coalesce(s.total, 0)""",
+            *args,
+        )
+        assert not bad_balance, f"member balances that differ from their postings: {bad_balance[:5]}"
+        negative = await conn.fetch(
+            f"""SELECT a.member_ref, a.balance, a.held FROM ledger.accounts a
+                JOIN ledger.programs p ON p.id = a.program_id
+                {where} {"AND" if where else "WHERE"} a.kind = 'member' AND NOT p.allow_negative
+                AND a.balance - a.held < 0""",
+            *args,
+        )
+        assert not negative, f"members with negative available points: {negative[:5]}"
+        bad_held = await conn.fetch(
+            f"""SELECT a.member_ref, a.held, coalesce(h.total, 0) FROM ledger.accounts a
+                JOIN ledger.programs p ON p.id = a.program_id
+                LEFT JOIN (SELECT account_id, sum(points) AS total FROM ledger.holds
+                           WHERE status = 'held' GROUP BY account_id) h ON h.account_id = a.id
+                {where} {"AND" if where else "WHERE"} a.kind = 'member' AND a.held <> coalesce(h.total, 0)""",
+            *args,
+        )
+        assert not bad_held, f"held amounts that differ from active holds: {bad_held[:5]}"
