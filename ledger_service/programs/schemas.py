@@ -67,6 +67,10 @@ def _check_tiers(tiers: list[Tier] | None) -> None:
         raise ValueError("tiers must be listed by strictly increasing min_points")
 
 
+def _default_kinds() -> list[PointKind]:
+    return ["purchase"]
+
+
 class ProgramIn(Strict):
     code: ProgramCode
     name: Annotated[str, StringConstraints(min_length=1, max_length=200)] = Field(
@@ -77,7 +81,7 @@ class ProgramIn(Strict):
     rollover_bps: int = Field(default=0, strict=True, ge=0, le=10000)
     tiers: list[Tier] = Field(default_factory=list, max_length=20)
     tier_window_months: int = Field(default=12, strict=True, ge=1, le=120)
-    qualifying_kinds: list[PointKind] = Field(default_factory=lambda: ["purchase"], min_length=1)
+    qualifying_kinds: list[PointKind] = Field(default_factory=_default_kinds, min_length=1)
     allow_negative: bool = Field(default=False, strict=True)
 
     model_config = ConfigDict(

@@ -31,7 +31,8 @@ async def check_ledger_invariants(db: Any, program: str | None = None) -> None:
                 FROM ledger.accounts a JOIN ledger.programs p ON p.id = a.program_id
                 LEFT JOIN (SELECT account_id, sum(amount) AS total FROM ledger.postings GROUP BY account_id) s
                     ON s.account_id = a.id
-                {where} {"AND" if where else "WHERE"} a.kind = 'member' AND a.balance <> coalesce(s.total, 0)""",
+                {where} {"AND" if where else "WHERE"} a.kind = 'member'
+                AND a.balance <> coalesce(s.total, 0)""",
             *args,
         )
         assert not bad_balance, f"member balances that differ from their postings: {bad_balance[:5]}"
