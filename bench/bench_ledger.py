@@ -308,18 +308,23 @@ def _create_program(base_url: str, secret: str) -> None:
 
 
 def _tree_cpu_s(pid: int | None) -> float:
-    """User + system CPU seconds of a process and its live descendants (0 if unknown)."""
+    """CPU seconds (user + system) of a process, its live descendants and its reaped children.
+
+    Reaped children matter: a PostgreSQL backend that exits (a closed pool connection) takes its CPU
+    time with it unless it is counted through the postmaster's children_user / children_system.
+    """
     if pid is None:
         return 0.0
     import psutil
 
     try:
         root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
+        t = root.cpu_times()
+        total = t.user + t.system + t.children_user + t.children_system
+        descendants = root.children(recursive=True)
     except psutil.Error:
         return 0.0
-    total = 0.0
-    for p in procs:
+    for p in descendants:
         try:
             t = p.cpu_times()
             total += t.user + t.system
@@ -343,7 +348,7 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 
 def _run_load(
-    args: argparse.Namespace, host: str, port: int, secret: str, ledger_pid: int, pgdata: Path
+    args: argparse.Namespace, host: str, port: int, secret: str, ledger_pid: int, pgdata: Path, url: str
 ) -> dict[str, Any]:
     base_url = f"http://{host}:{port}"
     ctx = mp.get_context("spawn")
@@ -380,6 +385,7 @@ def _run_load(
         # Server-side CPU over the measured window, so a reader can see who was busy.
         time.sleep(max(0.0, t0 + args.warmup - time.monotonic()))
         pg_pid = _postmaster_pid(pgdata)
+        sessions0 = asyncio.run(_pg_sessions(url))
         ledger_cpu0, pg_cpu0 = _tree_cpu_s(ledger_pid), _tree_cpu_s(pg_pid)
         psutil.cpu_percent(interval=None)
         wall0 = time.monotonic()
@@ -388,6 +394,7 @@ def _run_load(
         window = time.monotonic() - wall0
         ledger_cpu = _tree_cpu_s(ledger_pid) - ledger_cpu0
         pg_cpu = _tree_cpu_s(pg_pid) - pg_cpu0
+        sessions = asyncio.run(_pg_sessions(url)) - sessions0 - 1  # - 1: the first count's own session
 
         gathered: list[dict[str, Any]] = []
         deadline = time.monotonic() + HTTP_TIMEOUT_S + 60
@@ -444,7 +451,22 @@ def _run_load(
         "ledger_cpu_pct": 100.0 * ledger_cpu / window,
         "postgres_cpu_pct": 100.0 * pg_cpu / window,
         "machine_cpu_pct": machine_pct,
+        "pg_sessions_opened": sessions,
     }
+
+
+async def _pg_sessions(url: str) -> int:
+    """Sessions ever opened on the database (pg_stat_database.sessions), not counting this one."""
+    import asyncpg
+
+    from services.db import asyncpg_dsn
+
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        n = await conn.fetchval("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+    finally:
+        await conn.close()
+    return int(n or 0) - 1
 
 
 async def _verify(url: str, api_key_id: int, observed_201: int, unknown_keys: list[str]) -> dict[str, Any]:
@@ -560,6 +582,7 @@ def _report(args: argparse.Namespace, load: dict[str, Any], verify: dict[str, An
             "postgres": load["postgres_cpu_pct"],
             "machine": load["machine_cpu_pct"],
         },
+        "postgres_sessions_opened": load["pg_sessions_opened"],
         "verify": verify,
     }
 
@@ -589,6 +612,10 @@ def _report(args: argparse.Namespace, load: dict[str, Any], verify: dict[str, An
     print(
         f"  server CPU    ledger {load['ledger_cpu_pct']:.0f}%  postgres {load['postgres_cpu_pct']:.0f}%"
         f"  (% of one core); machine {load['machine_cpu_pct']:.0f}% of all {s['cpus']} cores"
+    )
+    print(
+        f"  pg sessions   {load['pg_sessions_opened']} opened in the window (new database connections;"
+        " a pool that holds its connections opens none after the warm-up; counts lag up to ~1s)"
     )
     v = verify
     print(
@@ -621,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=("raw", "httpx"),
         default="raw",
         help="load-generator HTTP client: raw keep-alive HTTP/1.1 on asyncio streams (default; cheap)"
-        " or httpx.AsyncClient (about 10x the CPU per request)",
+        " or httpx.AsyncClient (tens of times the CPU per request)",
     )
     parser.add_argument("--json", action="store_true", help="also print the result as one JSON line")
     args = parser.parse_args(argv)
@@ -664,7 +691,7 @@ def main(argv: list[str] | None = None) -> int:
             f"driving POST /v1/earn: {args.clients} clients, {args.warmup}s warm-up + {args.duration}s",
             flush=True,
         )
-        load = _run_load(args, host, port, secret, ledger.pid, pg.pgdata)
+        load = _run_load(args, host, port, secret, ledger.pid, pg.pgdata, url)
         if ledger.poll() is not None:
             print(f"warning: the ledger exited during the run (code {ledger.returncode})", file=sys.stderr)
         observed_201 = load["everything"].get(201, 0)

@@ -28,19 +28,20 @@ def _database_url(settings: Settings) -> tuple[str, object | None]:
     return server.url("jifen"), server
 
 
-async def _bootstrap(url: str, settings: Settings, *, demo: bool) -> tuple[str, list[str]]:
+async def _bootstrap(url: str, settings: Settings, *, demo: bool) -> tuple[str, dict[str, str], list[str]]:
     from ledger_service.demo import load_demo
     from services.db import Database
-    from services.keyfiles import ensure_admin_key, pii_key
+    from services.keyfiles import ensure_admin_key, ensure_service_keys, pii_key
 
     db = Database(url, pool_size=2)
     try:
         secret = await ensure_admin_key(db, settings)
+        service_keys = await ensure_service_keys(db, settings)
         pii_key(settings)
         created = await load_demo(db) if demo else []
     finally:
         await db.dispose()
-    return secret, created
+    return secret, service_keys, created
 
 
 def _wait_ready(port: int, host: str, timeout_s: float = 60.0) -> bool:
@@ -57,8 +58,12 @@ def _wait_ready(port: int, host: str, timeout_s: float = 60.0) -> bool:
     return False
 
 
-def spawn_service(service: str, settings: Settings, url: str, *, workers: int) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, DATABASE_URL=url)
+def spawn_service(
+    service: str, settings: Settings, url: str, *, workers: int, ledger_key: str | None = None
+) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, DATABASE_URL=url, JIFEN_LEDGER_URL=settings.ledger_base_url())
+    if ledger_key is not None:
+        env["JIFEN_LEDGER_API_KEY"] = ledger_key
     if workers > 1:
         metrics_dir = settings.data_dir / "metrics" / service
         shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -80,9 +85,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     url, server = _database_url(settings)
     upgrade(url)
-    secret, created = asyncio.run(_bootstrap(url, settings, demo=not args.no_demo))
+    secret, service_keys, created = asyncio.run(_bootstrap(url, settings, demo=not args.no_demo))
     workers = args.workers or settings.workers
-    procs = {s: spawn_service(s, settings, url, workers=workers) for s in SERVICES}
+    procs = {
+        s: spawn_service(s, settings, url, workers=workers, ledger_key=service_keys.get(s)) for s in SERVICES
+    }
 
     stopping = False
 

@@ -37,3 +37,20 @@ async def ensure_admin_key(db: Database, settings: Settings) -> str:
     secret = admin_secret(settings)
     await create_api_key(db, name="bootstrap-admin", scopes=SCOPES, secret=secret)
     return secret
+
+
+# The scopes each service's own ledger key carries: only what it needs.
+SERVICE_LEDGER_SCOPES: dict[str, tuple[str, ...]] = {
+    "conversion": ("ledger:read", "ledger:earn", "ledger:burn"),
+    "catalog": ("ledger:read", "ledger:burn"),
+}
+
+
+async def ensure_service_keys(db: Database, settings: Settings) -> dict[str, str]:
+    """Each calling service's ledger key, generated once and kept in the data folder."""
+    keys = {}
+    for service, scopes in SERVICE_LEDGER_SCOPES.items():
+        secret = _read_or_create(settings.data_dir / f"{service}-ledger-key", new_secret())
+        await create_api_key(db, name=f"{service}-service", scopes=scopes, secret=secret)
+        keys[service] = secret
+    return keys

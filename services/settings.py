@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     catalog_port: int = Field(default=8003, ge=1, le=65535)
     ledger_url: str | None = None
     admin_api_key: SecretStr | None = None
+    ledger_api_key: SecretStr | None = Field(
+        default=None, description="This service's own key for calling the ledger (conversion, catalog)"
+    )
     pii_key: SecretStr | None = None
     workers: int = Field(default=1, ge=1, le=64)
     db_pool_size: int = Field(default=16, ge=1, le=200)

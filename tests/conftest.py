@@ -153,3 +153,15 @@ def assert_problem(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
     assert body["status"] == status
     assert body["type"] and body["title"] and body["detail"]
     return body
+
+
+@pytest.fixture(scope="session")
+def live_ledger(database_url: str) -> Iterator[Any]:
+    """The ledger as a real process on a loopback port, for other services to call over HTTP."""
+    from tests.harness import ServiceProcess
+
+    ledger = ServiceProcess("ledger", database_url, env={"JIFEN_HOLD_SWEEP_INTERVAL_S": "0.2"}).start()
+    try:
+        yield ledger
+    finally:
+        ledger.stop()

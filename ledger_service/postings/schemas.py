@@ -20,6 +20,7 @@ from ledger_service.schemas_common import (
     Reference,
 )
 
+Clearing = Literal["conversion", "merchant"]
 HOLD_DEFAULT_S = 86_400
 HOLD_MAX_S = 30 * 86_400
 
@@ -45,6 +46,11 @@ class EarnIn(Strict):
     reference: Reference
     occurred_at: AwareDatetime | None = None
     metadata: Metadata = None
+    clearing: Clearing | None = Field(
+        default=None,
+        description="The system account on the other side: the program's `conversion` clearing or "
+        "`merchant` funding account instead of issuance (used by the conversion service).",
+    )
 
     model_config = ConfigDict(
         extra="forbid",
@@ -76,6 +82,11 @@ class BurnIn(Strict):
     reference: Reference
     reason: Reason | None = None
     metadata: Metadata = None
+    clearing: Literal["conversion"] | None = Field(
+        default=None,
+        description="Post against the program's conversion clearing account instead of redemption "
+        "(used by the conversion service).",
+    )
 
     model_config = ConfigDict(
         extra="forbid",

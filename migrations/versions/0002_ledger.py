@@ -278,6 +278,15 @@ LANGUAGE sql AS $$
     RETURNING *
 $$;
 
+-- The system account on the other side of an earn or burn: the program's default, or its
+-- conversion clearing or merchant funding account when the caller names one.
+CREATE FUNCTION ledger.counter_account(prog ledger.programs, p_clearing text, p_default bigint) RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE p_clearing WHEN 'conversion' THEN prog.conversion_account
+                           WHEN 'merchant' THEN prog.merchant_account
+                           ELSE p_default END
+$$;
+
 CREATE FUNCTION ledger.post_pair(p_txn uuid, p_debit bigint, p_credit bigint, p_points bigint) RETURNS void
 LANGUAGE sql AS $$
     INSERT INTO ledger.postings (txn_id, account_id, amount)
@@ -298,7 +307,7 @@ BEGIN
     VALUES (gen_random_uuid(), prog.id, 'earn', acc.id, acc.member_ref, pts, coalesce(a->>'kind', 'purchase'),
             a->>'reference', a->'metadata', p_key, coalesce((a->>'occurred_at')::timestamptz, now()))
     RETURNING * INTO t;
-    PERFORM ledger.post_pair(t.id, prog.issuance_account, acc.id, pts);
+    PERFORM ledger.post_pair(t.id, ledger.counter_account(prog, a->>'clearing', prog.issuance_account), acc.id, pts);
     RETURN ledger.txn_json(t, prog.code, acc);
 END $$;
 
@@ -316,7 +325,7 @@ BEGIN
     VALUES (gen_random_uuid(), prog.id, 'burn', acc.id, acc.member_ref, pts, a->>'reference', a->>'reason',
             a->'metadata', p_key, now())
     RETURNING * INTO t;
-    PERFORM ledger.post_pair(t.id, acc.id, prog.redemption_account, pts);
+    PERFORM ledger.post_pair(t.id, acc.id, ledger.counter_account(prog, a->>'clearing', prog.redemption_account), pts);
     RETURN ledger.txn_json(t, prog.code, acc);
 END $$;
 
@@ -394,7 +403,7 @@ CREATE FUNCTION ledger.op_reverse(a jsonb, p_key bigint, p_programs text[], p_sc
 LANGUAGE plpgsql AS $$
 DECLARE
     o ledger.transactions; prog ledger.programs; acc ledger.accounts; t ledger.transactions;
-    remaining bigint; pts bigint; needed text;
+    remaining bigint; pts bigint; needed text; counter bigint;
 BEGIN
     SELECT * INTO o FROM ledger.transactions WHERE id = (a->>'transaction_id')::uuid FOR UPDATE;
     IF NOT FOUND THEN
@@ -434,10 +443,12 @@ BEGIN
     VALUES (gen_random_uuid(), prog.id, 'reversal', acc.id, acc.member_ref, pts, o.type, o.reference,
             a->>'reason', o.id, p_key, now())
     RETURNING * INTO t;
+    -- Back against whichever system account the original posted to (issuance, redemption, conversion...).
+    SELECT account_id INTO counter FROM ledger.postings WHERE txn_id = o.id AND account_id <> o.account_id LIMIT 1;
     IF o.type = 'earn' THEN
-        PERFORM ledger.post_pair(t.id, acc.id, prog.issuance_account, pts);
+        PERFORM ledger.post_pair(t.id, acc.id, counter, pts);
     ELSE
-        PERFORM ledger.post_pair(t.id, prog.redemption_account, acc.id, pts);
+        PERFORM ledger.post_pair(t.id, counter, acc.id, pts);
     END IF;
     RETURN ledger.txn_json(t, prog.code, acc);
 END $$;

@@ -157,3 +157,27 @@ async def test_negative_balance_allowed_when_program_says_so(client: httpx.Async
     r = await post(client, "/v1/burn", {"program": code, "member_ref": "hal", "points": 30, "reference": "o"})
     assert r.status_code == 201, r.text
     assert r.json()["balance_after"]["balance"] == -30
+
+
+async def test_conversion_clearing_account_and_its_reversal(
+    client: httpx.AsyncClient, program: str, ledger_app
+) -> None:
+    t = await earn(client, program, "conv", 300, clearing="conversion")
+    kinds = {
+        p["account_kind"]: p["amount"]
+        for p in (await client.get(f"/v1/transactions/{t['id']}")).json()["postings"]
+    }
+    assert kinds == {"member": 300, "conversion": -300}
+    r = await post(
+        client,
+        "/v1/burn",
+        {"program": program, "member_ref": "conv", "points": 100, "reference": "x", "clearing": "conversion"},
+    )
+    assert r.status_code == 201
+    rev = await post(client, f"/v1/transactions/{r.json()['id']}/reverse", {"reason": "compensate"})
+    kinds = {
+        p["account_kind"]: p["amount"]
+        for p in (await client.get(f"/v1/transactions/{rev.json()['id']}")).json()["postings"]
+    }
+    assert kinds == {"member": 100, "conversion": -100}
+    await check_ledger_invariants(ledger_app.state.db, program)

@@ -1,0 +1,142 @@
+"""The one HTTP client other services use to reach the ledger.
+
+One pooled `httpx.AsyncClient` per process, with timeouts. Retries (with backoff) happen only where
+the call is safe to repeat: reads, and writes that carry an Idempotency-Key. `X-Request-ID` of the
+request being served is passed on. The client authenticates with the service's own API key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from services.logs import request_id_var
+
+log = logging.getLogger("jifen.ledger_client")
+
+RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
+
+
+class LedgerUnavailable(Exception):
+    """The ledger could not be reached or kept failing; the outcome of a write is unknown.
+
+    A write that raised this may or may not have been applied: retry it with the same key.
+    """
+
+
+@dataclass(frozen=True)
+class LedgerRejected(Exception):
+    """The ledger answered with a definitive 4xx: repeating the call will not change it."""
+
+    status: int
+    code: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.code}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class LedgerReply:
+    status: int
+    body: dict[str, Any]
+    replayed: bool
+
+
+class LedgerClient:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout_s: float = 5.0,
+        attempts: int = 4,
+        backoff_s: float = 0.1,
+        max_connections: int = 100,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {api_key}", "User-Agent": "jifen-ledger-client"},
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 2.0)),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            transport=transport,
+        )
+        self._cache: dict[str, tuple[float, Any]] = {}
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        attempts: int | None = None,
+    ) -> LedgerReply:
+        """Returns a 2xx reply; raises LedgerRejected for a 4xx, LedgerUnavailable otherwise."""
+        retry_safe = method == "GET" or idempotency_key is not None
+        tries = (attempts or self.attempts) if retry_safe else 1
+        headers: dict[str, str] = {}
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
+        rid = request_id_var.get()
+        if rid:
+            headers["X-Request-ID"] = rid
+        last_error = "no attempt made"
+        for attempt in range(tries):
+            if attempt:
+                await asyncio.sleep(self.backoff_s * (2 ** (attempt - 1)) * (0.5 + random.random()))
+            try:
+                response = await self._http.request(method, path, json=json, params=params, headers=headers)
+            except httpx.TransportError as exc:
+                last_error = f"{type(exc).__name__}: {exc}"
+                continue
+            if response.status_code in RETRYABLE_STATUS or _in_use(response):
+                last_error = f"HTTP {response.status_code}"
+                continue
+            body = response.json() if response.content else {}
+            if response.status_code >= 400:
+                raise LedgerRejected(response.status_code, body.get("code", "error"), body.get("detail", ""))
+            return LedgerReply(
+                response.status_code, body, response.headers.get("Idempotent-Replayed") == "true"
+            )
+        log.warning("ledger call failed", extra={"method": method, "path": path, "error": last_error})
+        raise LedgerUnavailable(f"{method} {path}: {last_error} after {tries} attempt(s)")
+
+    async def program(self, code: str, *, ttl_s: float = 30.0) -> dict[str, Any]:
+        """A program's configuration, cached briefly. Raises LedgerRejected(404) if unknown."""
+        hit = self._cache.get(code)
+        now = time.monotonic()
+        if hit is not None and hit[0] > now:
+            program: dict[str, Any] = hit[1]
+            return program
+        reply = await self.request("GET", f"/v1/programs/{code}")
+        self._cache[code] = (now + ttl_s, reply.body)
+        return reply.body
+
+    async def member(self, program: str, member_ref: str) -> dict[str, Any]:
+        return (await self.request("GET", f"/v1/programs/{program}/members/{member_ref}")).body
+
+    async def post(self, path: str, body: dict[str, Any] | None, *, key: str) -> LedgerReply:
+        return await self.request("POST", path, json=body, idempotency_key=key)
+
+
+def _in_use(response: httpx.Response) -> bool:
+    if response.status_code != 409:
+        return False
+    try:
+        return bool(response.json().get("code") == "idempotency_key_in_use")
+    except ValueError:
+        return False
