@@ -7,12 +7,14 @@ function, in the same database transaction as the postings.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Annotated, Any
 
+import asyncpg
 import orjson
 from fastapi import Header
 
-from services.errors import BadRequest
+from services.errors import BadRequest, Conflict
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -52,3 +54,87 @@ def canonical_json(payload: Any) -> bytes:
 
 def fingerprint(operation: str, canonical: bytes) -> bytes:
     return hashlib.sha256(operation.encode() + b"\n" + canonical).digest()
+
+
+# --- Idempotency records for services other than the ledger (whose record lives in its posting function).
+# Each such service has a table `<schema>.idempotency_keys` with the DDL below, in its own migration.
+
+IDEMPOTENCY_TABLE_DDL = """
+CREATE TABLE {schema}.idempotency_keys (
+    api_key_id bigint NOT NULL,
+    key text NOT NULL,
+    request_hash bytea NOT NULL,
+    status int NOT NULL,
+    body jsonb NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (api_key_id, key)
+);
+CREATE INDEX idempotency_keys_created ON {schema}.idempotency_keys (created_at);
+"""
+
+
+class IdempotencyInUse(Conflict):
+    code = "idempotency_key_in_use"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "A request with this Idempotency-Key is still being processed; retry shortly.",
+            headers={"Retry-After": "1"},
+        )
+
+
+class IdempotencyReused(Conflict):
+    code = "idempotency_key_reused"
+
+    def __init__(self) -> None:
+        super().__init__("This Idempotency-Key was used with a different request; use a new key.")
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    status: int
+    body: Any
+
+
+class IdempotencyStore:
+    """DESIGN §3 semantics inside the caller's database transaction (an asyncpg connection with a
+    transaction open): `claim` takes a transaction-scoped advisory lock on the key (so a concurrent
+    duplicate gets 409 in use at once) and returns the stored response if there is one; `record`
+    writes the response in the same transaction as the effect it answers for."""
+
+    def __init__(self, schema: str) -> None:
+        self.schema = schema
+        self._select = (
+            f"SELECT request_hash, status, body::text AS body FROM {schema}.idempotency_keys"
+            " WHERE api_key_id = $1 AND key = $2"
+        )
+        self._insert = (
+            f"INSERT INTO {schema}.idempotency_keys (api_key_id, key, request_hash, status, body)"
+            " VALUES ($1, $2, $3, $4, $5::jsonb)"
+        )
+
+    async def claim(
+        self, conn: asyncpg.Connection, api_key_id: int, key: str, request_hash: bytes
+    ) -> StoredResponse | None:
+        lock_id = f"idem:{self.schema}:{api_key_id}:{key}"
+        got = await conn.fetchval("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))", lock_id)
+        if not got:
+            raise IdempotencyInUse()
+        row = await conn.fetchrow(self._select, api_key_id, key)
+        if row is None:
+            return None
+        if bytes(row["request_hash"]) != request_hash:
+            raise IdempotencyReused()
+        return StoredResponse(row["status"], orjson.loads(row["body"]))
+
+    async def record(
+        self, conn: asyncpg.Connection, api_key_id: int, key: str, request_hash: bytes, status: int, body: Any
+    ) -> None:
+        await conn.execute(self._insert, api_key_id, key, request_hash, status, orjson.dumps(body).decode())
+
+    async def purge(self, conn: asyncpg.Connection, retention_days: int) -> int:
+        result: str = await conn.execute(
+            f"DELETE FROM {self.schema}.idempotency_keys WHERE created_at < now() - make_interval(days => $1)",
+            retention_days,
+        )
+        return int(result.split()[-1])
