@@ -134,7 +134,8 @@ class IdempotencyStore:
 
     async def purge(self, conn: asyncpg.Connection, retention_days: int) -> int:
         result: str = await conn.execute(
-            f"DELETE FROM {self.schema}.idempotency_keys WHERE created_at < now() - make_interval(days => $1)",
+            f"DELETE FROM {self.schema}.idempotency_keys"
+            " WHERE created_at < now() - make_interval(days => $1)",
             retention_days,
         )
-        return int(result.split()[-1])
+        return int(result.rsplit(maxsplit=1)[-1])
