@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from array import array
@@ -380,7 +381,14 @@ def _run_load(
     import psutil
 
     try:
-        barrier.wait(timeout=120)
+        try:
+            barrier.wait(timeout=120)
+        except threading.BrokenBarrierError:
+            errors = []
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    errors.append(results.get(timeout=2.0).get("error"))
+            raise RuntimeError(f"a load-generator process failed to start: {errors}") from None
         t0 = time.monotonic()
         # Server-side CPU over the measured window, so a reader can see who was busy.
         time.sleep(max(0.0, t0 + args.warmup - time.monotonic()))
@@ -716,4 +724,8 @@ def _interrupt_in_main_thread(*_: object) -> None:  # SIGTERM -> KeyboardInterru
 
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, _interrupt_in_main_thread)
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted; stopped the ledger and PostgreSQL", file=sys.stderr)
+        sys.exit(130)

@@ -107,8 +107,12 @@ async def create_api_key(
     scopes: Iterable[str],
     programs: Sequence[str] | None = None,
     secret: str | None = None,
+    keep_revoked: bool = False,
 ) -> tuple[int, str]:
-    """Stores a new key and returns (id, secret). The secret is shown once and never stored."""
+    """Stores a new key and returns (id, secret). The secret is shown once and never stored.
+
+    With a given `secret` that already exists, its scopes and programs are updated; `keep_revoked`
+    leaves a revoked key revoked (the bootstrap keys re-created at every start use it)."""
     scope_list = sorted(set(scopes))
     unknown = [s for s in scope_list if s not in SCOPES]
     if unknown:
@@ -119,13 +123,15 @@ async def create_api_key(
             "INSERT INTO auth.api_keys (name, prefix, key_hash, scopes, programs)"
             " VALUES ($1, $2, $3, $4, $5)"
             " ON CONFLICT (key_hash) DO UPDATE SET scopes = EXCLUDED.scopes,"
-            " programs = EXCLUDED.programs, revoked_at = NULL"
+            " programs = EXCLUDED.programs,"
+            " revoked_at = CASE WHEN $6 THEN auth.api_keys.revoked_at END"
             " RETURNING id",
             name,
             secret[:10],
             hash_key(secret),
             scope_list,
             None if programs is None else sorted(set(programs)),
+            keep_revoked,
         )
     return int(key_id), secret
 

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from services.settings import Settings
 
@@ -44,11 +44,13 @@ async def _bootstrap(url: str, settings: Settings, *, demo: bool) -> tuple[str, 
     return secret, service_keys, created
 
 
-def _wait_ready(port: int, host: str, timeout_s: float = 60.0) -> bool:
+def _wait_ready(
+    port: int, host: str, proc: subprocess.Popen[bytes], stopping: Callable[[], bool], timeout_s: float = 60.0
+) -> bool:
     import httpx
 
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stopping() and proc.poll() is None:
         try:
             if httpx.get(f"http://{host}:{port}/readyz", timeout=1.0).status_code == 200:
                 return True
@@ -83,14 +85,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    url, server = _database_url(settings)
-    upgrade(url)
-    secret, service_keys, created = asyncio.run(_bootstrap(url, settings, demo=not args.no_demo))
-    workers = args.workers or settings.workers
-    procs = {
-        s: spawn_service(s, settings, url, workers=workers, ledger_key=service_keys.get(s)) for s in SERVICES
-    }
-
     stopping = False
 
     def _stop(*_: object) -> None:
@@ -99,9 +93,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    server: object | None = None
     try:
+        url, server = _database_url(settings)
+        upgrade(url)
+        secret, service_keys, created = asyncio.run(_bootstrap(url, settings, demo=not args.no_demo))
+        workers = args.workers or settings.workers
+        for s in SERVICES:
+            procs[s] = spawn_service(s, settings, url, workers=workers, ledger_key=service_keys.get(s))
         for service in SERVICES:
-            if not _wait_ready(settings.service_port(service), settings.host):
+            if not _wait_ready(
+                settings.service_port(service), settings.host, procs[service], lambda: stopping
+            ):
+                if stopping:
+                    return 0
                 print(f"{service} did not become ready; see its log above", file=sys.stderr)
                 return 1
         if created:

