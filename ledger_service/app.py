@@ -9,6 +9,8 @@ from ledger_service.members.endpoints import router as members_router
 from ledger_service.postings.endpoints import router as postings_router
 from ledger_service.postings.engine import PostingEngine
 from ledger_service.programs.endpoints import router as programs_router
+from ledger_service.rules.endpoints import router as rules_router
+from ledger_service.rules.service import RuleBook
 from services.app import build_app
 from services.settings import Settings
 
@@ -25,6 +27,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     async def start(app: FastAPI) -> None:
         app.state.engine = PostingEngine(app.state.db)
+        app.state.rules = RuleBook(app.state.db)
         app.state.housekeeper = Housekeeper(
             app.state.db,
             sweep_interval_s=settings.hold_sweep_interval_s,
@@ -40,11 +43,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Jifen ledger",
         description=DESCRIPTION,
         settings=settings,
-        routers=[programs_router, postings_router, members_router],
+        routers=[programs_router, rules_router, postings_router, members_router],
         on_start=[start],
         on_stop=[stop],
         openapi_tags=[
             {"name": "programs", "description": "Points currencies and their configuration"},
+            {"name": "rules", "description": "Earning rules: versions and dry runs"},
             {"name": "points", "description": "Earn, burn, reverse, transfer, adjust"},
             {"name": "holds", "description": "Authorize now, capture or void later"},
             {"name": "members", "description": "Balances and statements"},

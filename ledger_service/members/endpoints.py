@@ -8,7 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from ledger_service.members import service
-from ledger_service.members.schemas import MemberOut, Statement, TransactionDetail
+from ledger_service.members.schemas import MemberOut, Statement, TierHistory, TransactionDetail
 from ledger_service.postings.schemas import HoldOut
 from ledger_service.schemas_common import MemberRef, ProgramCode
 from services.auth import Principal, require
@@ -61,6 +61,24 @@ async def get_statement(
 ) -> Statement:
     principal.require_program(code)
     return await service.statement(db, code, member_ref, limit=limit, cursor=cursor)
+
+
+@router.get(
+    "/v1/programs/{code}/members/{member_ref}/tiers",
+    response_model=TierHistory,
+    summary="A member's tier changes, newest first",
+    responses=READ_ERRORS,
+)
+async def get_tier_history(
+    code: Annotated[ProgramCode, Path()],
+    member_ref: Annotated[MemberRef, Path()],
+    principal: Reader,
+    db: DB,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+) -> TierHistory:
+    principal.require_program(code)
+    return await service.tier_history(db, code, member_ref, limit=limit, cursor=cursor)
 
 
 @router.get(

@@ -10,10 +10,26 @@ import asyncpg
 _PROGRAM_ID = "SELECT id FROM ledger.programs WHERE code = $1"
 
 _MEMBER = """
-SELECT p.id AS program_id, a.balance, a.held, a.lifetime_earned
+SELECT p.id AS program_id, p.tiers::text AS tiers, a.id AS account_id, a.balance, a.held, a.lifetime_earned,
+       coalesce(a.tier, 'basic') AS tier, a.tier_since,
+       CASE WHEN a.id IS NULL THEN 0 ELSE ledger.qualifying_points(p, a.id) END AS qualifying_points,
+       coalesce((SELECT jsonb_agg(jsonb_build_object('points', e.points,
+                                                     'expires_at', ledger.ts(e.expires_at))
+                                  ORDER BY e.expires_at)::text
+                 FROM (SELECT expires_at, sum(remaining) AS points FROM ledger.lots
+                       WHERE account_id = a.id AND remaining > 0 AND expires_at IS NOT NULL
+                       GROUP BY expires_at ORDER BY expires_at LIMIT $3) e), '[]') AS expiring
 FROM ledger.programs p
 LEFT JOIN ledger.accounts a ON a.program_id = p.id AND a.kind = 'member' AND a.member_ref = $2
 WHERE p.code = $1
+"""
+
+_TIER_HISTORY = """
+SELECT h.id, h.from_tier, h.to_tier, h.qualifying_points, h.reason, h.created_at
+FROM ledger.tier_history h
+JOIN ledger.accounts a ON a.id = h.account_id
+WHERE a.program_id = $1 AND a.kind = 'member' AND a.member_ref = $2 AND h.id < $3
+ORDER BY h.id DESC LIMIT $4
 """
 
 _STATEMENT = """
@@ -51,8 +67,16 @@ WHERE h.id = $1
 """
 
 
-async def member(conn: asyncpg.Connection, program: str, member_ref: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(_MEMBER, program, member_ref)
+async def member(
+    conn: asyncpg.Connection, program: str, member_ref: str, *, expiring: int = 12
+) -> asyncpg.Record | None:
+    return await conn.fetchrow(_MEMBER, program, member_ref, expiring)
+
+
+async def tier_history(
+    conn: asyncpg.Connection, program_id: int, member_ref: str, *, before: int, limit: int
+) -> list[asyncpg.Record]:
+    return list(await conn.fetch(_TIER_HISTORY, program_id, member_ref, before, limit))
 
 
 async def program_id(conn: asyncpg.Connection, program: str) -> int | None:

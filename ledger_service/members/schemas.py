@@ -13,6 +13,12 @@ class Expiring(BaseModel):
     expires_at: datetime
 
 
+class NextTier(BaseModel):
+    code: str
+    min_points: int
+    points_needed: int
+
+
 class MemberOut(BaseModel):
     program: str
     member_ref: str
@@ -20,8 +26,24 @@ class MemberOut(BaseModel):
     held: int
     available: int
     tier: str
+    tier_since: datetime | None
+    qualifying_points: int
+    next_tier: NextTier | None
     lifetime_earned: int
     expiring: list[Expiring]
+
+
+class TierChange(BaseModel):
+    from_tier: str
+    to_tier: str
+    qualifying_points: int
+    reason: str
+    created_at: datetime
+
+
+class TierHistory(BaseModel):
+    data: list[TierChange]
+    next_cursor: str | None
 
 
 class StatementEntry(BaseModel):

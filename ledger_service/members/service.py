@@ -8,10 +8,14 @@ import orjson
 
 from ledger_service.members import repository
 from ledger_service.members.schemas import (
+    Expiring,
     MemberOut,
+    NextTier,
     PostingOut,
     Statement,
     StatementEntry,
+    TierChange,
+    TierHistory,
     TransactionDetail,
 )
 from ledger_service.postings.schemas import BalanceAfter, HoldOut
@@ -27,21 +31,51 @@ def _program_missing(code: str) -> NotFound:
     return NotFound(f"No program with code {code}.", code="program_not_found")
 
 
+def next_tier(tiers: list[dict[str, object]], qualifying: int) -> NextTier | None:
+    for tier in tiers:  # by increasing min_points
+        min_points = int(str(tier["min_points"]))
+        if min_points > qualifying:
+            return NextTier(
+                code=str(tier["code"]), min_points=min_points, points_needed=min_points - qualifying
+            )
+    return None
+
+
 async def member_view(db: Database, program: str, member_ref: str) -> MemberOut:
     async with db.driver() as conn:
         row = await repository.member(conn, program, member_ref)
     if row is None:
         raise _program_missing(program)
     balance, held = row["balance"] or 0, row["held"] or 0
+    qualifying = int(row["qualifying_points"])
     return MemberOut(
         program=program,
         member_ref=member_ref,
         balance=balance,
         held=held,
         available=balance - held,
-        tier="basic",
+        tier=row["tier"],
+        tier_since=row["tier_since"],
+        qualifying_points=qualifying,
+        next_tier=next_tier(orjson.loads(row["tiers"]), qualifying),
         lifetime_earned=row["lifetime_earned"] or 0,
-        expiring=[],
+        expiring=[Expiring.model_validate(e) for e in orjson.loads(row["expiring"])],
+    )
+
+
+async def tier_history(
+    db: Database, program: str, member_ref: str, *, limit: int, cursor: str | None
+) -> TierHistory:
+    before = decode_cursor(cursor) or NO_CURSOR
+    async with db.driver() as conn:
+        program_id = await repository.program_id(conn, program)
+        if program_id is None:
+            raise _program_missing(program)
+        rows = await repository.tier_history(conn, program_id, member_ref, before=before, limit=limit + 1)
+    page = rows[:limit]
+    return TierHistory(
+        data=[TierChange.model_validate(dict(r)) for r in page],
+        next_cursor=encode_cursor(page[-1]["id"]) if len(rows) > limit else None,
     )
 
 

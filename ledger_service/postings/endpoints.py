@@ -44,16 +44,17 @@ Engine = Annotated[PostingEngine, Depends(_engine)]
     "/v1/earn",
     status_code=201,
     response_model=TransactionOut,
-    summary="Credit a member with points",
+    summary="Credit a member with points, given or priced by the program's earning rules",
     responses=WRITE_ERRORS,
 )
 async def earn(
+    request: Request,
     body: EarnIn,
     principal: Annotated[Principal, Depends(require("ledger:earn"))],
     key: Key,
     engine: Engine,
 ) -> Response:
-    return (await service.earn(engine, body, principal, key)).response()
+    return (await service.earn(engine, request.app.state.rules, body, principal, key)).response()
 
 
 @router.post(

@@ -52,9 +52,20 @@ class PostingEngine:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def execute(self, op: str, args: dict[str, Any], principal: Principal, key: str) -> Outcome:
-        """Applies `op` once per (API key, idempotency key); raises DomainError for a refusal."""
+    async def execute(
+        self,
+        op: str,
+        args: dict[str, Any],
+        principal: Principal,
+        key: str,
+        derived: dict[str, Any] | None = None,
+    ) -> Outcome:
+        """Applies `op` once per (API key, idempotency key); raises DomainError for a refusal.
+
+        `args` is the client's request (its fingerprint decides "same body"); `derived` adds what the
+        service computed from it (points priced by the rules), which may differ on a retry."""
         canonical = canonical_json(args)
+        payload = canonical if not derived else canonical_json({**args, **derived})
         try:
             async with self.db.driver() as conn:
                 row = await conn.fetchrow(
@@ -63,7 +74,7 @@ class PostingEngine:
                     key,
                     fingerprint(op, canonical),
                     op,
-                    canonical.decode(),
+                    payload.decode(),
                     principal.program_list(),
                     sorted(principal.scopes),
                 )
@@ -87,7 +98,7 @@ class PostingEngine:
             raise DomainError(problem["detail"], code=problem["code"], status=status, headers=headers)
         LEDGER_OPERATIONS.labels(op, "replayed" if replayed else "applied").inc()
         if not replayed:
-            points = args.get("points")
+            points = (derived or args).get("points")
             if isinstance(points, int):
                 LEDGER_POINTS.labels(op).inc(abs(points))
         return Outcome(status, body, replayed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 from ledger_service.postings.engine import Outcome, PostingEngine
@@ -16,22 +17,37 @@ from ledger_service.postings.schemas import (
     TransferIn,
     VoidIn,
 )
+from ledger_service.rules.service import RuleBook
 from services.auth import Principal
 from services.errors import Unprocessable
 
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 
 
-async def earn(engine: PostingEngine, body: EarnIn, principal: Principal, key: str) -> Outcome:
+async def earn(
+    engine: PostingEngine, rules: RuleBook, body: EarnIn, principal: Principal, key: str
+) -> Outcome:
+    """Explicit points are posted as given; a purchase alone is priced by the rules in force at
+    occurred_at, and the per-member caps are applied by the posting engine under the member's lock."""
     principal.require_program(body.program)
-    if body.occurred_at is not None and body.occurred_at > datetime.now(UTC) + MAX_CLOCK_SKEW:
+    now = datetime.now(UTC)
+    if body.occurred_at is not None and body.occurred_at > now + MAX_CLOCK_SKEW:
         raise Unprocessable("occurred_at is in the future.", code="occurred_in_future")
+    args = body.model_dump(mode="json", exclude_none=True)
+    derived: dict[str, Any] | None = None
     if body.points is None:
-        raise Unprocessable(
-            f"Program {body.program} has no earning rules to price a purchase; send points.",
-            code="no_earning_rules",
-        )
-    return await engine.execute("earn", body.model_dump(mode="json", exclude_none=True), principal, key)
+        assert body.purchase is not None
+        at = body.occurred_at or now
+        priced = await rules.price(body.program, body.member_ref, body.purchase, at)
+        derived = {
+            "points": priced.points,
+            "breakdown": priced.breakdown,
+            "rule_set_id": priced.rule_set_id,
+            "occurred_at": at.isoformat(),
+        }
+        if priced.member_caps:
+            derived["caps"] = priced.member_caps
+    return await engine.execute("earn", args, principal, key, derived)
 
 
 async def burn(engine: PostingEngine, body: BurnIn, principal: Principal, key: str) -> Outcome:

@@ -1,0 +1,86 @@
+"""Routes for earning rules: versions, and a dry run of an earn."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Request
+
+from ledger_service.rules import service
+from ledger_service.rules.schemas import EvaluateIn, Evaluation, RuleSetIn, RuleSetList, RuleSetOut
+from ledger_service.rules.service import RuleBook
+from ledger_service.schemas_common import ProgramCode
+from services.auth import Principal, require
+from services.db import Database
+from services.errors import error_responses
+
+router = APIRouter(prefix="/v1/programs/{code}/rules", tags=["rules"])
+Code = Annotated[ProgramCode, Path()]
+
+
+def _book(request: Request) -> RuleBook:
+    book: RuleBook = request.app.state.rules
+    return book
+
+
+def _db(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=RuleSetOut,
+    summary="Add a version of the program's earning rules, in force from effective_from",
+    description="Versions are never edited; each new one must start after the latest. Matching "
+    "multipliers do not stack (the highest applies); bonus points add; rounding happens once, after "
+    "the multiplier; caps apply last.",
+    responses=error_responses(401, 403, 404, 409, 422),
+)
+async def create_rules(
+    code: Code,
+    body: RuleSetIn,
+    principal: Annotated[Principal, Depends(require("ledger:admin"))],
+    db: Annotated[Database, Depends(_db)],
+    book: Annotated[RuleBook, Depends(_book)],
+) -> RuleSetOut:
+    principal.require_program(code)
+    return await service.create_rule_set(db, book, code, body, principal.key_id)
+
+
+@router.get(
+    "",
+    response_model=RuleSetList,
+    summary="All versions of the earning rules",
+    responses=error_responses(401, 403, 404),
+)
+async def list_rules(
+    code: Code,
+    principal: Annotated[Principal, Depends(require("ledger:read"))],
+    book: Annotated[RuleBook, Depends(_book)],
+) -> RuleSetList:
+    principal.require_program(code)
+    return await service.list_rule_sets(book, code)
+
+
+@router.post(
+    "/evaluate",
+    response_model=Evaluation,
+    summary="Price a purchase under the rules in force, without posting",
+    description="Returns the points and the breakdown an earn would get, before the per-member caps "
+    "(those depend on what the member has earned when the earn is posted).",
+    responses=error_responses(401, 403, 404, 422),
+)
+async def evaluate(
+    code: Code,
+    body: EvaluateIn,
+    principal: Annotated[Principal, Depends(require("ledger:read", "ledger:earn"))],
+    book: Annotated[RuleBook, Depends(_book)],
+) -> Evaluation:
+    principal.require_program(code)
+    priced = await book.price(code, body.member_ref, body.purchase, body.occurred_at)
+    breakdown = dict(priced.breakdown)
+    if priced.member_caps:
+        breakdown["member_caps"] = priced.member_caps
+    return Evaluation(program=code, member_ref=body.member_ref, points=priced.points, breakdown=breakdown)

@@ -1,0 +1,91 @@
+"""Pricing a purchase under a rule set: pure functions, no database.
+
+Order (DESIGN §4): base rate; the highest matching multiplier (they do not stack); one rounding,
+after the multiplier; matching fixed bonuses add; the per-transaction cap. Per-member caps apply
+last, in the posting engine, under the member's row lock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from fractions import Fraction
+from typing import Any
+
+from ledger_service.postings.schemas import Purchase
+from ledger_service.rules.schemas import Match, Rule, RuleSetIn
+
+
+@dataclass(frozen=True)
+class Priced:
+    points: int  # after the per-transaction cap, before per-member caps
+    breakdown: dict[str, Any]
+
+
+def _listed(wanted: object, actual: str | None) -> bool:
+    if wanted is None:
+        return True
+    if actual is None:
+        return False
+    return actual in wanted if isinstance(wanted, list) else actual == wanted
+
+
+def matches(match: Match, purchase: Purchase, tier: str) -> bool:
+    return (
+        _listed(match.merchant_id, purchase.merchant_id)
+        and _listed(match.mcc, purchase.mcc)
+        and _listed(match.channel, purchase.channel)
+        and _listed(match.tier, tier)
+    )
+
+
+def active(rule: Rule, at: datetime) -> bool:
+    return (rule.active_from is None or rule.active_from <= at) and (
+        rule.active_to is None or at < rule.active_to
+    )
+
+
+def round_points(value: Fraction, rounding: str) -> int:
+    if rounding == "up":
+        return -((-value.numerator) // value.denominator)
+    if rounding == "half_up":
+        return (2 * value.numerator + value.denominator) // (2 * value.denominator)
+    return value.numerator // value.denominator
+
+
+def needs_tier(rule_set: RuleSetIn) -> bool:
+    return any(r.match.tier is not None for r in rule_set.rules)
+
+
+def price(rule_set: RuleSetIn, version: int, purchase: Purchase, tier: str, at: datetime) -> Priced:
+    base = rule_set.base
+    raw = Fraction(purchase.amount_minor * base.points, base.per_amount_minor)
+    hits = [r for r in rule_set.rules if active(r, at) and matches(r.match, purchase, tier)]
+    best = max((r for r in hits if r.multiplier is not None), key=lambda r: r.multiplier or 0, default=None)
+    multiplier = (
+        Fraction(best.multiplier) if best is not None and best.multiplier is not None else Fraction(1)
+    )
+    multiplied = round_points(raw * multiplier, base.rounding)
+    bonus_rules = [(r.name, r.bonus_points) for r in hits if r.bonus_points]
+    bonuses = [{"rule": name, "points": points} for name, points in bonus_rules]
+    total = multiplied + sum(points for _, points in bonus_rules)
+    caps_applied: list[dict[str, Any]] = []
+    cap = rule_set.caps.per_transaction
+    if cap is not None and total > cap:
+        caps_applied.append({"cap": "per_transaction", "limit": cap, "points_after": cap})
+        total = cap
+    breakdown: dict[str, Any] = {
+        "rule_set_version": version,
+        "amount_minor": purchase.amount_minor,
+        "base": {"points": base.points, "per_amount_minor": base.per_amount_minor},
+        "base_points": round_points(raw, base.rounding),
+        "multiplier": {"rule": best.name if best else None, "value": str(best.multiplier) if best else "1"},
+        "rounding": base.rounding,
+        "multiplied_points": multiplied,
+        "bonuses": bonuses,
+        "matched_rules": [r.name for r in hits],
+        "tier": tier,
+        "caps_applied": caps_applied,
+        "points": total,
+    }
+    return Priced(total, breakdown)

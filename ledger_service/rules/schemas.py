@@ -1,0 +1,153 @@
+"""Earning rules as clients configure them (DESIGN §4, "Earning rules")."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from ledger_service.postings.schemas import Purchase
+from ledger_service.schemas_common import MemberRef, PointKind
+
+Text = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Channel = Literal["pos", "online", "app"]
+Mcc = Annotated[str, StringConstraints(pattern=r"^[0-9]{4}$")]
+TierCode = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,32}$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Match(Strict):
+    """Every key given must match (a value or any of a list); keys left out match anything."""
+
+    merchant_id: Text | list[Text] | None = None
+    mcc: Mcc | list[Mcc] | None = None
+    channel: Channel | list[Channel] | None = None
+    tier: TierCode | list[TierCode] | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> Match:
+        if not any(v is not None for v in (self.merchant_id, self.mcc, self.channel, self.tier)):
+            raise ValueError("match needs at least one of merchant_id, mcc, channel, tier")
+        return self
+
+
+class Rule(Strict):
+    name: Text = Field(examples=["10x at partner coffee in November"])
+    match: Match
+    multiplier: Decimal | None = Field(
+        default=None, gt=0, le=1000, max_digits=9, decimal_places=4, examples=["10"]
+    )
+    bonus_points: int | None = Field(default=None, strict=True, gt=0, le=10**12, examples=[50])
+    active_from: AwareDatetime | None = None
+    active_to: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> Rule:
+        if self.multiplier is None and self.bonus_points is None:
+            raise ValueError("a rule needs a multiplier, bonus_points or both")
+        if self.active_from and self.active_to and self.active_from >= self.active_to:
+            raise ValueError("active_from must be before active_to")
+        return self
+
+
+class Base(Strict):
+    """`points` points for every `per_amount_minor` minor units spent (1 point per 100 fen = 1 per CNY)."""
+
+    points: int = Field(strict=True, gt=0, le=10**9, examples=[1])
+    per_amount_minor: int = Field(strict=True, gt=0, le=10**12, examples=[100])
+    rounding: Literal["down", "half_up", "up"] = Field(
+        default="down", description="Applied once, after the multiplier"
+    )
+
+
+class Caps(Strict):
+    per_transaction: int | None = Field(default=None, strict=True, gt=0, le=10**15)
+    per_member_per_day: int | None = Field(default=None, strict=True, gt=0, le=10**15)
+    per_member_per_month: int | None = Field(default=None, strict=True, gt=0, le=10**15)
+
+
+EXAMPLE_RULE_SET: dict[str, Any] = {
+    "effective_from": "2026-11-01T00:00:00Z",
+    "base": {"points": 1, "per_amount_minor": 100, "rounding": "down"},
+    "rules": [
+        {
+            "name": "10x at partner coffee in November",
+            "match": {"merchant_id": ["M-COFFEE-01", "M-COFFEE-02"]},
+            "multiplier": "10",
+            "active_from": "2026-11-01T00:00:00Z",
+            "active_to": "2026-12-01T00:00:00Z",
+        },
+        {"name": "2x in the app", "match": {"channel": "app"}, "multiplier": "2"},
+        {"name": "3x at supermarkets for gold", "match": {"mcc": "5411", "tier": "gold"}, "multiplier": "3"},
+        {"name": "50 bonus at airlines", "match": {"mcc": ["3000", "4511"]}, "bonus_points": 50},
+    ],
+    "caps": {"per_transaction": 20000, "per_member_per_day": 50000, "per_member_per_month": 300000},
+}
+
+
+class RuleSetIn(Strict):
+    effective_from: AwareDatetime
+    base: Base
+    rules: list[Rule] = Field(default_factory=list, max_length=200)
+    caps: Caps = Field(default_factory=Caps)
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_RULE_SET]})
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> RuleSetIn:
+        names = [r.name for r in self.rules]
+        if len(set(names)) != len(names):
+            raise ValueError("rule names must be unique within a rule set")
+        return self
+
+
+class RuleSetOut(RuleSetIn):
+    model_config = ConfigDict(extra="ignore")
+
+    program: str
+    version: int
+    created_at: datetime
+
+
+class RuleSetList(BaseModel):
+    data: list[RuleSetOut]
+
+
+class EvaluateIn(Strict):
+    """The body of an earn, priced without posting anything."""
+
+    member_ref: MemberRef
+    purchase: Purchase
+    kind: PointKind = "purchase"
+    occurred_at: AwareDatetime | None = None
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "member_ref": "m-10001",
+                    "purchase": {
+                        "amount_minor": 12345,
+                        "currency": "CNY",
+                        "merchant_id": "M-COFFEE-01",
+                        "mcc": "5814",
+                        "channel": "pos",
+                    },
+                    "occurred_at": "2026-11-15T10:00:00Z",
+                }
+            ]
+        },
+    )
+
+
+class Evaluation(BaseModel):
+    program: str
+    member_ref: str
+    points: int
+    breakdown: dict[str, Any]
