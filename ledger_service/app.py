@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from ledger_service.events.endpoints import router as events_router
 from ledger_service.housekeeping import Housekeeper
+from ledger_service.jobs.endpoints import router as jobs_router
 from ledger_service.members.endpoints import router as members_router
 from ledger_service.postings.endpoints import router as postings_router
 from ledger_service.postings.engine import PostingEngine
 from ledger_service.programs.endpoints import router as programs_router
+from ledger_service.reports.endpoints import router as reports_router
 from ledger_service.rules.endpoints import router as rules_router
 from ledger_service.rules.service import RuleBook
 from services.app import build_app
@@ -28,11 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def start(app: FastAPI) -> None:
         app.state.engine = PostingEngine(app.state.db)
         app.state.rules = RuleBook(app.state.db)
-        app.state.housekeeper = Housekeeper(
-            app.state.db,
-            sweep_interval_s=settings.hold_sweep_interval_s,
-            retention_days=settings.idempotency_retention_days,
-        )
+        app.state.housekeeper = Housekeeper(app.state.db, settings)
         app.state.housekeeper.start()
 
     async def stop(app: FastAPI) -> None:
@@ -43,7 +42,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Jifen ledger",
         description=DESCRIPTION,
         settings=settings,
-        routers=[programs_router, rules_router, postings_router, members_router],
+        routers=[
+            programs_router,
+            rules_router,
+            postings_router,
+            members_router,
+            reports_router,
+            events_router,
+            jobs_router,
+        ],
         on_start=[start],
         on_stop=[stop],
         openapi_tags=[
@@ -51,7 +58,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "rules", "description": "Earning rules: versions and dry runs"},
             {"name": "points", "description": "Earn, burn, reverse, transfer, adjust"},
             {"name": "holds", "description": "Authorize now, capture or void later"},
-            {"name": "members", "description": "Balances and statements"},
+            {"name": "members", "description": "Balances, tiers, expiring points and statements"},
+            {"name": "reports", "description": "Issued, redeemed, expired, outstanding, liability"},
+            {"name": "events", "description": "The event feed and webhook subscriptions"},
+            {
+                "name": "jobs",
+                "description": "Expiry and tier review, on demand (they also run on a schedule)",
+            },
             {"name": "ops", "description": "Health, readiness, metrics"},
         ],
     )

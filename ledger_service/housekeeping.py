@@ -1,6 +1,9 @@
-"""Background work inside every ledger process: release expired holds, drop old idempotency keys.
+"""Background work inside every ledger process, each on its own period:
+release expired holds, sequence the event feed, deliver webhooks, expire lots, review tiers,
+drop old idempotency keys.
 
-Safe with several processes: the hold sweep uses SKIP LOCKED and each batch is one transaction.
+Safe with several processes: holds and webhooks are claimed with SKIP LOCKED, the sequencer is
+a single advisory-lock holder, expiry locks accounts, and each batch is one transaction.
 """
 
 from __future__ import annotations
@@ -8,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
+from ledger_service.events.service import WebhookDeliverer, sequence
+from ledger_service.jobs.service import run_expiry, run_tier_review
 from services.db import Database
+from services.settings import Settings
 
 log = logging.getLogger("jifen.ledger.housekeeping")
 
 SWEEP_BATCH = 1000
 KEY_PURGE_BATCH = 5000
-KEY_PURGE_EVERY_S = 3600.0
 
 
 async def expire_due_holds(db: Database) -> int:
@@ -47,36 +53,41 @@ async def purge_idempotency_keys(db: Database, retention_days: int) -> int:
 
 
 class Housekeeper:
-    def __init__(self, db: Database, *, sweep_interval_s: float, retention_days: int) -> None:
+    def __init__(self, db: Database, settings: Settings) -> None:
         self.db = db
-        self.sweep_interval_s = sweep_interval_s
-        self.retention_days = retention_days
-        self._task: asyncio.Task[None] | None = None
+        self.deliverer = WebhookDeliverer(db)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._jobs: list[tuple[str, float, Callable[[], Awaitable[object]]]] = [
+            ("holds", settings.hold_sweep_interval_s, lambda: expire_due_holds(db)),
+            ("events", settings.event_sequence_interval_s, lambda: sequence(db)),
+            ("webhooks", settings.webhook_interval_s, self.deliverer.run_once),
+            ("expiry", settings.expiry_interval_s, lambda: run_expiry(db)),
+            ("tiers", settings.tier_review_interval_s, lambda: run_tier_review(db)),
+            ("keys", 3600.0, lambda: purge_idempotency_keys(db, settings.idempotency_retention_days)),
+        ]
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="ledger-housekeeping")
+        for name, interval, job in self._jobs:
+            self._tasks.append(asyncio.create_task(self._every(name, interval, job), name=f"ledger-{name}"))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
+        self._tasks.clear()
+        await self.deliverer.aclose()
 
-    async def _run(self) -> None:
-        since_purge = KEY_PURGE_EVERY_S
+    @staticmethod
+    async def _every(name: str, interval: float, job: Callable[[], Awaitable[object]]) -> None:
         while True:
             try:
-                expired = await expire_due_holds(self.db)
-                if expired:
-                    log.info("released expired holds", extra={"holds": expired})
-                if since_purge >= KEY_PURGE_EVERY_S:
-                    since_purge = 0.0
-                    purged = await purge_idempotency_keys(self.db, self.retention_days)
-                    if purged:
-                        log.info("purged idempotency keys", extra={"keys": purged})
+                result = await job()
+                if result:
+                    log.debug("housekeeping", extra={"job": name, "result": str(result)})
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("housekeeping pass failed; will retry")
-            await asyncio.sleep(self.sweep_interval_s)
-            since_purge += self.sweep_interval_s
+                log.exception("housekeeping job failed; will retry", extra={"job": name})
+            await asyncio.sleep(interval)

@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     access_log: bool = True
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     hold_sweep_interval_s: float = Field(default=1.0, gt=0)
+    event_sequence_interval_s: float = Field(default=0.2, gt=0)
+    webhook_interval_s: float = Field(default=0.5, gt=0)
+    expiry_interval_s: float = Field(default=300.0, gt=0)
+    tier_review_interval_s: float = Field(default=3600.0, gt=0)
     idempotency_retention_days: int = Field(default=30, ge=30)
 
     def service_port(self, service: str) -> int:

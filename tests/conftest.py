@@ -48,6 +48,9 @@ def test_settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -
         data_dir=tmp_path_factory.mktemp("data"),
         access_log=False,
         hold_sweep_interval_s=0.2,
+        webhook_interval_s=0.1,
+        expiry_interval_s=3600,
+        tier_review_interval_s=3600,
         db_pool_size=20,
         log_level="WARNING",
     )

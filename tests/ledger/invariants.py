@@ -15,7 +15,8 @@ async def check_ledger_invariants(db: Any, program: str | None = None) -> None:
             f"""SELECT t.id, sum(po.amount) FROM ledger.transactions t
                 JOIN ledger.programs p ON p.id = t.program_id
                 LEFT JOIN ledger.postings po ON po.txn_id = t.id {where}
-                GROUP BY t.id, t.points HAVING coalesce(sum(po.amount), 0) <> 0 OR (count(po.id) = 0 AND t.points <> 0)""",
+                GROUP BY t.id, t.points
+                HAVING coalesce(sum(po.amount), 0) <> 0 OR (count(po.id) = 0 AND t.points <> 0)""",
             *args,
         )
         assert not bad_txn, f"transactions whose postings do not sum to zero: {bad_txn[:5]}"
@@ -65,7 +66,8 @@ async def check_ledger_invariants(db: Any, program: str | None = None) -> None:
         assert not bad_lots, f"members whose open lots differ from their balance: {bad_lots[:5]}"
         missing_events = await conn.fetchval(
             f"""SELECT count(*) FROM ledger.transactions t JOIN ledger.programs p ON p.id = t.program_id
-                LEFT JOIN ledger.outbox o ON o.txn_id = t.id {where} {"AND" if where else "WHERE"} o.id IS NULL""",
+                LEFT JOIN ledger.outbox o ON o.txn_id = t.id
+                {where} {"AND" if where else "WHERE"} o.id IS NULL""",
             *args,
         )
         assert missing_events == 0, f"{missing_events} transactions have no outbox event"

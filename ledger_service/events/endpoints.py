@@ -1,0 +1,80 @@
+"""Routes for the event feed and webhook subscriptions."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from ledger_service.events import service
+from ledger_service.events.schemas import EventPage, WebhookIn, WebhookList, WebhookOut
+from services.auth import Principal, require
+from services.errors import error_responses
+
+router = APIRouter(tags=["events"])
+Reader = Annotated[Principal, Depends(require("ledger:read"))]
+
+
+@router.get(
+    "/v1/events",
+    response_model=EventPage,
+    summary="The event feed: every committed transaction once, in commit order",
+    description="Poll with `after` = the last `next_cursor`. A key limited to programs sees only theirs.",
+    responses=error_responses(401, 403, 422),
+)
+async def events(
+    request: Request,
+    principal: Reader,
+    after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> EventPage:
+    return await service.feed(request.app.state.db, principal, after, limit)
+
+
+@router.post(
+    "/v1/webhooks",
+    status_code=201,
+    response_model=WebhookOut,
+    summary="Subscribe a URL to the event feed",
+    description="Each event is POSTed as JSON with `Jifen-Signature: t=<unix time>,v1=<hex>` where v1 is "
+    "HMAC-SHA256(secret, `<t>.<body>`). Delivery is in order per subscriber, retried with exponential "
+    "backoff; any 2xx acknowledges. The secret is shown only in this response.",
+    responses=error_responses(401, 403, 422),
+)
+async def create_webhook(
+    request: Request, body: WebhookIn, principal: Annotated[Principal, Depends(require("ledger:admin"))]
+) -> WebhookOut:
+    return await service.create_webhook(request.app.state.db, principal, body)
+
+
+@router.get(
+    "/v1/webhooks",
+    response_model=WebhookList,
+    summary="Webhook subscriptions",
+    responses=error_responses(401, 403),
+)
+async def list_webhooks(request: Request, principal: Reader) -> WebhookList:
+    return await service.list_webhooks(request.app.state.db, principal)
+
+
+@router.get(
+    "/v1/webhooks/{webhook_id}",
+    response_model=WebhookOut,
+    summary="A subscription and its delivery state",
+    responses=error_responses(401, 403, 404),
+)
+async def get_webhook(request: Request, webhook_id: UUID, principal: Reader) -> WebhookOut:
+    return await service.get_webhook(request.app.state.db, principal, webhook_id)
+
+
+@router.delete(
+    "/v1/webhooks/{webhook_id}",
+    response_model=WebhookOut,
+    summary="Stop a subscription",
+    responses=error_responses(401, 403, 404),
+)
+async def delete_webhook(
+    request: Request, webhook_id: UUID, principal: Annotated[Principal, Depends(require("ledger:admin"))]
+) -> WebhookOut:
+    return await service.get_webhook(request.app.state.db, principal, webhook_id, deactivate=True)

@@ -1,0 +1,49 @@
+"""Admin routes to run the batch jobs now (they also run on a schedule inside the ledger)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from ledger_service.jobs import service
+from ledger_service.jobs.service import ExpiryRun, TierReview
+from services.auth import Principal, require
+from services.errors import Unprocessable, error_responses
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+Admin = Annotated[Principal, Depends(require("ledger:admin"))]
+
+
+@router.post(
+    "/expire",
+    response_model=ExpiryRun,
+    summary="Expire every lot due up to as_of (default now)",
+    description="Unconsumed points of lots past their expiry go to the program's breakage account, or "
+    "`rollover_bps` of them into a new lot for the next period. Safe to run twice or from two processes "
+    "at once. `as_of` cannot be in the future.",
+    responses=error_responses(401, 403, 422),
+)
+async def expire(
+    request: Request,
+    _: Admin,
+    as_of: Annotated[datetime | None, Query(description="RFC 3339; default now")] = None,
+) -> ExpiryRun:
+    if as_of is not None and as_of.tzinfo is None:
+        raise Unprocessable("as_of needs a time zone (RFC 3339).", code="validation_error")
+    if as_of is not None and as_of > datetime.now(UTC) + timedelta(seconds=5):
+        raise Unprocessable(
+            "as_of cannot be in the future: points would expire early.", code="as_of_in_future"
+        )
+    return await service.run_expiry(request.app.state.db, as_of)
+
+
+@router.post(
+    "/tier-review",
+    response_model=TierReview,
+    summary="Recompute every member's tier (upgrades and downgrades)",
+    responses=error_responses(401, 403),
+)
+async def tier_review(request: Request, _: Admin) -> TierReview:
+    return await service.run_tier_review(request.app.state.db)

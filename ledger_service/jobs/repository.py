@@ -1,0 +1,26 @@
+"""SQL for batch jobs: lot expiry and tier review (set-based functions of migration 0002)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import asyncpg
+
+_EXPIRE = "SELECT * FROM ledger.expire_lots($1, $2, $3, $4)"
+_REVIEW = "SELECT * FROM ledger.review_tiers($1, $2)"
+
+EPOCH = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
+
+
+async def expire_batch(
+    conn: asyncpg.Connection, as_of: datetime, limit: int, after_at: datetime, after_id: int
+) -> asyncpg.Record:
+    row = await conn.fetchrow(_EXPIRE, as_of, limit, after_at, after_id)
+    assert row is not None
+    return row
+
+
+async def review_batch(conn: asyncpg.Connection, after: int, limit: int) -> asyncpg.Record:
+    row = await conn.fetchrow(_REVIEW, after, limit)
+    assert row is not None
+    return row

@@ -1,0 +1,45 @@
+"""The program report route."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+
+from ledger_service.reports import service
+from ledger_service.reports.service import Report
+from ledger_service.schemas_common import ProgramCode
+from services.auth import Principal, require
+from services.errors import Unprocessable, error_responses
+
+router = APIRouter(tags=["reports"])
+
+
+@router.get(
+    "/v1/programs/{code}/report",
+    response_model=Report,
+    response_model_by_alias=True,
+    summary="Issued, redeemed, expired, reversed, outstanding and liability for a period",
+    description="Every figure is a sum over postings, for transactions created in [from, to). "
+    "`outstanding` is the sum of member balances at `to`. Identity: outstanding = outstanding_at_start "
+    "+ issued - redeemed - expired - reversed_earns + refunded_redemptions + adjusted.",
+    responses=error_responses(401, 403, 404, 422),
+)
+async def report(
+    request: Request,
+    code: Annotated[ProgramCode, Path()],
+    principal: Annotated[Principal, Depends(require("ledger:read"))],
+    start: Annotated[
+        datetime | None, Query(alias="from", description="RFC 3339; default: the beginning")
+    ] = None,
+    end: Annotated[datetime | None, Query(alias="to", description="RFC 3339; default: now")] = None,
+) -> Report:
+    principal.require_program(code)
+    start = start or datetime(1970, 1, 1, tzinfo=UTC)
+    end = end or datetime.now(UTC)
+    if start.tzinfo is None or end.tzinfo is None:
+        raise Unprocessable("from and to need a time zone (RFC 3339).", code="validation_error")
+    if start >= end:
+        raise Unprocessable("from must be before to.", code="invalid_period")
+    return await service.report(request.app.state.db, code, start, end)

@@ -1,0 +1,57 @@
+"""SQL for program reports: every figure is a sum over postings on member accounts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import asyncpg
+
+_PROGRAM = "SELECT id, cash_points, cash_minor, currency FROM ledger.programs WHERE code = $1"
+
+# Member-side postings of transactions created in [from, to), by transaction type and kind.
+_FLOWS = """
+SELECT t.type, coalesce(t.kind, '') AS kind, sum(po.amount)::bigint AS amount, count(DISTINCT t.id) AS n
+FROM ledger.transactions t
+JOIN ledger.postings po ON po.txn_id = t.id
+JOIN ledger.accounts a ON a.id = po.account_id AND a.kind = 'member'
+WHERE t.program_id = $1 AND t.created_at >= $2 AND t.created_at < $3
+GROUP BY t.type, coalesce(t.kind, '')
+"""
+
+_OUTSTANDING = """
+SELECT coalesce(sum(po.amount), 0)::bigint
+FROM ledger.postings po
+JOIN ledger.accounts a ON a.id = po.account_id AND a.kind = 'member'
+WHERE a.program_id = $1 AND po.created_at < $2
+"""
+
+_BY_MERCHANT = """
+SELECT t.merchant_id, sum(po.amount)::bigint AS points, count(DISTINCT t.id) AS transactions
+FROM ledger.transactions t
+JOIN ledger.postings po ON po.txn_id = t.id
+JOIN ledger.accounts a ON a.id = po.account_id AND a.kind = 'member'
+WHERE t.program_id = $1 AND t.type = 'earn' AND t.merchant_id IS NOT NULL
+  AND t.created_at >= $2 AND t.created_at < $3
+GROUP BY t.merchant_id ORDER BY points DESC, t.merchant_id LIMIT $4
+"""
+
+
+async def program(conn: asyncpg.Connection, code: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(_PROGRAM, code)
+
+
+async def flows(
+    conn: asyncpg.Connection, program_id: int, start: datetime, end: datetime
+) -> list[asyncpg.Record]:
+    return list(await conn.fetch(_FLOWS, program_id, start, end))
+
+
+async def outstanding(conn: asyncpg.Connection, program_id: int, at: datetime) -> int:
+    value: int = await conn.fetchval(_OUTSTANDING, program_id, at)
+    return value
+
+
+async def by_merchant(
+    conn: asyncpg.Connection, program_id: int, start: datetime, end: datetime, limit: int
+) -> list[asyncpg.Record]:
+    return list(await conn.fetch(_BY_MERCHANT, program_id, start, end, limit))
