@@ -29,7 +29,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
     async def start(app: FastAPI) -> None:
-        app.state.engine = PostingEngine(app.state.db)
+        app.state.engine = PostingEngine(
+            app.state.db,
+            coalesce=settings.ledger_coalesce,
+            window_s=settings.ledger_coalesce_window_ms / 1000,
+            max_batch=settings.ledger_coalesce_max_batch,
+        )
         app.state.rules = RuleBook(app.state.db)
         app.state.housekeeper = Housekeeper(app.state.db, settings)
         app.state.housekeeper.start()

@@ -20,6 +20,7 @@ class Database:
 
     def __init__(self, url: str, *, pool_size: int = 16, application_name: str = "jifen") -> None:
         self.url = url
+        self.pool_size = pool_size
         self.engine: AsyncEngine = create_async_engine(
             url,
             pool_size=pool_size,

@@ -15,6 +15,7 @@ import asyncpg
 import orjson
 from starlette.responses import Response
 
+from ledger_service.postings.coalescer import Coalescer, Request
 from services.auth import Principal
 from services.db import Database
 from services.errors import DomainError
@@ -48,9 +49,46 @@ class Outcome:
         return data
 
 
+def _lock_order(args: dict[str, Any]) -> tuple[str, str]:
+    """Requests of a batch are applied sorted by the member they lock first, so two batches take
+    member rows in the same order; requests found by id (hold, transaction) go last."""
+    program = args.get("program")
+    if program is not None:
+        members = [
+            m for m in (args.get("member_ref"), args.get("from_member_ref"), args.get("to_member_ref")) if m
+        ]
+        return (str(program), min(members) if members else "")
+    return ("~", str(args.get("hold_id") or args.get("transaction_id") or ""))
+
+
 class PostingEngine:
-    def __init__(self, db: Database) -> None:
+    """One write path for every caller: single requests, coalesced requests, sagas of the other
+    services (over HTTP). With `coalesce` on, concurrent requests share database transactions."""
+
+    def __init__(
+        self, db: Database, *, coalesce: bool = True, window_s: float = 0.001, max_batch: int = 48
+    ) -> None:
         self.db = db
+        self.coalescer = (
+            Coalescer(db, self._single, window_s=window_s, max_batch=max_batch, max_inflight=db.pool_size)
+            if coalesce
+            else None
+        )
+
+    async def _single(self, request: Request) -> tuple[int, str, bool]:
+        async with self.db.driver() as conn:
+            row = await conn.fetchrow(
+                _EXECUTE,
+                request.api_key_id,
+                request.key,
+                request.fingerprint,
+                request.op,
+                request.payload.decode(),
+                request.programs,
+                request.scopes,
+            )
+        assert row is not None
+        return row["status"], row["body"], row["replayed"]
 
     async def execute(
         self,
@@ -65,19 +103,21 @@ class PostingEngine:
         `args` is the client's request (its fingerprint decides "same body"); `derived` adds what the
         service computed from it (points priced by the rules), which may differ on a retry."""
         canonical = canonical_json(args)
-        payload = canonical if not derived else canonical_json({**args, **derived})
+        request = Request(
+            api_key_id=principal.key_id,
+            key=key,
+            fingerprint=fingerprint(op, canonical),
+            op=op,
+            payload=canonical if not derived else canonical_json({**args, **derived}),
+            programs=principal.program_list(),
+            scopes=sorted(principal.scopes),
+            lock_order=_lock_order(args),
+        )
         try:
-            async with self.db.driver() as conn:
-                row = await conn.fetchrow(
-                    _EXECUTE,
-                    principal.key_id,
-                    key,
-                    fingerprint(op, canonical),
-                    op,
-                    payload.decode(),
-                    principal.program_list(),
-                    sorted(principal.scopes),
-                )
+            if self.coalescer is not None:
+                status, body, replayed = await self.coalescer.submit(request)
+            else:
+                status, body, replayed = await self._single(request)
         except _RETRYABLE as exc:
             LEDGER_OPERATIONS.labels(op, "retryable").inc()
             log.warning("ledger operation hit a lock conflict", extra={"op": op, "error": repr(exc)})
@@ -85,10 +125,6 @@ class PostingEngine:
                 "The ledger could not apply this now; retry with the same Idempotency-Key.",
                 headers={"Retry-After": "1"},
             ) from exc
-        assert row is not None
-        status: int = row["status"]
-        body: str = row["body"]
-        replayed: bool = row["replayed"]
         if status >= 400:
             problem = orjson.loads(body)
             LEDGER_OPERATIONS.labels(op, problem["code"]).inc()

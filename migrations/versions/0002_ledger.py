@@ -1010,6 +1010,26 @@ BEGIN
     INSERT INTO ledger.idempotency_keys (api_key_id, key, request_hash, status, body)
     VALUES (p_api_key, p_key, p_hash, status, body);
 END $$;
+
+-- Group commit: several requests in one database transaction (one WAL flush, one round trip).
+-- Each keeps its own idempotency record and its own result: a refusal rolls back only its own
+-- subtransaction inside ledger.execute. Anything else (a deadlock) fails the whole batch, which
+-- the caller then retries one request at a time. Input: [{k, key, h (hex), op, a, p, s}, ...].
+CREATE FUNCTION ledger.execute_batch(p_requests jsonb)
+RETURNS TABLE (i int, status int, body text, replayed boolean)
+LANGUAGE plpgsql AS $$
+DECLARE r jsonb; res record; n int := 0;
+BEGIN
+    FOR r IN SELECT value FROM jsonb_array_elements(p_requests) LOOP
+        SELECT * INTO res FROM ledger.execute(
+            (r->>'k')::bigint, r->>'key', decode(r->>'h', 'hex'), r->>'op', r->'a',
+            CASE WHEN jsonb_typeof(r->'p') = 'array' THEN ARRAY(SELECT jsonb_array_elements_text(r->'p')) END,
+            ARRAY(SELECT jsonb_array_elements_text(r->'s')));
+        i := n; status := res.status; body := res.body::text; replayed := res.replayed;
+        RETURN NEXT;
+        n := n + 1;
+    END LOOP;
+END $$;
 """
 
 

@@ -36,14 +36,20 @@ async def _drain(client: httpx.AsyncClient, after: int, headers: dict | None = N
         after = page["next_cursor"]
 
 
-async def test_every_committed_transaction_exactly_once_in_order(client: httpx.AsyncClient, ledger_app) -> None:
+async def test_every_committed_transaction_exactly_once_in_order(
+    client: httpx.AsyncClient, ledger_app
+) -> None:
     program = await create_program(client)
     start = await _head(client)
     await earn(client, program, "e0", 500)
 
     async def op(i: int) -> None:
         if i % 3 == 0:
-            await post(client, "/v1/burn", {"program": program, "member_ref": f"e{i % 4}", "points": 60, "reference": "b"})
+            await post(
+                client,
+                "/v1/burn",
+                {"program": program, "member_ref": f"e{i % 4}", "points": 60, "reference": "b"},
+            )
         else:
             await earn(client, program, f"e{i % 4}", 10)
 
@@ -53,14 +59,21 @@ async def test_every_committed_transaction_exactly_once_in_order(client: httpx.A
     assert seqs == list(range(start + 1, start + 1 + len(seqs)))  # consecutive, no gaps, no repeats
     mine = [e for e in events if e["transaction"]["program"] == program]
     async with ledger_app.state.db.driver() as conn:
-        committed = {str(r["id"]) for r in await conn.fetch(
-            "SELECT t.id FROM ledger.transactions t JOIN ledger.programs p ON p.id = t.program_id WHERE p.code = $1",
-            program)}
+        committed = {
+            str(r["id"])
+            for r in await conn.fetch(
+                "SELECT t.id FROM ledger.transactions t JOIN ledger.programs p ON p.id = t.program_id WHERE p.code = $1",
+                program,
+            )
+        }
     ids = [e["transaction"]["id"] for e in mine]
     assert len(ids) == len(set(ids)) and set(ids) == committed  # refused burns left no event
     assert {e["type"] for e in mine} <= {"transaction.earn", "transaction.burn"}
     # a reader that polls again gets nothing new
-    assert (await client.get("/v1/events", params={"after": seqs[-1]})).json() == {"data": [], "next_cursor": seqs[-1]}
+    assert (await client.get("/v1/events", params={"after": seqs[-1]})).json() == {
+        "data": [],
+        "next_cursor": seqs[-1],
+    }
 
 
 async def test_program_limited_keys_see_only_their_programs(client: httpx.AsyncClient, ledger_app) -> None:
@@ -86,19 +99,29 @@ async def test_webhooks_are_signed_ordered_and_retried(client: httpx.AsyncClient
         return Response(status_code=204)
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(Starlette(routes=[Route("/hook", hook, methods=["POST"])]),
-                                           host="127.0.0.1", port=port, log_level="error"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            Starlette(routes=[Route("/hook", hook, methods=["POST"])]),
+            host="127.0.0.1",
+            port=port,
+            log_level="error",
+        )
+    )
     task = asyncio.create_task(server.serve())
     try:
         program = await create_program(client)
-        r = await client.post("/v1/webhooks", json={"url": f"http://127.0.0.1:{port}/hook", "programs": [program],
-                                                     "types": ["earn", "burn"]})
+        r = await client.post(
+            "/v1/webhooks",
+            json={"url": f"http://127.0.0.1:{port}/hook", "programs": [program], "types": ["earn", "burn"]},
+        )
         assert r.status_code == 201, r.text
         hook_id, secret = r.json()["id"], r.json()["secret"]
         assert secret.startswith("whsec_")
         for i in range(5):
             await earn(client, program, "w", 10 + i)
-        await post(client, "/v1/adjustments", {"program": program, "member_ref": "w", "points": 1, "reason": "x"})
+        await post(
+            client, "/v1/adjustments", {"program": program, "member_ref": "w", "points": 1, "reason": "x"}
+        )
         for _ in range(200):
             if len(received) >= 5:
                 break
@@ -112,7 +135,12 @@ async def test_webhooks_are_signed_ordered_and_retried(client: httpx.AsyncClient
             points.append(orjson.loads(body)["transaction"]["points"])
         assert points == [10, 11, 12, 13, 14]  # in order, the adjustment filtered out, none twice
         state = (await client.get(f"/v1/webhooks/{hook_id}")).json()
-        assert state["delivered"] == 5 and state["failures"] == 0 and "secret" not in state or state["secret"] is None
+        assert (
+            state["delivered"] == 5
+            and state["failures"] == 0
+            and "secret" not in state
+            or state["secret"] is None
+        )
         assert (await client.delete(f"/v1/webhooks/{hook_id}")).json()["active"] is False
     finally:
         server.should_exit = True

@@ -24,7 +24,10 @@ async def _lots(ledger_app, program: str, member_ref: str) -> list[tuple[int, in
         rows = await conn.fetch(
             """SELECT l.points, l.remaining, l.expires_at FROM ledger.lots l
                JOIN ledger.accounts a ON a.id = l.account_id JOIN ledger.programs p ON p.id = a.program_id
-               WHERE p.code = $1 AND a.member_ref = $2 ORDER BY l.id""", program, member_ref)
+               WHERE p.code = $1 AND a.member_ref = $2 ORDER BY l.id""",
+            program,
+            member_ref,
+        )
     return [(r["points"], r["remaining"], r["expires_at"]) for r in rows]
 
 
@@ -64,7 +67,9 @@ async def test_burns_consume_earliest_expiring_first(client: httpx.AsyncClient, 
     await earn(client, program, "cy", 100, occurred_at=ago(days=10))  # expires soonest... second
     await earn(client, program, "cy", 100, occurred_at=ago(days=100))  # expires first
     await earn(client, program, "cy", 100)
-    r = await post(client, "/v1/burn", {"program": program, "member_ref": "cy", "points": 150, "reference": "o"})
+    r = await post(
+        client, "/v1/burn", {"program": program, "member_ref": "cy", "points": 150, "reference": "o"}
+    )
     assert r.status_code == 201
     remaining = [lot[1] for lot in await _lots(ledger_app, program, "cy")]
     assert remaining == [50, 0, 100]
@@ -101,7 +106,9 @@ async def test_rollover_moves_a_share_into_a_new_lot(client: httpx.AsyncClient, 
 async def test_held_points_do_not_expire_until_the_hold_ends(client: httpx.AsyncClient, ledger_app) -> None:
     program = await create_program(client, expiry={"policy": "rolling", "months": 1})
     await earn(client, program, "fay", 100, occurred_at=ago(days=40))
-    r = await post(client, "/v1/holds", {"program": program, "member_ref": "fay", "points": 30, "reference": "c"})
+    r = await post(
+        client, "/v1/holds", {"program": program, "member_ref": "fay", "points": 30, "reference": "c"}
+    )
     hold = r.json()
     await _expire(client)
     view = await member(client, program, "fay")
@@ -124,7 +131,9 @@ async def test_expiry_run_twice_concurrently_expires_once(client: httpx.AsyncCli
     async with ledger_app.state.db.driver() as conn:
         expired = await conn.fetchval(
             """SELECT sum(t.points) FROM ledger.transactions t JOIN ledger.programs p ON p.id = t.program_id
-               WHERE p.code = $1 AND t.type = 'expiry'""", program)
+               WHERE p.code = $1 AND t.type = 'expiry'""",
+            program,
+        )
     assert expired == before
     again = await _expire(client)
     assert again["expired_points"] == 0 or again["lots"] == 0

@@ -10,8 +10,12 @@ from tests.ledger.invariants import check_ledger_invariants
 
 
 def _earn_body(program: str, who: str, amount: int, **purchase) -> dict:
-    return {"program": program, "member_ref": who, "reference": "r",
-            "purchase": {"amount_minor": amount, "currency": "CNY", **purchase}}
+    return {
+        "program": program,
+        "member_ref": who,
+        "reference": "r",
+        "purchase": {"amount_minor": amount, "currency": "CNY", **purchase},
+    }
 
 
 async def _rules(client: httpx.AsyncClient, program: str, body: dict) -> httpx.Response:
@@ -21,10 +25,21 @@ async def _rules(client: httpx.AsyncClient, program: str, body: dict) -> httpx.R
 START = "2020-01-01T00:00:00Z"
 
 
-async def test_earn_priced_by_rules_with_breakdown(client: httpx.AsyncClient, program: str, ledger_app) -> None:
-    r = await _rules(client, program, {"effective_from": START, "base": {"points": 1, "per_amount_minor": 100},
-                                       "rules": [{"name": "partner 10x", "match": {"merchant_id": "M1"}, "multiplier": "10"},
-                                                 {"name": "app bonus", "match": {"channel": "app"}, "bonus_points": 5}]})
+async def test_earn_priced_by_rules_with_breakdown(
+    client: httpx.AsyncClient, program: str, ledger_app
+) -> None:
+    r = await _rules(
+        client,
+        program,
+        {
+            "effective_from": START,
+            "base": {"points": 1, "per_amount_minor": 100},
+            "rules": [
+                {"name": "partner 10x", "match": {"merchant_id": "M1"}, "multiplier": "10"},
+                {"name": "app bonus", "match": {"channel": "app"}, "bonus_points": 5},
+            ],
+        },
+    )
     assert r.status_code == 201, r.text
     assert r.json()["version"] == 1
     r = await post(client, "/v1/earn", _earn_body(program, "ann", 12345, merchant_id="M1", channel="app"))
@@ -33,23 +48,35 @@ async def test_earn_priced_by_rules_with_breakdown(client: httpx.AsyncClient, pr
     assert t["points"] == 1239 and t["merchant_id"] == "M1"
     assert t["breakdown"]["multiplier"]["rule"] == "partner 10x"
     assert t["breakdown"]["bonuses"] == [{"rule": "app bonus", "points": 5}]
-    dry = await client.post(f"/v1/programs/{program}/rules/evaluate",
-                            json={"member_ref": "ann", "purchase": {"amount_minor": 12345, "currency": "CNY",
-                                                                    "merchant_id": "M1", "channel": "app"}})
+    dry = await client.post(
+        f"/v1/programs/{program}/rules/evaluate",
+        json={
+            "member_ref": "ann",
+            "purchase": {"amount_minor": 12345, "currency": "CNY", "merchant_id": "M1", "channel": "app"},
+        },
+    )
     assert dry.status_code == 200 and dry.json()["points"] == 1239
     assert (await member(client, program, "ann"))["balance"] == 1239  # the dry run posted nothing
     await check_ledger_invariants(ledger_app.state.db, program)
 
 
-async def test_versions_are_effective_dated_and_never_overlap(client: httpx.AsyncClient, program: str) -> None:
+async def test_versions_are_effective_dated_and_never_overlap(
+    client: httpx.AsyncClient, program: str
+) -> None:
     base = {"base": {"points": 1, "per_amount_minor": 100}}
     assert (await _rules(client, program, {"effective_from": START, **base})).status_code == 201
     now = datetime.now(UTC)
     later = (now - timedelta(days=1)).isoformat()
-    r = await _rules(client, program, {"effective_from": later, "base": {"points": 2, "per_amount_minor": 100}})
+    r = await _rules(
+        client, program, {"effective_from": later, "base": {"points": 2, "per_amount_minor": 100}}
+    )
     assert r.status_code == 201 and r.json()["version"] == 2
-    assert_problem(await _rules(client, program, {"effective_from": START, **base}), 409, "rule_version_overlap")
-    assert_problem(await _rules(client, program, {"effective_from": later, **base}), 409, "rule_version_overlap")
+    assert_problem(
+        await _rules(client, program, {"effective_from": START, **base}), 409, "rule_version_overlap"
+    )
+    assert_problem(
+        await _rules(client, program, {"effective_from": later, **base}), 409, "rule_version_overlap"
+    )
     # an earn that happened before version 2 is priced by version 1
     old = _earn_body(program, "bo", 1000)
     old["occurred_at"] = (now - timedelta(days=3)).isoformat()
@@ -68,15 +95,31 @@ async def test_earn_without_rules_and_currency_mismatch(client: httpx.AsyncClien
     early = _earn_body(program, "cy", 100)
     early["occurred_at"] = "2019-06-01T00:00:00Z"
     assert_problem(await post(client, "/v1/earn", early), 422, "no_earning_rules")
-    assert_problem(await client.post("/v1/programs/NOPE_XYZ/rules/evaluate",
-                                      json={"member_ref": "x", "purchase": {"amount_minor": 1, "currency": "CNY"}}),
-                   404, "program_not_found")
+    assert_problem(
+        await client.post(
+            "/v1/programs/NOPE_XYZ/rules/evaluate",
+            json={"member_ref": "x", "purchase": {"amount_minor": 1, "currency": "CNY"}},
+        ),
+        404,
+        "program_not_found",
+    )
 
 
-async def test_member_caps_hold_under_concurrency(client: httpx.AsyncClient, program: str, ledger_app) -> None:
-    await _rules(client, program, {"effective_from": START, "base": {"points": 1, "per_amount_minor": 100},
-                                   "caps": {"per_member_per_day": 1000, "per_member_per_month": 1500}})
-    responses = await asyncio.gather(*(post(client, "/v1/earn", _earn_body(program, "dan", 30000)) for _ in range(10)))
+async def test_member_caps_hold_under_concurrency(
+    client: httpx.AsyncClient, program: str, ledger_app
+) -> None:
+    await _rules(
+        client,
+        program,
+        {
+            "effective_from": START,
+            "base": {"points": 1, "per_amount_minor": 100},
+            "caps": {"per_member_per_day": 1000, "per_member_per_month": 1500},
+        },
+    )
+    responses = await asyncio.gather(
+        *(post(client, "/v1/earn", _earn_body(program, "dan", 30000)) for _ in range(10))
+    )
     assert all(r.status_code == 201 for r in responses)
     points = sorted(r.json()["points"] for r in responses)
     assert sum(points) == 1000 and points[-1] == 300 and points.count(0) == 6
@@ -95,8 +138,15 @@ async def test_member_caps_hold_under_concurrency(client: httpx.AsyncClient, pro
 
 async def test_tier_rules_use_the_members_tier(client: httpx.AsyncClient) -> None:
     program = await create_program(client, tiers=[{"code": "gold", "min_points": 1000}])
-    await _rules(client, program, {"effective_from": START, "base": {"points": 1, "per_amount_minor": 100},
-                                   "rules": [{"name": "gold 2x", "match": {"tier": "gold"}, "multiplier": "2"}]})
+    await _rules(
+        client,
+        program,
+        {
+            "effective_from": START,
+            "base": {"points": 1, "per_amount_minor": 100},
+            "rules": [{"name": "gold 2x", "match": {"tier": "gold"}, "multiplier": "2"}],
+        },
+    )
     assert (await post(client, "/v1/earn", _earn_body(program, "eve", 100000))).json()["points"] == 1000
     assert (await member(client, program, "eve"))["tier"] == "gold"
     assert (await post(client, "/v1/earn", _earn_body(program, "eve", 1000))).json()["points"] == 20
@@ -106,8 +156,13 @@ async def test_rules_need_admin(client: httpx.AsyncClient, program: str, ledger_
     from tests.conftest import make_key
 
     reader = await make_key(ledger_app, ["ledger:read", "ledger:earn"])
-    r = await client.post(f"/v1/programs/{program}/rules", headers={"Authorization": f"Bearer {reader}"},
-                          json={"effective_from": START, "base": {"points": 1, "per_amount_minor": 100}})
+    r = await client.post(
+        f"/v1/programs/{program}/rules",
+        headers={"Authorization": f"Bearer {reader}"},
+        json={"effective_from": START, "base": {"points": 1, "per_amount_minor": 100}},
+    )
     assert_problem(r, 403, "insufficient_scope")
-    r = await _rules(client, program, {"effective_from": START, "base": {"points": 0, "per_amount_minor": 100}})
+    r = await _rules(
+        client, program, {"effective_from": START, "base": {"points": 0, "per_amount_minor": 100}}
+    )
     assert_problem(r, 422, "validation_error")

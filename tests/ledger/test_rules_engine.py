@@ -15,7 +15,11 @@ NOV = datetime(2026, 11, 15, tzinfo=UTC)
 
 
 def rules(**overrides) -> RuleSetIn:
-    body = {"effective_from": "2026-01-01T00:00:00Z", "base": {"points": 1, "per_amount_minor": 100}, **overrides}
+    body = {
+        "effective_from": "2026-01-01T00:00:00Z",
+        "base": {"points": 1, "per_amount_minor": 100},
+        **overrides,
+    }
     return RuleSetIn.model_validate(body)
 
 
@@ -78,7 +82,10 @@ def test_campaign_windows_are_half_open() -> None:
 
 def test_rounding_happens_once_after_the_multiplier() -> None:
     # 0.5 points per CNY at 3x on 1.50 CNY: 2.25 -> 2 (rounding before the multiplier would give 0 or 3)
-    rs = rules(base={"points": 1, "per_amount_minor": 200}, rules=[{"name": "3x", "match": {"channel": "pos"}, "multiplier": "3"}])
+    rs = rules(
+        base={"points": 1, "per_amount_minor": 200},
+        rules=[{"name": "3x", "match": {"channel": "pos"}, "multiplier": "3"}],
+    )
     assert price(rs, 1, buy(150, channel="pos"), "basic", NOV).points == 2
     up = rules(base={"points": 1, "per_amount_minor": 200, "rounding": "up"})
     assert price(up, 1, buy(150), "basic", NOV).points == 1
@@ -89,8 +96,14 @@ def test_rounding_happens_once_after_the_multiplier() -> None:
 
 @pytest.mark.parametrize(
     ("value", "mode", "expected"),
-    [(Fraction(7, 2), "down", 3), (Fraction(7, 2), "up", 4), (Fraction(7, 2), "half_up", 4),
-     (Fraction(10, 3), "half_up", 3), (Fraction(6, 2), "up", 3), (Fraction(0), "up", 0)],
+    [
+        (Fraction(7, 2), "down", 3),
+        (Fraction(7, 2), "up", 4),
+        (Fraction(7, 2), "half_up", 4),
+        (Fraction(10, 3), "half_up", 3),
+        (Fraction(6, 2), "up", 3),
+        (Fraction(0), "up", 0),
+    ],
 )
 def test_round_points(value: Fraction, mode: str, expected: int) -> None:
     assert round_points(value, mode) == expected
@@ -120,12 +133,25 @@ def test_per_transaction_cap_applies_last() -> None:
         {"rules": [{"name": "x", "match": {"channel": "pos"}}]},
         {"rules": [{"name": "x", "match": {"channel": "pos"}, "multiplier": "-2"}]},
         {"rules": [{"name": "x", "match": {"channel": "fax"}, "multiplier": "2"}]},
-        {"rules": [{"name": "x", "match": {"channel": "pos"}, "multiplier": "2", "active_from": "2026-02-01T00:00:00Z",
-                    "active_to": "2026-01-01T00:00:00Z"}]},
+        {
+            "rules": [
+                {
+                    "name": "x",
+                    "match": {"channel": "pos"},
+                    "multiplier": "2",
+                    "active_from": "2026-02-01T00:00:00Z",
+                    "active_to": "2026-01-01T00:00:00Z",
+                }
+            ]
+        },
         {"rules": [{"name": "x", "match": {"mcc": "54"}, "multiplier": "2"}]},
         {"caps": {"per_transaction": 0}},
-        {"rules": [{"name": "x", "match": {"channel": "pos"}, "multiplier": "2"},
-                   {"name": "x", "match": {"channel": "app"}, "multiplier": "3"}]},
+        {
+            "rules": [
+                {"name": "x", "match": {"channel": "pos"}, "multiplier": "2"},
+                {"name": "x", "match": {"channel": "app"}, "multiplier": "3"},
+            ]
+        },
     ],
 )
 def test_rule_validation(bad) -> None:

@@ -21,7 +21,9 @@ async def test_upgrade_at_the_earn_that_crosses_and_history(client: httpx.AsyncC
     assert (await member(client, program, "amy"))["tier"] == "gold"
     history = (await client.get(f"/v1/programs/{program}/members/amy/tiers")).json()["data"]
     assert [(h["from_tier"], h["to_tier"], h["reason"]) for h in history] == [
-        ("silver", "gold", "earn"), ("basic", "silver", "earn")]
+        ("silver", "gold", "earn"),
+        ("basic", "silver", "earn"),
+    ]
 
 
 async def test_only_qualifying_kinds_count(client: httpx.AsyncClient) -> None:
@@ -55,7 +57,9 @@ async def test_points_leave_the_window_and_review_downgrades(client: httpx.Async
         await conn.execute(
             """UPDATE ledger.tier_buckets b SET month = (b.month - interval '4 months')::date
                FROM ledger.accounts a JOIN ledger.programs p ON p.id = a.program_id
-               WHERE b.account_id = a.id AND p.code = $1""", program)
+               WHERE b.account_id = a.id AND p.code = $1""",
+            program,
+        )
     await earn(client, program, "dee", 1500)
     view = await member(client, program, "dee")
     assert view["tier"] == "gold" and view["qualifying_points"] == 1500  # no downgrade at an earn
