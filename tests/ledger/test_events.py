@@ -62,7 +62,8 @@ async def test_every_committed_transaction_exactly_once_in_order(
         committed = {
             str(r["id"])
             for r in await conn.fetch(
-                "SELECT t.id FROM ledger.transactions t JOIN ledger.programs p ON p.id = t.program_id WHERE p.code = $1",
+                "SELECT t.id FROM ledger.transactions t JOIN ledger.programs p ON p.id = t.program_id"
+                " WHERE p.code = $1",
                 program,
             )
         }
@@ -135,12 +136,9 @@ async def test_webhooks_are_signed_ordered_and_retried(client: httpx.AsyncClient
             points.append(orjson.loads(body)["transaction"]["points"])
         assert points == [10, 11, 12, 13, 14]  # in order, the adjustment filtered out, none twice
         state = (await client.get(f"/v1/webhooks/{hook_id}")).json()
-        assert (
-            state["delivered"] == 5
-            and state["failures"] == 0
-            and "secret" not in state
-            or state["secret"] is None
-        )
+        assert (state["delivered"] == 5 and state["failures"] == 0 and "secret" not in state) or state[
+            "secret"
+        ] is None
         assert (await client.delete(f"/v1/webhooks/{hook_id}")).json()["active"] is False
     finally:
         server.should_exit = True

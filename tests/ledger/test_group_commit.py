@@ -4,6 +4,7 @@ results, idempotency and errors; a process killed mid-batch loses nothing and ap
 from __future__ import annotations
 
 import asyncio
+
 import httpx
 import pytest
 from prometheus_client import REGISTRY

@@ -73,7 +73,7 @@ def test_campaign_windows_are_half_open() -> None:
             }
         ]
     )
-    at = lambda s: datetime.fromisoformat(s)  # noqa: E731
+    at = datetime.fromisoformat
     assert price(rs, 1, buy(100, merchant_id="M1"), "basic", at("2026-10-31T23:59:59+00:00")).points == 1
     assert price(rs, 1, buy(100, merchant_id="M1"), "basic", at("2026-11-01T00:00:00+00:00")).points == 10
     assert price(rs, 1, buy(100, merchant_id="M1"), "basic", at("2026-11-30T23:59:59+00:00")).points == 10
