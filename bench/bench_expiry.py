@@ -67,7 +67,8 @@ ANALYZE;
 
 
 class PeakSampler(threading.Thread):
-    """Samples the summed RSS of the PostgreSQL processes every 100 ms."""
+    """Samples the PostgreSQL processes every 100 ms: the largest private memory (USS: pages only
+    that process holds; RSS would also count the shared buffers every backend maps)."""
 
     def __init__(self, root_pid: int) -> None:
         super().__init__(daemon=True)
@@ -79,8 +80,8 @@ class PeakSampler(threading.Thread):
         while not self.stop:
             try:
                 for child in self.root.children(recursive=True):
-                    rss = child.memory_info().rss
-                    self.peak_backend = max(self.peak_backend, rss)
+                    uss = child.memory_full_info().uss
+                    self.peak_backend = max(self.peak_backend, uss)
             except psutil.Error:
                 pass
             time.sleep(0.1)
@@ -125,7 +126,7 @@ async def main(args: argparse.Namespace) -> None:
         print(
             f"peak RSS of this process: {rss_before / 1024:.0f} MiB before, {rss_after / 1024:.0f} MiB after"
         )
-        print(f"peak RSS of one PostgreSQL process during the run: {sampler.peak_backend / 2**20:.0f} MiB")
+        print(f"peak private memory (USS) of one PostgreSQL process during the run: {sampler.peak_backend / 2**20:.0f} MiB")
         print(f"check: outstanding {outstanding:,} -> {left:,}, open lots left {open_lots}")
         assert left == 0 and open_lots == 0 and run.expired_points == outstanding
     finally:
