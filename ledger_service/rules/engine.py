@@ -46,11 +46,16 @@ def active(rule: Rule, at: datetime) -> bool:
 
 
 def round_points(value: Fraction, rounding: str) -> int:
+    return round_ratio(value.numerator, value.denominator, rounding)
+
+
+def round_ratio(numerator: int, denominator: int, rounding: str) -> int:
+    """numerator / denominator (both >= 0, denominator > 0) rounded as the rule set says."""
     if rounding == "up":
-        return -((-value.numerator) // value.denominator)
+        return -((-numerator) // denominator)
     if rounding == "half_up":
-        return (2 * value.numerator + value.denominator) // (2 * value.denominator)
-    return value.numerator // value.denominator
+        return (2 * numerator + denominator) // (2 * denominator)
+    return numerator // denominator
 
 
 def needs_tier(rule_set: RuleSetIn) -> bool:
@@ -59,13 +64,14 @@ def needs_tier(rule_set: RuleSetIn) -> bool:
 
 def price(rule_set: RuleSetIn, version: int, purchase: Purchase, tier: str, at: datetime) -> Priced:
     base = rule_set.base
-    raw = Fraction(purchase.amount_minor * base.points, base.per_amount_minor)
+    # Integer arithmetic only: amount * points * multiplier / per_amount, rounded once.
+    raw = purchase.amount_minor * base.points
     hits = [r for r in rule_set.rules if active(r, at) and matches(r.match, purchase, tier)]
     best = max((r for r in hits if r.multiplier is not None), key=lambda r: r.multiplier or 0, default=None)
-    multiplier = (
-        Fraction(best.multiplier) if best is not None and best.multiplier is not None else Fraction(1)
-    )
-    multiplied = round_points(raw * multiplier, base.rounding)
+    num, den = (1, 1)
+    if best is not None and best.multiplier is not None:
+        num, den = best.multiplier.as_integer_ratio()
+    multiplied = round_ratio(raw * num, base.per_amount_minor * den, base.rounding)
     bonus_rules = [(r.name, r.bonus_points) for r in hits if r.bonus_points]
     bonuses = [{"rule": name, "points": points} for name, points in bonus_rules]
     total = multiplied + sum(points for _, points in bonus_rules)
@@ -78,7 +84,7 @@ def price(rule_set: RuleSetIn, version: int, purchase: Purchase, tier: str, at: 
         "rule_set_version": version,
         "amount_minor": purchase.amount_minor,
         "base": {"points": base.points, "per_amount_minor": base.per_amount_minor},
-        "base_points": round_points(raw, base.rounding),
+        "base_points": round_ratio(raw, base.per_amount_minor, base.rounding),
         "multiplier": {"rule": best.name if best else None, "value": str(best.multiplier) if best else "1"},
         "rounding": base.rounding,
         "multiplied_points": multiplied,

@@ -929,15 +929,17 @@ BEGIN
 END $$;
 
 -- The outbox trigger and the single sequencer of the event feed.
+-- Statement-level with a transition table, so a bulk insert of a million rows is one trigger call.
 CREATE FUNCTION ledger.outbox_on_transaction() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO ledger.outbox (txn_id) VALUES (NEW.id);
+    INSERT INTO ledger.outbox (txn_id) SELECT id FROM inserted;
     RETURN NULL;
 END $$;
 
 CREATE TRIGGER transactions_outbox AFTER INSERT ON ledger.transactions
-FOR EACH ROW EXECUTE FUNCTION ledger.outbox_on_transaction();
+REFERENCING NEW TABLE AS inserted
+FOR EACH STATEMENT EXECUTE FUNCTION ledger.outbox_on_transaction();
 
 CREATE FUNCTION ledger.sequence_events(p_limit int) RETURNS int
 LANGUAGE plpgsql AS $$
