@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from ledger_service.batches.endpoints import router as batches_router
 from ledger_service.events.endpoints import router as events_router
 from ledger_service.housekeeping import Housekeeper
 from ledger_service.jobs.endpoints import router as jobs_router
@@ -15,6 +16,7 @@ from ledger_service.reports.endpoints import router as reports_router
 from ledger_service.rules.endpoints import router as rules_router
 from ledger_service.rules.service import RuleBook
 from services.app import build_app
+from services.keyfiles import pii_key
 from services.settings import Settings
 
 DESCRIPTION = """
@@ -36,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_batch=settings.ledger_coalesce_max_batch,
         )
         app.state.rules = RuleBook(app.state.db)
+        app.state.pii_key = pii_key(settings)
         app.state.housekeeper = Housekeeper(app.state.db, settings)
         app.state.housekeeper.start()
 
@@ -53,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             postings_router,
             members_router,
             reports_router,
+            batches_router,
             events_router,
             jobs_router,
         ],

@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from ledger_service.batches.processor import BatchProcessor
 from ledger_service.events.service import WebhookDeliverer, sequence
 from ledger_service.jobs.service import run_expiry, run_tier_review
 from services.db import Database
@@ -63,6 +64,7 @@ class Housekeeper:
             ("webhooks", settings.webhook_interval_s, self.deliverer.run_once),
             ("expiry", settings.expiry_interval_s, lambda: run_expiry(db)),
             ("tiers", settings.tier_review_interval_s, lambda: run_tier_review(db)),
+            ("batches", settings.batch_interval_s, BatchProcessor(db).run_once),
             ("keys", 3600.0, lambda: purge_idempotency_keys(db, settings.idempotency_retention_days)),
         ]
 

@@ -78,7 +78,11 @@ class RequestContextMiddleware:
                 await self._too_large(send, rid_header, limit)
                 status_holder[0] = 413
                 return
-            if declared is None and scope["method"] in ("POST", "PUT", "PATCH"):
+            if (
+                declared is None
+                and scope["method"] in ("POST", "PUT", "PATCH")
+                and limit == self.max_body_bytes
+            ):
                 # Chunked body of unknown length: read it up to the limit before the app sees it.
                 buffered = await self._buffer(receive, limit)
                 if buffered is None:

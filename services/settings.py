@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     webhook_interval_s: float = Field(default=0.5, gt=0)
     expiry_interval_s: float = Field(default=300.0, gt=0)
     tier_review_interval_s: float = Field(default=3600.0, gt=0)
+    batch_interval_s: float = Field(default=0.5, gt=0)
     idempotency_retention_days: int = Field(default=30, ge=30)
 
     def service_port(self, service: str) -> int:

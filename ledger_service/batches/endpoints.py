@@ -1,0 +1,96 @@
+"""Routes for card-issuer batches."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.responses import Response
+
+from ledger_service.batches import service
+from ledger_service.batches.schemas import BatchOut, RejectionPage
+from services.auth import Principal, require
+from services.errors import error_responses
+from services.idempotency import REPLAYED_HEADER, idempotency_key
+
+router = APIRouter(prefix="/v1/batches", tags=["batches"])
+
+CSV_EXAMPLE = (
+    "external_id,type,program,card_number,member_ref,amount_minor,currency,merchant_id,mcc,channel,occurred_at,points\n"
+    "TX-0001,earn,BOC,6222020200112233445,,12345,CNY,M-COFFEE-01,5814,pos,2026-11-28T10:00:00Z,\n"
+    "TX-0002,earn,BOC,,m-10001,50000,CNY,M-AIR-7,4511,online,2026-11-28T11:30:00Z,\n"
+    "TX-0003,reverse,BOC,,m-10001,20000,CNY,,,,2026-11-28T18:00:00Z,\n"
+)
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=BatchOut,
+    summary="Upload a card-issuer file (CSV or NDJSON); it is posted in the background",
+    description="Streamed, never held in memory. Each row posts at most once per (API key, external_id), "
+    "whatever the re-sends. Columns: external_id, type (earn|reverse), original_external_id (for a "
+    "reverse row with its own id), program, member_ref or card_number (tokenized at once), "
+    "amount_minor, currency, merchant_id, mcc, channel, occurred_at, points (else priced by the "
+    "program's earning rules). A reverse row reverses the earn with external_id = original_external_id "
+    "(or its own external_id): `points`, else in proportion to `amount_minor`, else all that is left.",
+    responses=error_responses(400, 401, 403, 409, 415),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "text/csv": {"schema": {"type": "string"}, "example": CSV_EXAMPLE},
+                "application/x-ndjson": {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
+async def upload(
+    request: Request,
+    principal: Annotated[Principal, Depends(require("ledger:batch"))],
+    key: Annotated[str, Depends(idempotency_key)],
+) -> Response:
+    status, out, replayed = await service.upload(
+        request.app.state.db,
+        request.app.state.rules,
+        request.app.state.pii_key,
+        principal,
+        key,
+        request.headers.get("content-type"),
+        request.stream(),
+    )
+    headers = {REPLAYED_HEADER: "true"} if replayed else None
+    return Response(
+        service.replay_body(out), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+@router.get(
+    "/{batch_id}",
+    response_model=BatchOut,
+    summary="A batch's status, counts and progress",
+    responses=error_responses(401, 403, 404),
+)
+async def get_batch(
+    request: Request,
+    batch_id: UUID,
+    principal: Annotated[Principal, Depends(require("ledger:batch", "ledger:read"))],
+) -> BatchOut:
+    return await service.get_batch(request.app.state.db, principal, batch_id)
+
+
+@router.get(
+    "/{batch_id}/rejections",
+    response_model=RejectionPage,
+    summary="Rejected rows with their line number and reason",
+    responses=error_responses(400, 401, 403, 404),
+)
+async def get_rejections(
+    request: Request,
+    batch_id: UUID,
+    principal: Annotated[Principal, Depends(require("ledger:batch", "ledger:read"))],
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+) -> RejectionPage:
+    return await service.get_rejections(request.app.state.db, principal, batch_id, limit=limit, cursor=cursor)

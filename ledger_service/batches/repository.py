@@ -1,0 +1,133 @@
+"""SQL for batches: staging by COPY, chunked set-based posting, status and rejections."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from ledger_service.batches.parsing import COPY_COLUMNS
+
+_COLUMNS = """id, status, format, rows, processed, posted, duplicates, rejected, points_posted, stage, error,
+    created_at, received_at, started_at, finished_at, api_key_id"""
+
+_CREATE = "INSERT INTO ledger.batches (id, api_key_id, status, format) VALUES ($1, $2, 'receiving', $3)"
+_RECEIVED = f"""UPDATE ledger.batches SET status = 'received', rows = $2, sha256 = $3, received_at = now()
+               WHERE id = $1 RETURNING {_COLUMNS}"""
+_FAIL_UPLOAD = "UPDATE ledger.batches SET status = 'failed', error = $2, finished_at = now() WHERE id = $1"
+_DROP_STAGING = "DELETE FROM ledger.batch_staging WHERE batch_id = $1"
+_GET = f"SELECT {_COLUMNS} FROM ledger.batches WHERE id = $1"
+_REJECTIONS = """SELECT line, external_id, reason FROM ledger.batch_rejections
+                 WHERE batch_id = $1 AND line > $2 ORDER BY line LIMIT $3"""
+_IDEM_GET = """SELECT request_hash, status, body::text AS body FROM ledger.idempotency_keys
+               WHERE api_key_id = $1 AND key = $2"""
+_IDEM_PUT = """INSERT INTO ledger.idempotency_keys (api_key_id, key, request_hash, status, body)
+               VALUES ($1, $2, $3, $4, $5::jsonb)"""
+_LOCK = "SELECT pg_try_advisory_lock(hashtextextended('idem:' || $1 || ':' || $2, 0))"
+_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended('idem:' || $1 || ':' || $2, 0))"
+_TIERS = """SELECT a.member_ref, a.tier FROM ledger.accounts a JOIN ledger.programs p ON p.id = a.program_id
+            WHERE p.code = $1 AND a.kind = 'member' AND a.member_ref = ANY ($2::text[])"""
+
+_CLAIM = f"""
+UPDATE ledger.batches SET status = 'processing', started_at = coalesce(started_at, now()),
+    lease_until = now() + interval '60 seconds'
+WHERE id = (SELECT id FROM ledger.batches
+            WHERE status IN ('received', 'processing') AND (lease_until IS NULL OR lease_until < now())
+            ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
+RETURNING {_COLUMNS}, next_line, reversals_after
+"""
+_EARNS = "SELECT * FROM ledger.process_batch_earns($1, $2, $3)"
+_REVERSALS = "SELECT * FROM ledger.process_batch_reversals($1, $2, $3)"
+_STAGE = "UPDATE ledger.batches SET stage = $2 WHERE id = $1"
+_DONE = """UPDATE ledger.batches SET status = 'completed', stage = 'done', finished_at = now(),
+           lease_until = NULL WHERE id = $1"""
+_STALE_UPLOADS = """UPDATE ledger.batches SET status = 'failed', error = 'upload interrupted',
+                    finished_at = now()
+                    WHERE status = 'receiving' AND created_at < now() - interval '6 hours' RETURNING id"""
+
+
+async def create(conn: asyncpg.Connection, batch_id: UUID, api_key_id: int, fmt: str) -> None:
+    await conn.execute(_CREATE, batch_id, api_key_id, fmt)
+
+
+async def stage(conn: asyncpg.Connection, records: Sequence[tuple[Any, ...]]) -> None:
+    await conn.copy_records_to_table(
+        "batch_staging", schema_name="ledger", columns=list(COPY_COLUMNS), records=records
+    )
+
+
+async def mark_received(conn: asyncpg.Connection, batch_id: UUID, rows: int, sha256: str) -> asyncpg.Record:
+    row = await conn.fetchrow(_RECEIVED, batch_id, rows, sha256)
+    assert row is not None
+    return row
+
+
+async def fail_upload(conn: asyncpg.Connection, batch_id: UUID, error: str) -> None:
+    await conn.execute(_DROP_STAGING, batch_id)
+    await conn.execute(_FAIL_UPLOAD, batch_id, error)
+
+
+async def get(conn: asyncpg.Connection, batch_id: UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(_GET, batch_id)
+
+
+async def rejections(
+    conn: asyncpg.Connection, batch_id: UUID, after: int, limit: int
+) -> list[asyncpg.Record]:
+    return list(await conn.fetch(_REJECTIONS, batch_id, after, limit))
+
+
+async def idempotency_get(conn: asyncpg.Connection, api_key_id: int, key: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(_IDEM_GET, api_key_id, key)
+
+
+async def idempotency_put(
+    conn: asyncpg.Connection, api_key_id: int, key: str, request_hash: bytes, status: int, body: str
+) -> None:
+    await conn.execute(_IDEM_PUT, api_key_id, key, request_hash, status, body)
+
+
+async def lock_key(conn: asyncpg.Connection, api_key_id: int, key: str) -> bool:
+    return bool(await conn.fetchval(_LOCK, str(api_key_id), key))
+
+
+async def unlock_key(conn: asyncpg.Connection, api_key_id: int, key: str) -> None:
+    await conn.fetchval(_UNLOCK, str(api_key_id), key)
+
+
+async def tiers(conn: asyncpg.Connection, program: str, members: list[str]) -> dict[str, str]:
+    return {r["member_ref"]: r["tier"] for r in await conn.fetch(_TIERS, program, members)}
+
+
+async def claim(conn: asyncpg.Connection) -> asyncpg.Record | None:
+    return await conn.fetchrow(_CLAIM)
+
+
+async def process_earns(conn: asyncpg.Connection, batch_id: UUID, start: int, end: int) -> asyncpg.Record:
+    row = await conn.fetchrow(_EARNS, batch_id, start, end)
+    assert row is not None
+    return row
+
+
+async def process_reversals(
+    conn: asyncpg.Connection, batch_id: UUID, after: int, limit: int
+) -> asyncpg.Record:
+    row = await conn.fetchrow(_REVERSALS, batch_id, after, limit)
+    assert row is not None
+    return row
+
+
+async def set_stage(conn: asyncpg.Connection, batch_id: UUID, stage_name: str) -> None:
+    await conn.execute(_STAGE, batch_id, stage_name)
+
+
+async def complete(conn: asyncpg.Connection, batch_id: UUID) -> None:
+    async with conn.transaction():
+        await conn.execute(_DONE, batch_id)
+        await conn.execute(_DROP_STAGING, batch_id)
+
+
+async def fail_stale_uploads(conn: asyncpg.Connection) -> list[UUID]:
+    return [r["id"] for r in await conn.fetch(_STALE_UPLOADS)]

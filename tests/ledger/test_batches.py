@@ -1,0 +1,201 @@
+"""Card-issuer batches (issue 4): exact counts, exactly once under re-sends, restarts, tokenized cards."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import orjson
+
+from tests.conftest import create_program, make_key, member, new_key
+from tests.ledger.invariants import check_ledger_invariants
+
+HEADER = "external_id,type,original_external_id,program,card_number,member_ref,amount_minor,currency,merchant_id,mcc,channel,occurred_at,points"
+CARD = "6222020200112233445"
+
+
+def csv_file(program: str, prefix: str) -> bytes:
+    rows = [
+        f"{prefix}-1,earn,,{program},{CARD},,12345,CNY,M1,5814,pos,2026-11-28T10:00:00Z,",  # 123 points
+        f"{prefix}-2,earn,,{program},,alice,50000,CNY,M2,4511,online,2026-11-28T11:30:00Z,",  # 10x: 5000
+        f"{prefix}-2,earn,,{program},,alice,50000,CNY,M2,4511,online,2026-11-28T11:30:00Z,",  # duplicate
+        f"{prefix}-3,earn,,NOPE_XYZ,,alice,100,CNY,,,,,",  # unknown program
+        f"{prefix}-4,earn,,{program},,bob,,,,,,,70",  # explicit points
+        "not,a,valid,line",  # malformed
+        f"{prefix}-5,reverse,{prefix}-2,{program},,alice,20000,CNY,,,,2026-11-28T18:00:00Z,",  # 40%: 2000
+        f"{prefix}-6,earn,,{program},,carol,abc,CNY,,,,,",  # bad amount
+        f"{prefix}-7,reverse,{prefix}-404,{program},,carol,100,CNY,,,,,",  # unknown original
+        f"{prefix}-8,earn,,{program},,dave,100,USD,,,,,",  # currency mismatch
+        f"{prefix}-9,earn,,{program},,erin,999,CNY,,,,2099-01-01T00:00:00Z,",  # future
+    ]
+    return ("\n".join([HEADER, *rows]) + "\n").encode()
+
+
+async def _program(client: httpx.AsyncClient) -> str:
+    program = await create_program(client)
+    r = await client.post(
+        f"/v1/programs/{program}/rules",
+        json={
+            "effective_from": "2020-01-01T00:00:00Z",
+            "base": {"points": 1, "per_amount_minor": 100},
+            "rules": [{"name": "air 10x", "match": {"mcc": "4511"}, "multiplier": "10"}],
+        },
+    )
+    assert r.status_code == 201, r.text
+    return program
+
+
+async def upload(
+    client: httpx.AsyncClient,
+    content: bytes,
+    *,
+    key: str | None = None,
+    content_type: str = "text/csv",
+    auth: str | None = None,
+) -> httpx.Response:
+    headers = {"Idempotency-Key": key or new_key(), "Content-Type": content_type}
+    if auth:
+        headers["Authorization"] = f"Bearer {auth}"
+    return await client.post("/v1/batches", content=content, headers=headers)
+
+
+async def wait_done(client: httpx.AsyncClient, batch_id: str, timeout: float = 60) -> dict:
+    for _ in range(int(timeout / 0.1)):
+        body = (await client.get(f"/v1/batches/{batch_id}")).json()
+        if body["status"] in ("completed", "failed"):
+            return body
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"batch {batch_id} did not finish: {body}")
+
+
+async def test_a_file_gives_exact_counts_balances_and_rejections(
+    client: httpx.AsyncClient, ledger_app
+) -> None:
+    program = await _program(client)
+    r = await upload(client, csv_file(program, "A"))
+    assert r.status_code == 202, r.text
+    batch = r.json()
+    assert batch["status"] == "received" and batch["rows"] == 11
+    done = await wait_done(client, batch["id"])
+    assert done["status"] == "completed" and done["progress"] == 1.0
+    assert (done["posted"], done["duplicates"], done["rejected"]) == (4, 1, 6)
+    assert done["points_posted"] == 123 + 5000 + 70 - 2000
+    rejections = (await client.get(f"/v1/batches/{batch['id']}/rejections")).json()["data"]
+    assert [(x["line"], x["reason"]) for x in rejections] == [
+        (4, "unknown_program"),
+        (6, "malformed_line"),
+        (8, "bad_amount"),
+        (9, "unknown_original"),
+        (10, "currency_mismatch"),
+        (11, "occurred_in_future"),
+    ]
+    assert (await member(client, program, "alice"))["balance"] == 3000
+    assert (await member(client, program, "bob"))["balance"] == 70
+    # the card number became a token; it is nowhere in the database
+    async with ledger_app.state.db.driver() as conn:
+        token = await conn.fetchval(
+            "SELECT member_ref FROM ledger.accounts a JOIN ledger.programs p ON p.id = a.program_id"
+            " WHERE p.code = $1 AND member_ref LIKE 'card_%'",
+            program,
+        )
+        leaks = await conn.fetchval(
+            "SELECT count(*) FROM ledger.transactions WHERE member_ref LIKE $1 OR reference LIKE $1",
+            f"%{CARD}%",
+        )
+    assert token is not None and CARD not in token and leaks == 0
+    assert (await member(client, program, token))["balance"] == 123
+    await check_ledger_invariants(ledger_app.state.db, program)
+
+
+async def test_the_same_file_twice_and_twice_at_once_posts_once(
+    client: httpx.AsyncClient, ledger_app
+) -> None:
+    program = await _program(client)
+    content = csv_file(program, "B")
+    first = await upload(client, content)
+    await wait_done(client, first.json()["id"])
+    again = await upload(client, content)  # re-sent with a new key: every row is a duplicate
+    done = await wait_done(client, again.json()["id"])
+    assert (done["posted"], done["duplicates"]) == (0, 5)
+    two = await asyncio.gather(upload(client, csv_file(program, "C")), upload(client, csv_file(program, "C")))
+    results = [await wait_done(client, r.json()["id"]) for r in two]
+    assert sorted(r["posted"] for r in results) == [0, 4]
+    assert sum(r["duplicates"] for r in results) == 1 + 5
+    assert (await member(client, program, "alice"))["balance"] == 2 * 3000
+    await check_ledger_invariants(ledger_app.state.db, program)
+
+
+async def test_upload_idempotency_key(client: httpx.AsyncClient) -> None:
+    program = await _program(client)
+    key = new_key()
+    content = csv_file(program, "D")
+    first = await upload(client, content, key=key)
+    replay = await upload(client, content, key=key)
+    assert replay.status_code == 202 and replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.json()["id"] == first.json()["id"]
+    other = await upload(client, csv_file(program, "E"), key=key)
+    assert other.status_code == 409 and other.json()["code"] == "idempotency_key_reused"
+
+
+async def test_ndjson_and_bad_uploads(client: httpx.AsyncClient, ledger_app) -> None:
+    program = await _program(client)
+    lines = [
+        {"external_id": "N-1", "program": program, "member_ref": "nd", "points": 5},
+        {
+            "external_id": "N-2",
+            "program": program,
+            "member_ref": "nd",
+            "amount_minor": 1000,
+            "currency": "CNY",
+        },
+        {"external_id": "N-3", "program": program, "member_ref": "nd", "points": "x"},
+        {"external_id": "N-4", "program": program, "member_ref": "nd", "surprise": 1},
+    ]
+    content = b"\n".join(orjson.dumps(x) for x in lines)
+    r = await upload(client, content, content_type="application/x-ndjson")
+    done = await wait_done(client, r.json()["id"])
+    assert (done["posted"], done["rejected"]) == (2, 2)
+    assert (await member(client, program, "nd"))["balance"] == 15
+    r = await upload(client, b"a,b,c\n1,2,3\n")
+    assert r.status_code == 400 and r.json()["code"] == "invalid_batch_header"
+    r = await upload(client, b"", content_type="text/csv")
+    assert r.status_code == 400
+    r = await upload(client, b"{}", content_type="application/xml")
+    assert r.status_code == 415 and r.json()["code"] == "unsupported_media_type"
+    r = await client.post("/v1/batches", content=b"x", headers={"Content-Type": "text/csv"})
+    assert r.status_code == 400 and r.json()["code"] == "idempotency_key_required"
+    reader = await make_key(ledger_app, ["ledger:read", "ledger:earn"])
+    r = await upload(client, csv_file(program, "F"), auth=reader)
+    assert r.status_code == 403
+    assert (await client.get("/v1/batches/00000000-0000-0000-0000-000000000000")).status_code == 404
+
+
+async def test_a_killed_service_resumes_the_batch(
+    database_url, client: httpx.AsyncClient, admin_key, ledger_app
+) -> None:
+    """A batch that a (crashed) processor left half done is finished by the next one, exactly once."""
+    from ledger_service.batches.processor import BatchProcessor
+
+    program = await _program(client)
+    rows = [HEADER] + [f"K-{i},earn,,{program},,k{i % 30},,,,,,,{1 + i % 7}" for i in range(3000)]
+    r = await upload(client, ("\n".join(rows) + "\n").encode())
+    batch_id = r.json()["id"]
+    # Simulate the crash: a processor that did only the first chunk, then died holding the lease.
+    async with ledger_app.state.db.driver() as conn:
+        await conn.execute(
+            "UPDATE ledger.batches SET lease_until = now() + interval '1 hour' WHERE id = $1::uuid", batch_id
+        )
+        await conn.execute("SELECT * FROM ledger.process_batch_earns($1::uuid, 0, 1000)", batch_id)
+        await conn.execute(
+            "UPDATE ledger.batches SET status = 'processing', lease_until = now() - interval '1 s'"
+            " WHERE id = $1::uuid",
+            batch_id,
+        )
+    await BatchProcessor(ledger_app.state.db, earn_chunk=700).run_once()
+    done = await wait_done(client, batch_id)
+    assert (done["posted"], done["duplicates"], done["rejected"]) == (3000, 0, 0)
+    expected = sum(1 + i % 7 for i in range(3000))
+    assert done["points_posted"] == expected
+    total = sum([(await member(client, program, f"k{i}"))["balance"] for i in range(30)])
+    assert total == expected
+    await check_ledger_invariants(ledger_app.state.db, program)
