@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test bench bench-expiry lint typecheck migrate check clean
+.PHONY: install run test bench bench-expiry bench-batch lint typecheck migrate check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ test: install
 
 bench: install
 	$(BIN)/python bench/bench_ledger.py
+
+bench-batch: install
+	$(BIN)/python bench/bench_batch.py
 
 bench-expiry: install
 	$(BIN)/python bench/bench_expiry.py

@@ -64,7 +64,11 @@ class Housekeeper:
             ("webhooks", settings.webhook_interval_s, self.deliverer.run_once),
             ("expiry", settings.expiry_interval_s, lambda: run_expiry(db)),
             ("tiers", settings.tier_review_interval_s, lambda: run_tier_review(db)),
-            ("batches", settings.batch_interval_s, BatchProcessor(db).run_once),
+            (
+                "batches",
+                settings.batch_interval_s,
+                BatchProcessor(db, earn_chunk=settings.batch_chunk_rows).run_once,
+            ),
             ("keys", 3600.0, lambda: purge_idempotency_keys(db, settings.idempotency_retention_days)),
         ]
 

@@ -197,6 +197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     key.add_argument("--programs", default=None, help="comma-separated program codes (default: all)")
     key.set_defaults(func=cmd_create_api_key)
 
+    from services.batch_cli import add_commands
+
+    add_commands(sub)
+
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

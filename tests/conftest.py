@@ -51,6 +51,7 @@ def test_settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -
         webhook_interval_s=0.1,
         expiry_interval_s=3600,
         tier_review_interval_s=3600,
+        batch_interval_s=3600,  # batch tests drive the processor themselves
         db_pool_size=20,
         log_level="WARNING",
     )

@@ -117,16 +117,18 @@ def parse_fields(line: int, f: dict[str, str], tokens: CardTokenizer, now: datet
         return bad("malformed_program")
     row.program = program
     member, card = f.get("member_ref") or "", f.get("card_number") or ""
-    if bool(member) == bool(card):
+    if member and card:
+        return bad("needs_member_ref_or_card_number")
+    if not member and not card and kind == "earn":  # a reverse row finds its member through the original
         return bad("needs_member_ref_or_card_number")
     if card:
         digits = _CARD_SEPARATORS.sub("", card)
         if not digits.isdigit() or not 12 <= len(digits) <= 19:
             return bad("malformed_card_number")
         row.member_ref = tokens.token(digits)
-    elif not _MEMBER.match(member):
-        return bad("malformed_member_ref")
-    else:
+    elif member:
+        if not _MEMBER.match(member):
+            return bad("malformed_member_ref")
         row.member_ref = member
     amount = f.get("amount_minor") or ""
     if amount:

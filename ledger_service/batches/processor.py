@@ -4,9 +4,9 @@ moves the batch's cursor, so a restart resumes exactly where the last commit lef
 
 from __future__ import annotations
 
+import asyncio
 import logging
-
-import asyncpg
+from uuid import UUID
 
 from ledger_service.batches import repository
 from services.db import Database
@@ -15,6 +15,7 @@ from services.metrics import LEDGER_OPERATIONS
 log = logging.getLogger("jifen.ledger.batches")
 
 EARN_CHUNK = 20_000
+FOLLOW_INTERVAL_S = 0.1
 REVERSAL_CHUNK = 50  # each reversal is a subtransaction; stay under PostgreSQL's cache of 64
 
 
@@ -30,31 +31,39 @@ class BatchProcessor:
             await repository.fail_stale_uploads(conn)
         while True:
             async with self.db.driver() as conn:
-                batch = await repository.claim(conn)
-            if batch is None:
+                batch_id = await repository.claim(conn)
+            if batch_id is None:
                 return finished
-            await self._process(batch)
-            finished += 1
+            if await self._process(batch_id):
+                finished += 1
 
-    async def _process(self, batch: asyncpg.Record) -> None:
-        batch_id, rows = batch["id"], int(batch["rows"])
-        stage, cursor, reversals_after = (
-            batch["stage"],
-            int(batch["next_line"]),
-            int(batch["reversals_after"]),
-        )
+    async def _process(self, batch_id: UUID) -> bool:
+        """Posts what is staged; returns True once the batch is complete. While the upload is
+        still arriving it follows it, posting each staged chunk, until the last line."""
         async with self.db.driver() as conn:
-            if stage == "earns":
-                while cursor < rows:
-                    end = min(cursor + self.earn_chunk, rows)
-                    await repository.process_earns(conn, batch_id, cursor, end)
-                    cursor = end
-                await repository.set_stage(conn, batch_id, "reversals")
             while True:
-                done = await repository.process_reversals(conn, batch_id, reversals_after, REVERSAL_CHUNK)
-                reversals_after = done["next_after"]
-                if done["rows_done"] < REVERSAL_CHUNK:
-                    break
-            await repository.complete(conn, batch_id)
-        LEDGER_OPERATIONS.labels("batch", "completed").inc()
-        log.info("batch completed", extra={"batch": str(batch_id), "rows": rows})
+                b = await repository.progress(conn, batch_id)
+                if b["status"] == "failed":
+                    return False
+                if b["stage"] == "earns":
+                    if b["next_line"] < b["staged"]:
+                        end = min(b["next_line"] + self.earn_chunk, b["staged"])
+                        await repository.process_earns(conn, batch_id, b["next_line"], end)
+                        continue
+                    if b["status"] == "receiving":
+                        await repository.renew(conn, batch_id)
+                        await asyncio.sleep(FOLLOW_INTERVAL_S)
+                        continue
+                    await repository.set_stage(conn, batch_id, "reversals")
+                    continue
+                await repository.renew(conn, batch_id)
+                after = b["reversals_after"]
+                while True:
+                    done = await repository.process_reversals(conn, batch_id, after, REVERSAL_CHUNK)
+                    after = done["next_after"]
+                    if done["rows_done"] < REVERSAL_CHUNK:
+                        break
+                await repository.complete(conn, batch_id)
+                LEDGER_OPERATIONS.labels("batch", "completed").inc()
+                log.info("batch completed", extra={"batch": str(batch_id), "rows": b["rows"]})
+                return True

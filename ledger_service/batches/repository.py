@@ -30,14 +30,23 @@ _UNLOCK = "SELECT pg_advisory_unlock(hashtextextended('idem:' || $1 || ':' || $2
 _TIERS = """SELECT a.member_ref, a.tier FROM ledger.accounts a JOIN ledger.programs p ON p.id = a.program_id
             WHERE p.code = $1 AND a.kind = 'member' AND a.member_ref = ANY ($2::text[])"""
 
-_CLAIM = f"""
-UPDATE ledger.batches SET status = 'processing', started_at = coalesce(started_at, now()),
-    lease_until = now() + interval '60 seconds'
+# Rows are posted while the upload is still arriving (status receiving), up to what is staged.
+_CLAIM = """
+UPDATE ledger.batches SET status = CASE WHEN status = 'receiving' THEN status ELSE 'processing' END,
+    started_at = coalesce(started_at, now()), lease_until = now() + interval '60 seconds'
 WHERE id = (SELECT id FROM ledger.batches
-            WHERE status IN ('received', 'processing') AND (lease_until IS NULL OR lease_until < now())
+            WHERE status IN ('receiving', 'received', 'processing')
+              AND (status <> 'receiving' OR staged > next_line)
+              AND (lease_until IS NULL OR lease_until < now())
             ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
-RETURNING {_COLUMNS}, next_line, reversals_after
+RETURNING id
 """
+_PROGRESS = (
+    """SELECT status, rows, staged, next_line, reversals_after, stage FROM ledger.batches WHERE id = $1"""
+)
+_RENEW = """UPDATE ledger.batches SET lease_until = now() + interval '60 seconds',
+            status = CASE WHEN status = 'received' THEN 'processing' ELSE status END WHERE id = $1"""
+_STAGED = "UPDATE ledger.batches SET staged = $2 WHERE id = $1"
 _EARNS = "SELECT * FROM ledger.process_batch_earns($1, $2, $3)"
 _REVERSALS = "SELECT * FROM ledger.process_batch_reversals($1, $2, $3)"
 _STAGE = "UPDATE ledger.batches SET stage = $2 WHERE id = $1"
@@ -65,8 +74,10 @@ async def mark_received(conn: asyncpg.Connection, batch_id: UUID, rows: int, sha
 
 
 async def fail_upload(conn: asyncpg.Connection, batch_id: UUID, error: str) -> None:
-    await conn.execute(_DROP_STAGING, batch_id)
-    await conn.execute(_FAIL_UPLOAD, batch_id, error)
+    async with conn.transaction():
+        await conn.execute("SELECT 1 FROM ledger.batches WHERE id = $1 FOR UPDATE", batch_id)
+        await conn.execute(_FAIL_UPLOAD, batch_id, error)
+        await conn.execute(_DROP_STAGING, batch_id)
 
 
 async def get(conn: asyncpg.Connection, batch_id: UUID) -> asyncpg.Record | None:
@@ -101,8 +112,23 @@ async def tiers(conn: asyncpg.Connection, program: str, members: list[str]) -> d
     return {r["member_ref"]: r["tier"] for r in await conn.fetch(_TIERS, program, members)}
 
 
-async def claim(conn: asyncpg.Connection) -> asyncpg.Record | None:
-    return await conn.fetchrow(_CLAIM)
+async def claim(conn: asyncpg.Connection) -> UUID | None:
+    value: UUID | None = await conn.fetchval(_CLAIM)
+    return value
+
+
+async def progress(conn: asyncpg.Connection, batch_id: UUID) -> asyncpg.Record:
+    row = await conn.fetchrow(_PROGRESS, batch_id)
+    assert row is not None
+    return row
+
+
+async def renew(conn: asyncpg.Connection, batch_id: UUID) -> None:
+    await conn.execute(_RENEW, batch_id)
+
+
+async def staged(conn: asyncpg.Connection, batch_id: UUID, lines: int) -> None:
+    await conn.execute(_STAGED, batch_id, lines)
 
 
 async def process_earns(conn: asyncpg.Connection, batch_id: UUID, start: int, end: int) -> asyncpg.Record:

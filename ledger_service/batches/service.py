@@ -177,7 +177,9 @@ async def _stage(
             if allowed is not None and row.reject is None and row.program not in allowed:
                 row.reject = "program_forbidden"
         await pricer.price(pending)
-        await repository.stage(conn, [r.record(batch_id) for r in pending])
+        async with conn.transaction():  # staged lines become visible to the processor with their count
+            await repository.stage(conn, [r.record(batch_id) for r in pending])
+            await repository.staged(conn, batch_id, pending[-1].line if pending else parser.line)
         pending.clear()
 
     async for chunk in body:

@@ -114,7 +114,9 @@ class PostingEngine:
             lock_order=_lock_order(args),
         )
         try:
-            if self.coalescer is not None:
+            # Operations found by id (capture, void, reverse) lock a hold or transaction before its
+            # member, in an order a batch cannot sort by; they run as their own transactions.
+            if self.coalescer is not None and request.lock_order[0] != "~":
                 status, body, replayed = await self.coalescer.submit(request)
             else:
                 status, body, replayed = await self._single(request)

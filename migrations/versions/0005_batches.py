@@ -24,6 +24,7 @@ CREATE TABLE ledger.batches (
     format text NOT NULL CHECK (format IN ('csv', 'ndjson')),
     sha256 text,
     rows bigint NOT NULL DEFAULT 0,
+    staged bigint NOT NULL DEFAULT 0,
     processed bigint NOT NULL DEFAULT 0,
     posted bigint NOT NULL DEFAULT 0,
     duplicates bigint NOT NULL DEFAULT 0,
@@ -39,7 +40,7 @@ CREATE TABLE ledger.batches (
     started_at timestamptz,
     finished_at timestamptz
 );
-CREATE INDEX batches_pending ON ledger.batches (created_at) WHERE status IN ('received', 'processing');
+CREATE INDEX batches_pending ON ledger.batches (created_at) WHERE status IN ('receiving', 'received', 'processing');
 
 -- Rows as uploaded, already parsed, card numbers already tokenized, points already priced by the
 -- rules (or given). `reject` is set for rows that failed parsing or validation.
@@ -163,7 +164,7 @@ BEGIN
     WITH ins AS (
         INSERT INTO ledger.transactions (id, program_id, type, account_id, member_ref, points, kind, reference,
                                          merchant_id, rule_set_id, api_key_id, occurred_at, external_id, amount_minor)
-        SELECT gen_random_uuid(), r.program_id, 'earn', r.account_id, r.member_ref, r.points, 'purchase',
+        SELECT ledger.new_id(), r.program_id, 'earn', r.account_id, r.member_ref, r.points, 'purchase',
                r.external_id, r.merchant_id, r.rule_set_id, b.api_key_id, r.occurred_at, r.external_id, r.amount_minor
         FROM be_rows r ORDER BY r.line
         ON CONFLICT (api_key_id, external_id) WHERE type = 'earn' AND external_id IS NOT NULL DO NOTHING
@@ -258,11 +259,17 @@ BEGIN
             IF pts <= 0 THEN
                 reason := 'nothing_to_reverse';
             ELSE
-                SELECT * INTO res FROM ledger.execute(
-                    b.api_key_id, chr(31) || 'batch-reverse:' || r.external_id,
-                    sha256(convert_to(o.id::text || ':' || pts, 'UTF8')), 'reverse',
-                    jsonb_build_object('transaction_id', o.id, 'points', pts, 'reason', 'card refund ' || r.external_id),
-                    NULL, ARRAY['ledger:admin']);
+                -- Two uploads of one file may reach the same refund at once: wait for the other.
+                FOR attempt IN 1..200 LOOP
+                    SELECT * INTO res FROM ledger.execute(
+                        b.api_key_id, chr(31) || 'batch-reverse:' || r.external_id,
+                        sha256(convert_to(o.id::text || ':' || pts, 'UTF8')), 'reverse',
+                        jsonb_build_object('transaction_id', o.id, 'points', pts,
+                                           'reason', 'card refund ' || r.external_id),
+                        NULL, ARRAY['ledger:admin']);
+                    EXIT WHEN res.body->>'code' IS DISTINCT FROM 'idempotency_key_in_use';
+                    PERFORM pg_sleep(0.05);
+                END LOOP;
                 IF res.status = 201 AND res.replayed THEN
                     duplicates := duplicates + 1;
                 ELSIF res.status = 201 THEN

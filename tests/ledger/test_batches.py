@@ -10,7 +10,10 @@ import orjson
 from tests.conftest import create_program, make_key, member, new_key
 from tests.ledger.invariants import check_ledger_invariants
 
-HEADER = "external_id,type,original_external_id,program,card_number,member_ref,amount_minor,currency,merchant_id,mcc,channel,occurred_at,points"
+HEADER = (
+    "external_id,type,original_external_id,program,card_number,member_ref,amount_minor,currency,merchant_id,"
+    "mcc,channel,occurred_at,points"
+)
 CARD = "6222020200112233445"
 
 
@@ -59,8 +62,13 @@ async def upload(
     return await client.post("/v1/batches", content=content, headers=headers)
 
 
-async def wait_done(client: httpx.AsyncClient, batch_id: str, timeout: float = 60) -> dict:
+async def wait_done(client: httpx.AsyncClient, batch_id: str, timeout: float = 60, *, drive=None) -> dict:
+    """Waits for a batch to finish; with `drive` (the in-process app), runs its processor meanwhile."""
+    from ledger_service.batches.processor import BatchProcessor
+
     for _ in range(int(timeout / 0.1)):
+        if drive is not None:
+            await BatchProcessor(drive.state.db).run_once()
         body = (await client.get(f"/v1/batches/{batch_id}")).json()
         if body["status"] in ("completed", "failed"):
             return body
@@ -76,7 +84,7 @@ async def test_a_file_gives_exact_counts_balances_and_rejections(
     assert r.status_code == 202, r.text
     batch = r.json()
     assert batch["status"] == "received" and batch["rows"] == 11
-    done = await wait_done(client, batch["id"])
+    done = await wait_done(client, batch["id"], drive=ledger_app)
     assert done["status"] == "completed" and done["progress"] == 1.0
     assert (done["posted"], done["duplicates"], done["rejected"]) == (4, 1, 6)
     assert done["points_posted"] == 123 + 5000 + 70 - 2000
@@ -113,12 +121,16 @@ async def test_the_same_file_twice_and_twice_at_once_posts_once(
     program = await _program(client)
     content = csv_file(program, "B")
     first = await upload(client, content)
-    await wait_done(client, first.json()["id"])
+    await wait_done(client, first.json()["id"], drive=ledger_app)
     again = await upload(client, content)  # re-sent with a new key: every row is a duplicate
-    done = await wait_done(client, again.json()["id"])
+    done = await wait_done(client, again.json()["id"], drive=ledger_app)
     assert (done["posted"], done["duplicates"]) == (0, 5)
     two = await asyncio.gather(upload(client, csv_file(program, "C")), upload(client, csv_file(program, "C")))
-    results = [await wait_done(client, r.json()["id"]) for r in two]
+    # two processors at once, each taking one of the two uploads
+    from ledger_service.batches.processor import BatchProcessor
+
+    await asyncio.gather(*(BatchProcessor(ledger_app.state.db).run_once() for _ in range(2)))
+    results = [await wait_done(client, r.json()["id"], drive=ledger_app) for r in two]
     assert sorted(r["posted"] for r in results) == [0, 4]
     assert sum(r["duplicates"] for r in results) == 1 + 5
     assert (await member(client, program, "alice"))["balance"] == 2 * 3000
@@ -153,7 +165,7 @@ async def test_ndjson_and_bad_uploads(client: httpx.AsyncClient, ledger_app) -> 
     ]
     content = b"\n".join(orjson.dumps(x) for x in lines)
     r = await upload(client, content, content_type="application/x-ndjson")
-    done = await wait_done(client, r.json()["id"])
+    done = await wait_done(client, r.json()["id"], drive=ledger_app)
     assert (done["posted"], done["rejected"]) == (2, 2)
     assert (await member(client, program, "nd"))["balance"] == 15
     r = await upload(client, b"a,b,c\n1,2,3\n")
@@ -192,10 +204,53 @@ async def test_a_killed_service_resumes_the_batch(
             batch_id,
         )
     await BatchProcessor(ledger_app.state.db, earn_chunk=700).run_once()
-    done = await wait_done(client, batch_id)
+    done = await wait_done(client, batch_id, drive=ledger_app)
     assert (done["posted"], done["duplicates"], done["rejected"]) == (3000, 0, 0)
     expected = sum(1 + i % 7 for i in range(3000))
     assert done["points_posted"] == expected
     total = sum([(await member(client, program, f"k{i}"))["balance"] for i in range(30)])
     assert total == expected
+    await check_ledger_invariants(ledger_app.state.db, program)
+
+
+async def test_ledger_process_killed_mid_batch_resumes_after_restart(
+    database_url, client: httpx.AsyncClient, admin_key, ledger_app
+) -> None:
+    from tests.harness import ServiceProcess
+
+    program = await _program(client)
+    n = 40_000
+    rows = [HEADER] + [f"Z-{i},earn,,{program},,z{i % 97},,,,,,,{1 + i % 5}" for i in range(n)]
+    content = ("\n".join(rows) + "\n").encode()
+    env = {"JIFEN_BATCH_CHUNK_ROWS": "1000", "JIFEN_BATCH_INTERVAL_S": "0.05"}
+    ledger = ServiceProcess("ledger", database_url, env=env).start()
+    try:
+        async with httpx.AsyncClient(
+            base_url=ledger.url, headers={"Authorization": f"Bearer {admin_key}"}, timeout=60
+        ) as http:
+            r = await http.post(
+                "/v1/batches",
+                content=content,
+                headers={"Idempotency-Key": new_key(), "Content-Type": "text/csv"},
+            )
+            assert r.status_code == 202, r.text
+            batch_id = r.json()["id"]
+            for _ in range(2000):
+                state = (await http.get(f"/v1/batches/{batch_id}")).json()
+                if state["processed"] > 0:
+                    break
+                await asyncio.sleep(0.005)
+        assert 0 < state["processed"] < n, state
+        ledger.kill()
+        await asyncio.sleep(1.0)  # a chunk the dead process had sent may still commit in PostgreSQL
+        async with ledger_app.state.db.driver() as conn:  # as if the dead process's lease had run out
+            await conn.execute("UPDATE ledger.batches SET lease_until = now() WHERE id = $1::uuid", batch_id)
+        ledger.start()
+        done = await wait_done(client, batch_id)
+    finally:
+        ledger.stop()
+    assert (done["status"], done["posted"], done["duplicates"], done["rejected"]) == ("completed", n, 0, 0)
+    expected = sum(1 + i % 5 for i in range(n))
+    assert done["points_posted"] == expected
+    assert sum([(await member(client, program, f"z{i}"))["balance"] for i in range(97)]) == expected
     await check_ledger_invariants(ledger_app.state.db, program)

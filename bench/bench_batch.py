@@ -1,0 +1,160 @@
+"""Card-issuer batch accrual, end to end (issue 4): a synthetic file of N rows (default 1,000,000)
+uploaded to a running ledger over HTTP and posted; prints rows/s, time to completion, the ledger's
+peak memory, and, on the same file and server, a plain COPY into an unindexed table (the
+machine's limit), so the ratio is visible.
+
+    .venv/bin/python bench/bench_batch.py [--rows 1000000] [--workers 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import asyncpg
+import httpx
+import psutil
+
+from ledger_service.batches.synthetic import RULES, rows
+from services.auth import SCOPES, create_api_key
+from services.batch_cli import upload_file
+from services.cli import spawn_service
+from services.db import Database, asyncpg_dsn
+from services.migrate import upgrade
+from services.pg import EmbeddedPostgres
+from services.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PeakRss(threading.Thread):
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.proc = psutil.Process(pid)
+        self.peak = 0
+        self.stop = False
+
+    def run(self) -> None:
+        while not self.stop:
+            try:
+                total = self.proc.memory_info().rss + sum(
+                    c.memory_info().rss for c in self.proc.children(True)
+                )
+                self.peak = max(self.peak, total)
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+
+
+async def plain_copy(url: str, path: Path) -> float:
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        await conn.execute(
+            "DROP TABLE IF EXISTS bench_copy; CREATE TABLE bench_copy (external_id text, type text,"
+            " original_external_id text, program text, card_number text, member_ref text,"
+            " amount_minor bigint, currency text, merchant_id text, mcc text, channel text,"
+            " occurred_at timestamptz, points bigint)"
+        )
+        clean = path.with_suffix(".clean.csv")  # COPY stops at the first malformed line; drop them first
+        with path.open() as src, clean.open("w") as dst:
+            dst.writelines(line for line in src if line.count(",") == 12)
+        started = time.perf_counter()
+        with clean.open("rb") as f:
+            await conn.copy_to_table("bench_copy", source=f, format="csv", header=True)
+        return time.perf_counter() - started
+    finally:
+        await conn.close()
+
+
+def main(args: argparse.Namespace) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="jifen-bench-batch-"))
+    path = tmp / "batch.csv"
+    started = time.perf_counter()
+    with path.open("w") as f:
+        for line in rows(args.rows, program="BOC", seed=7):
+            f.write(line + "\n")
+    print(
+        f"generated {args.rows:,} rows ({path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - started:.1f} s"
+    )
+    server = EmbeddedPostgres(tmp / "pgdata", delete_on_stop=True)
+    server.start()
+    ledger = None
+    try:
+        server.ensure_database("jifen")
+        url = server.url("jifen")
+        upgrade(url)
+        port = free_port()
+        os.environ.update(JIFEN_ACCESS_LOG="false", JIFEN_LEDGER_PORT=str(port), JIFEN_LOG_LEVEL="WARNING")
+        settings = Settings(data_dir=tmp / "data", ledger_port=port)
+
+        async def setup() -> str:
+            db = Database(url, pool_size=1)
+            _, key = await create_api_key(db, name="bench", scopes=SCOPES)
+            await db.dispose()
+            return key
+
+        key = asyncio.run(setup())
+        ledger = spawn_service("ledger", settings, url, workers=args.workers)
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        auth = {"Authorization": f"Bearer {key}"}
+        httpx.post(
+            f"{base}/v1/programs",
+            headers=auth,
+            json={
+                "code": "BOC",
+                "name": "Bank of China",
+                "cash_value": {"points": 1000, "cash_minor": 100, "currency": "CNY"},
+                "expiry": {"policy": "rolling", "months": 24},
+            },
+        ).raise_for_status()
+        httpx.post(f"{base}/v1/programs/BOC/rules", headers=auth, json=RULES).raise_for_status()
+        sampler = PeakRss(ledger.pid)
+        sampler.start()
+        rss_idle = sampler.proc.memory_info().rss
+        started = time.perf_counter()
+        batch = upload_file(path, base, key, quiet=not args.progress)
+        elapsed = time.perf_counter() - started
+        sampler.stop = True
+        copy_s = asyncio.run(plain_copy(url, path))
+        rate = args.rows / elapsed
+        print(
+            f"batch: {batch['status']}; posted {batch['posted']:,}, duplicates {batch['duplicates']:,}, "
+            f"rejected {batch['rejected']:,}, points {batch['points_posted']:,}"
+        )
+        print(f"end to end: {elapsed:.1f} s, {rate:,.0f} rows/s (target 100,000 rows/s)")
+        print(
+            f"ledger memory: {rss_idle / 2**20:.0f} MiB idle, peak {sampler.peak / 2**20:.0f} MiB during the batch"
+        )
+        print(
+            f"plain COPY of the same file into an unindexed table: {copy_s:.1f} s, {args.rows / copy_s:,.0f} rows/s;"
+            f" batch / COPY time = {elapsed / copy_s:.1f}x"
+        )
+    finally:
+        if ledger is not None:
+            ledger.terminate()
+            ledger.wait(20)
+        server.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--progress", action="store_true", help="show progress bars")
+    main(parser.parse_args())
