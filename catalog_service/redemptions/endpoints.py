@@ -1,0 +1,126 @@
+"""Routes for redemptions."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Body, Depends, Query, Request
+from starlette.responses import Response
+
+from catalog_service.common import MemberRef, ProgramCode, get_db
+from catalog_service.redemptions import service
+from catalog_service.redemptions.saga import RedemptionSaga
+from catalog_service.redemptions.schemas import (
+    CancelIn,
+    RedemptionDetail,
+    RedemptionIn,
+    RedemptionList,
+    RedemptionOut,
+    RedemptionStatus,
+)
+from services.auth import Principal, require
+from services.db import Database
+from services.errors import Problem, error_responses
+from services.idempotency import idempotency_key
+
+router = APIRouter(prefix="/v1/redemptions", tags=["redemptions"])
+
+Key = Annotated[str, Depends(idempotency_key)]
+DB = Annotated[Database, Depends(get_db)]
+Writer = Annotated[Principal, Depends(require("catalog:write"))]
+Reader = Annotated[Principal, Depends(require("catalog:read"))]
+
+
+def _saga(request: Request) -> RedemptionSaga:
+    saga: RedemptionSaga = request.app.state.saga
+    return saga
+
+
+Saga = Annotated[RedemptionSaga, Depends(_saga)]
+
+REDEEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **error_responses(400, 401, 403, 404, 409, 422, 502),
+    503: {
+        "description": "The ledger could not be reached: the redemption was not completed, its stock "
+        "was released and any points taken are refunded automatically (code `ledger_unavailable`). "
+        "Retry with a new Idempotency-Key.",
+        "model": Problem,
+    },
+}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=RedemptionOut,
+    summary="Redeem points for a reward",
+    description="Reserves stock and the member's allowance, takes the points through the ledger, issues "
+    "voucher codes, and answers `201` with status `fulfilled` and the codes. Refusals: `404 "
+    "reward_not_found`, `422 program_mismatch`, `422 reward_not_active`, `409 out_of_stock`, `422 "
+    "limit_exceeded`, `422 insufficient_points` (the stock is released). Needs an Idempotency-Key; a replay "
+    "returns the first answer with `Idempotent-Replayed: true`.",
+    responses=REDEEM_RESPONSES,
+)
+async def redeem(body: RedemptionIn, principal: Writer, key: Key, db: DB, saga: Saga) -> Response:
+    return (await service.redeem(db, saga, principal, body, key)).response()
+
+
+@router.get(
+    "",
+    response_model=RedemptionList,
+    summary="A member's redemptions, newest first",
+    description="Voucher codes are shown only to the API key that redeemed them (or a catalog:admin key); "
+    "to others `voucher_codes` is null.",
+    responses=error_responses(400, 401, 403, 422),
+)
+async def list_redemptions(
+    principal: Reader,
+    db: DB,
+    member_ref: Annotated[MemberRef, Query()],
+    program: Annotated[ProgramCode | None, Query()] = None,
+    status: Annotated[RedemptionStatus | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+) -> RedemptionList:
+    return await service.list_for_member(
+        db, principal, member_ref, program=program, status=status, limit=limit, cursor=cursor
+    )
+
+
+@router.get(
+    "/{redemption_id}",
+    response_model=RedemptionDetail,
+    summary="One redemption with its saga history",
+    responses=error_responses(401, 403, 404, 422),
+)
+async def get_redemption(redemption_id: UUID, principal: Reader, db: DB) -> RedemptionDetail:
+    return await service.get(db, principal, redemption_id)
+
+
+@router.post(
+    "/{redemption_id}/cancel",
+    status_code=200,
+    response_model=RedemptionOut,
+    summary="Cancel a fulfilled redemption: refund the points and restock",
+    description="Refunds the points (a ledger reversal of the debit) and puts the units back in stock; "
+    "voucher codes already issued are voided, never reissued. `200` with status `cancelled`; `202` with "
+    "status `cancelling` if the ledger is unreachable (the refund then completes on its own). Only the API "
+    "key that redeemed, or a catalog:admin key, may cancel. Needs an Idempotency-Key.",
+    responses={
+        202: {
+            "description": "Accepted; the refund completes when the ledger answers",
+            "model": RedemptionOut,
+        },
+        **error_responses(400, 401, 403, 404, 409, 422),
+    },
+)
+async def cancel_redemption(
+    redemption_id: UUID,
+    principal: Writer,
+    key: Key,
+    db: DB,
+    saga: Saga,
+    body: Annotated[CancelIn | None, Body()] = None,
+) -> Response:
+    return (await service.cancel(db, saga, principal, redemption_id, body or CancelIn(), key)).response()

@@ -1,0 +1,333 @@
+"""SQL for redemptions: reservation, saga steps, voucher code allocation, reads.
+
+Locks are always taken in the same order, so no two of these transactions can deadlock:
+redemption row, then member usage row (allowance), then reward row (stock), then voucher codes.
+A new redemption takes no existing redemption row. The reward row is the one hot lock (every
+redemption of a limited reward decrements it), so a reservation takes it last, just before COMMIT.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import orjson
+
+from catalog_service.redemptions.schemas import UNFINISHED
+
+_UNFINISHED = "('" + "', '".join(UNFINISHED) + "')"
+PENDING = 0  # idempotency record of an operation still in progress (not an HTTP status; never sent)
+
+_REWARD = """
+SELECT id, sku, type, program, price_points, cash_price_minor, currency, stock, per_member_limit,
+       (coalesce(active_from <= now(), true) AND coalesce(now() < active_to, true)) AS active
+FROM catalog.rewards WHERE sku = $1
+"""
+# Stock: a conditional decrement under the reward's row lock; never below zero.
+_TAKE_STOCK = "UPDATE catalog.rewards SET stock = stock - $2 WHERE id = $1 AND stock >= $2 RETURNING stock"
+# Allowance: the member's usage row, incremented only while it stays within the limit (NULL: none).
+_TAKE_ALLOWANCE = """
+INSERT INTO catalog.member_usage AS u (reward_id, member_ref, used) VALUES ($1, $2, $3)
+ON CONFLICT (reward_id, member_ref) DO UPDATE SET used = u.used + EXCLUDED.used
+    WHERE $4::bigint IS NULL OR u.used + EXCLUDED.used <= $4
+RETURNING used
+"""
+# Codes: claim `q` available codes nobody else is claiming right now.
+_CLAIM_CODES = """
+UPDATE catalog.voucher_codes SET status = 'reserved', redemption_id = $3
+WHERE id = ANY (ARRAY(
+    SELECT id FROM catalog.voucher_codes WHERE reward_id = $1 AND status = 'available'
+    ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED))
+RETURNING id
+"""
+_INSERT = """
+WITH r AS (
+    INSERT INTO catalog.redemptions (id, reward_id, sku, reward_type, program, member_ref, quantity, points,
+        cash_minor, currency, stock_taken, status, api_key_id, idempotency_key, lease_until)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'debiting', $12, $13,
+            now() + make_interval(secs => $14))
+    RETURNING *
+), e AS (
+    INSERT INTO catalog.redemption_events (redemption_id, status, event, detail)
+    SELECT id, status, 'reserved', $15::jsonb FROM r
+)
+SELECT * FROM r
+"""
+_GET = "SELECT * FROM catalog.redemptions WHERE id = $1"
+_LOCK = "SELECT * FROM catalog.redemptions WHERE id = $1 FOR UPDATE"
+_SET_STATE = """
+UPDATE catalog.redemptions SET
+    status = $2,
+    lease_until = CASE WHEN $3::float8 IS NULL THEN lease_until ELSE now() + make_interval(secs => $3) END,
+    burn_txn_id = coalesce($4, burn_txn_id),
+    refund_txn_id = coalesce($5, refund_txn_id),
+    failure_code = coalesce($6, failure_code),
+    failure_detail = coalesce($7, failure_detail),
+    fulfilled_at = CASE WHEN $8 THEN now() ELSE fulfilled_at END,
+    finished_at = CASE WHEN $9 THEN now() ELSE finished_at END,
+    updated_at = now()
+WHERE id = $1
+RETURNING *
+"""
+_START_CANCEL = """
+UPDATE catalog.redemptions SET status = 'cancelling', cancel_api_key_id = $2, cancel_idempotency_key = $3,
+    lease_until = now() + make_interval(secs => $4), updated_at = now()
+WHERE id = $1
+RETURNING *
+"""
+_EVENT = """
+INSERT INTO catalog.redemption_events (redemption_id, status, event, detail) VALUES ($1, $2, $3, $4::jsonb)
+"""
+_EVENTS_ADD = """
+INSERT INTO catalog.redemption_events (redemption_id, status, event, detail)
+SELECT $1, s, e, d::jsonb FROM unnest($2::text[], $3::text[], $4::text[]) AS t (s, e, d)
+"""
+_RETURN_STOCK = "UPDATE catalog.rewards SET stock = stock + $2 WHERE id = $1"
+_RETURN_ALLOWANCE = (
+    "UPDATE catalog.member_usage SET used = used - $3 WHERE reward_id = $1 AND member_ref = $2"
+)
+_RELEASE_CODES = """
+UPDATE catalog.voucher_codes SET status = 'available', redemption_id = NULL
+WHERE redemption_id = $1 AND status = 'reserved'
+"""
+_ISSUE_CODES = """
+WITH u AS (
+    UPDATE catalog.voucher_codes SET status = 'issued', issued_at = now()
+    WHERE redemption_id = $1 AND status = 'reserved'
+    RETURNING id, code
+)
+SELECT code FROM u ORDER BY id
+"""
+_VOID_CODES = (
+    "UPDATE catalog.voucher_codes SET status = 'void' WHERE redemption_id = $1 AND status = 'issued'"
+)
+_CODES_OF = """
+SELECT redemption_id, code FROM catalog.voucher_codes
+WHERE redemption_id = ANY ($1::uuid[]) AND status IN ('issued', 'void')
+ORDER BY id
+"""
+_EVENTS = """
+SELECT status, event, detail::text AS detail, created_at FROM catalog.redemption_events
+WHERE redemption_id = $1 ORDER BY id
+"""
+_LIST = """
+SELECT * FROM catalog.redemptions
+WHERE member_ref = $1 AND seq < $2
+  AND ($3::text IS NULL OR program = $3)
+  AND ($4::text IS NULL OR status = $4)
+  AND ($5::text[] IS NULL OR program = ANY ($5::text[]))
+ORDER BY seq DESC
+LIMIT $6
+"""
+_CLAIM_LEASE = f"""
+UPDATE catalog.redemptions SET lease_until = now() + make_interval(secs => $2)
+WHERE id = $1 AND status IN {_UNFINISHED} AND lease_until <= now()
+RETURNING id
+"""
+_PARK = "UPDATE catalog.redemptions SET lease_until = now() + make_interval(secs => $2) WHERE id = $1"
+_DUE = f"""
+SELECT id FROM catalog.redemptions WHERE status IN {_UNFINISHED} AND lease_until <= now()
+ORDER BY lease_until LIMIT $1
+"""
+_FINAL = """
+UPDATE catalog.idempotency_keys SET status = $3, body = $4::jsonb
+WHERE api_key_id = $1 AND key = $2 AND status = 0
+"""
+_STORED = "SELECT status, body::text AS body FROM catalog.idempotency_keys WHERE api_key_id = $1 AND key = $2"
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+# --- reservation (one transaction with the idempotency record) -------------------------------------
+
+
+async def savepoint(conn: asyncpg.Connection) -> None:
+    """Marks where a refused reservation rolls back to. Never released: COMMIT does that, one round
+    trip fewer while the reward's row lock is held."""
+    await conn.execute("SAVEPOINT reservation")
+
+
+async def rollback_to_savepoint(conn: asyncpg.Connection) -> None:
+    await conn.execute("ROLLBACK TO SAVEPOINT reservation")
+
+
+async def reward_for_redemption(conn: asyncpg.Connection, sku: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(_REWARD, sku)
+
+
+async def take_stock(conn: asyncpg.Connection, reward_id: int, quantity: int) -> bool:
+    return await conn.fetchval(_TAKE_STOCK, reward_id, quantity) is not None
+
+
+async def take_allowance(
+    conn: asyncpg.Connection, reward_id: int, member_ref: str, quantity: int, limit: int | None
+) -> bool:
+    return await conn.fetchval(_TAKE_ALLOWANCE, reward_id, member_ref, quantity, limit) is not None
+
+
+async def claim_codes(conn: asyncpg.Connection, reward_id: int, quantity: int, redemption_id: UUID) -> int:
+    return len(await conn.fetch(_CLAIM_CODES, reward_id, quantity, redemption_id))
+
+
+async def insert(conn: asyncpg.Connection, v: dict[str, Any], *, lease_s: float) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        _INSERT,
+        v["id"], v["reward_id"], v["sku"], v["reward_type"], v["program"], v["member_ref"], v["quantity"],
+        v["points"], v["cash_minor"], v["currency"], v["stock_taken"], v["api_key_id"], v["idempotency_key"],
+        lease_s, _json({"stock_taken": v["stock_taken"], "quantity": v["quantity"]}),
+    )  # fmt: skip
+    assert row is not None
+    return row
+
+
+# --- saga steps ---------------------------------------------------------------------------------------
+
+
+async def get(conn: asyncpg.Connection, redemption_id: UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(_GET, redemption_id)
+
+
+async def lock(conn: asyncpg.Connection, redemption_id: UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(_LOCK, redemption_id)
+
+
+async def set_state(
+    conn: asyncpg.Connection,
+    redemption_id: UUID,
+    status: str,
+    *,
+    lease_s: float | None = None,
+    burn_txn_id: UUID | None = None,
+    refund_txn_id: UUID | None = None,
+    failure_code: str | None = None,
+    failure_detail: str | None = None,
+    fulfilled: bool = False,
+    finished: bool = False,
+) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        _SET_STATE, redemption_id, status, lease_s, burn_txn_id, refund_txn_id, failure_code,
+        failure_detail, fulfilled, finished,
+    )  # fmt: skip
+    assert row is not None
+    return row
+
+
+async def start_cancel(
+    conn: asyncpg.Connection, redemption_id: UUID, api_key_id: int, key: str, *, lease_s: float
+) -> asyncpg.Record:
+    row = await conn.fetchrow(_START_CANCEL, redemption_id, api_key_id, key, lease_s)
+    assert row is not None
+    return row
+
+
+async def add_event(
+    conn: asyncpg.Connection, redemption_id: UUID, status: str, event: str, detail: dict[str, Any] | None
+) -> None:
+    await conn.execute(_EVENT, redemption_id, status, event, _json(detail))
+
+
+async def add_events(
+    conn: asyncpg.Connection, redemption_id: UUID, events: list[tuple[str, str, dict[str, Any] | None]]
+) -> None:
+    """Several (status, event, detail) rows in one round trip, in order."""
+    await conn.execute(
+        _EVENTS_ADD,
+        redemption_id,
+        [e[0] for e in events],
+        [e[1] for e in events],
+        [_json(e[2]) for e in events],
+    )
+
+
+async def return_stock_and_allowance(conn: asyncpg.Connection, row: asyncpg.Record) -> None:
+    """Gives back what the redemption holds: its member's allowance, its units of stock (in lock order)."""
+    await conn.execute(_RETURN_ALLOWANCE, row["reward_id"], row["member_ref"], row["quantity"])
+    if row["stock_taken"]:
+        await conn.execute(_RETURN_STOCK, row["reward_id"], row["stock_taken"])
+
+
+async def release_reserved_codes(conn: asyncpg.Connection, redemption_id: UUID) -> None:
+    """Codes claimed but never shown go back to the pool."""
+    await conn.execute(_RELEASE_CODES, redemption_id)
+
+
+async def issue_codes(conn: asyncpg.Connection, redemption_id: UUID) -> list[str]:
+    return [r["code"] for r in await conn.fetch(_ISSUE_CODES, redemption_id)]
+
+
+async def void_codes(conn: asyncpg.Connection, redemption_id: UUID) -> None:
+    await conn.execute(_VOID_CODES, redemption_id)
+
+
+async def claim_lease(conn: asyncpg.Connection, redemption_id: UUID, lease_s: float) -> bool:
+    return await conn.fetchval(_CLAIM_LEASE, redemption_id, lease_s) is not None
+
+
+async def park(conn: asyncpg.Connection, redemption_id: UUID, delay_s: float) -> None:
+    await conn.execute(_PARK, redemption_id, delay_s)
+
+
+async def due(conn: asyncpg.Connection, limit: int) -> list[UUID]:
+    return [r["id"] for r in await conn.fetch(_DUE, limit)]
+
+
+async def record_final(conn: asyncpg.Connection, api_key_id: int, key: str, status: int, body: Any) -> None:
+    """The answer an Idempotency-Key replays, once the operation it was recorded for has one."""
+    await conn.execute(_FINAL, api_key_id, key, status, orjson.dumps(body).decode())
+
+
+async def stored_response(conn: asyncpg.Connection, api_key_id: int, key: str) -> tuple[int, Any] | None:
+    row = await conn.fetchrow(_STORED, api_key_id, key)
+    return None if row is None else (row["status"], orjson.loads(row["body"]))
+
+
+# --- reads --------------------------------------------------------------------------------------------
+
+
+async def codes_of(conn: asyncpg.Connection, redemption_ids: list[UUID]) -> dict[UUID, list[str]]:
+    out: dict[UUID, list[str]] = {}
+    if not redemption_ids:
+        return out
+    for r in await conn.fetch(_CODES_OF, redemption_ids):
+        out.setdefault(r["redemption_id"], []).append(r["code"])
+    return out
+
+
+async def events(conn: asyncpg.Connection, redemption_id: UUID) -> list[dict[str, Any]]:
+    return [
+        {**dict(r), "detail": None if r["detail"] is None else orjson.loads(r["detail"])}
+        for r in await conn.fetch(_EVENTS, redemption_id)
+    ]
+
+
+async def list_for_member(
+    conn: asyncpg.Connection,
+    member_ref: str,
+    *,
+    before: int,
+    limit: int,
+    program: str | None,
+    status: str | None,
+    programs: list[str] | None,
+) -> list[asyncpg.Record]:
+    return list(await conn.fetch(_LIST, member_ref, before, program, status, programs, limit))
+
+
+# --- housekeeping -------------------------------------------------------------------------------------
+
+_PURGE_KEYS = """
+DELETE FROM catalog.idempotency_keys WHERE ctid = ANY (ARRAY(
+    SELECT ctid FROM catalog.idempotency_keys
+    WHERE created_at < now() - make_interval(days => $1) AND status <> 0
+    LIMIT $2))
+"""
+
+
+async def purge_idempotency_keys(conn: asyncpg.Connection, retention_days: int, batch: int) -> int:
+    """Deletes up to `batch` answered keys older than the retention; a pending one (its saga still
+    unfinished) is kept whatever its age."""
+    status: str = await conn.execute(_PURGE_KEYS, retention_days, batch)
+    return int(status.rsplit(maxsplit=1)[-1])

@@ -1,0 +1,92 @@
+"""Routes for rewards: parse, check scope, call the service."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query
+
+from catalog_service.common import MemberRef, ProgramCode, Sku, get_db, get_ledger
+from catalog_service.rewards import service
+from catalog_service.rewards.schemas import RewardIn, RewardList, RewardOut, RewardPatch, RewardType
+from services.auth import Principal, require
+from services.db import Database
+from services.errors import error_responses
+from services.ledger_client import LedgerClient
+
+router = APIRouter(prefix="/v1/rewards", tags=["rewards"])
+
+SkuPath = Annotated[Sku, Path()]
+DB = Annotated[Database, Depends(get_db)]
+Ledger = Annotated[LedgerClient, Depends(get_ledger)]
+Admin = Annotated[Principal, Depends(require("catalog:admin"))]
+Reader = Annotated[Principal, Depends(require("catalog:read"))]
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=RewardOut,
+    summary="Create a reward (catalog:admin)",
+    description="The program must exist in the ledger. `stock` null (or absent) is unlimited; a voucher "
+    "reward is also limited by its uploaded codes.",
+    responses=error_responses(401, 403, 409, 422, 502, 503),
+)
+async def create_reward(body: RewardIn, principal: Admin, db: DB, ledger: Ledger) -> RewardOut:
+    return await service.create(db, ledger, principal, body)
+
+
+@router.get(
+    "",
+    response_model=RewardList,
+    summary="Browse rewards",
+    description="Filters combine. `active=true`: inside the active window now. `affordable_for=<member_ref>` "
+    "(needs `program`): rewards whose unit price is within the member's available points, from one ledger "
+    "balance lookup per request.",
+    responses=error_responses(400, 401, 403, 404, 422, 502, 503),
+)
+async def list_rewards(
+    principal: Reader,
+    db: DB,
+    ledger: Ledger,
+    program: Annotated[ProgramCode | None, Query()] = None,
+    category: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    merchant: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    type: Annotated[RewardType | None, Query()] = None,
+    active: Annotated[bool | None, Query(description="true: active now; false: not active now")] = None,
+    affordable_for: Annotated[MemberRef | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+) -> RewardList:
+    return await service.list_rewards(
+        db,
+        ledger,
+        principal,
+        program=program,
+        category=category,
+        merchant=merchant,
+        type_=type,
+        active=active,
+        affordable_for=affordable_for,
+        limit=limit,
+        cursor=cursor,
+    )
+
+
+@router.get(
+    "/{sku}", response_model=RewardOut, summary="Get a reward", responses=error_responses(401, 403, 404, 422)
+)
+async def get_reward(sku: SkuPath, principal: Reader, db: DB) -> RewardOut:
+    return await service.get(db, principal, sku)
+
+
+@router.patch(
+    "/{sku}",
+    response_model=RewardOut,
+    summary="Change a reward (catalog:admin)",
+    description="`sku`, `type` and `program` are fixed. `stock` sets the units left to redeem (null: "
+    "unlimited); units held by live redemptions are not counted in it. Null clears an optional field.",
+    responses=error_responses(401, 403, 404, 422),
+)
+async def patch_reward(sku: SkuPath, body: RewardPatch, principal: Admin, db: DB) -> RewardOut:
+    return await service.update(db, principal, sku, body)

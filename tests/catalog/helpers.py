@@ -1,0 +1,162 @@
+"""Plain factory functions for the catalog tests: programs and points through the ledger's HTTP API,
+rewards, codes and redemptions through the catalog's."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+
+from services.auth import create_api_key
+from services.db import Database
+from tests.conftest import assert_problem, new_key, unique_code
+
+__all__ = ["assert_problem", "new_key", "unique_code"]
+
+# Idle client connections are dropped well before uvicorn's 5 s keep-alive timeout closes them, so a
+# request never goes out on a connection the server is closing at that very moment.
+KEEPALIVE_S = 1.0
+
+
+def client(base_url: str, key: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=base_url,
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=60,
+        limits=httpx.Limits(keepalive_expiry=KEEPALIVE_S),
+    )
+
+
+def catalog_env(ledger_url: str, ledger_key: str, **extra: str) -> dict[str, str]:
+    env = {"JIFEN_LEDGER_URL": ledger_url, "JIFEN_LEDGER_API_KEY": ledger_key, **extra}
+    return env
+
+
+async def new_program(ledger: httpx.AsyncClient) -> str:
+    code = unique_code("C")
+    body = {
+        "code": code,
+        "name": "Catalog test",
+        "cash_value": {"points": 100, "cash_minor": 100, "currency": "CNY"},
+    }
+    r = await ledger.post("/v1/programs", json=body)
+    assert r.status_code == 201, r.text
+    return code
+
+
+async def earn(ledger: httpx.AsyncClient, program: str, member: str, points: int) -> None:
+    r = await ledger.post(
+        "/v1/earn",
+        json={"program": program, "member_ref": member, "points": points, "reference": "catalog-test"},
+        headers={"Idempotency-Key": new_key()},
+    )
+    assert r.status_code == 201, r.text
+
+
+async def burn(ledger: httpx.AsyncClient, program: str, member: str, points: int) -> None:
+    r = await ledger.post(
+        "/v1/burn",
+        json={"program": program, "member_ref": member, "points": points, "reference": "catalog-test"},
+        headers={"Idempotency-Key": new_key()},
+    )
+    assert r.status_code == 201, r.text
+
+
+async def balance(ledger: httpx.AsyncClient, program: str, member: str) -> dict[str, Any]:
+    r = await ledger.get(f"/v1/programs/{program}/members/{member}")
+    assert r.status_code == 200, r.text
+    data: dict[str, Any] = r.json()
+    return data
+
+
+def new_sku(prefix: str = "SKU") -> str:
+    return f"{prefix}-{secrets.token_hex(5).upper()}"
+
+
+async def create_reward(catalog: httpx.AsyncClient, program: str, **overrides: Any) -> dict[str, Any]:
+    body = {
+        "sku": new_sku(),
+        "name": "Tall latte e-coupon",
+        "type": "physical",
+        "program": program,
+        "price_points": 100,
+        **overrides,
+    }
+    r = await catalog.post("/v1/rewards", json=body)
+    assert r.status_code == 201, r.text
+    data: dict[str, Any] = r.json()
+    return data
+
+
+def new_codes(n: int) -> list[str]:
+    run = uuid.uuid4().hex[:10].upper()
+    return [f"CPN-{run}-{i:05d}" for i in range(n)]
+
+
+async def upload_codes(catalog: httpx.AsyncClient, sku: str, n: int) -> list[str]:
+    codes = new_codes(n)
+    r = await catalog.post(f"/v1/rewards/{sku}/codes", json={"codes": codes})
+    assert r.status_code == 201, r.text
+    return codes
+
+
+async def redeem(
+    catalog: httpx.AsyncClient,
+    sku: str,
+    program: str,
+    member: str,
+    quantity: int = 1,
+    *,
+    key: str | None = None,
+    auth: str | None = None,
+) -> httpx.Response:
+    headers = {"Idempotency-Key": key or new_key()}
+    if auth is not None:
+        headers["Authorization"] = f"Bearer {auth}"
+    body = {"sku": sku, "program": program, "member_ref": member, "quantity": quantity}
+    return await catalog.post("/v1/redemptions", json=body, headers=headers)
+
+
+async def cancel(
+    catalog: httpx.AsyncClient, redemption_id: str, *, key: str | None = None, auth: str | None = None
+) -> httpx.Response:
+    headers = {"Idempotency-Key": key or new_key()}
+    if auth is not None:
+        headers["Authorization"] = f"Bearer {auth}"
+    return await catalog.post(
+        f"/v1/redemptions/{redemption_id}/cancel", json={"reason": "test"}, headers=headers
+    )
+
+
+async def get_reward(catalog: httpx.AsyncClient, sku: str) -> dict[str, Any]:
+    r = await catalog.get(f"/v1/rewards/{sku}")
+    assert r.status_code == 200, r.text
+    data: dict[str, Any] = r.json()
+    return data
+
+
+async def get_redemption(catalog: httpx.AsyncClient, redemption_id: str) -> dict[str, Any]:
+    r = await catalog.get(f"/v1/redemptions/{redemption_id}")
+    assert r.status_code == 200, r.text
+    data: dict[str, Any] = r.json()
+    return data
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[bool]], timeout_s: float = 20.0, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+async def make_key(db: Database, scopes: list[str], programs: list[str] | None = None) -> tuple[int, str]:
+    return await create_api_key(db, name="catalog-test", scopes=scopes, programs=programs)
