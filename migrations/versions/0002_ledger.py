@@ -459,12 +459,23 @@ $$;
 CREATE FUNCTION ledger.consume_lots(p_account bigint, p_txn uuid, p_points bigint, p_first_lot bigint)
 RETURNS void
 LANGUAGE plpgsql AS $$
-DECLARE l record; left_over bigint := p_points; take bigint;
+DECLARE l record; left_over bigint := p_points; take bigint; rem bigint;
 BEGIN
+    IF p_first_lot IS NOT NULL THEN
+        SELECT remaining INTO rem FROM ledger.lots WHERE id = p_first_lot AND account_id = p_account AND remaining > 0;
+        IF FOUND THEN
+            take := least(rem, left_over);
+            UPDATE ledger.lots SET remaining = remaining - take WHERE id = p_first_lot;
+            INSERT INTO ledger.lot_moves (txn_id, lot_id, points) VALUES (p_txn, p_first_lot, take);
+            left_over := left_over - take;
+        END IF;
+    END IF;
+    -- In the order of the index lots_account_open, so a member with thousands of lots costs
+    -- only the lots actually taken (the loop's cursor stops early).
     FOR l IN
         SELECT id, remaining FROM ledger.lots
         WHERE account_id = p_account AND remaining > 0
-        ORDER BY (id = p_first_lot) IS TRUE DESC, expires_at NULLS LAST, id
+        ORDER BY expires_at, id
     LOOP
         EXIT WHEN left_over <= 0;
         take := least(l.remaining, left_over);
@@ -740,9 +751,9 @@ BEGIN
     SELECT account_id INTO counter FROM ledger.postings WHERE txn_id = o.id AND account_id <> o.account_id LIMIT 1;
     IF o.type = 'earn' THEN
         PERFORM ledger.post_pair(t.id, acc.id, counter, pts);
-        SELECT id INTO own_lot FROM ledger.lots WHERE txn_id = o.id ORDER BY id LIMIT 1;
+        SELECT id INTO own_lot FROM ledger.lots WHERE txn_id = o.id LIMIT 1;  -- one lot per earn
         PERFORM ledger.consume_lots(acc.id, t.id, pts, own_lot);
-        IF o.kind = ANY (prog.qualifying_kinds) THEN
+        IF o.kind = ANY (prog.qualifying_kinds) AND jsonb_array_length(prog.tiers) > 0 THEN
             UPDATE ledger.tier_buckets SET points = points - pts
             WHERE account_id = acc.id AND month = date_trunc('month', o.occurred_at AT TIME ZONE 'UTC')::date;
         END IF;
