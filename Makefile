@@ -23,6 +23,7 @@ test: install
 bench: install
 	$(BIN)/python bench/bench_ledger.py
 	$(BIN)/python bench/bench_catalog.py
+	$(BIN)/python bench/bench_conversion.py
 
 bench-batch: install
 	$(BIN)/python bench/bench_batch.py

@@ -15,7 +15,6 @@ from services.errors import PROBLEM_JSON, DomainError, problem_body
 from services.idempotency import REPLAYED_HEADER
 from services.ledger_client import LedgerClient, LedgerRejected
 
-MAX_POINTS = 2**63 - 1
 SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 Sku = Annotated[
@@ -25,19 +24,6 @@ Sku = Annotated[
         description="1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit", examples=["STARBUCKS-TALL"]
     ),
 ]
-ProgramCode = Annotated[
-    str,
-    StringConstraints(pattern=r"^[A-Z0-9_]{2,16}$"),
-    Field(description="2-16 of A-Z 0-9 _", examples=["WLT"]),
-]
-MemberRef = Annotated[
-    str,
-    StringConstraints(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$"),
-    Field(
-        description="The caller's pseudonymous member id (1-64 printable characters)", examples=["m-10001"]
-    ),
-]
-Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$"), Field(examples=["CNY"])]
 
 
 def get_db(request: Request) -> Database:

@@ -6,23 +6,20 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, StringConstraints
 
-MAX_POINTS = 2**63 - 1
+from services.conventions import MAX_POINTS, Currency, MemberRef, Points, ProgramCode
 
-ProgramCode = Annotated[
-    str,
-    StringConstraints(pattern=r"^[A-Z0-9_]{2,16}$"),
-    Field(description="2-16 of A-Z 0-9 _", examples=["WLT"]),
+__all__ = [
+    "MAX_POINTS",
+    "Currency",
+    "MemberRef",
+    "Metadata",
+    "PointKind",
+    "Points",
+    "ProgramCode",
+    "Reason",
+    "Reference",
 ]
-MemberRef = Annotated[
-    str,
-    StringConstraints(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$"),
-    Field(
-        description="The caller's pseudonymous member id (1-64 printable characters)", examples=["m-10001"]
-    ),
-]
-Points = Annotated[
-    int, Field(strict=True, gt=0, le=MAX_POINTS, description="Whole points, > 0", examples=[500])
-]
+
 Reference = Annotated[
     str,
     StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$"),
@@ -33,7 +30,6 @@ Reason = Annotated[
     StringConstraints(min_length=1, max_length=500, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]+$"),
     Field(examples=["customer returned the item"]),
 ]
-Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$"), Field(examples=["CNY"])]
 PointKind = Literal["purchase", "tenure", "credit", "bonus"]
 POINT_KINDS: tuple[str, ...] = ("purchase", "tenure", "credit", "bonus")
 

@@ -8,7 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter, Body, Depends, Query, Request
 from starlette.responses import Response
 
-from catalog_service.common import MemberRef, ProgramCode, get_db
+from catalog_service.common import get_db
 from catalog_service.redemptions import service
 from catalog_service.redemptions.saga import RedemptionSaga
 from catalog_service.redemptions.schemas import (
@@ -20,6 +20,7 @@ from catalog_service.redemptions.schemas import (
     RedemptionStatus,
 )
 from services.auth import Principal, require
+from services.conventions import MemberRef, ProgramCode
 from services.db import Database
 from services.errors import Problem, error_responses
 from services.idempotency import idempotency_key

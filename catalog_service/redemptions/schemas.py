@@ -10,7 +10,8 @@ from uuid import UUID
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from catalog_service.common import MemberRef, ProgramCode, Sku
+from catalog_service.common import Sku
+from services.conventions import MemberRef, ProgramCode
 
 MAX_QUANTITY = 100
 

@@ -6,10 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from catalog_service.common import MemberRef, ProgramCode, Sku, get_db, get_ledger
+from catalog_service.common import Sku, get_db, get_ledger
 from catalog_service.rewards import service
 from catalog_service.rewards.schemas import RewardIn, RewardList, RewardOut, RewardPatch, RewardType
 from services.auth import Principal, require
+from services.conventions import MemberRef, ProgramCode
 from services.db import Database
 from services.errors import error_responses
 from services.ledger_client import LedgerClient

@@ -7,7 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from catalog_service.common import Currency, ProgramCode, Sku
+from catalog_service.common import Sku
+from services.conventions import Currency, ProgramCode
 
 RewardType = Literal["physical", "voucher", "service"]
 MAX_PRICE = 10**12

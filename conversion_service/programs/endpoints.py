@@ -1,0 +1,50 @@
+"""Routes for a program's conversion policy."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path
+
+from conversion_service.deps import Ctx
+from conversion_service.programs import service
+from conversion_service.programs.schemas import ProgramSettingsIn, ProgramSettingsOut
+from conversion_service.schemas_common import ProgramCode
+from services.auth import Principal, require
+from services.errors import error_responses
+
+router = APIRouter(prefix="/v1/programs", tags=["programs"])
+
+CodePath = Annotated[ProgramCode, Path()]
+
+
+@router.get(
+    "/{code}/settings",
+    response_model=ProgramSettingsOut,
+    summary="A program's conversion policy (derived rates allowed?)",
+    responses=error_responses(401, 403, 404, 422, 503),
+)
+async def get_program_settings(
+    code: CodePath, principal: Annotated[Principal, Depends(require("conversion:read"))], ctx: Ctx
+) -> ProgramSettingsOut:
+    principal.require_program(code)
+    return await service.get_settings(ctx, code)
+
+
+@router.put(
+    "/{code}/settings",
+    response_model=ProgramSettingsOut,
+    summary="Set a program's conversion policy (conversion:admin)",
+    description="Whether rates from or to this program may be derived from the programs' cash values "
+    "when no direct rate is published (both programs of a pair must allow it), and the fee of such "
+    "rates. The program must exist in the ledger.",
+    responses=error_responses(401, 403, 404, 422, 503),
+)
+async def put_program_settings(
+    code: CodePath,
+    body: ProgramSettingsIn,
+    principal: Annotated[Principal, Depends(require("conversion:admin"))],
+    ctx: Ctx,
+) -> ProgramSettingsOut:
+    principal.require_program(code)
+    return await service.put_settings(ctx, code, body)

@@ -1,0 +1,43 @@
+"""Routes for quotes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Depends
+
+from conversion_service.deps import Ctx
+from conversion_service.quotes import service
+from conversion_service.quotes.schemas import QuoteIn, QuoteOut
+from services.auth import Principal, require
+from services.errors import error_responses
+
+router = APIRouter(prefix="/v1/quotes", tags=["quotes"])
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=QuoteOut,
+    summary="Price a conversion by from_points or by the wished to_points; the rate holds until expires_at",
+    description="Integer points only. The fee is `ceil(from_points * fee_bps / 10000)` source points and the "
+    "member receives `floor((from_points - fee) * rate.to_points / rate.from_points)`: never more than "
+    "the rate allows. By `to_points`, the quote takes the smallest `from_points` that yields at least "
+    "that many. A quote moves no points, so it needs no Idempotency-Key; use it once with "
+    '`POST /v1/conversions {"quote_id"}`.',
+    responses=error_responses(401, 403, 404, 422, 503),
+)
+async def create_quote(
+    body: QuoteIn, principal: Annotated[Principal, Depends(require("conversion:write"))], ctx: Ctx
+) -> QuoteOut:
+    return await service.create_quote(ctx, principal, body)
+
+
+@router.get(
+    "/{quote_id}", response_model=QuoteOut, summary="A quote", responses=error_responses(401, 403, 404, 422)
+)
+async def get_quote(
+    quote_id: UUID, principal: Annotated[Principal, Depends(require("conversion:read"))], ctx: Ctx
+) -> QuoteOut:
+    return await service.get_quote(ctx, principal, quote_id)

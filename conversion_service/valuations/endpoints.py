@@ -1,0 +1,31 @@
+"""Routes for valuations."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from conversion_service.deps import Ctx
+from conversion_service.valuations import service
+from conversion_service.valuations.schemas import ValuationIn, ValuationOut
+from services.auth import Principal, require
+from services.errors import error_responses
+
+router = APIRouter(prefix="/v1/valuations", tags=["valuations"])
+
+
+@router.post(
+    "",
+    response_model=ValuationOut,
+    summary="Points -> cash, or cash -> points needed, for points + cash checkout",
+    description="Through the program's cash value. Points -> cash rounds down to the minor unit; "
+    "cash -> points needed rounds up to the point. E.g. paying 30 CNY of a 100 CNY bill with WLT "
+    '(500 points = 1 CNY): `{"program": "WLT", "cash_minor": 3000, "currency": "CNY"}` -> 15,000 points. '
+    "Moves no points, so it needs no Idempotency-Key.",
+    responses=error_responses(401, 403, 404, 422, 503),
+)
+async def create_valuation(
+    body: ValuationIn, principal: Annotated[Principal, Depends(require("conversion:read"))], ctx: Ctx
+) -> ValuationOut:
+    return await service.value(ctx, principal, body)
