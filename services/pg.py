@@ -13,7 +13,8 @@ log = logging.getLogger("jifen.pg")
 # Durable commits stay on (synchronous_commit, fsync): a ledger must not lose an acknowledged write.
 _TUNING = """
 max_connections = 300
-shared_buffers = 512MB
+shared_buffers = 2GB
+effective_cache_size = 8GB
 work_mem = 16MB
 maintenance_work_mem = 256MB
 max_wal_size = 4GB

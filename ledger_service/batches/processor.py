@@ -8,6 +8,8 @@ import asyncio
 import logging
 from uuid import UUID
 
+import asyncpg
+
 from ledger_service.batches import repository
 from services.db import Database
 from services.metrics import LEDGER_OPERATIONS
@@ -37,6 +39,15 @@ class BatchProcessor:
             if await self._process(batch_id):
                 finished += 1
 
+    @staticmethod
+    async def _reversals(conn: asyncpg.Connection, batch_id: UUID, after: int, until: int) -> None:
+        """The reverse rows up to line `until`, after the earns they may refer to."""
+        while True:
+            done = await repository.process_reversals(conn, batch_id, after, until, REVERSAL_CHUNK)
+            after = done["next_after"]
+            if done["rows_done"] < REVERSAL_CHUNK:
+                return
+
     async def _process(self, batch_id: UUID) -> bool:
         """Posts what is staged; returns True once the batch is complete. While the upload is
         still arriving it follows it, posting each staged chunk, until the last line."""
@@ -49,6 +60,7 @@ class BatchProcessor:
                     if b["next_line"] < b["staged"]:
                         end = min(b["next_line"] + self.earn_chunk, b["staged"])
                         await repository.process_earns(conn, batch_id, b["next_line"], end)
+                        await self._reversals(conn, batch_id, b["reversals_after"], end)
                         continue
                     if b["status"] == "receiving":
                         await repository.renew(conn, batch_id)
@@ -57,12 +69,7 @@ class BatchProcessor:
                     await repository.set_stage(conn, batch_id, "reversals")
                     continue
                 await repository.renew(conn, batch_id)
-                after = b["reversals_after"]
-                while True:
-                    done = await repository.process_reversals(conn, batch_id, after, REVERSAL_CHUNK)
-                    after = done["next_after"]
-                    if done["rows_done"] < REVERSAL_CHUNK:
-                        break
+                await self._reversals(conn, batch_id, b["reversals_after"], b["rows"])
                 await repository.complete(conn, batch_id)
                 LEDGER_OPERATIONS.labels("batch", "completed").inc()
                 log.info("batch completed", extra={"batch": str(batch_id), "rows": b["rows"]})

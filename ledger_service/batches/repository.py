@@ -48,7 +48,7 @@ _RENEW = """UPDATE ledger.batches SET lease_until = now() + interval '60 seconds
             status = CASE WHEN status = 'received' THEN 'processing' ELSE status END WHERE id = $1"""
 _STAGED = "UPDATE ledger.batches SET staged = $2 WHERE id = $1"
 _EARNS = "SELECT * FROM ledger.process_batch_earns($1, $2, $3)"
-_REVERSALS = "SELECT * FROM ledger.process_batch_reversals($1, $2, $3)"
+_REVERSALS = "SELECT * FROM ledger.process_batch_reversals($1, $2, $3, $4)"
 _STAGE = "UPDATE ledger.batches SET stage = $2 WHERE id = $1"
 _DONE = """UPDATE ledger.batches SET status = 'completed', stage = 'done', finished_at = now(),
            lease_until = NULL WHERE id = $1"""
@@ -138,9 +138,9 @@ async def process_earns(conn: asyncpg.Connection, batch_id: UUID, start: int, en
 
 
 async def process_reversals(
-    conn: asyncpg.Connection, batch_id: UUID, after: int, limit: int
+    conn: asyncpg.Connection, batch_id: UUID, after: int, until: int, limit: int
 ) -> asyncpg.Record:
-    row = await conn.fetchrow(_REVERSALS, batch_id, after, limit)
+    row = await conn.fetchrow(_REVERSALS, batch_id, after, until, limit)
     assert row is not None
     return row
 

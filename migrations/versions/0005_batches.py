@@ -227,9 +227,10 @@ BEGIN
     WHERE id = p_batch;
 END $$;
 
--- Reversal rows, after every earn of the batch: each through ledger.execute (the same write path
--- as the API), keyed by the row's external_id, so a re-sent refund replays instead of applying.
-CREATE FUNCTION ledger.process_batch_reversals(p_batch uuid, p_after bigint, p_limit int,
+-- Reversal rows up to line p_until, once the earns before them are posted (while their pages are
+-- still in memory): each through ledger.execute (the same write path as the API), keyed by the
+-- row's external_id, so a re-sent refund replays instead of applying.
+CREATE FUNCTION ledger.process_batch_reversals(p_batch uuid, p_after bigint, p_until bigint, p_limit int,
     OUT next_after bigint, OUT rows_done int, OUT posted bigint, OUT duplicates bigint, OUT rejected bigint,
     OUT points bigint)
 LANGUAGE plpgsql AS $$
@@ -241,7 +242,7 @@ BEGIN
     next_after := p_after; rows_done := 0; posted := 0; duplicates := 0; rejected := 0; points := 0;
     FOR r IN
         SELECT * FROM ledger.batch_staging
-        WHERE batch_id = p_batch AND type = 'reverse' AND reject IS NULL AND line > p_after
+        WHERE batch_id = p_batch AND type = 'reverse' AND reject IS NULL AND line > p_after AND line <= p_until
         ORDER BY line LIMIT p_limit
     LOOP
         next_after := r.line; rows_done := rows_done + 1; reason := NULL;
@@ -290,7 +291,8 @@ BEGIN
         rejected = ledger.batches.rejected + process_batch_reversals.rejected,
         points_posted = points_posted + process_batch_reversals.points,
         processed = processed + rows_done,
-        reversals_after = next_after, lease_until = now() + interval '60 seconds'
+        reversals_after = greatest(next_after, CASE WHEN rows_done < p_limit THEN p_until ELSE next_after END),
+        lease_until = now() + interval '60 seconds'
     WHERE id = p_batch;
 END $$;
 """
