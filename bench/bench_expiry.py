@@ -126,7 +126,9 @@ async def main(args: argparse.Namespace) -> None:
         print(
             f"peak RSS of this process: {rss_before / 1024:.0f} MiB before, {rss_after / 1024:.0f} MiB after"
         )
-        print(f"peak private memory (USS) of one PostgreSQL process during the run: {sampler.peak_backend / 2**20:.0f} MiB")
+        print(
+            f"peak private memory (USS) of one PostgreSQL process during the run: {sampler.peak_backend / 2**20:.0f} MiB"
+        )
         print(f"check: outstanding {outstanding:,} -> {left:,}, open lots left {open_lots}")
         assert left == 0 and open_lots == 0 and run.expired_points == outstanding
     finally:
