@@ -11,49 +11,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import asyncpg
 import httpx
 import psutil
+from common import PeakSampler, create_api_keys, free_port, wait_ready
 
 from ledger_service.batches.synthetic import RULES, rows
-from services.auth import SCOPES, create_api_key
 from services.batch_cli import upload_file
 from services.cli import spawn_service
-from services.db import Database, asyncpg_dsn
+from services.db import asyncpg_dsn
 from services.migrate import upgrade
 from services.pg import EmbeddedPostgres
 from services.settings import Settings
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class PeakRss(threading.Thread):
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.proc = psutil.Process(pid)
-        self.peak = 0
-        self.stop = False
-
-    def run(self) -> None:
-        while not self.stop:
-            try:
-                total = self.proc.memory_info().rss + sum(
-                    c.memory_info().rss for c in self.proc.children(True)
-                )
-                self.peak = max(self.peak, total)
-            except psutil.Error:
-                pass
-            time.sleep(0.2)
 
 
 async def plain_copy(url: str, path: Path) -> float:
@@ -97,21 +70,10 @@ def main(args: argparse.Namespace) -> None:
         os.environ.update(JIFEN_ACCESS_LOG="false", JIFEN_LEDGER_PORT=str(port), JIFEN_LOG_LEVEL="WARNING")
         settings = Settings(data_dir=tmp / "data", ledger_port=port)
 
-        async def setup() -> str:
-            db = Database(url, pool_size=1)
-            _, key = await create_api_key(db, name="bench", scopes=SCOPES)
-            await db.dispose()
-            return key
-
-        key = asyncio.run(setup())
+        _, key, _ = asyncio.run(create_api_keys(url, admin_name="bench"))
         ledger = spawn_service("ledger", settings, url, workers=args.workers)
         base = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_ready("ledger", base, ledger)
         auth = {"Authorization": f"Bearer {key}"}
         httpx.post(
             f"{base}/v1/programs",
@@ -124,9 +86,12 @@ def main(args: argparse.Namespace) -> None:
             },
         ).raise_for_status()
         httpx.post(f"{base}/v1/programs/BOC/rules", headers=auth, json=RULES).raise_for_status()
-        sampler = PeakRss(ledger.pid)
+        proc = psutil.Process(ledger.pid)
+        sampler = PeakSampler(  # the ledger's processes together (RSS)
+            lambda: [proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(True))], 0.2
+        )
         sampler.start()
-        rss_idle = sampler.proc.memory_info().rss
+        rss_idle = proc.memory_info().rss
         started = time.perf_counter()
         batch = upload_file(path, base, key, quiet=not args.progress)
         elapsed = time.perf_counter() - started

@@ -14,22 +14,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
-import multiprocessing as mp
 import os
-import queue
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import time
 import uuid
-from array import array
-from collections import Counter
-from pathlib import Path
 from typing import Any
+
+from common import (
+    Call,
+    cpu_text,
+    create_api_keys,
+    drive_clients,
+    free_port,
+    latency_ms,
+    merge_results,
+    postmaster_pid,
+    print_failed_checks,
+    run_load,
+    run_main,
+    service_settings,
+    start_service,
+    stop_process,
+    throwaway_postgres,
+)
 
 PROGRAM = "BENCH"
 SKU = "BENCH-COUPON"
@@ -43,198 +50,24 @@ CODES_PER_UPLOAD = 10_000
 # --------------------------------------------------------------------------------------------------
 
 
-class _TransportError(Exception):
-    """No (complete) response: the outcome is unknown."""
-
-
-class _RawConnection:
-    """One keep-alive HTTP/1.1 connection on asyncio streams: cheap enough not to be the bottleneck."""
-
-    def __init__(self, host: str, port: int, secret: str, path: str) -> None:
-        self.host, self.port = host, port
-        self.head = (
-            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {secret}\r\n"
-            "Content-Type: application/json\r\nIdempotency-Key: "
-        ).encode()
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.reader = self.writer = None
-
-    async def post(self, key: str, body: bytes) -> tuple[int, bytes]:
-        try:
-            async with asyncio.timeout(HTTP_TIMEOUT_S):
-                if self.writer is None:
-                    self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-                reader, writer = self.reader, self.writer
-                assert reader is not None
-                writer.write(
-                    b"".join(
-                        (
-                            self.head,
-                            key.encode(),
-                            b"\r\nContent-Length: ",
-                            str(len(body)).encode(),
-                            b"\r\n\r\n",
-                            body,
-                        )
-                    )
-                )
-                lines = (await reader.readuntil(b"\r\n\r\n")).split(b"\r\n")
-                status = int(lines[0].split(b" ", 2)[1])
-                length, chunked, close = -1, False, False
-                for line in lines[1:]:
-                    name, _, value = line.partition(b":")
-                    name, value = name.strip().lower(), value.strip().lower()
-                    if name == b"content-length":
-                        length = int(value)
-                    elif name == b"transfer-encoding":
-                        chunked = b"chunked" in value
-                    elif name == b"connection":
-                        close = value == b"close"
-                if chunked:
-                    parts = []
-                    while True:
-                        size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
-                        if size == 0:
-                            await reader.readuntil(b"\r\n")
-                            break
-                        parts.append(await reader.readexactly(size))
-                        await reader.readexactly(2)
-                    data = b"".join(parts)
-                elif length >= 0:
-                    data = await reader.readexactly(length)
-                else:
-                    data, close = await reader.read(), True
-        except (OSError, TimeoutError, ValueError, IndexError, asyncio.IncompleteReadError) as exc:
-            self.close()
-            raise _TransportError(type(exc).__name__) from exc
-        except BaseException:
-            self.close()
-            raise
-        if close:
-            self.close()
-        return status, data
-
-
 async def _drive(cfg: dict[str, Any], t0: float) -> dict[str, Any]:
     import orjson
 
-    warm_end = t0 + cfg["warmup"]
-    end = warm_end + cfg["duration"]
-    latencies = array("d")
-    measured: Counter[int] = Counter()
-    everything: Counter[int] = Counter()
-    problems: Counter[str] = Counter()
-    transport: Counter[str] = Counter()
-    unknown_keys: list[str] = []
-    counter = [cfg["index"]]
+    members = cfg["members"]
 
-    async def one_client(cid: int) -> None:
-        conn = _RawConnection(cfg["host"], cfg["port"], cfg["secret"], "/v1/redemptions")
-        seq = 0
-        try:
-            while time.monotonic() < end:
-                i = counter[0]
-                counter[0] += cfg["nprocs"]
-                body = orjson.dumps(
-                    {"sku": SKU, "program": PROGRAM, "member_ref": f"m-{i % cfg['members']}", "quantity": 1}
-                )
-                key = f"{cfg['run_id']}-{cfg['index']}-{cid}-{seq}"
-                seq += 1
-                started = time.monotonic()
-                try:
-                    status, data = await conn.post(key, body)
-                except _TransportError as exc:
-                    transport[str(exc)] += 1
-                    unknown_keys.append(key)
-                    continue
-                finished = time.monotonic()
-                everything[status] += 1
-                if not 200 <= status < 300:
-                    try:
-                        code = str(orjson.loads(data).get("code", "?"))
-                    except (orjson.JSONDecodeError, AttributeError):
-                        code = "?"
-                    problems[f"{status} {code}"] += 1
-                if warm_end <= finished <= end:
-                    measured[status] += 1
-                    latencies.append(finished - started)
-        finally:
-            conn.close()
+    def body(i: int) -> bytes:
+        return orjson.dumps({"sku": SKU, "program": PROGRAM, "member_ref": f"m-{i % members}", "quantity": 1})
 
-    await asyncio.gather(*(one_client(c) for c in range(cfg["clients"])))
-    return {
-        "latencies": latencies,
-        "measured": dict(measured),
-        "everything": dict(everything),
-        "problems": dict(problems),
-        "transport": dict(transport),
-        "unknown_keys": unknown_keys,
-    }
+    async def redeem(call: Call, key: str, body: bytes) -> int | None:
+        result = await call(None, "POST", "/v1/redemptions", key, body)
+        return None if result is None else result[0]
 
-
-def _load_process(cfg: dict[str, Any], barrier: Any, results: Any) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        import orjson  # noqa: F401  (before the barrier)
-
-        try:
-            import uvloop
-
-            run: Any = uvloop.run
-        except ImportError:  # pragma: no cover
-            run = asyncio.run
-        barrier.wait(timeout=120)
-        results.put(run(_drive(cfg, time.monotonic())))
-    except BaseException as exc:
-        results.put({"error": repr(exc)})
-        raise
+    return await drive_clients(cfg, t0, body, redeem, timeout_s=HTTP_TIMEOUT_S)
 
 
 # --------------------------------------------------------------------------------------------------
 # Orchestration
 # --------------------------------------------------------------------------------------------------
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _wait_ready(name: str, base_url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the {name} exited with code {proc.returncode} before it became ready")
-        try:
-            if httpx.get(f"{base_url}/readyz", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"the {name} was not ready within {timeout_s:.0f}s")
-
-
-async def _create_keys(url: str) -> tuple[str, str]:
-    from services.auth import SCOPES, create_api_key
-    from services.db import Database
-    from services.keyfiles import SERVICE_LEDGER_SCOPES
-
-    db = Database(url, pool_size=1)
-    try:
-        _, admin = await create_api_key(db, name="bench-admin", scopes=SCOPES)
-        _, service = await create_api_key(db, name="catalog-service", scopes=SERVICE_LEDGER_SCOPES["catalog"])
-    finally:
-        await db.dispose()
-    return admin, service
 
 
 async def _setup(args: argparse.Namespace, ledger_url: str, catalog_url: str, secret: str) -> int | None:
@@ -284,99 +117,15 @@ async def _setup(args: argparse.Namespace, ledger_url: str, catalog_url: str, se
     return stock
 
 
-def _tree_cpu_s(pid: int | None) -> float:
-    if pid is None:
-        return 0.0
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        t = root.cpu_times()
-        total = t.user + t.system + t.children_user + t.children_system
-        kids = root.children(recursive=True)
-    except psutil.Error:
-        return 0.0
-    for p in kids:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            pass
-    return total
-
-
-def _postmaster_pid(pgdata: Path) -> int | None:
-    try:
-        return int((pgdata / "postmaster.pid").read_text().splitlines()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    return values[max(1, math.ceil(q * len(values))) - 1]
-
-
 def _run_load(
     args: argparse.Namespace, host: str, port: int, secret: str, pids: dict[str, int | None]
 ) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    nprocs = max(1, min(args.procs, args.clients))
-    share = [args.clients // nprocs + (1 if i < args.clients % nprocs else 0) for i in range(nprocs)]
-    barrier = ctx.Barrier(nprocs + 1)
-    results: Any = ctx.Queue()
-    run_id = uuid.uuid4().hex[:12]
-    procs = []
-    for index in range(nprocs):
-        cfg = {
-            "index": index, "nprocs": nprocs, "clients": share[index], "members": args.members,
-            "warmup": args.warmup, "duration": args.duration, "host": host, "port": port,
-            "secret": secret, "run_id": run_id,
-        }  # fmt: skip
-        p = ctx.Process(target=_load_process, args=(cfg, barrier, results), name=f"bench-load-{index}")
-        p.start()
-        procs.append(p)
-    try:
-        barrier.wait(timeout=120)
-        t0 = time.monotonic()
-        time.sleep(max(0.0, t0 + args.warmup - time.monotonic()))
-        cpu0 = {name: _tree_cpu_s(pid) for name, pid in pids.items()}
-        wall0 = time.monotonic()
-        time.sleep(max(0.0, t0 + args.warmup + args.duration - time.monotonic()))
-        window = time.monotonic() - wall0
-        cpu = {name: 100.0 * (_tree_cpu_s(pid) - cpu0[name]) / window for name, pid in pids.items()}
-        gathered: list[dict[str, Any]] = []
-        deadline = time.monotonic() + HTTP_TIMEOUT_S + 60
-        while len(gathered) < nprocs and time.monotonic() < deadline:
-            try:
-                gathered.append(results.get(timeout=1.0))
-            except queue.Empty:
-                if all(p.exitcode is not None for p in procs):
-                    break
-        for p in procs:
-            p.join(timeout=10)
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-                p.join(timeout=5)
-    failed = [g for g in gathered if "error" in g]
-    if failed or len(gathered) < nprocs:
-        raise RuntimeError(f"load generator failed: {failed or 'a process returned no result'}")
-    total: dict[str, Any] = {
-        "measured": Counter(),
-        "everything": Counter(),
-        "problems": Counter(),
-        "transport": Counter(),
-    }
-    for g in gathered:
-        for k, counts in total.items():
-            counts.update(g[k])
-    total["latencies"] = sorted(x for g in gathered for x in g["latencies"])
-    total["unknown_keys"] = [k for g in gathered for k in g["unknown_keys"]]
-    total["cpu_pct"] = cpu
-    return total
+    cfg = {"members": args.members, "host": host, "port": port, "secret": secret}
+    _, gathered, window = run_load(
+        _drive, cfg, clients=args.clients, procs=args.procs, warmup=args.warmup, duration=args.duration,
+        timeout_s=HTTP_TIMEOUT_S, pids=pids,
+    )  # fmt: skip
+    return merge_results(gathered) | {"cpu_pct": window["cpu_pct"]}
 
 
 async def _verify(url: str, observed_201: int, unknown: int, stock: int | None) -> dict[str, Any]:
@@ -440,7 +189,7 @@ def _report(args: argparse.Namespace, load: dict[str, Any], verify: dict[str, An
                                                     "catalog_workers", "ledger_workers")},
         "requests_per_s": completed / args.duration,
         "redemptions_per_s": ok / args.duration,
-        "latency_ms": {q: _percentile(lat, v) * 1000 for q, v in (("p50", 0.5), ("p99", 0.99), ("p999", 0.999))},
+        "latency_ms": latency_ms(lat, "p50", "p99", "p999", mean_max=False),
         "errors_by_code": dict(load["problems"]),
         "transport_errors": dict(load["transport"]),
         "cpu_pct": load["cpu_pct"],
@@ -459,28 +208,14 @@ def _report(args: argparse.Namespace, load: dict[str, Any], verify: dict[str, An
     print(
         f"  non-2xx       {dict(load['problems']) or 'none'}; transport {dict(load['transport']) or 'none'}"
     )
-    cpu = "  ".join(f"{k} {v:.0f}%" for k, v in load["cpu_pct"].items())
-    print(f"  server CPU    {cpu}  (% of one core)")
+    print(f"  server CPU    {cpu_text(load['cpu_pct'])}  (% of one core)")
     print(
         f"  verify        {'OK' if verify['ok'] else 'FAILED'}: {verify['fulfilled']} fulfilled,"
         f" {verify['failed']} failed, {verify['burns']} burns, {verify['codes_issued']} codes issued,"
         f" stock left {verify['stock_left']}"
     )
-    for name, passed in verify["checks"].items():
-        if not passed:
-            print(f"                FAILED: {name}")
+    print_failed_checks(verify["checks"])
     return result
-
-
-def _stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -502,77 +237,41 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration <= 0 or args.clients < 1 or args.members < 1:
         parser.error("--duration must be > 0, --clients and --members >= 1")
 
-    from services.cli import spawn_service
     from services.migrate import upgrade
-    from services.pg import EmbeddedPostgres
-    from services.settings import Settings
 
-    data_dir = Path(tempfile.mkdtemp(prefix="jifen-bench-catalog-"))
-    pg = EmbeddedPostgres(data_dir / "pgdata", delete_on_stop=True)
     procs: dict[str, subprocess.Popen[bytes]] = {}
-    try:
-        print(f"data dir {data_dir}; starting embedded PostgreSQL", flush=True)
-        pg.start()
-        pg.ensure_database("jifen")
-        url = pg.url("jifen")
-        upgrade(url)
-        admin, service_key = asyncio.run(_create_keys(url))
-        host = "127.0.0.1"
-        ports = {"ledger": _free_port(host), "catalog": _free_port(host)}
-        os.environ.update(
-            JIFEN_ACCESS_LOG="false", JIFEN_HOST=host, JIFEN_DATA_DIR=str(data_dir),
-            JIFEN_LEDGER_PORT=str(ports["ledger"]), JIFEN_CATALOG_PORT=str(ports["catalog"]),
-        )  # fmt: skip
-        os.environ.setdefault("JIFEN_LOG_LEVEL", "WARNING")
-        settings = Settings(
-            data_dir=data_dir,
-            host=host,
-            ledger_port=ports["ledger"],
-            catalog_port=ports["catalog"],
-            access_log=False,
-        )
-        urls = {name: f"http://{host}:{port}" for name, port in ports.items()}
-        procs["ledger"] = spawn_service("ledger", settings, url, workers=args.ledger_workers)
-        _wait_ready("ledger", urls["ledger"], procs["ledger"])
-        procs["catalog"] = spawn_service(
-            "catalog", settings, url, workers=args.catalog_workers, ledger_key=service_key
-        )
-        _wait_ready("catalog", urls["catalog"], procs["catalog"])
-        print(f"funding {args.members} members and creating the reward", flush=True)
-        stock = asyncio.run(_setup(args, urls["ledger"], urls["catalog"], admin))
-        if args.type == "voucher" and stock is not None and args.codes < stock:
-            print(f"note: {args.codes} codes < stock {stock}: codes may run out first (409 out_of_stock)")
-        print(
-            f"driving POST /v1/redemptions: {args.clients} clients, {args.warmup}s + {args.duration}s",
-            flush=True,
-        )
-        pids = {name: p.pid for name, p in procs.items()} | {"postgres": _postmaster_pid(pg.pgdata)}
-        load = _run_load(args, host, ports["catalog"], admin, pids)
-        observed_201 = load["everything"].get(201, 0)
-        verify = asyncio.run(_verify(url, observed_201, len(load["unknown_keys"]), stock))
-        result = _report(args, load, verify)
-        if args.json:
-            print(json.dumps({"bench_catalog": result}, sort_keys=True, default=str))
-        return 0 if verify["ok"] and observed_201 > 0 else 1
-    finally:
+    with throwaway_postgres("jifen-bench-catalog-") as (pg, data_dir, url):
         try:
-            for name in ("catalog", "ledger"):
-                _stop(procs.get(name))
+            upgrade(url)
+            _, admin, service_key = asyncio.run(create_api_keys(url, service="catalog"))
+            host = "127.0.0.1"
+            ports = {"ledger": free_port(host), "catalog": free_port(host)}
+            settings = service_settings(data_dir, host, ports)
+            urls = {name: f"http://{host}:{port}" for name, port in ports.items()}
+            procs["ledger"] = start_service("ledger", settings, url, workers=args.ledger_workers)
+            procs["catalog"] = start_service(
+                "catalog", settings, url, workers=args.catalog_workers, ledger_key=service_key
+            )
+            print(f"funding {args.members} members and creating the reward", flush=True)
+            stock = asyncio.run(_setup(args, urls["ledger"], urls["catalog"], admin))
+            if args.type == "voucher" and stock is not None and args.codes < stock:
+                print(f"note: {args.codes} codes < stock {stock}: codes may run out first (409 out_of_stock)")
+            print(
+                f"driving POST /v1/redemptions: {args.clients} clients, {args.warmup}s + {args.duration}s",
+                flush=True,
+            )
+            pids = {name: p.pid for name, p in procs.items()} | {"postgres": postmaster_pid(pg.pgdata)}
+            load = _run_load(args, host, ports["catalog"], admin, pids)
+            observed_201 = load["everything"].get(201, 0)
+            verify = asyncio.run(_verify(url, observed_201, len(load["unknown_keys"]), stock))
+            result = _report(args, load, verify)
+            if args.json:
+                print(json.dumps({"bench_catalog": result}, sort_keys=True, default=str))
+            return 0 if verify["ok"] and observed_201 > 0 else 1
         finally:
-            try:
-                pg.stop()
-            finally:
-                shutil.rmtree(data_dir, ignore_errors=True)
-
-
-def _interrupt(*_: object) -> None:
-    raise KeyboardInterrupt
+            for name in ("catalog", "ledger"):
+                stop_process(procs.get(name))
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted; stopped the services and PostgreSQL", file=sys.stderr)
-        sys.exit(130)
+    run_main(main, "the services and PostgreSQL")

@@ -15,16 +15,29 @@ import argparse
 import asyncio
 import resource
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import psutil
+from common import PeakSampler
+
+    return 0
 
 from ledger_service.jobs.service import run_expiry
 from services.db import Database
 from services.migrate import upgrade
 from services.pg import EmbeddedPostgres
+
+
+def anon_bytes(pid: int) -> int:
+    """RssAnon of a process (Linux), in bytes; 0 if it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return 0
+
 
 LOAD = """
 INSERT INTO ledger.programs (code, name, cash_points, cash_minor, currency, expiry)
@@ -66,27 +79,6 @@ ANALYZE;
 """
 
 
-class PeakSampler(threading.Thread):
-    """Samples the PostgreSQL processes every 100 ms: the largest private memory (USS: pages only
-    that process holds; RSS would also count the shared buffers every backend maps)."""
-
-    def __init__(self, root_pid: int) -> None:
-        super().__init__(daemon=True)
-        self.root = psutil.Process(root_pid)
-        self.peak_backend = 0
-        self.stop = False
-
-    def run(self) -> None:
-        while not self.stop:
-            try:
-                for child in self.root.children(recursive=True):
-                    uss = child.memory_full_info().uss
-                    self.peak_backend = max(self.peak_backend, uss)
-            except psutil.Error:
-                pass
-            time.sleep(0.1)
-
-
 async def main(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="jifen-bench-expiry-"))
     server = EmbeddedPostgres(tmp / "pgdata", delete_on_stop=True)
@@ -106,7 +98,10 @@ async def main(args: argparse.Namespace) -> None:
             pid = await conn.fetchval("SELECT pg_backend_pid()")
         print(f"loaded {lots:,} lots on {args.members:,} members in {time.perf_counter() - started:.1f} s")
         postmaster = psutil.Process(pid).parent()
-        sampler = PeakSampler(postmaster.pid)
+        # the largest anonymous (heap) memory of one backend: RssAnon from /proc. USS or RSS would
+        # also count pages of the shared buffers that the backend happened to touch.
+        sampler = PeakSampler(lambda: (anon_bytes(c.pid) for c in postmaster.children(recursive=True)), 0.1
+        )
         sampler.start()
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         run = await run_expiry(db, batch=args.batch)
@@ -127,7 +122,7 @@ async def main(args: argparse.Namespace) -> None:
             f"peak RSS of this process: {rss_before / 1024:.0f} MiB before, {rss_after / 1024:.0f} MiB after"
         )
         print(
-            f"peak private memory (USS) of one PostgreSQL process during the run: {sampler.peak_backend / 2**20:.0f} MiB"
+            f"peak heap memory (RssAnon) of one PostgreSQL process during the run: {sampler.peak / 2**20:.0f} MiB"
         )
         print(f"check: outstanding {outstanding:,} -> {left:,}, open lots left {open_lots}")
         assert left == 0 and open_lots == 0 and run.expired_points == outstanding

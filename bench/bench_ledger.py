@@ -23,28 +23,39 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
 import json
 import math
-import multiprocessing as mp
 import os
-import queue
 import re
 import resource
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import threading
 import time
-import uuid
-from array import array
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from common import (
+    Call,
+    Request,
+    TransportError,
+    create_api_keys,
+    drive_clients,
+    free_port,
+    latency_ms,
+    merge_results,
+    postmaster_pid,
+    print_failed_checks,
+    run_load,
+    run_main,
+    service_settings,
+    start_service,
+    stop_process,
+    throwaway_postgres,
+    tree_cpu_s,
+)
 
 POINTS = 10  # per earn, burn and hold
 FUND = POINTS * 1_000_000  # pre-funded points per member for burn and hold+capture
@@ -62,109 +73,45 @@ LEDGER_CASES = ("healthz", "earn", "burn", "hold+capture", "hot")
 # --------------------------------------------------------------------------------------------------
 
 
-class _TransportError(Exception):
-    """The request's outcome is unknown: no (complete) response arrived."""
-
-
-class _RawConnection:
-    """One keep-alive HTTP/1.1 connection on asyncio streams: a few microseconds of CPU per request.
-
-    Enough HTTP for these endpoints: a fixed set of request headers, Content-Length or chunked responses.
-    """
-
-    def __init__(self, host: str, port: int, secret: str) -> None:
-        self.host, self.port = host, port
-        self.common = f"Host: {host}:{port}\r\nAuthorization: Bearer {secret}\r\n".encode()
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.reader = self.writer = None
-
-    async def _read_chunked(self, reader: asyncio.StreamReader) -> bytes:
-        parts: list[bytes] = []
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
-            if size == 0:
-                await reader.readuntil(b"\r\n")  # no trailers expected
-                return b"".join(parts)
-            parts.append(await reader.readexactly(size))
-            await reader.readexactly(2)
-
-    async def request(
-        self, method: str, path: str, key: str | None, body: bytes | None
-    ) -> tuple[int, bool, bytes]:
-        head = [method.encode(), b" ", path.encode(), b" HTTP/1.1\r\n", self.common]
-        if key is not None:
-            head += [b"Idempotency-Key: ", key.encode(), b"\r\n"]
-        if body is not None:
-            head += [b"Content-Type: application/json\r\nContent-Length: ", str(len(body)).encode(), b"\r\n"]
-        head.append(b"\r\n")
-        if body:
-            head.append(body)
-        try:
-            async with asyncio.timeout(HTTP_TIMEOUT_S):
-                if self.writer is None:
-                    self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-                reader, writer = self.reader, self.writer
-                assert reader is not None
-                writer.write(b"".join(head))
-                lines = (await reader.readuntil(b"\r\n\r\n")).split(b"\r\n")
-                status = int(lines[0].split(b" ", 2)[1])
-                length, chunked, close, replayed = -1, False, False, False
-                for line in lines[1:]:
-                    name, _, value = line.partition(b":")
-                    name, value = name.strip().lower(), value.strip().lower()
-                    if name == b"content-length":
-                        length = int(value)
-                    elif name == b"transfer-encoding":
-                        chunked = b"chunked" in value
-                    elif name == b"connection":
-                        close = value == b"close"
-                    elif name == b"idempotent-replayed":
-                        replayed = value == b"true"
-                if chunked:
-                    data = await self._read_chunked(reader)
-                elif length >= 0:
-                    data = await reader.readexactly(length)
-                else:
-                    data, close = await reader.read(), True
-        except (OSError, TimeoutError, ValueError, IndexError, asyncio.IncompleteReadError) as exc:
-            self.close()
-            raise _TransportError(type(exc).__name__) from exc
-        except BaseException:
-            self.close()
-            raise
-        if close:
-            self.close()
-        return status, replayed, data
-
-
 async def _drive(cfg: dict[str, Any], t0: float) -> dict[str, Any]:
     import orjson
 
-    index: int = cfg["index"]
-    nprocs: int = cfg["nprocs"]
     members: int = cfg["members"]
     case: str = cfg["case"]
     program: str = cfg["program"]
-    warm_end = t0 + cfg["warmup"]
-    end = warm_end + cfg["duration"]
-    prefix = f"{cfg['run_id']}-{index}"
 
-    latencies = array("d")  # seconds, for operations completed inside the measured window
-    measured: Counter[int] = Counter()  # operation outcome (status; 0 = no response) -> count, window
-    everything: Counter[str] = Counter()  # "label status" -> count, warm-up + window + tail
-    problems: Counter[str] = Counter()  # "label status code" -> count, every non-2xx of the whole run
-    transport: Counter[str] = Counter()  # "label exception" -> count, whole run
-    unknown_keys: list[tuple[str, str]] = []  # (label, key) of requests whose outcome the client never learnt
-    replays = 0
-    sequence = itertools.count()
-    cpu: dict[str, float] = {}
+    def member_of(i: int) -> str:
+        return f"m-{i % members}"
+
+    async def operation(call: Call, key: str, member: str) -> int | None:
+        result: tuple[int, bytes] | None
+        if case == "healthz":
+            result = await call("healthz", "GET", "/healthz", None, None)
+        elif case == "hold+capture":
+            body = orjson.dumps(
+                {
+                    "program": program,
+                    "member_ref": member,
+                    "points": POINTS,
+                    "reference": "r",
+                    "expires_in_s": 3600,
+                }
+            )
+            result = await call("hold", "POST", "/v1/holds", f"{key}-h", body)
+            if result is not None and result[0] == 201:
+                hold_id = orjson.loads(result[1])["id"]
+                path = f"/v1/holds/{hold_id}/capture"
+                result = await call("capture", "POST", path, f"{key}-c", b"{}")
+        else:  # earn, hot, burn
+            label = "burn" if case == "burn" else "earn"
+            body = orjson.dumps(
+                {"program": program, "member_ref": member, "points": POINTS, "reference": "r"}
+            )
+            result = await call(label, "POST", f"/v1/{label}", key, body)
+        return None if result is None else result[0]
 
     async with contextlib.AsyncExitStack() as stack:
+        connect = None
         if cfg["client"] == "httpx":
             import httpx
 
@@ -178,7 +125,7 @@ async def _drive(cfg: dict[str, Any], t0: float) -> dict[str, Any]:
                 )
             )
 
-            def connect() -> Any:
+            def connect() -> Request:
                 async def request(
                     method: str, path: str, key: str | None, body: bytes | None
                 ) -> tuple[int, bool, bytes]:
@@ -190,130 +137,17 @@ async def _drive(cfg: dict[str, Any], t0: float) -> dict[str, Any]:
                     try:
                         r = await client.request(method, path, content=body, headers=headers)
                     except httpx.HTTPError as exc:
-                        raise _TransportError(type(exc).__name__) from exc
+                        raise TransportError(type(exc).__name__) from exc
                     return r.status_code, r.headers.get("idempotent-replayed") == "true", r.content
 
                 return request
-        else:
-            raws: list[_RawConnection] = []
 
-            def close_all() -> None:
-                for c in raws:
-                    c.close()
-
-            stack.callback(close_all)
-
-            def connect() -> Any:
-                raws.append(_RawConnection(cfg["host"], cfg["port"], cfg["secret"]))
-                return raws[-1].request
-
-        async def call(
-            request: Any, label: str, method: str, path: str, key: str | None, body: bytes | None
-        ) -> tuple[int, bytes] | None:
-            nonlocal replays
-            try:
-                status, replayed, data = await request(method, path, key, body)
-            except _TransportError as exc:
-                transport[f"{label} {exc}"] += 1
-                if key is not None:
-                    unknown_keys.append((label, key))
-                return None
-            everything[f"{label} {status}"] += 1
-            replays += replayed
-            if not 200 <= status < 300:
-                try:
-                    code = str(orjson.loads(data).get("code", "?"))
-                except (orjson.JSONDecodeError, AttributeError):
-                    code = "?"
-                problems[f"{label} {status} {code}"] += 1
-            return status, data
-
-        async def one_client(cid: int) -> None:
-            request = connect()
-            seq = 0
-            while time.monotonic() < end:
-                i = next(sequence) * nprocs + index
-                member = f"m-{i % members}"
-                key = f"{prefix}-{cid}-{seq}"
-                seq += 1
-                started = time.monotonic()
-                result: tuple[int, bytes] | None
-                if case == "healthz":
-                    result = await call(request, "healthz", "GET", "/healthz", None, None)
-                elif case == "hold+capture":
-                    body = orjson.dumps(
-                        {
-                            "program": program,
-                            "member_ref": member,
-                            "points": POINTS,
-                            "reference": "r",
-                            "expires_in_s": 3600,
-                        }
-                    )
-                    result = await call(request, "hold", "POST", "/v1/holds", f"{key}-h", body)
-                    if result is not None and result[0] == 201:
-                        hold_id = orjson.loads(result[1])["id"]
-                        path = f"/v1/holds/{hold_id}/capture"
-                        result = await call(request, "capture", "POST", path, f"{key}-c", b"{}")
-                else:  # earn, hot, burn
-                    label = "burn" if case == "burn" else "earn"
-                    body = orjson.dumps(
-                        {"program": program, "member_ref": member, "points": POINTS, "reference": "r"}
-                    )
-                    result = await call(request, label, "POST", f"/v1/{label}", key, body)
-                finished = time.monotonic()
-                if warm_end <= finished <= end:
-                    measured[0 if result is None else result[0]] += 1
-                    if result is not None:
-                        latencies.append(finished - started)
-                if result is None:
-                    await asyncio.sleep(0.05)  # no hot loop against a server that is gone
-
-        async def cpu_sampler() -> None:
-            await asyncio.sleep(max(0.0, warm_end - time.monotonic()))
-            cpu_start, wall_start = time.process_time(), time.monotonic()
-            await asyncio.sleep(max(0.0, end - time.monotonic()))
-            cpu["cpu_s"] = time.process_time() - cpu_start
-            cpu["wall_s"] = time.monotonic() - wall_start
-
-        await asyncio.gather(cpu_sampler(), *(one_client(c) for c in range(cfg["clients"])))
-
-    return {
-        "index": index,
-        "clients": cfg["clients"],
-        "latencies": latencies,
-        "measured": dict(measured),
-        "everything": dict(everything),
-        "problems": dict(problems),
-        "transport": dict(transport),
-        "unknown_keys": unknown_keys,
-        "replays": replays,
-        "cpu_s": cpu.get("cpu_s", 0.0),
-        "wall_s": cpu.get("wall_s", 0.0),
-    }
-
-
-def _load_process(cfg: dict[str, Any], barrier: Any, results: Any) -> None:
-    """Entry point of one load-generator process: wait for the others, then drive for the whole run."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    try:
-        import orjson  # noqa: F401  (imports before the barrier, so they do not eat into the warm-up)
-
-        if cfg["client"] == "httpx":
-            import httpx  # noqa: F401
-
-        try:
-            import uvloop
-
-            run: Any = uvloop.run
-        except ImportError:  # pragma: no cover
-            run = asyncio.run
-        barrier.wait(timeout=120)
-        t0 = time.monotonic()
-        results.put(run(_drive(cfg, t0)))
-    except BaseException as exc:
-        results.put({"index": cfg["index"], "error": repr(exc)})
-        raise
+        # an operation without a response counts (as status 0), and pauses its client a moment: no hot
+        # loop against a server that is gone
+        return await drive_clients(
+            cfg, t0, member_of, operation, timeout_s=HTTP_TIMEOUT_S, connect=connect,
+            count_no_response=True, pause_after_no_response=0.05,
+        )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
@@ -352,40 +186,6 @@ class Env:
         return f"http://{self.host}:{self.port}"
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _wait_ready(base_url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the ledger exited with code {proc.returncode} before it became ready")
-        try:
-            if httpx.get(f"{base_url}/readyz", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"the ledger was not ready within {timeout_s:.0f}s")
-
-
-async def _create_admin_key(url: str) -> tuple[int, str]:
-    from services.auth import SCOPES, create_api_key
-    from services.db import Database
-
-    db = Database(url, pool_size=1)
-    try:
-        return await create_api_key(db, name="bench-admin", scopes=SCOPES)
-    finally:
-        await db.dispose()
-
-
 def _create_program(base_url: str, secret: str, code: str) -> None:
     import httpx
 
@@ -403,83 +203,20 @@ def _create_program(base_url: str, secret: str, code: str) -> None:
 
 def _start_ledger(env: Env, workers: int, mode: str | None) -> None:
     """(Re)starts the ledger on a fresh port; `mode` is JIFEN_LEDGER_COALESCE, or None to leave it alone."""
-    from services.cli import spawn_service
-    from services.settings import Settings
-
-    _stop_ledger(env.ledger)
+    stop_process(env.ledger, "ledger")
     env.ledger = None
-    env.port = _free_port(env.host)
-    # spawn_service passes DATABASE_URL (and the port on the command line) to the child; everything
-    # else the app reads from its own environment, which it inherits from ours.
-    os.environ["JIFEN_ACCESS_LOG"] = "false"
-    os.environ["JIFEN_LEDGER_PORT"] = str(env.port)
-    os.environ["JIFEN_HOST"] = env.host
-    os.environ["JIFEN_DATA_DIR"] = str(env.data_dir)
-    os.environ.setdefault("JIFEN_LOG_LEVEL", "WARNING")
+    env.port = free_port(env.host)
     if mode is not None:
         os.environ[COALESCE_ENV] = mode
-    settings = Settings(data_dir=env.data_dir, host=env.host, ledger_port=env.port, access_log=False)
+    settings = service_settings(env.data_dir, env.host, {"ledger": env.port})
     shown = (
         f"{COALESCE_ENV}={os.environ[COALESCE_ENV]}"
         if COALESCE_ENV in os.environ
         else f"{COALESCE_ENV} unset"
     )
     print(f"starting the ledger on {env.base_url} with {workers} worker(s), {shown}", flush=True)
-    env.ledger = spawn_service("ledger", settings, env.url, workers=workers)
+    env.ledger = start_service("ledger", settings, env.url, workers=workers)
     env.ledger_mode = mode
-    _wait_ready(env.base_url, env.ledger)
-
-
-def _stop_ledger(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        print("ledger did not stop within 20s; killing it", file=sys.stderr)
-        proc.kill()
-        proc.wait()
-
-
-def _tree_cpu_s(pid: int | None) -> float:
-    """CPU seconds (user + system) of a process, its live descendants and its reaped children.
-
-    Reaped children matter: a PostgreSQL backend that exits (a closed pool connection) takes its CPU
-    time with it unless it is counted through the postmaster's children_user / children_system.
-    """
-    if pid is None:
-        return 0.0
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        t = root.cpu_times()
-        total = t.user + t.system + t.children_user + t.children_system
-        descendants = root.children(recursive=True)
-    except psutil.Error:
-        return 0.0
-    for p in descendants:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            pass
-    return float(total)
-
-
-def _postmaster_pid(pgdata: Path) -> int | None:
-    try:
-        return int((pgdata / "postmaster.pid").read_text().splitlines()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, math.ceil(q * len(sorted_values)))  # nearest-rank
-    return float(sorted_values[rank - 1])
 
 
 async def _pg_counters(url: str) -> dict[str, int | None]:
@@ -583,107 +320,34 @@ async def _prefund(url: str, api_key_id: int, program: str, members: int) -> int
 
 
 def _run_load(args: argparse.Namespace, env: Env, case: Case) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    nprocs = max(1, min(args.procs, args.clients))
-    share = [args.clients // nprocs + (1 if i < args.clients % nprocs else 0) for i in range(nprocs)]
-    barrier = ctx.Barrier(nprocs + 1)
-    results: Any = ctx.Queue()
-    run_id = uuid.uuid4().hex[:12]
     assert env.ledger is not None
-    ledger_pid = env.ledger.pid
-    procs = []
     counters_start = asyncio.run(_pg_counters(env.url))
-    for index in range(nprocs):
-        cfg = {
-            "index": index,
-            "nprocs": nprocs,
-            "clients": share[index],
-            "case": case.kind,
-            "program": case.program,
-            "members": max(1, case.members),
-            "warmup": args.warmup,
-            "duration": args.duration,
-            "base_url": env.base_url,
-            "host": env.host,
-            "port": env.port,
-            "client": args.client,
-            "secret": env.secret,
-            "run_id": run_id,
-        }
-        p = ctx.Process(target=_load_process, args=(cfg, barrier, results), name=f"bench-load-{index}")
-        p.start()
-        procs.append(p)
-
-    import psutil
-
-    try:
-        try:
-            barrier.wait(timeout=120)
-        except threading.BrokenBarrierError:
-            errors = []
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    errors.append(results.get(timeout=2.0).get("error"))
-            raise RuntimeError(f"a load-generator process failed to start: {errors}") from None
-        t0 = time.monotonic()
-        # Server-side CPU over the measured window, so a reader can see who was busy.
-        time.sleep(max(0.0, t0 + args.warmup - time.monotonic()))
-        pg_pid = _postmaster_pid(env.pg.pgdata)
-        window0 = asyncio.run(_pg_counters(env.url))
-        ledger_cpu0, pg_cpu0 = _tree_cpu_s(ledger_pid), _tree_cpu_s(pg_pid)
-        psutil.cpu_percent(interval=None)
-        wall0 = time.monotonic()
-        time.sleep(max(0.0, t0 + args.warmup + args.duration - time.monotonic()))
-        machine_pct = psutil.cpu_percent(interval=None)
-        window = time.monotonic() - wall0
-        ledger_cpu = _tree_cpu_s(ledger_pid) - ledger_cpu0
-        pg_cpu = _tree_cpu_s(pg_pid) - pg_cpu0
-        window1 = asyncio.run(_pg_counters(env.url))
-
-        gathered: list[dict[str, Any]] = []
-        deadline = time.monotonic() + HTTP_TIMEOUT_S + 60
-        while len(gathered) < nprocs and time.monotonic() < deadline:
-            try:
-                gathered.append(results.get(timeout=1.0))
-            except queue.Empty:
-                if all(p.exitcode is not None for p in procs):
-                    try:
-                        gathered.append(results.get(timeout=2.0))
-                    except queue.Empty:
-                        break
-        for p in procs:
-            p.join(timeout=10)
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-                p.join(timeout=5)
-
-    failed = [g for g in gathered if "error" in g]
-    if failed or len(gathered) < nprocs:
-        raise RuntimeError(f"load generator failed: {failed or 'a process returned no result'}")
+    cfg = {
+        "case": case.kind,
+        "program": case.program,
+        "members": max(1, case.members),
+        "base_url": env.base_url,
+        "host": env.host,
+        "port": env.port,
+        "client": args.client,
+        "secret": env.secret,
+        "preload": ("httpx",) if args.client == "httpx" else (),
+    }
+    # Server-side CPU and database counters over the measured window, so a reader can see who was busy.
+    nprocs, gathered, window = run_load(
+        _drive, cfg, clients=args.clients, procs=args.procs, warmup=args.warmup, duration=args.duration,
+        timeout_s=HTTP_TIMEOUT_S, pids={"ledger": env.ledger.pid, "postgres": postmaster_pid(env.pg.pgdata)},
+        hook=lambda: asyncio.run(_pg_counters(env.url)),
+    )  # fmt: skip
     time.sleep(1.2)  # let the backends' statistics reach pg_stat_* (they flush at most once a second)
     counters_end = asyncio.run(_pg_counters(env.url))
+    window0, window1 = window["before"], window["after"]
 
-    latencies = sorted(x for g in gathered for x in g["latencies"])
-    measured: Counter[int] = Counter()
-    everything: Counter[str] = Counter()
-    problems: Counter[str] = Counter()
-    transport: Counter[str] = Counter()
-    for g in gathered:
-        measured.update(g["measured"])
-        everything.update(g["everything"])
-        problems.update(g["problems"])
-        transport.update(g["transport"])
-    return {
+    load = merge_results(gathered)
+    return load | {
         "nprocs": nprocs,
-        "latencies": latencies,
-        "completed": sum(measured.values()),
-        "measured": measured,
-        "everything": everything,
-        "problems": problems,
-        "transport": transport,
-        "unknown_keys": [tuple(k) for g in gathered for k in g["unknown_keys"]],
+        "completed": sum(load["measured"].values()),
+        "unknown_keys": [tuple(k) for k in load["unknown_keys"]],
         "replays": sum(g["replays"] for g in gathered),
         "loadgen_cpu": [
             {
@@ -693,9 +357,9 @@ def _run_load(args: argparse.Namespace, env: Env, case: Case) -> dict[str, Any]:
             }
             for g in sorted(gathered, key=lambda g: g["index"])
         ],
-        "ledger_cpu_pct": 100.0 * ledger_cpu / window,
-        "postgres_cpu_pct": 100.0 * pg_cpu / window,
-        "machine_cpu_pct": machine_pct,
+        "ledger_cpu_pct": window["cpu_pct"]["ledger"],
+        "postgres_cpu_pct": window["cpu_pct"]["postgres"],
+        "machine_cpu_pct": window["machine_cpu_pct"],
         "pg_sessions_opened": (_delta(window1, window0, "sessions") or 0) - 1,  # - 1: the first count's own
         "db_commits_whole_case": _delta(counters_end, counters_start, "commits"),
         "wal_fsyncs_whole_case": _delta(counters_end, counters_start, "wal_fsyncs"),
@@ -868,7 +532,6 @@ def _run_ledger_case(args: argparse.Namespace, env: Env, case: Case) -> dict[str
     verify = None if case.kind == "healthz" else _verify(env, case, load, funded)
 
     lat = load["latencies"]
-    ms = 1000.0
     completed = load["completed"]
     ok_measured = sum(n for s, n in load["measured"].items() if 200 <= s < 300)
     errors_measured = {s: n for s, n in sorted(load["measured"].items()) if not 200 <= s < 300}
@@ -888,13 +551,7 @@ def _run_ledger_case(args: argparse.Namespace, env: Env, case: Case) -> dict[str
         "operations": completed,
         "ops_per_s": completed / args.duration,
         "ok_per_s": ok_measured / args.duration,
-        "latency_ms": {
-            "p50": _percentile(lat, 0.50) * ms,
-            "p99": _percentile(lat, 0.99) * ms,
-            "p999": _percentile(lat, 0.999) * ms,
-            "mean": (sum(lat) / len(lat) * ms) if lat else float("nan"),
-            "max": (lat[-1] * ms) if lat else float("nan"),
-        },
+        "latency_ms": latency_ms(lat, "p50", "p99", "p999"),
         "errors": sum(errors_measured.values()),
         "errors_by_status": {("no response" if s == 0 else str(s)): n for s, n in errors_measured.items()},
         "responses_whole_case": dict(load["everything"]),
@@ -963,9 +620,7 @@ def _print_case(args: argparse.Namespace, row: dict[str, Any]) -> None:
                 f"                {v['unknown_outcome_requests']} requests got no response;"
                 f" {v['unknown_outcome_applied']} of them were applied (found by Idempotency-Key)"
             )
-        for name, passed in v["checks"].items():
-            if not passed:
-                print(f"                FAILED: {name}")
+        print_failed_checks(v["checks"])
     sys.stdout.flush()
 
 
@@ -1051,10 +706,10 @@ def _run_pgbench(args: argparse.Namespace, pg: Any, work_dir: Path) -> dict[str,
     log_dir = work_dir / "pgbench-log"
     shutil.rmtree(log_dir, ignore_errors=True)
     log_dir.mkdir(parents=True)
-    pg_pid = _postmaster_pid(pg.pgdata)
+    pg_pid = postmaster_pid(pg.pgdata)
     counters0 = asyncio.run(_pg_counters(url))
     self0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    pg_cpu0 = _tree_cpu_s(pg_pid)
+    pg_cpu0 = tree_cpu_s(pg_pid)
     psutil.cpu_percent(interval=None)
     wall0 = time.monotonic()
     cmd = _pgbench_command(
@@ -1063,7 +718,7 @@ def _run_pgbench(args: argparse.Namespace, pg: Any, work_dir: Path) -> dict[str,
     p = run(cmd, "run", duration + 600)
     wall = time.monotonic() - wall0
     machine_pct = psutil.cpu_percent(interval=None)
-    pg_cpu = _tree_cpu_s(pg_pid) - pg_cpu0
+    pg_cpu = tree_cpu_s(pg_pid) - pg_cpu0
     self1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     time.sleep(1.2)
     counters1 = asyncio.run(_pg_counters(url))
@@ -1085,20 +740,14 @@ def _run_pgbench(args: argparse.Namespace, pg: Any, work_dir: Path) -> dict[str,
             if len(parts) >= 3 and parts[2].isdigit():
                 lat.append(int(parts[2]) / 1e6)
     lat.sort()
-    ms = 1000.0
     fsyncs = _delta(counters1, counters0, "wal_fsyncs")
     pgbench_cpu = 100.0 * ((self1.ru_utime + self1.ru_stime) - (self0.ru_utime + self0.ru_stime)) / wall
     row |= {
         "operations": int(processed) if processed == processed else len(lat),
         "ops_per_s": tps,
         "ok_per_s": tps,
-        "latency_ms": {
-            "p50": _percentile(lat, 0.50) * ms,
-            "p99": _percentile(lat, 0.99) * ms,
-            "p999": _percentile(lat, 0.999) * ms,
-            "mean": grab(r"latency average = ([0-9.]+) ms"),
-            "max": (lat[-1] * ms) if lat else float("nan"),
-        },
+        "latency_ms": latency_ms(lat, "p50", "p99", "p999")
+        | {"mean": grab(r"latency average = ([0-9.]+) ms")},
         "latency_samples": len(lat),
         "errors": int(failed) if failed == failed else 0,
         "cpu_pct": {
@@ -1355,104 +1004,83 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--cases selects nothing")
 
     from services.migrate import upgrade
-    from services.pg import EmbeddedPostgres
 
     began = time.monotonic()
-    data_dir = Path(tempfile.mkdtemp(prefix="jifen-bench-"))
-    pg = EmbeddedPostgres(data_dir / "pgdata", delete_on_stop=True)
     env: Env | None = None
     rows: list[dict[str, Any]] = []
-    try:
-        print(f"data dir {data_dir}; starting embedded PostgreSQL", flush=True)
-        pg.start()
-        pg.ensure_database("jifen")
-        url = pg.url("jifen")
-        server = asyncio.run(_server_settings(url))
-        print(
-            f"PostgreSQL {server['server_version']}: synchronous_commit = {server['show_synchronous_commit']}"
-            f" (read from the server; source {server['synchronous_commit_source']}), fsync = {server.get('fsync')},"
-            f" wal_sync_method = {server.get('wal_sync_method')}",
-            flush=True,
-        )
-        if server["show_synchronous_commit"] != "on" or server.get("fsync") != "on":
-            print(
-                "warning: commits are not durable on this server; the numbers are not comparable",
-                file=sys.stderr,
-            )
-        upgrade(url)
-        api_key_id, secret = asyncio.run(_create_admin_key(url))
-        env = Env(pg=pg, url=url, data_dir=data_dir, api_key_id=api_key_id, secret=secret)
-
-        for mode, phase in _plan(args, cases):
-            _start_ledger(env, args.workers, mode)
-            for c in phase:
-                if c.program:
-                    _create_program(env.base_url, env.secret, c.program)
-            for c in phase:
-                rows.append(_run_ledger_case(args, env, c))
-        _stop_ledger(env.ledger)
-        env.ledger = None
-
-        if "pgbench" in cases:
-            try:
-                rows.append(_run_pgbench(args, pg, data_dir))
-            except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
-                print(f"pgbench failed: {exc}", file=sys.stderr)
-                rows.append({"case": "pgbench", "kind": "pgbench", "ledger_env": "-", "error": str(exc)})
-
-        _print_table(rows)
-        print()
-        print("notes:")
-        for note in _notes(args, rows, server):
-            print(f"  - {note}")
-        elapsed = time.monotonic() - began
-        failed = [r["case"] for r in rows if "error" in r or (r.get("verify") and not r["verify"]["ok"])]
-        empty = [r["case"] for r in rows if "error" not in r and not r.get("operations")]
-        print(
-            f"\nwhole run: {elapsed:.0f}s;"
-            + (f" FAILED: {', '.join(failed + empty)}" if failed or empty else " every check passed")
-        )
-        if args.json:
-            for r in rows:
-                r.pop("output", None)
-            result = {
-                "settings": {
-                    "cases": cases,
-                    "clients": args.clients,
-                    "members": args.members,
-                    "workers": args.workers,
-                    "duration_s": args.duration,
-                    "warmup_s": args.warmup,
-                    "loadgen_processes": args.procs,
-                    "loadgen_client": args.client,
-                    "compare_coalesce": args.compare_coalesce,
-                    "cpus": os.cpu_count(),
-                },
-                "server": server,
-                "cases": rows,
-                "elapsed_s": elapsed,
-            }
-            print(json.dumps({"bench_ledger": result}, sort_keys=True, default=str))
-        return 1 if failed or empty else 0
-    finally:
+    with throwaway_postgres("jifen-bench-") as (pg, data_dir, url):
         try:
-            if env is not None:
-                _stop_ledger(env.ledger)
+            server = asyncio.run(_server_settings(url))
+            print(
+                f"PostgreSQL {server['server_version']}: synchronous_commit = {server['show_synchronous_commit']}"
+                f" (read from the server; source {server['synchronous_commit_source']}), fsync = {server.get('fsync')},"
+                f" wal_sync_method = {server.get('wal_sync_method')}",
+                flush=True,
+            )
+            if server["show_synchronous_commit"] != "on" or server.get("fsync") != "on":
+                print(
+                    "warning: commits are not durable on this server; the numbers are not comparable",
+                    file=sys.stderr,
+                )
+            upgrade(url)
+            api_key_id, secret, _ = asyncio.run(create_api_keys(url))
+            env = Env(pg=pg, url=url, data_dir=data_dir, api_key_id=api_key_id, secret=secret)
+
+            for mode, phase in _plan(args, cases):
+                _start_ledger(env, args.workers, mode)
+                for c in phase:
+                    if c.program:
+                        _create_program(env.base_url, env.secret, c.program)
+                for c in phase:
+                    rows.append(_run_ledger_case(args, env, c))
+            stop_process(env.ledger, "ledger")
+            env.ledger = None
+
+            if "pgbench" in cases:
+                try:
+                    rows.append(_run_pgbench(args, pg, data_dir))
+                except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
+                    print(f"pgbench failed: {exc}", file=sys.stderr)
+                    rows.append({"case": "pgbench", "kind": "pgbench", "ledger_env": "-", "error": str(exc)})
+
+            _print_table(rows)
+            print()
+            print("notes:")
+            for note in _notes(args, rows, server):
+                print(f"  - {note}")
+            elapsed = time.monotonic() - began
+            failed = [r["case"] for r in rows if "error" in r or (r.get("verify") and not r["verify"]["ok"])]
+            empty = [r["case"] for r in rows if "error" not in r and not r.get("operations")]
+            print(
+                f"\nwhole run: {elapsed:.0f}s;"
+                + (f" FAILED: {', '.join(failed + empty)}" if failed or empty else " every check passed")
+            )
+            if args.json:
+                for r in rows:
+                    r.pop("output", None)
+                result = {
+                    "settings": {
+                        "cases": cases,
+                        "clients": args.clients,
+                        "members": args.members,
+                        "workers": args.workers,
+                        "duration_s": args.duration,
+                        "warmup_s": args.warmup,
+                        "loadgen_processes": args.procs,
+                        "loadgen_client": args.client,
+                        "compare_coalesce": args.compare_coalesce,
+                        "cpus": os.cpu_count(),
+                    },
+                    "server": server,
+                    "cases": rows,
+                    "elapsed_s": elapsed,
+                }
+                print(json.dumps({"bench_ledger": result}, sort_keys=True, default=str))
+            return 1 if failed or empty else 0
         finally:
-            try:
-                pg.stop()
-            finally:
-                shutil.rmtree(data_dir, ignore_errors=True)
-
-
-def _interrupt_in_main_thread(*_: object) -> None:  # SIGTERM -> KeyboardInterrupt, so `finally` runs
-    raise KeyboardInterrupt
+            if env is not None:
+                stop_process(env.ledger, "ledger")
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _interrupt_in_main_thread)
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted; stopped the ledger and PostgreSQL", file=sys.stderr)
-        sys.exit(130)
+    run_main(main, "the ledger and PostgreSQL")
