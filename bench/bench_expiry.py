@@ -21,8 +21,6 @@ from pathlib import Path
 import psutil
 from common import PeakSampler
 
-    return 0
-
 from ledger_service.jobs.service import run_expiry
 from services.db import Database
 from services.migrate import upgrade
@@ -37,6 +35,7 @@ def anon_bytes(pid: int) -> int:
                 return int(line.split()[1]) * 1024
     except OSError:
         return 0
+    return 0
 
 
 LOAD = """
@@ -100,8 +99,7 @@ async def main(args: argparse.Namespace) -> None:
         postmaster = psutil.Process(pid).parent()
         # the largest anonymous (heap) memory of one backend: RssAnon from /proc. USS or RSS would
         # also count pages of the shared buffers that the backend happened to touch.
-        sampler = PeakSampler(lambda: (anon_bytes(c.pid) for c in postmaster.children(recursive=True)), 0.1
-        )
+        sampler = PeakSampler(lambda: (anon_bytes(c.pid) for c in postmaster.children(recursive=True)), 0.1)
         sampler.start()
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         run = await run_expiry(db, batch=args.batch)
