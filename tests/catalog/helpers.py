@@ -23,6 +23,14 @@ __all__ = ["assert_problem", "new_key", "unique_code"]
 KEEPALIVE_S = 1.0
 
 
+# Short leases and retries, so crash and outage tests resume sagas within seconds.
+FAST_SAGAS = {
+    "JIFEN_CATALOG_SAGA_LEASE_S": "1",
+    "JIFEN_CATALOG_RETRY_S": "0.3",
+    "JIFEN_CATALOG_RECOVERY_INTERVAL_S": "0.3",
+}
+
+
 def client(base_url: str, key: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=base_url,

@@ -15,6 +15,7 @@ import pytest
 
 from services.db import Database
 from tests.catalog.helpers import (
+    FAST_SAGAS,
     assert_problem,
     balance,
     cancel,
@@ -32,12 +33,6 @@ from tests.catalog.helpers import (
 )
 from tests.catalog.invariants import check_catalog_invariants
 from tests.harness import ServiceProcess
-
-FAST_SAGAS = {
-    "JIFEN_CATALOG_SAGA_LEASE_S": "1",
-    "JIFEN_CATALOG_RETRY_S": "0.3",
-    "JIFEN_CATALOG_RECOVERY_INTERVAL_S": "0.3",
-}
 
 
 @pytest.fixture
