@@ -26,12 +26,12 @@ Sku = Annotated[
 ]
 
 
-def get_db(request: Request) -> Database:
+async def get_db(request: Request) -> Database:
     db: Database = request.app.state.db
     return db
 
 
-def get_ledger(request: Request) -> LedgerClient:
+async def get_ledger(request: Request) -> LedgerClient:
     ledger: LedgerClient = request.app.state.ledger
     return ledger
 

@@ -21,7 +21,7 @@ class Context:
     settings: ConversionSettings
 
 
-def _context(request: Request) -> Context:
+async def _context(request: Request) -> Context:
     ctx: Context = request.app.state.conversion
     return ctx
 

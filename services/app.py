@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from services.auth import KeyStore
 from services.db import Database
 from services.errors import install_error_handlers
+from services.fastlane import FastLane, FastRoute
 from services.logs import configure_logging
 from services.metrics import render
 from services.middleware import RequestContextMiddleware
@@ -44,6 +45,7 @@ def build_app(
     on_start: Sequence[Hook] = (),
     on_stop: Sequence[Hook] = (),
     openapi_tags: list[dict[str, Any]] | None = None,
+    fast_routes: Sequence[FastRoute] = (),
 ) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -73,6 +75,8 @@ def build_app(
         openapi_tags=openapi_tags,
     )
     install_error_handlers(app)
+    if fast_routes:  # added first, so it runs inside the request-context middleware
+        app.add_middleware(FastLane, routes=fast_routes, enabled=settings.fast_lane)
     app.add_middleware(
         RequestContextMiddleware,
         service=service,

@@ -20,13 +20,17 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 
 
+def valid_key(key: str) -> bool:
+    return 0 < len(key) <= 255 and key.isprintable() and key.isascii()
+
+
 def _check(key: str | None) -> str:
     if key is None or key == "":
         raise BadRequest(
             "This operation requires an Idempotency-Key header (1-255 printable characters).",
             code="idempotency_key_required",
         )
-    if len(key) > 255 or not key.isprintable() or not key.isascii():
+    if not valid_key(key):
         raise BadRequest(
             "Idempotency-Key must be 1-255 printable ASCII characters.", code="invalid_idempotency_key"
         )

@@ -22,6 +22,11 @@ HTTP_LATENCY = Histogram(
     ["service", "method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+FAST_LANE = Counter(
+    "jifen_fast_lane_requests_total",
+    "Requests on a fast-lane path: served by the fast lane, or fallen through to FastAPI",
+    ["route", "outcome"],
+)
 LEDGER_OPERATIONS = Counter(
     "jifen_ledger_operations_total", "Ledger write operations by outcome", ["op", "outcome"]
 )

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     access_log: bool = True
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    fast_lane: bool = Field(
+        default=True, description="Serve the hottest write routes without FastAPI's dependency resolution"
+    )
     ledger_coalesce: bool = True
     ledger_coalesce_window_ms: float = Field(default=1.0, ge=0, le=50)
     ledger_coalesce_max_batch: int = Field(default=48, ge=1, le=60)

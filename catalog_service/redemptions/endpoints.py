@@ -33,7 +33,7 @@ Writer = Annotated[Principal, Depends(require("catalog:write"))]
 Reader = Annotated[Principal, Depends(require("catalog:read"))]
 
 
-def _saga(request: Request) -> RedemptionSaga:
+async def _saga(request: Request) -> RedemptionSaga:
     saga: RedemptionSaga = request.app.state.saga
     return saga
 

@@ -22,7 +22,7 @@ router = APIRouter(prefix="/v1/conversions", tags=["conversions"])
 Reader = Annotated[Principal, Depends(require("conversion:read"))]
 
 
-def _saga(request: Request) -> ConversionSaga:
+async def _saga(request: Request) -> ConversionSaga:
     saga: ConversionSaga = request.app.state.saga
     return saga
 

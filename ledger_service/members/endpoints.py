@@ -21,7 +21,7 @@ Reader = Annotated[Principal, Depends(require("ledger:read"))]
 READ_ERRORS = error_responses(400, 401, 403, 404)
 
 
-def _db(request: Request) -> Database:
+async def _db(request: Request) -> Database:
     db: Database = request.app.state.db
     return db
 

@@ -32,7 +32,8 @@ Key = Annotated[str, Depends(idempotency_key)]
 WRITE_ERRORS = error_responses(400, 401, 403, 404, 409, 422, 503)
 
 
-def _engine(request: Request) -> PostingEngine:
+# async, because FastAPI runs a plain `def` dependency in its thread pool: a thread hop per request.
+async def _engine(request: Request) -> PostingEngine:
     engine: PostingEngine = request.app.state.engine
     return engine
 

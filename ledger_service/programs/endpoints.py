@@ -18,7 +18,7 @@ router = APIRouter(prefix="/v1/programs", tags=["programs"])
 CodePath = Annotated[ProgramCode, Path()]
 
 
-def _db(request: Request) -> Database:
+async def _db(request: Request) -> Database:
     db: Database = request.app.state.db
     return db
 

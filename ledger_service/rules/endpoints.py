@@ -18,12 +18,12 @@ router = APIRouter(prefix="/v1/programs/{code}/rules", tags=["rules"])
 Code = Annotated[ProgramCode, Path()]
 
 
-def _book(request: Request) -> RuleBook:
+async def _book(request: Request) -> RuleBook:
     book: RuleBook = request.app.state.rules
     return book
 
 
-def _db(request: Request) -> Database:
+async def _db(request: Request) -> Database:
     db: Database = request.app.state.db
     return db
 
