@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -58,6 +59,10 @@ def build_app(
         app.state.keys = KeyStore(db)
         for hook in on_start:
             await hook(app)
+        # What start-up allocated lives as long as the process: out of the collector's way, so a full
+        # collection under load scans only what requests allocate (shorter pauses, lower p99).
+        gc.collect()
+        gc.freeze()
         log.info("service started")
         try:
             yield
