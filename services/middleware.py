@@ -6,8 +6,8 @@ Pure ASGI (not BaseHTTPMiddleware) because it wraps every request on the hot pat
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 from typing import Any
 
 import orjson
@@ -43,11 +43,21 @@ class RequestContextMiddleware:
         self.service = service
         self.max_body_bytes = max_body_bytes
         self.access_log_enabled = access_log_enabled
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
-    def _limit_for(self, scope: Scope) -> int:
-        state: dict[str, Any] = scope.get("state") or {}
-        limit: int = state.get("max_body_bytes", self.max_body_bytes)
-        return limit
+    def _metrics(self, method: str, route: str, status: int) -> tuple[Any, Any]:
+        """The metric children of a (method, route, status): `.labels()` costs a few percent of a
+        request's CPU on the hot path, so each combination is looked up once per process."""
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                HTTP_REQUESTS.labels(self.service, method, route, str(status)),
+                HTTP_LATENCY.labels(self.service, method, route),
+            )
+            if len(self._children) < 10_000:  # unmatched paths are all "unmatched": this stays small
+                self._children[key] = children
+        return children
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -56,7 +66,7 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         headers = dict(scope["headers"])
         raw_rid = headers.get(b"x-request-id", b"").decode("latin-1")
-        rid = raw_rid if _valid_request_id(raw_rid) else uuid.uuid4().hex
+        rid = raw_rid if _valid_request_id(raw_rid) else os.urandom(16).hex()
         token = request_id_var.set(rid)
         rid_header = (b"x-request-id", rid.encode())
         status_holder = [500]
@@ -96,8 +106,9 @@ class RequestContextMiddleware:
             route = scope.get("route")
             route_path = getattr(route, "path", None) or "unmatched"
             method = scope["method"]
-            HTTP_REQUESTS.labels(self.service, method, route_path, str(status_holder[0])).inc()
-            HTTP_LATENCY.labels(self.service, method, route_path).observe(elapsed)
+            counter, histogram = self._metrics(method, route_path, status_holder[0])
+            counter.inc()
+            histogram.observe(elapsed)
             if self.access_log_enabled:
                 access_log.info(
                     "request",
