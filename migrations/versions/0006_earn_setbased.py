@@ -51,9 +51,10 @@ ok AS MATERIALIZED (
 acc AS (
     INSERT INTO ledger.accounts AS a (program_id, kind, member_ref, balance, lifetime_earned)
     SELECT m.program_id, 'member', m.member_ref, m.total, m.total
-    FROM (SELECT ok.program_id, min(ok.code) AS code, ok.a->>'member_ref' AS member_ref, sum(ok.pts)::bigint AS total
-          FROM ok GROUP BY 1, 3) m
-    ORDER BY m.code, m.member_ref  -- the order the coalescer sorts requests in: batches lock alike
+    FROM (SELECT ok.program_id, ok.a->>'member_ref' AS member_ref, sum(ok.pts)::bigint AS total
+          FROM ok GROUP BY 1, 2) m
+    LEFT JOIN ledger.accounts e ON e.program_id = m.program_id AND e.kind = 'member' AND e.member_ref = m.member_ref
+    ORDER BY e.id NULLS LAST, m.program_id, m.member_ref  -- existing members by id, like every writer
     ON CONFLICT (program_id, kind, member_ref) DO UPDATE
         SET balance = a.balance + EXCLUDED.balance, lifetime_earned = a.lifetime_earned + EXCLUDED.lifetime_earned
     RETURNING a AS account, a.id, a.program_id, a.member_ref, a.balance
@@ -114,6 +115,20 @@ DECLARE
     r jsonb; res record; n int; done int[] := '{}'; prog ledger.programs; acc ledger.accounts;
     q_acc bigint[] := '{}'; q_prog int[] := '{}'; q_pts bigint[] := '{}'; q_at timestamptz[] := '{}';
 BEGIN
+    -- A batch that mixes set-based earns with other requests locks all its existing members first,
+    -- by id: the earns would otherwise lock theirs before the others', an order another batch
+    -- could cross (a deadlock, then a retry one request at a time).
+    IF EXISTS (SELECT 1 FROM jsonb_array_elements(p_requests) x(r) WHERE x.r->>'op' <> 'earn' OR x.r->'a' ? 'caps') THEN
+        PERFORM 1 FROM ledger.accounts a
+        JOIN ledger.programs g ON g.id = a.program_id
+        JOIN (SELECT x.r->'a'->>'program' AS code, m.ref
+              FROM jsonb_array_elements(p_requests) x(r),
+                   LATERAL (VALUES (x.r->'a'->>'member_ref'), (x.r->'a'->>'from_member_ref'),
+                                   (x.r->'a'->>'to_member_ref')) m(ref)
+              WHERE m.ref IS NOT NULL) w ON w.code = g.code AND a.member_ref = w.ref
+        WHERE a.kind = 'member'
+        ORDER BY a.id FOR UPDATE OF a;
+    END IF;
     FOR res IN SELECT * FROM ledger.earn_set(p_requests) LOOP
         i := res.i; status := 201; body := res.body::text; replayed := false;
         RETURN NEXT;

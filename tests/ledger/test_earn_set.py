@@ -156,3 +156,35 @@ async def test_key_scoped_to_other_programs_is_refused_in_a_batch(
     )
     assert isinstance(results[0], DomainError) and results[0].code == "program_forbidden"
     assert [r.json()["balance_after"]["balance"] for r in results[1:] if isinstance(r, Outcome)] == [3, 6]
+
+
+async def test_mixed_batches_crossing_members_do_not_deadlock(
+    client: httpx.AsyncClient, ledger_app: Any, caplog: Any
+) -> None:
+    """Batch A earns for x and burns from y while batch B earns for y and burns from x: without
+    locking every member of a mixed batch by id first, the two cross and one fails as a whole."""
+    program = await create_program(client)
+    members = [f"c{i}" for i in range(8)]
+    for m in members:
+        await earn(client, program, m, 1_000_000)
+    principal = await ledger_app.state.keys.lookup(await make_key(ledger_app, ["ledger:admin"]))
+    engines = [
+        PostingEngine(ledger_app.state.db, coalesce=True, window_s=0.01, max_batch=48) for _ in range(2)
+    ]
+
+    def call(engine: PostingEngine, op: str, member_ref: str) -> Any:
+        args = {"program": program, "member_ref": member_ref, "points": 1, "reference": "r"}
+        return engine.execute(op, args, principal, new_key())
+
+    caplog.set_level("WARNING", logger="jifen.ledger.coalescer")
+    for _ in range(30):
+        calls = []
+        for n in range(0, len(members), 2):
+            x, y = members[n], members[n + 1]
+            calls += [call(engines[0], "earn", x), call(engines[0], "burn", y)]
+            calls += [call(engines[1], "earn", y), call(engines[1], "burn", x)]
+        results = await asyncio.gather(*calls)
+        assert all(r.status == 201 for r in results)
+    failed = [r for r in caplog.records if "failed as a whole" in r.getMessage()]
+    assert not failed, [r.__dict__.get("error") for r in failed][:3]
+    await check_ledger_invariants(ledger_app.state.db, program)
