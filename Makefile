@@ -36,7 +36,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 typecheck: install
-	$(BIN)/mypy services ledger_service conversion_service catalog_service
+	$(BIN)/mypy services ledger_service conversion_service catalog_service bench
 
 migrate: install
 	$(BIN)/jifen migrate

@@ -501,9 +501,8 @@ def service_settings(data_dir: Path, host: str, ports: dict[str, int]) -> Any:
         **{f"JIFEN_{name.upper()}_PORT": str(port) for name, port in ports.items()},
     )
     os.environ.setdefault("JIFEN_LOG_LEVEL", "WARNING")
-    return Settings(
-        data_dir=data_dir, host=host, access_log=False, **{f"{name}_port": p for name, p in ports.items()}
-    )
+    # The ports are in the environment just set: pydantic-settings reads them from there.
+    return Settings(data_dir=data_dir, host=host, access_log=False)
 
 
 def wait_ready(name: str, base_url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
