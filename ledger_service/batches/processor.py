@@ -54,7 +54,7 @@ class BatchProcessor:
         async with self.db.driver() as conn:
             while True:
                 b = await repository.progress(conn, batch_id)
-                if b["status"] == "failed":
+                if b["status"] == "failed" or b["stage"] == "done":
                     return False
                 if b["stage"] == "earns":
                     if b["next_line"] < b["staged"]:
@@ -70,7 +70,11 @@ class BatchProcessor:
                     continue
                 await repository.renew(conn, batch_id)
                 await self._reversals(conn, batch_id, b["reversals_after"], b["rows"])
-                await repository.complete(conn, batch_id)
+                if not await repository.complete(conn, batch_id):
+                    # A second processor (this one's lease ran out during a stall) is on the reverse
+                    # rows; the chunk functions apply each part once, so follow until it is done.
+                    await asyncio.sleep(FOLLOW_INTERVAL_S)
+                    continue
                 LEDGER_OPERATIONS.labels("batch", "completed").inc()
                 log.info("batch completed", extra={"batch": str(batch_id), "rows": b["rows"]})
                 return True

@@ -50,8 +50,9 @@ _STAGED = "UPDATE ledger.batches SET staged = $2 WHERE id = $1"
 _EARNS = "SELECT * FROM ledger.process_batch_earns($1, $2, $3)"
 _REVERSALS = "SELECT * FROM ledger.process_batch_reversals($1, $2, $3, $4)"
 _STAGE = "UPDATE ledger.batches SET stage = $2 WHERE id = $1"
+# Only once every reverse row is done: a second processor (after a lease ran out) may still be on them.
 _DONE = """UPDATE ledger.batches SET status = 'completed', stage = 'done', finished_at = now(),
-           lease_until = NULL WHERE id = $1"""
+           lease_until = NULL WHERE id = $1 AND stage = 'reversals' AND reversals_after >= rows"""
 _STALE_UPLOADS = """UPDATE ledger.batches SET status = 'failed', error = 'upload interrupted',
                     finished_at = now()
                     WHERE status = 'receiving' AND created_at < now() - interval '6 hours' RETURNING id"""
@@ -149,10 +150,12 @@ async def set_stage(conn: asyncpg.Connection, batch_id: UUID, stage_name: str) -
     await conn.execute(_STAGE, batch_id, stage_name)
 
 
-async def complete(conn: asyncpg.Connection, batch_id: UUID) -> None:
+async def complete(conn: asyncpg.Connection, batch_id: UUID) -> bool:
     async with conn.transaction():
-        await conn.execute(_DONE, batch_id)
+        if await conn.execute(_DONE, batch_id) != "UPDATE 1":
+            return False
         await conn.execute(_DROP_STAGING, batch_id)
+    return True
 
 
 async def fail_stale_uploads(conn: asyncpg.Connection) -> list[UUID]:

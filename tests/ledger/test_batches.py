@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from uuid import UUID
 
 import httpx
 import orjson
@@ -253,4 +254,32 @@ async def test_ledger_process_killed_mid_batch_resumes_after_restart(
     expected = sum(1 + i % 5 for i in range(n))
     assert done["points_posted"] == expected
     assert sum([(await member(client, program, f"z{i}"))["balance"] for i in range(97)]) == expected
+    await check_ledger_invariants(ledger_app.state.db, program)
+
+
+async def test_two_processors_on_one_batch_apply_each_chunk_once(
+    client: httpx.AsyncClient, ledger_app
+) -> None:
+    """A lease that runs out under a live processor lets a second one in: each chunk of earns and of
+    reverse rows is still applied, and counted, once."""
+    from ledger_service.batches.processor import BatchProcessor
+
+    program = await _program(client)
+    rows = [HEADER] + [f"T-{i},earn,,{program},,t{i % 40},,,,,,,{1 + i % 5}" for i in range(2400)]
+    rows += [f"R-{i},reverse,T-{i},{program},,t{i % 40},,,,,,,1" for i in range(0, 2400, 10)]
+    r = await upload(client, ("\n".join(rows) + "\n").encode())
+    batch_id = r.json()["id"]
+    async with ledger_app.state.db.driver() as conn:  # neither processor needs to claim it
+        await conn.execute(
+            "UPDATE ledger.batches SET lease_until = now() + interval '1 hour' WHERE id = $1::uuid", batch_id
+        )
+    processors = [BatchProcessor(ledger_app.state.db, earn_chunk=300) for _ in range(2)]
+    await asyncio.gather(*(p._process(UUID(batch_id)) for p in processors))
+    done = (await client.get(f"/v1/batches/{batch_id}")).json()
+    assert done["status"] == "completed", done
+    assert (done["posted"], done["duplicates"], done["rejected"]) == (2400 + 240, 0, 0)
+    expected = sum(1 + i % 5 for i in range(2400)) - 240
+    assert done["points_posted"] == expected
+    total = sum([(await member(client, program, f"t{i}"))["balance"] for i in range(40)])
+    assert total == expected
     await check_ledger_invariants(ledger_app.state.db, program)
