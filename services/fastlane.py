@@ -26,6 +26,7 @@ from services.auth import KeyStore, Principal
 from services.errors import DomainError, problem_response
 from services.idempotency import valid_key
 from services.metrics import FAST_LANE
+from services.middleware import replay
 
 Handler = Callable[[State, Any, Principal, str, dict[str, Any]], Awaitable[Response]]
 
@@ -50,17 +51,6 @@ class FastRoute:
 
 class _Fallthrough(Exception):
     """The request is not one the fast lane serves; FastAPI answers it."""
-
-
-def _replay(messages: list[Message], receive: Receive) -> Receive:
-    pending = list(messages)
-
-    async def replay() -> Message:
-        if pending:
-            return pending.pop(0)
-        return await receive()
-
-    return replay
 
 
 class FastLane:
@@ -117,7 +107,7 @@ class FastLane:
             response = await self._serve(route, state, auth, key, body, params)
         except _Fallthrough:
             FAST_LANE.labels(route.path, "fallthrough").inc()
-            await self.app(scope, _replay(messages, receive), send)
+            await self.app(scope, replay(messages, receive), send)
             return
         FAST_LANE.labels(route.path, "served").inc()
         scope["route"] = route

@@ -20,15 +20,16 @@ from services.metrics import HTTP_LATENCY, HTTP_REQUESTS
 access_log = logging.getLogger("jifen.access")
 
 
-def _replay(messages: list[Message], receive: Receive) -> Receive:
+def replay(messages: list[Message], receive: Receive) -> Receive:
+    """A receive that gives the already-read `messages` first, then reads on."""
     pending = list(messages)
 
-    async def replay() -> Message:
+    async def receive_next() -> Message:
         if pending:
             return pending.pop(0)
         return await receive()
 
-    return replay
+    return receive_next
 
 
 def _valid_request_id(value: str) -> bool:
@@ -99,7 +100,7 @@ class RequestContextMiddleware:
                     await self._too_large(send, rid_header, limit)
                     status_holder[0] = 413
                     return
-                receive = _replay(buffered, receive)
+                receive = replay(buffered, receive)
             await self.app(scope, receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - started
