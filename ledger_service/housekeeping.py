@@ -8,15 +8,13 @@ a single advisory-lock holder, expiry locks accounts, and each batch is one tran
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 
 from ledger_service.batches.processor import BatchProcessor
 from ledger_service.events.service import WebhookDeliverer, sequence
 from ledger_service.jobs.service import run_expiry, run_tier_review
 from services.db import Database
+from services.periodic import Periodic
 from services.settings import Settings
 
 log = logging.getLogger("jifen.ledger.housekeeping")
@@ -53,47 +51,26 @@ async def purge_idempotency_keys(db: Database, retention_days: int) -> int:
             return total
 
 
-class Housekeeper:
+class Housekeeper(Periodic):
     def __init__(self, db: Database, settings: Settings) -> None:
-        self.db = db
         self.deliverer = WebhookDeliverer(db)
-        self._tasks: list[asyncio.Task[None]] = []
-        self._jobs: list[tuple[str, float, Callable[[], Awaitable[object]]]] = [
-            ("holds", settings.hold_sweep_interval_s, lambda: expire_due_holds(db)),
-            ("events", settings.event_sequence_interval_s, lambda: sequence(db)),
-            ("webhooks", settings.webhook_interval_s, self.deliverer.run_once),
-            ("expiry", settings.expiry_interval_s, lambda: run_expiry(db)),
-            ("tiers", settings.tier_review_interval_s, lambda: run_tier_review(db)),
-            (
-                "batches",
-                settings.batch_interval_s,
-                BatchProcessor(db, earn_chunk=settings.batch_chunk_rows).run_once,
-            ),
-            ("keys", 3600.0, lambda: purge_idempotency_keys(db, settings.idempotency_retention_days)),
-        ]
-
-    def start(self) -> None:
-        for name, interval, job in self._jobs:
-            self._tasks.append(asyncio.create_task(self._every(name, interval, job), name=f"ledger-{name}"))
+        super().__init__(
+            "ledger",
+            [
+                ("holds", settings.hold_sweep_interval_s, lambda: expire_due_holds(db)),
+                ("events", settings.event_sequence_interval_s, lambda: sequence(db)),
+                ("webhooks", settings.webhook_interval_s, self.deliverer.run_once),
+                ("expiry", settings.expiry_interval_s, lambda: run_expiry(db)),
+                ("tiers", settings.tier_review_interval_s, lambda: run_tier_review(db)),
+                (
+                    "batches",
+                    settings.batch_interval_s,
+                    BatchProcessor(db, earn_chunk=settings.batch_chunk_rows).run_once,
+                ),
+                ("keys", 3600.0, lambda: purge_idempotency_keys(db, settings.idempotency_retention_days)),
+            ],
+        )
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        await super().stop()
         await self.deliverer.aclose()
-
-    @staticmethod
-    async def _every(name: str, interval: float, job: Callable[[], Awaitable[object]]) -> None:
-        while True:
-            try:
-                result = await job()
-                if result:
-                    log.debug("housekeeping", extra={"job": name, "result": str(result)})
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("housekeeping job failed; will retry", extra={"job": name})
-            await asyncio.sleep(interval)
