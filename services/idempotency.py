@@ -131,6 +131,18 @@ class IdempotencyStore:
             raise IdempotencyReused()
         return StoredResponse(row["status"], orjson.loads(row["body"]))
 
+    async def lookup(
+        self, conn: asyncpg.Connection, api_key_id: int, key: str, request_hash: bytes | None = None
+    ) -> StoredResponse | None:
+        """The response recorded for a key, read without its lock: the fast path of a replay. With
+        `request_hash`, a key recorded for another request is IdempotencyReused."""
+        row = await conn.fetchrow(self._select, api_key_id, key)
+        if row is None:
+            return None
+        if request_hash is not None and bytes(row["request_hash"]) != request_hash:
+            raise IdempotencyReused()
+        return StoredResponse(row["status"], orjson.loads(row["body"]))
+
     async def record(
         self, conn: asyncpg.Connection, api_key_id: int, key: str, request_hash: bytes, status: int, body: Any
     ) -> None:

@@ -134,7 +134,6 @@ _FINAL = """
 UPDATE catalog.idempotency_keys SET status = $3, body = $4::jsonb
 WHERE api_key_id = $1 AND key = $2 AND status = 0
 """
-_STORED = "SELECT status, body::text AS body FROM catalog.idempotency_keys WHERE api_key_id = $1 AND key = $2"
 
 
 def _json(value: Any) -> str | None:
@@ -277,11 +276,6 @@ async def due(conn: asyncpg.Connection, limit: int) -> list[UUID]:
 async def record_final(conn: asyncpg.Connection, api_key_id: int, key: str, status: int, body: Any) -> None:
     """The answer an Idempotency-Key replays, once the operation it was recorded for has one."""
     await conn.execute(_FINAL, api_key_id, key, status, orjson.dumps(body).decode())
-
-
-async def stored_response(conn: asyncpg.Connection, api_key_id: int, key: str) -> tuple[int, Any] | None:
-    row = await conn.fetchrow(_STORED, api_key_id, key)
-    return None if row is None else (row["status"], orjson.loads(row["body"]))
 
 
 # --- reads --------------------------------------------------------------------------------------------

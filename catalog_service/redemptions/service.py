@@ -202,9 +202,9 @@ async def _settled(
     """The final answer recorded for `key`; if there is none yet, 202 with the redemption as it stands
     (recorded as the final answer when `record_if_pending`)."""
     async with db.driver() as conn, conn.transaction():
-        stored = await repository.stored_response(conn, principal.key_id, key)
-        if stored is not None and stored[0] != PENDING:
-            return Answer(stored[0], stored[1], replayed=replayed)
+        stored = await IDEMPOTENCY.lookup(conn, principal.key_id, key)
+        if stored is not None and stored.status != PENDING:
+            return Answer(stored.status, stored.body, replayed=replayed)
         row = await repository.get(conn, redemption_id)
         assert row is not None
         codes = (await repository.codes_of(conn, [redemption_id])).get(redemption_id, [])

@@ -41,10 +41,6 @@ SELECT {_COLUMNS}, (
 )::text AS history
 FROM conversion.conversions c WHERE c.id = $1
 """
-_STORED = """
-SELECT request_hash, status, body::text AS body FROM conversion.idempotency_keys
-WHERE api_key_id = $1 AND key = $2
-"""
 _QUOTE_USED = "SELECT EXISTS (SELECT 1 FROM conversion.conversions WHERE quote_id = $1)"
 _DRIVEN_BY_REQUEST = f"""
 SELECT state NOT IN {_TERMINAL} AND lease_owner LIKE 'request:%' AND lease_until > now()
@@ -155,12 +151,6 @@ async def insert(
 async def get(conn: asyncpg.Connection, conversion_id: UUID) -> asyncpg.Record | None:
     """The conversion row, with `history` (its events, oldest first) as JSON text."""
     row: asyncpg.Record | None = await conn.fetchrow(_GET, conversion_id)
-    return row
-
-
-async def stored_response(conn: asyncpg.Connection, api_key_id: int, key: str) -> asyncpg.Record | None:
-    """The response recorded for an Idempotency-Key, read without its lock (the fast path of replays)."""
-    row: asyncpg.Record | None = await conn.fetchrow(_STORED, api_key_id, key)
     return row
 
 

@@ -44,7 +44,6 @@ from services.errors import PROBLEM_JSON, Conflict, DomainError, NotFound, Unpro
 from services.idempotency import (
     REPLAYED_HEADER,
     IdempotencyInUse,
-    IdempotencyReused,
     IdempotencyStore,
     canonical_json,
     fingerprint,
@@ -244,11 +243,9 @@ async def create_conversion(
 ) -> Response:
     request_hash = fingerprint("conversion", canonical_json(body.model_dump(mode="json")))
     async with ctx.db.driver() as conn:  # a replay answers at once, whatever pricing would say now
-        known = await repository.stored_response(conn, principal.key_id, key)
+        known = await IDEMPOTENCY.lookup(conn, principal.key_id, key, request_hash)
     if known is not None:
-        if bytes(known["request_hash"]) != request_hash:
-            raise IdempotencyReused()
-        return await _replay(ctx, known["status"], orjson.loads(known["body"]))
+        return await _replay(ctx, known.status, known.body)
 
     plan = await _plan(ctx, principal, body)
     conversion_id = uuid.uuid4()
