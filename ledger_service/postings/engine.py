@@ -114,9 +114,9 @@ class PostingEngine:
             lock_order=_lock_order(args),
         )
         try:
-            # Operations found by id (capture, void, reverse) lock a hold or transaction before its
-            # member, in an order a batch cannot sort by; they run as their own transactions.
-            if self.coalescer is not None and request.lock_order[0] != "~":
+            # Operations found by id (capture, void, reverse) join batches too: a batch with any
+            # of them locks documents, then members, each by id, before applying (execute_batch).
+            if self.coalescer is not None:
                 status, body, replayed = await self.coalescer.submit(request)
             else:
                 status, body, replayed = await self._single(request)

@@ -115,19 +115,39 @@ DECLARE
     r jsonb; res record; n int; done int[] := '{}'; prog ledger.programs; acc ledger.accounts;
     q_acc bigint[] := '{}'; q_prog int[] := '{}'; q_pts bigint[] := '{}'; q_at timestamptz[] := '{}';
 BEGIN
-    -- A batch that mixes set-based earns with other requests locks all its existing members first,
-    -- by id: the earns would otherwise lock theirs before the others', an order another batch
-    -- could cross (a deadlock, then a retry one request at a time).
+    -- A batch with anything but plain earns takes its locks up front, in the order every writer
+    -- uses: documents (holds, then transactions) by id, then member accounts by id. Without it the
+    -- set-based earns lock their members before the other requests do, and a capture or reversal
+    -- locks its document after members of earlier requests: orders two batches can cross (a
+    -- deadlock, then a retry one request at a time).
     IF EXISTS (SELECT 1 FROM jsonb_array_elements(p_requests) x(r) WHERE x.r->>'op' <> 'earn' OR x.r->'a' ? 'caps') THEN
+        PERFORM 1 FROM ledger.holds h
+        WHERE h.id IN (SELECT (x.r->'a'->>'hold_id')::uuid FROM jsonb_array_elements(p_requests) x(r)
+                       WHERE x.r->'a' ? 'hold_id')
+        ORDER BY h.id FOR UPDATE;
+        PERFORM 1 FROM ledger.transactions t
+        WHERE t.id IN (SELECT (x.r->'a'->>'transaction_id')::uuid FROM jsonb_array_elements(p_requests) x(r)
+                       WHERE x.r->'a' ? 'transaction_id')
+        ORDER BY t.id FOR UPDATE;
         PERFORM 1 FROM ledger.accounts a
-        JOIN ledger.programs g ON g.id = a.program_id
-        JOIN (SELECT x.r->'a'->>'program' AS code, m.ref
-              FROM jsonb_array_elements(p_requests) x(r),
-                   LATERAL (VALUES (x.r->'a'->>'member_ref'), (x.r->'a'->>'from_member_ref'),
-                                   (x.r->'a'->>'to_member_ref')) m(ref)
-              WHERE m.ref IS NOT NULL) w ON w.code = g.code AND a.member_ref = w.ref
-        WHERE a.kind = 'member'
-        ORDER BY a.id FOR UPDATE OF a;
+        WHERE a.id IN (
+            SELECT a2.id FROM ledger.accounts a2
+            JOIN ledger.programs g ON g.id = a2.program_id
+            JOIN (SELECT x.r->'a'->>'program' AS code, m.ref
+                  FROM jsonb_array_elements(p_requests) x(r),
+                       LATERAL (VALUES (x.r->'a'->>'member_ref'), (x.r->'a'->>'from_member_ref'),
+                                       (x.r->'a'->>'to_member_ref')) m(ref)
+                  WHERE m.ref IS NOT NULL) w ON w.code = g.code AND a2.member_ref = w.ref
+            WHERE a2.kind = 'member'
+            UNION
+            SELECT h.account_id FROM ledger.holds h
+            WHERE h.id IN (SELECT (x.r->'a'->>'hold_id')::uuid FROM jsonb_array_elements(p_requests) x(r)
+                           WHERE x.r->'a' ? 'hold_id')
+            UNION
+            SELECT t.account_id FROM ledger.transactions t
+            WHERE t.id IN (SELECT (x.r->'a'->>'transaction_id')::uuid FROM jsonb_array_elements(p_requests) x(r)
+                           WHERE x.r->'a' ? 'transaction_id'))
+        ORDER BY a.id FOR UPDATE;
     END IF;
     FOR res IN SELECT * FROM ledger.earn_set(p_requests) LOOP
         i := res.i; status := 201; body := res.body::text; replayed := false;

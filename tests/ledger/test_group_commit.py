@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 
 from ledger_service.postings.engine import PostingEngine
 from services.errors import DomainError
-from tests.conftest import create_program, earn, make_key, member, new_key
+from tests.conftest import create_program, earn, make_key, member, new_key, post
 from tests.harness import ServiceProcess
 from tests.ledger.invariants import check_ledger_invariants
 
@@ -177,4 +177,49 @@ async def test_killed_mid_batch_every_request_applies_exactly_once(
         expected[body["member_ref"]] = expected.get(body["member_ref"], 0) + body["points"]
     for who, points in expected.items():
         assert (await member(client, program, who))["balance"] == points
+    await check_ledger_invariants(ledger_app.state.db, program)
+
+
+async def test_captures_and_reversals_in_crossing_batches_do_not_deadlock(
+    client: httpx.AsyncClient, ledger_app, caplog
+) -> None:
+    """Captures, voids and reversals join batches: a batch locks documents, then members, each by id,
+    so batches crossing members and documents never deadlock and each request applies once."""
+    program = await create_program(client)
+    members = [f"d{i}" for i in range(6)]
+    earns = {m: await earn(client, program, m, 1_000_000) for m in members}
+    principal = await _principal(ledger_app)
+    engines = [
+        PostingEngine(ledger_app.state.db, coalesce=True, window_s=0.01, max_batch=48) for _ in range(2)
+    ]
+
+    def run(engine: PostingEngine, op: str, args: dict) -> object:
+        return engine.execute(op, {"program": program, **args} if "hold_id" not in args and "transaction_id"
+                              not in args else args, principal, new_key())  # fmt: skip
+
+    caplog.set_level("WARNING", logger="jifen.ledger.coalescer")
+    for _ in range(15):
+        holds = {}
+        for m in members:
+            r = await post(
+                client, "/v1/holds", {"program": program, "member_ref": m, "points": 5, "reference": "h"}
+            )
+            assert r.status_code == 201, r.text
+            holds[m] = r.json()["id"]
+        calls = []
+        for n in range(0, len(members), 2):
+            x, y = members[n], members[n + 1]
+            for engine, (a, b) in ((engines[0], (x, y)), (engines[1], (y, x))):
+                calls += [
+                    run(engine, "capture", {"hold_id": holds[a], "points": 3}),
+                    run(engine, "reverse", {"transaction_id": earns[b]["id"], "points": 1, "reason": "r"}),
+                    run(engine, "earn", {"member_ref": b, "points": 2, "reference": "e"}),
+                    run(engine, "burn", {"member_ref": a, "points": 1, "reference": "b"}),
+                ]
+        results = await asyncio.gather(*calls)
+        assert all(r.status == 201 for r in results)
+    failed = [r for r in caplog.records if "failed as a whole" in r.getMessage()]
+    assert not failed, [r.__dict__.get("error") for r in failed][:3]
+    for m in members:  # 15 rounds: +1,000,000 -3 captured -1 clawed back +2 earned -1 burned
+        assert (await member(client, program, m))["balance"] == 1_000_000 + 15 * (-3 - 1 + 2 - 1)
     await check_ledger_invariants(ledger_app.state.db, program)
