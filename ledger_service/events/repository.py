@@ -10,6 +10,7 @@ import asyncpg
 SEQUENCE_BATCH = 10_000
 
 _SEQUENCE = "SELECT ledger.sequence_events($1)"
+_WAIT_FOR_SEQUENCER = "SELECT pg_advisory_xact_lock(hashtextextended('ledger.sequence_events', 0))"
 
 _FEED = """
 SELECT o.seq, t.id, t.type, p.code AS program, t.member_ref, t.counterparty_ref, t.points, t.kind,
@@ -52,6 +53,15 @@ _FAILED = """UPDATE ledger.webhooks SET after_seq = $2, delivered = delivered + 
 
 async def sequence(conn: asyncpg.Connection) -> int:
     n: int = await conn.fetchval(_SEQUENCE, SEQUENCE_BATCH)
+    return n
+
+
+async def sequence_waiting(conn: asyncpg.Connection) -> int:
+    """Like `sequence`, but waits for a sequencer that is running (the background one) instead of
+    leaving to it: a reader then sees every event committed before it asked."""
+    async with conn.transaction():
+        await conn.execute(_WAIT_FOR_SEQUENCER)
+        n: int = await conn.fetchval(_SEQUENCE, SEQUENCE_BATCH)
     return n
 
 

@@ -45,7 +45,7 @@ async def sequence(db: Database) -> int:
 
 async def feed(db: Database, principal: Principal, after: int, limit: int) -> EventPage:
     async with db.driver() as conn:
-        await repository.sequence(conn)  # so a reader never waits on the schedule
+        await repository.sequence_waiting(conn)  # so a reader never waits on the schedule
         rows = await repository.feed(conn, after, limit, principal.program_list())
     events = [event_of(r) for r in rows]
     return EventPage(data=events, next_cursor=events[-1].seq if events else after)
