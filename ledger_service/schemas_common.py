@@ -34,9 +34,28 @@ PointKind = Literal["purchase", "tenure", "credit", "bonus"]
 POINT_KINDS: tuple[str, ...] = ("purchase", "tenure", "credit", "bonus")
 
 
+_INT64 = 2**63
+
+
+def _numbers_fit(value: Any) -> bool:
+    """Numbers in metadata must fit a 64-bit integer's range: a larger integer cannot be stored as
+    canonical JSON (and a JSON parser may turn it into an inexact float)."""
+    if isinstance(value, dict):
+        return all(_numbers_fit(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_numbers_fit(v) for v in value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return True
+    return -_INT64 < value < _INT64
+
+
 def _small_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    if value is not None and len(repr(value)) > 4096:
+    if value is None:
+        return value
+    if len(repr(value)) > 4096:
         raise ValueError("metadata must be at most about 4 KB")
+    if not _numbers_fit(value):
+        raise ValueError("numbers in metadata must be between -2^63 and 2^63")
     return value
 
 

@@ -46,7 +46,7 @@ class FastRoute:
 
     @property
     def segments(self) -> tuple[str, ...]:
-        return tuple(self.path.strip("/").split("/"))
+        return tuple(self.path[1:].split("/"))
 
 
 class _Fallthrough(Exception):
@@ -72,7 +72,9 @@ class FastLane:
         route = self._exact.get(path)
         if route is not None:
             return route, {}
-        parts = path.strip("/").split("/")
+        if not path.startswith("/"):
+            return None
+        parts = path[1:].split("/")  # a trailing or doubled slash leaves an empty segment: no match
         for candidate in self._templated.get(len(parts), ()):
             params: dict[str, str] = {}
             for want, got in zip(candidate.segments, parts, strict=True):
@@ -104,13 +106,13 @@ class FastLane:
             except ValueError:
                 raise _Fallthrough from None
             state: State = scope["app"].state
+            scope["route"] = route  # for the metrics labels, as the router would set it
             response = await self._serve(route, state, auth, key, body, params)
         except _Fallthrough:
             FAST_LANE.labels(route.path, "fallthrough").inc()
             await self.app(scope, replay(messages, receive), send)
             return
         FAST_LANE.labels(route.path, "served").inc()
-        scope["route"] = route
         await response(scope, receive, send)
 
     async def _serve(
@@ -120,7 +122,7 @@ class FastLane:
         principal = await keys.lookup(auth.decode("latin-1"))
         if principal is None or not any(principal.has(s) for s in route.scopes):
             raise _Fallthrough
-        if body.strip():
+        if body:  # whitespace is a body too: FastAPI answers it 400 malformed_json
             try:
                 data = orjson.loads(body)
                 parsed = route.model.model_validate(data)
@@ -139,7 +141,8 @@ class FastLane:
 
 def _headers(scope: Scope) -> tuple[bytes, str]:
     """The Bearer credentials and the Idempotency-Key, if both are there and well-formed, and the
-    body is JSON as FastAPI would read it (no content type, or application/json or */*+json)."""
+    body is JSON as FastAPI reads it: it needs a content type (strict_content_type), of type
+    application and subtype json or *+json, parsed as email.message would (one slash)."""
     auth = idem = ctype = None
     for name, value in scope["headers"]:
         if name == b"authorization" and auth is None:
@@ -153,12 +156,13 @@ def _headers(scope: Scope) -> tuple[bytes, str]:
     scheme, _, credentials = auth.partition(b" ")
     if scheme.lower() != b"bearer" or not credentials or b" " in credentials:
         raise _Fallthrough
-    if ctype is not None:
-        media = ctype.split(b";", 1)[0].strip().lower()
-        if media != b"application/json" and not (
-            media.startswith(b"application/") and media.endswith(b"+json")
-        ):
-            raise _Fallthrough
+    if ctype is None:
+        raise _Fallthrough
+    media = ctype.split(b";", 1)[0].strip().lower()
+    if media.count(b"/") != 1 or not (
+        media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
+    ):
+        raise _Fallthrough
     key = idem.decode("latin-1")
     if not valid_key(key):
         raise _Fallthrough

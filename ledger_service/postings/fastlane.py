@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+from pydantic import TypeAdapter
 from starlette.datastructures import State
 from starlette.responses import Response
 
@@ -66,20 +67,29 @@ async def _adjust(
     return (await service.adjust(state.engine, body, principal, key)).response()
 
 
+_UUID = TypeAdapter(UUID)
+
+
+def _uuid(value: str) -> UUID:
+    """A path id as FastAPI validates it (pydantic): uuid.UUID alone also takes odd hyphens and
+    prefixes. pydantic's ValidationError is a ValueError, so a bad id falls through to FastAPI."""
+    return _UUID.validate_python(value)
+
+
 # Paths and scopes as in endpoints.py; tests/ledger/test_fastlane.py checks they agree.
 ROUTES = (
     FastRoute("/v1/earn", EarnIn, ("ledger:earn",), _earn),
     FastRoute("/v1/burn", BurnIn, ("ledger:burn",), _burn),
     FastRoute("/v1/holds", HoldIn, ("ledger:burn",), _hold),
-    FastRoute("/v1/holds/{hold_id}/capture", CaptureIn, ("ledger:burn",), _capture, True, UUID),
-    FastRoute("/v1/holds/{hold_id}/void", VoidIn, ("ledger:burn",), _void, True, UUID),
+    FastRoute("/v1/holds/{hold_id}/capture", CaptureIn, ("ledger:burn",), _capture, True, _uuid),
+    FastRoute("/v1/holds/{hold_id}/void", VoidIn, ("ledger:burn",), _void, True, _uuid),
     FastRoute(
         "/v1/transactions/{transaction_id}/reverse",
         ReverseIn,
         ("ledger:earn", "ledger:burn"),
         _reverse,
         False,
-        UUID,
+        _uuid,
     ),
     FastRoute("/v1/transfers", TransferIn, ("ledger:burn",), _transfer),
     FastRoute("/v1/adjustments", AdjustmentIn, ("ledger:admin",), _adjust),

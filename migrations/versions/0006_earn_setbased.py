@@ -120,7 +120,11 @@ BEGIN
     -- set-based earns lock their members before the other requests do, and a capture or reversal
     -- locks its document after members of earlier requests: orders two batches can cross (a
     -- deadlock, then a retry one request at a time).
-    IF EXISTS (SELECT 1 FROM jsonb_array_elements(p_requests) x(r) WHERE x.r->>'op' <> 'earn' OR x.r->'a' ? 'caps') THEN
+    -- (An earn that earn_set leaves to ledger.execute counts as "anything but": priced at 0 points.)
+    IF EXISTS (SELECT 1 FROM jsonb_array_elements(p_requests) x(r)
+               WHERE x.r->>'op' <> 'earn' OR x.r->'a' ? 'caps'
+                  OR jsonb_typeof(x.r->'a'->'points') IS DISTINCT FROM 'number'
+                  OR (x.r->'a'->>'points')::numeric <= 0) THEN
         PERFORM 1 FROM ledger.holds h
         WHERE h.id IN (SELECT (x.r->'a'->>'hold_id')::uuid FROM jsonb_array_elements(p_requests) x(r)
                        WHERE x.r->'a' ? 'hold_id')

@@ -17,7 +17,9 @@ depends_on = None
 # claim the batch; both then posted the same chunks. Exactly-once held (the unique index), but the
 # batch's counters took each chunk twice (duplicates inflated). Now each chunk function takes a
 # per-batch advisory lock (not the batch row: the upload keeps updating it while chunks post) and
-# does nothing unless the batch's cursor is where the caller thinks it is.
+# does nothing unless the batch's cursor is where the caller thinks it is; reverse rows are never
+# taken past the posted earns (a stale processor's chunk end could otherwise reject a refund as
+# `unknown_original` before its earn was posted).
 _previous = importlib.import_module("migrations.versions.0005_batches").FUNCTIONS
 
 _EARNS_OLD = """BEGIN
@@ -42,6 +44,9 @@ _REVERSALS_NEW = """BEGIN
     IF b.reversals_after IS DISTINCT FROM p_after THEN  -- another processor is past this point
         next_after := b.reversals_after;
         RETURN;
+    END IF;
+    IF b.stage = 'earns' THEN  -- never past the posted earns: a refund needs its earn posted first
+        p_until := least(p_until, b.next_line);
     END IF;
 """
 

@@ -283,3 +283,39 @@ async def test_two_processors_on_one_batch_apply_each_chunk_once(
     total = sum([(await member(client, program, f"t{i}"))["balance"] for i in range(40)])
     assert total == expected
     await check_ledger_invariants(ledger_app.state.db, program)
+
+
+async def test_a_stale_processor_never_takes_refunds_past_the_posted_earns(
+    client: httpx.AsyncClient, ledger_app
+) -> None:
+    """Processor A read the batch before B posted lines 1-2; A's earn chunk (0, 4] is skipped by the
+    guard, and its reverse rows must stop at the posted earns: the refund on line 4 of the earn on
+    line 3 is applied once B has posted line 3, not rejected as unknown_original."""
+    program = await _program(client)
+    rows = (
+        [HEADER]
+        + [f"S-{i},earn,,{program},,s,,,,,,,10" for i in (1, 2, 3)]
+        + [f"S-R,reverse,S-3,{program},,s,,,,,,,"]
+    )
+    r = await upload(client, ("\n".join(rows) + "\n").encode())
+    batch_id = r.json()["id"]
+    db = ledger_app.state.db
+    async with db.driver() as conn:
+        await conn.execute(
+            "UPDATE ledger.batches SET lease_until = now() + interval '1 hour' WHERE id = $1::uuid", batch_id
+        )
+        await conn.fetchrow("SELECT * FROM ledger.process_batch_earns($1::uuid, 0, 2)", batch_id)  # B
+        await conn.fetchrow(
+            "SELECT * FROM ledger.process_batch_earns($1::uuid, 0, 4)", batch_id
+        )  # A: skipped
+        await conn.fetchrow("SELECT * FROM ledger.process_batch_reversals($1::uuid, 0, 4, 50)", batch_id)  # A
+        await conn.fetchrow("SELECT * FROM ledger.process_batch_earns($1::uuid, 2, 4)", batch_id)  # B
+        after = await conn.fetchval(
+            "SELECT reversals_after FROM ledger.batches WHERE id = $1::uuid", batch_id
+        )
+        await conn.fetchrow(
+            "SELECT * FROM ledger.process_batch_reversals($1::uuid, $2, 4, 50)", batch_id, after
+        )
+    rejections = (await client.get(f"/v1/batches/{batch_id}/rejections")).json()["data"]
+    assert rejections == []
+    assert (await member(client, program, "s"))["balance"] == 20

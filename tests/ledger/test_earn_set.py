@@ -4,10 +4,13 @@ and give exactly the answers, that the same requests applied one at a time do.""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import httpx
+import orjson
 from prometheus_client import REGISTRY
 
 from ledger_service.postings.engine import Outcome, PostingEngine
@@ -188,3 +191,51 @@ async def test_mixed_batches_crossing_members_do_not_deadlock(
     failed = [r for r in caplog.records if "failed as a whole" in r.getMessage()]
     assert not failed, [r.__dict__.get("error") for r in failed][:3]
     await check_ledger_invariants(ledger_app.state.db, program)
+
+
+_LOCK_MEMBER = (
+    "SELECT 1 FROM ledger.accounts a JOIN ledger.programs p ON p.id = a.program_id"
+    " WHERE p.code = $1 AND a.member_ref = '{}' FOR UPDATE OF a"
+)
+_BATCH = "SELECT i, status, body, replayed FROM ledger.execute_batch($1::jsonb)"
+
+
+def _req(k: int, prog: str, member: str, points: int) -> dict[str, Any]:
+    a = {"program": prog, "member_ref": member, "points": points, "reference": "r", "kind": "purchase"}
+    key = new_key()
+    h = hashlib.sha256(b"earn\n" + orjson.dumps(a, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return {"k": k, "key": key, "h": h, "op": "earn", "a": a, "p": None, "s": ["ledger:earn"]}
+
+
+async def test_earns_left_to_execute_take_the_up_front_locks(
+    client: httpx.AsyncClient, ledger_app: Any
+) -> None:
+    """An earn priced at 0 points goes through ledger.execute and locks its member after earn_set
+    locked others: two such batches, interleaved by holding their members' rows, must not
+    deadlock (found in review)."""
+    db = ledger_app.state.db
+    prog = await create_program(client)
+    await earn(client, prog, "A", 1)
+    await earn(client, prog, "B", 1)
+    principal = await ledger_app.state.keys.lookup(await make_key(ledger_app, ["ledger:earn"]))
+    k = principal.key_id
+    # Two pure-earn batches (no up-front locks): each has a plain earn (earn_set) and a 0-point
+    # priced earn (ledger.execute -> lock_member) on the other member.
+    b1 = orjson.dumps([_req(k, prog, "A", 0), _req(k, prog, "B", 10)]).decode()
+    b2 = orjson.dumps([_req(k, prog, "A", 10), _req(k, prog, "B", 0)]).decode()
+    async with db.driver() as la, db.driver() as lb, db.driver() as c1, db.driver() as c2:
+        ta, tb = la.transaction(), lb.transaction()
+        await ta.start()
+        await tb.start()
+        await la.execute(_LOCK_MEMBER.format("A"), prog)
+        await lb.execute(_LOCK_MEMBER.format("B"), prog)
+        f1 = asyncio.create_task(c1.fetch(_BATCH, b1))  # earn_set waits for B
+        await asyncio.sleep(0.3)
+        f2 = asyncio.create_task(c2.fetch(_BATCH, b2))  # earn_set waits for A
+        await asyncio.sleep(0.3)
+        await tb.rollback()  # batch 1 gets B, then wants A (held by la)
+        await asyncio.sleep(0.3)
+        await ta.rollback()  # batch 2 queued first on A: gets A, then wants B (held by batch 1)
+        res = await asyncio.gather(f1, f2, return_exceptions=True)
+    assert not any(isinstance(r, asyncpg.exceptions.DeadlockDetectedError) for r in res), res
+    assert not any(isinstance(r, BaseException) for r in res), res

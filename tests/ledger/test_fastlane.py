@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from ledger_service.postings.fastlane import ROUTES
@@ -52,14 +53,16 @@ async def _scenario(client: httpx.AsyncClient, app: Any) -> list[tuple[Any, ...]
     reader = await make_key(app, ["ledger:read"])
     out: list[tuple[Any, ...]] = []
 
-    async def send(path: str, body: Any = None, *, key: str | None = "new", **kw: Any) -> httpx.Response:
+    async def send(
+        path: str, body: Any = None, *, key: str | None = "new", label: str | None = None, **kw: Any
+    ) -> httpx.Response:
         headers = dict(kw.pop("headers", {}))
         if key is not None:
             headers["Idempotency-Key"] = new_key() if key == "new" else key
         if body is not None and "content" not in kw:
             kw["json"] = body
         r = await client.post(path, headers=headers, **kw)
-        out.append((UUID_RE.sub("<id>", path), *_shape(r)))
+        out.append((label or UUID_RE.sub("<id>", path), *_shape(r)))
         return r
 
     earn = {"program": prog, "member_ref": "a", "points": 500, "reference": "r", "metadata": {"x": 1}}
@@ -91,6 +94,22 @@ async def _scenario(client: httpx.AsyncClient, app: Any) -> list[tuple[Any, ...]
     await send("/v1/transfers", {"program": prog, "from_member_ref": "a", "to_member_ref": "b", "points": 5,
                                  "reference": "t"})  # fmt: skip
     await send("/v1/adjustments", {"program": prog, "member_ref": "b", "points": -1, "reason": "ops fix"})
+    # Edges where a fast path most easily answers differently (found in review):
+    raw = orjson.dumps(earn)
+    await send("/v1/earn", content=raw)  # no Content-Type: FastAPI's strict_content_type refuses it
+    await send("/v1/earn", content=raw, headers={"content-type": "application/foo/bar+json"})
+    await send("/v1/earn", content=raw, headers={"content-type": "application/vnd.x+json; charset=utf-8"})
+    await send("/v1/earn", {**earn, "metadata": {"n": 99999999999999999999999}})
+    await send("/v1/earn", {**earn, "metadata": {"n": 1e30, "ok": [1, 2.5, True]}})
+    hold2 = await send("/v1/holds", {"program": prog, "member_ref": "a", "points": 5, "reference": "h"})
+    hold2_id = hold2.json()["id"]
+    await send(f"/v1/holds/{hold2_id}/capture", content=b" \n", headers={"content-type": "application/json"})
+    odd = hold2_id.replace("-", "")
+    await send(f"/v1/holds/{odd[:5]}-{odd[5:]}/void", label="odd hyphens")
+    await send(f"/v1/holds/urn:uuid:{hold2_id}/void", label="urn prefix")
+    await send(f"/v1/holds/{hold2_id}/void/")
+    await send(f"//v1/holds/{hold2_id}/void")
+    await send(f"/v1/holds/{hold2_id}/void")
     return out
 
 
