@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
+
+from migrations.script_sql import run_script
 
 config = context.config
 
@@ -21,10 +24,21 @@ def _url() -> str:
     return resolve_database_url(Settings())
 
 
+def _at_head() -> bool:
+    heads = set(ScriptDirectory.from_config(config).get_heads())
+    return set(context.get_context().get_current_heads()) == heads
+
+
 def _run(connection: Connection) -> None:
     context.configure(connection=connection, version_table_schema="public")
     with context.begin_transaction():
         context.run_migrations()
+        # The ledger's functions and triggers come from their source files, applied at head in
+        # the same transaction as the migrations (ledger_service/sql/__init__.py says why).
+        if _at_head():
+            from ledger_service.sql import script
+
+            run_script(script(), connection)
 
 
 async def _run_async() -> None:

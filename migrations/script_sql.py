@@ -12,7 +12,8 @@ from alembic import op
 from sqlalchemy.util import await_only
 
 
-def run_script(sql: str) -> None:
-    bind: Any = op.get_bind()
+def run_script(sql: str, bind: Any = None) -> None:
+    """`bind`: a connection outside a migration (env.py); inside one, the migration's."""
+    bind = bind if bind is not None else op.get_bind()
     driver = bind.connection.driver_connection
     await_only(driver.execute(sql))

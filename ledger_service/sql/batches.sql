@@ -1,0 +1,127 @@
+-- Posts the earn rows of lines (p_from, p_to] of a batch, set-based, in the caller's transaction.
+CREATE OR REPLACE FUNCTION ledger.process_batch_earns(p_batch uuid, p_from bigint, p_to bigint,
+    OUT posted bigint, OUT duplicates bigint, OUT rejected bigint, OUT points bigint)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE b ledger.batches; candidates bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended('batch:' || p_batch, 0));
+    SELECT * INTO b FROM ledger.batches WHERE id = p_batch;
+    IF b.next_line IS DISTINCT FROM p_from THEN  -- another processor posted this chunk already
+        posted := 0; duplicates := 0; rejected := 0; points := 0;
+        RETURN;
+    END IF;
+    INSERT INTO ledger.batch_rejections (batch_id, line, external_id, reason)
+    SELECT p_batch, line, external_id, reject FROM ledger.batch_staging
+    WHERE batch_id = p_batch AND line > p_from AND line <= p_to AND reject IS NOT NULL
+    ON CONFLICT DO NOTHING;
+    GET DIAGNOSTICS rejected = ROW_COUNT;
+
+    -- The first line of each external_id in this chunk; later ones are duplicates. The rows go
+    -- through the one earn (ledger.post_earns), like every API earn: kind purchase, the program's
+    -- issuance account on the other side, the caps of the rule set that priced the row.
+    PERFORM ledger.earn_rows();
+    INSERT INTO earn_in (i, program_id, member_ref, points, kind, reference, merchant_id, rule_set_id, caps,
+                         api_key_id, occurred_at, external_id, amount_minor)
+    SELECT DISTINCT ON (s.external_id) s.line, p.id, s.member_ref, s.points, 'purchase', s.external_id,
+           s.merchant_id, s.rule_set_id,
+           CASE WHEN jsonb_typeof(rs.body->'caps'->'per_member_per_day') = 'number'
+                  OR jsonb_typeof(rs.body->'caps'->'per_member_per_month') = 'number' THEN rs.body->'caps' END,
+           b.api_key_id, s.occurred_at, s.external_id, s.amount_minor
+    FROM ledger.batch_staging s JOIN ledger.programs p ON p.code = s.program
+    LEFT JOIN ledger.rule_sets rs ON rs.id = s.rule_set_id
+    WHERE s.batch_id = p_batch AND s.line > p_from AND s.line <= p_to AND s.reject IS NULL AND s.type = 'earn'
+    ORDER BY s.external_id, s.line;
+    SELECT count(*) INTO candidates FROM ledger.batch_staging
+    WHERE batch_id = p_batch AND line > p_from AND line <= p_to AND reject IS NULL AND type = 'earn';
+    PERFORM ledger.post_earns();
+    SELECT count(*) FILTER (WHERE posted), coalesce(sum(points) FILTER (WHERE posted), 0)
+    INTO process_batch_earns.posted, process_batch_earns.points FROM earn_in;
+    duplicates := candidates - process_batch_earns.posted;
+
+    UPDATE ledger.batches SET posted = ledger.batches.posted + process_batch_earns.posted,
+        duplicates = ledger.batches.duplicates + process_batch_earns.duplicates,
+        rejected = ledger.batches.rejected + process_batch_earns.rejected,
+        points_posted = points_posted + process_batch_earns.points,
+        processed = processed + (SELECT count(*) FROM ledger.batch_staging
+                                 WHERE batch_id = p_batch AND line > p_from AND line <= p_to AND type IS DISTINCT FROM 'reverse'),
+        next_line = p_to, lease_until = now() + interval '60 seconds'
+    WHERE id = p_batch;
+END $$;
+
+-- Reversal rows up to line p_until, once the earns before them are posted (while their pages are
+-- still in memory): each through ledger.execute (the same write path as the API), keyed by the
+-- row's external_id, so a re-sent refund replays instead of applying.
+CREATE OR REPLACE FUNCTION ledger.process_batch_reversals(p_batch uuid, p_after bigint, p_until bigint, p_limit int,
+    OUT next_after bigint, OUT rows_done int, OUT posted bigint, OUT duplicates bigint, OUT rejected bigint,
+    OUT points bigint)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    b ledger.batches; r record; o ledger.transactions; res record; pts bigint; remaining bigint; reason text;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended('batch:' || p_batch, 0));
+    SELECT * INTO b FROM ledger.batches WHERE id = p_batch;
+    next_after := p_after; rows_done := 0; posted := 0; duplicates := 0; rejected := 0; points := 0;
+    IF b.reversals_after IS DISTINCT FROM p_after THEN  -- another processor is past this point
+        next_after := b.reversals_after;
+        RETURN;
+    END IF;
+    IF b.stage = 'earns' THEN  -- never past the posted earns: a refund needs its earn posted first
+        p_until := least(p_until, b.next_line);
+    END IF;
+    FOR r IN
+        SELECT * FROM ledger.batch_staging
+        WHERE batch_id = p_batch AND type = 'reverse' AND reject IS NULL AND line > p_after AND line <= p_until
+        ORDER BY line LIMIT p_limit
+    LOOP
+        next_after := r.line; rows_done := rows_done + 1; reason := NULL;
+        SELECT * INTO o FROM ledger.transactions
+        WHERE api_key_id = b.api_key_id AND type = 'earn' AND external_id = coalesce(r.original_external_id, r.external_id);
+        IF NOT FOUND THEN
+            reason := 'unknown_original';
+        ELSE
+            remaining := o.points - o.reversed_points;
+            pts := coalesce(r.points,
+                            CASE WHEN r.amount_minor IS NOT NULL AND o.amount_minor > 0
+                                 THEN o.points * r.amount_minor / o.amount_minor END,
+                            remaining);
+            pts := least(pts, remaining);
+            IF pts <= 0 THEN
+                reason := 'nothing_to_reverse';
+            ELSE
+                -- Two uploads of one file may reach the same refund at once: wait for the other.
+                FOR attempt IN 1..200 LOOP
+                    SELECT * INTO res FROM ledger.execute(
+                        b.api_key_id, chr(31) || 'batch-reverse:' || r.external_id,
+                        sha256(convert_to(o.id::text || ':' || pts, 'UTF8')), 'reverse',
+                        jsonb_build_object('transaction_id', o.id, 'points', pts,
+                                           'reason', 'card refund ' || r.external_id),
+                        NULL, ARRAY['ledger:admin']);
+                    EXIT WHEN res.body->>'code' IS DISTINCT FROM 'idempotency_key_in_use';
+                    PERFORM pg_sleep(0.05);
+                END LOOP;
+                IF res.status = 201 AND res.replayed THEN
+                    duplicates := duplicates + 1;
+                ELSIF res.status = 201 THEN
+                    posted := posted + 1; points := points - pts;
+                ELSE
+                    reason := res.body->>'code';
+                END IF;
+            END IF;
+        END IF;
+        IF reason IS NOT NULL THEN
+            INSERT INTO ledger.batch_rejections (batch_id, line, external_id, reason)
+            VALUES (p_batch, r.line, r.external_id, reason) ON CONFLICT DO NOTHING;
+            rejected := rejected + 1;
+        END IF;
+    END LOOP;
+    UPDATE ledger.batches SET posted = ledger.batches.posted + process_batch_reversals.posted,
+        duplicates = ledger.batches.duplicates + process_batch_reversals.duplicates,
+        rejected = ledger.batches.rejected + process_batch_reversals.rejected,
+        points_posted = points_posted + process_batch_reversals.points,
+        processed = processed + rows_done,
+        reversals_after = greatest(next_after, CASE WHEN rows_done < p_limit THEN p_until ELSE next_after END),
+        lease_until = now() + interval '60 seconds'
+    WHERE id = p_batch;
+END $$;

@@ -1,0 +1,282 @@
+-- The one earn. Every credit of a purchase or of given points, from any caller, is a row of the
+-- temp table earn_in, posted by ledger.post_earns: a single API earn (ledger.op_earn, one row), the
+-- earns of a coalesced batch (ledger.earn_set, up to 48 rows) and a chunk of a card-issuer file
+-- (ledger.process_batch_earns, up to 20,000 rows). The callers differ only in how they fill the
+-- table and what they do with the result (an idempotency record and a response per request, or a
+-- batch's counters). `i` orders the rows: the request's place in its batch, or the file line.
+CREATE OR REPLACE FUNCTION ledger.earn_rows() RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF to_regclass('pg_temp.earn_in') IS NULL THEN
+        CREATE TEMP TABLE earn_in (
+            i bigint NOT NULL,
+            program_id int NOT NULL,
+            member_ref text NOT NULL,
+            points bigint NOT NULL,        -- as asked or priced; after post_earns, after the member caps
+            kind text NOT NULL,
+            clearing text,                 -- the other side: NULL for issuance, or conversion / merchant
+            reference text,
+            metadata jsonb,
+            merchant_id text,
+            rule_set_id bigint,
+            breakdown jsonb,
+            caps jsonb,                    -- per-member caps of the rule set that priced it
+            api_key_id bigint,
+            occurred_at timestamptz NOT NULL,
+            external_id text,              -- batch rows: exactly once per (api_key_id, external_id)
+            amount_minor bigint,
+            idem_key text,                 -- API rows: their Idempotency-Key and request fingerprint
+            request_hash bytea,
+            txn_id uuid NOT NULL DEFAULT ledger.new_id(),
+            account_id bigint,
+            posted boolean NOT NULL DEFAULT false,
+            balance_after bigint,
+            held bigint
+        ) ON COMMIT DELETE ROWS;
+    ELSE
+        DELETE FROM earn_in;  -- an earlier call in this transaction (cheap: TRUNCATE at commit)
+    END IF;
+END $$;
+
+-- API earn requests ([{i, k, key, h, a, p}, ...], `a` the earn's arguments) as rows of earn_in.
+-- With p_checked false (a coalesced batch), only the requests that are safe to apply set-based are
+-- taken: the first use of their key in the batch and in the database, on a program the key may act
+-- on, whose key's advisory lock this transaction gets. The others are left to ledger.execute,
+-- which answers them one by one (replay, key reuse or in use, unknown or forbidden program).
+CREATE OR REPLACE FUNCTION ledger.stage_earns(p_requests jsonb, p_checked boolean) RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO earn_in (i, program_id, member_ref, points, kind, clearing, reference, metadata, merchant_id,
+                         rule_set_id, breakdown, caps, api_key_id, occurred_at, idem_key, request_hash)
+    SELECT f.i, g.id, f.a->>'member_ref', (f.a->>'points')::bigint, coalesce(f.a->>'kind', 'purchase'),
+           f.a->>'clearing', f.a->>'reference', f.a->'metadata', f.a->'purchase'->>'merchant_id',
+           (f.a->>'rule_set_id')::bigint, f.a->'breakdown', f.a->'caps', f.api_key,
+           coalesce((f.a->>'occurred_at')::timestamptz, now()), f.key, f.h
+    FROM (
+        SELECT DISTINCT ON (r.api_key, r.key) r.*
+        FROM (SELECT (x.r->>'i')::bigint AS i, (x.r->>'k')::bigint AS api_key, x.r->>'key' AS key,
+                     decode(x.r->>'h', 'hex') AS h, x.r->'a' AS a, x.r->'p' AS p
+              FROM jsonb_array_elements(p_requests) AS x(r)
+              WHERE x.r->>'op' = 'earn' AND jsonb_typeof(x.r->'a'->'points') = 'number') r
+        ORDER BY r.api_key, r.key, r.i
+    ) f
+    JOIN ledger.programs g ON g.code = f.a->>'program'
+    WHERE p_checked
+       OR ((f.a->>'points')::numeric >= 0
+           AND (jsonb_typeof(f.p) IS DISTINCT FROM 'array' OR g.code IN (SELECT jsonb_array_elements_text(f.p)))
+           AND NOT EXISTS (SELECT 1 FROM ledger.idempotency_keys k WHERE k.api_key_id = f.api_key AND k.key = f.key)
+           AND pg_try_advisory_xact_lock(hashtextextended('idem:' || f.api_key || ':' || f.key, 0)))
+    ORDER BY f.i
+$$;
+
+-- Posts every row of earn_in, set-based, in the caller's transaction:
+--  1. members created if new, then locked in account-id order (the order of every writer);
+--  2. per-member caps (ledger.cap_earns), read after the locks so two earns cannot both pass;
+--  3. a transaction per row; a batch row whose external_id is already posted is skipped (posted
+--     stays false: a duplicate);
+--  4. balances once per member; each row's balance_after is the running sum in `i` order;
+--  5. two postings per row against the program's issuance account (or the clearing named);
+--  6. a lot per row for the part that does not repay a negative balance, expiring by the policy
+--     from the earn's occurred_at;
+--  7. qualifying points per member and month, then one upgrade per member that crossed a
+--     threshold (two thresholds crossed in one call: one upgrade, to the higher tier).
+CREATE OR REPLACE FUNCTION ledger.post_earns() RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE qualifying int;
+BEGIN
+    INSERT INTO ledger.accounts (program_id, kind, member_ref)
+    SELECT DISTINCT e.program_id, 'member', e.member_ref FROM earn_in e
+    WHERE NOT EXISTS (SELECT 1 FROM ledger.accounts a
+                      WHERE a.program_id = e.program_id AND a.kind = 'member' AND a.member_ref = e.member_ref)
+    ORDER BY 1, 3
+    ON CONFLICT DO NOTHING;
+    UPDATE earn_in e SET account_id = l.id
+    FROM (SELECT a.id, a.program_id, a.member_ref FROM ledger.accounts a
+          WHERE a.kind = 'member' AND (a.program_id, a.member_ref) IN (SELECT program_id, member_ref FROM earn_in)
+          ORDER BY a.id FOR UPDATE) l
+    WHERE l.program_id = e.program_id AND l.member_ref = e.member_ref;
+
+    IF EXISTS (SELECT 1 FROM earn_in WHERE caps IS NOT NULL) THEN
+        PERFORM ledger.cap_earns();
+    END IF;
+
+    WITH ins AS (
+        INSERT INTO ledger.transactions (id, program_id, type, account_id, member_ref, points, kind, reference,
+                                         metadata, merchant_id, rule_set_id, breakdown, api_key_id, occurred_at,
+                                         external_id, amount_minor)
+        SELECT e.txn_id, e.program_id, 'earn', e.account_id, e.member_ref, e.points, e.kind, e.reference,
+               e.metadata, e.merchant_id, e.rule_set_id, e.breakdown, e.api_key_id, e.occurred_at,
+               e.external_id, e.amount_minor
+        FROM earn_in e ORDER BY e.i
+        ON CONFLICT (api_key_id, external_id) WHERE type = 'earn' AND external_id IS NOT NULL DO NOTHING
+        RETURNING id
+    )
+    UPDATE earn_in e SET posted = true FROM ins WHERE e.txn_id = ins.id;
+
+    UPDATE ledger.accounts a SET balance = a.balance + s.total, lifetime_earned = a.lifetime_earned + s.total
+    FROM (SELECT account_id, sum(points) AS total FROM earn_in WHERE posted AND points > 0 GROUP BY account_id) s
+    WHERE a.id = s.account_id;
+    UPDATE earn_in e SET balance_after = x.bal, held = x.held
+    FROM (SELECT r.i, a.held,
+                 a.balance - sum(r.points) OVER (PARTITION BY r.account_id)
+                           + sum(r.points) OVER (PARTITION BY r.account_id ORDER BY r.i) AS bal
+          FROM earn_in r JOIN ledger.accounts a ON a.id = r.account_id WHERE r.posted) x
+    WHERE e.i = x.i;
+
+    INSERT INTO ledger.postings (txn_id, account_id, amount)
+    SELECT e.txn_id, x.account_id, x.amount
+    FROM earn_in e JOIN ledger.programs g ON g.id = e.program_id,
+         LATERAL (VALUES (ledger.counter_account(g, e.clearing, g.issuance_account), -e.points),
+                         (e.account_id, e.points)) AS x(account_id, amount)
+    WHERE e.posted AND e.points > 0
+    ORDER BY e.i;
+
+    INSERT INTO ledger.lots (account_id, program_id, txn_id, points, remaining, expires_at)
+    SELECT e.account_id, e.program_id, e.txn_id, l.points, l.points, ledger.lot_expiry(g, e.occurred_at)
+    FROM earn_in e JOIN ledger.programs g ON g.id = e.program_id,
+         LATERAL (SELECT ledger.lot_points(e.balance_after, e.points) AS points) l
+    WHERE e.posted AND e.points > 0 AND l.points > 0
+    ORDER BY e.i;
+
+    INSERT INTO ledger.tier_buckets (account_id, month, points)
+    SELECT e.account_id, date_trunc('month', e.occurred_at AT TIME ZONE 'UTC')::date, sum(e.points)
+    FROM earn_in e JOIN ledger.programs g ON g.id = e.program_id
+    WHERE e.posted AND e.points > 0 AND e.kind = ANY (g.qualifying_kinds) AND jsonb_array_length(g.tiers) > 0
+    GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (account_id, month) DO UPDATE SET points = ledger.tier_buckets.points + EXCLUDED.points;
+    GET DIAGNOSTICS qualifying = ROW_COUNT;
+    IF qualifying > 0 THEN
+        WITH cand AS (
+            SELECT a.id, a.tier, g.tiers, ledger.qualifying_points(g, a.id) AS q
+            FROM ledger.accounts a JOIN ledger.programs g ON g.id = a.program_id
+            WHERE a.id IN (SELECT e.account_id FROM earn_in e JOIN ledger.programs g2 ON g2.id = e.program_id
+                           WHERE e.posted AND e.points > 0 AND e.kind = ANY (g2.qualifying_kinds))
+              AND jsonb_array_length(g.tiers) > 0
+        ), up AS (
+            UPDATE ledger.accounts a SET tier = ledger.tier_for(c.tiers, c.q), tier_since = now()
+            FROM cand c
+            WHERE a.id = c.id
+              AND ledger.tier_rank(c.tiers, ledger.tier_for(c.tiers, c.q)) > ledger.tier_rank(c.tiers, c.tier)
+            RETURNING a.id, c.tier AS old_tier, a.tier AS new_tier, c.q
+        )
+        INSERT INTO ledger.tier_history (account_id, from_tier, to_tier, qualifying_points, reason)
+        SELECT id, old_tier, new_tier, q, 'earn' FROM up ORDER BY id;
+    END IF;
+END $$;
+
+-- Per-member caps per day and per month (UTC) of the rows of earn_in that carry them, with the same
+-- result as applying the rows one at a time in `i` order: each row gets what is left under each cap
+-- after the member's rule-priced earns already posted and the rows before it. Set-based: the day
+-- cap clamps the running sum of the asked points, the month cap the running sum of that; the
+-- breakdown then records, per row, what was already earned before it and what each cap left.
+-- (Rows without caps in the same call are not counted by the rows with caps after them; only a
+-- rule-set change inside one batch could mix the two for one member.)
+CREATE OR REPLACE FUNCTION ledger.cap_earns() RETURNS void
+LANGUAGE sql AS $$
+    WITH c AS (
+        SELECT e.i, e.account_id, e.points AS p,
+               (e.caps->>'per_member_per_day')::bigint AS cd, (e.caps->>'per_member_per_month')::bigint AS cm,
+               date_trunc('day', e.occurred_at AT TIME ZONE 'UTC') AS d,
+               date_trunc('month', e.occurred_at AT TIME ZONE 'UTC') AS m
+        FROM earn_in e WHERE e.caps IS NOT NULL
+    ), used AS (
+        SELECT c.*,
+               (SELECT coalesce(sum(t.points), 0) FROM ledger.transactions t
+                WHERE c.cd IS NOT NULL AND t.account_id = c.account_id AND t.type = 'earn'
+                  AND t.rule_set_id IS NOT NULL AND t.occurred_at >= c.d AT TIME ZONE 'UTC'
+                  AND t.occurred_at < (c.d + interval '1 day') AT TIME ZONE 'UTC') AS ud,
+               (SELECT coalesce(sum(t.points), 0) FROM ledger.transactions t
+                WHERE c.cm IS NOT NULL AND t.account_id = c.account_id AND t.type = 'earn'
+                  AND t.rule_set_id IS NOT NULL AND t.occurred_at >= c.m AT TIME ZONE 'UTC'
+                  AND t.occurred_at < (c.m + interval '1 month') AT TIME ZONE 'UTC') AS um
+        FROM c
+    ), day_capped AS (
+        SELECT u.*,
+               CASE WHEN u.cd IS NULL THEN u.p
+                    ELSE least(greatest(u.cd - u.ud, 0), u.run) - least(greatest(u.cd - u.ud, 0), u.run - u.p)
+               END AS a
+        FROM (SELECT used.*, sum(used.p) OVER (PARTITION BY used.account_id, used.d ORDER BY used.i) AS run
+              FROM used) u
+    ), month_capped AS (
+        SELECT dc.*,
+               CASE WHEN dc.cm IS NULL THEN dc.a
+                    ELSE least(greatest(dc.cm - dc.um, 0), dc.run_m) - least(greatest(dc.cm - dc.um, 0), dc.run_m - dc.a)
+               END AS b
+        FROM (SELECT day_capped.*,
+                     sum(day_capped.a) OVER (PARTITION BY day_capped.account_id, day_capped.m ORDER BY day_capped.i)
+                         AS run_m
+              FROM day_capped) dc
+    ), before AS (
+        SELECT mc.*,
+               mc.ud + coalesce(sum(mc.b) OVER (PARTITION BY mc.account_id, mc.d ORDER BY mc.i
+                                                ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS day_used,
+               mc.um + coalesce(sum(mc.b) OVER (PARTITION BY mc.account_id, mc.m ORDER BY mc.i
+                                                ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS month_used
+        FROM month_capped mc
+    ), steps AS (
+        SELECT b.*, CASE WHEN b.cd IS NULL THEN b.p ELSE least(b.p, greatest(b.cd - b.day_used, 0)) END AS after_day
+        FROM before b
+    ), final AS (
+        SELECT s.*,
+               CASE WHEN s.cm IS NULL THEN s.after_day
+                    ELSE least(s.after_day, greatest(s.cm - s.month_used, 0)) END AS pts
+        FROM steps s
+    )
+    UPDATE earn_in e SET points = f.pts,
+        breakdown = CASE WHEN e.breakdown IS NULL THEN NULL ELSE jsonb_set(jsonb_set(e.breakdown, '{caps_applied}',
+            coalesce(e.breakdown->'caps_applied', '[]')
+            || CASE WHEN f.after_day < f.p THEN jsonb_build_array(jsonb_build_object(
+                   'cap', 'per_member_per_day', 'limit', f.cd, 'already_earned', f.day_used,
+                   'points_after', f.after_day)) ELSE '[]' END
+            || CASE WHEN f.pts < f.after_day THEN jsonb_build_array(jsonb_build_object(
+                   'cap', 'per_member_per_month', 'limit', f.cm, 'already_earned', f.month_used,
+                   'points_after', f.pts)) ELSE '[]' END),
+            '{points}', to_jsonb(f.pts)) END
+    FROM final f WHERE e.i = f.i
+$$;
+
+-- A single earn (ledger.execute), through the same rows as every other earn.
+CREATE OR REPLACE FUNCTION ledger.op_earn(a jsonb, p_key bigint, p_programs text[]) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    prog ledger.programs := ledger.program_for(a->>'program', p_programs);
+    e record;
+    t ledger.transactions;
+    acc ledger.accounts;
+BEGIN
+    PERFORM ledger.earn_rows();
+    PERFORM ledger.stage_earns(jsonb_build_array(jsonb_build_object('i', 0, 'k', p_key, 'op', 'earn', 'a', a)), true);
+    PERFORM ledger.post_earns();
+    SELECT * INTO e FROM earn_in;
+    SELECT * INTO t FROM ledger.transactions WHERE id = e.txn_id;
+    SELECT * INTO acc FROM ledger.accounts WHERE id = e.account_id;
+    RETURN ledger.txn_json(t, prog.code, acc);
+END $$;
+
+-- The earns of a coalesced batch that can go set-based (ledger.stage_earns says which), each with
+-- its own transaction, response and idempotency record. The primary key of
+-- ledger.idempotency_keys stays the last guard: a key committed by another transaction after this
+-- statement's snapshot fails the whole batch, which the caller retries one request at a time.
+CREATE OR REPLACE FUNCTION ledger.earn_set(p_requests jsonb)
+RETURNS TABLE (i int, body jsonb)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM ledger.earn_rows();
+    PERFORM ledger.stage_earns(
+        (SELECT jsonb_agg(x.r || jsonb_build_object('i', x.ord - 1)) FROM jsonb_array_elements(p_requests)
+         WITH ORDINALITY AS x(r, ord)), false);
+    PERFORM ledger.post_earns();
+    RETURN QUERY
+    WITH result AS (
+        SELECT e.i::int AS i, e.api_key_id, e.idem_key, e.request_hash,
+               ledger.txn_json(t, g.code, a) || jsonb_build_object('balance_after', jsonb_build_object(
+                   'balance', e.balance_after, 'held', e.held, 'available', e.balance_after - e.held)) AS body
+        FROM earn_in e
+        JOIN ledger.transactions t ON t.id = e.txn_id
+        JOIN ledger.programs g ON g.id = e.program_id
+        JOIN ledger.accounts a ON a.id = e.account_id
+    ), idem AS (
+        INSERT INTO ledger.idempotency_keys (api_key_id, key, request_hash, status, body)
+        SELECT r.api_key_id, r.idem_key, r.request_hash, 201, r.body FROM result r
+    )
+    SELECT r.i, r.body FROM result r ORDER BY r.i;
+END $$;

@@ -1,0 +1,86 @@
+-- Expiry of lots due at p_as_of, one batch per call and per database transaction, set-based.
+-- Batches follow (expires_at, id) from the cursor the caller passes back. Accounts are locked
+-- (SKIP LOCKED: one busy now is taken by the next run); what a held amount protects stays until
+-- the hold ends. Each account's expired points go to breakage in one `expiry` transaction, or
+-- rollover_bps of them into a new lot for the next period. Running twice, or from two processes
+-- at once, expires nothing twice: `remaining` is re-read under the account lock.
+CREATE OR REPLACE FUNCTION ledger.expire_lots(p_as_of timestamptz, p_limit int, p_after_at timestamptz, p_after_id bigint,
+    OUT next_at timestamptz, OUT next_id bigint, OUT lots int, OUT expired bigint, OUT rolled bigint,
+    OUT transactions int)
+LANGUAGE plpgsql AS $$
+BEGIN
+    CREATE TEMP TABLE IF NOT EXISTS expiry_due (lot_id bigint, account_id bigint, expires_at timestamptz)
+        ON COMMIT DELETE ROWS;
+    CREATE TEMP TABLE IF NOT EXISTS expiry_acc (account_id bigint, program_id int, member_ref text, cap bigint)
+        ON COMMIT DELETE ROWS;
+    CREATE TEMP TABLE IF NOT EXISTS expiry_take (lot_id bigint, account_id bigint, expires_at timestamptz,
+        take bigint, roll bigint) ON COMMIT DELETE ROWS;
+    CREATE TEMP TABLE IF NOT EXISTS expiry_txn (txn_id uuid, account_id bigint) ON COMMIT DELETE ROWS;
+    TRUNCATE expiry_due, expiry_acc, expiry_take, expiry_txn;
+
+    INSERT INTO expiry_due
+    SELECT id, account_id, expires_at FROM ledger.lots
+    WHERE remaining > 0 AND expires_at IS NOT NULL AND expires_at <= p_as_of
+      AND (expires_at, id) > (p_after_at, p_after_id)
+    ORDER BY expires_at, id LIMIT p_limit;
+    GET DIAGNOSTICS lots = ROW_COUNT;
+    SELECT d.expires_at, d.lot_id INTO next_at, next_id FROM expiry_due d ORDER BY d.expires_at DESC, d.lot_id DESC LIMIT 1;
+    expired := 0; rolled := 0; transactions := 0;
+    IF lots = 0 THEN
+        RETURN;
+    END IF;
+
+    WITH locked AS (
+        SELECT a.id, a.program_id, a.member_ref, greatest(a.balance - a.held, 0) AS cap
+        FROM ledger.accounts a WHERE a.id IN (SELECT DISTINCT account_id FROM expiry_due)
+        ORDER BY a.id FOR UPDATE SKIP LOCKED
+    )
+    INSERT INTO expiry_acc SELECT * FROM locked;
+
+    INSERT INTO expiry_take
+    SELECT x.lot_id, x.account_id, x.expires_at, x.take, x.take * p.rollover_bps / 10000
+    FROM (
+        SELECT d.lot_id, d.account_id, d.expires_at, a.program_id,
+               least(l.remaining, greatest(a.cap - coalesce(sum(l.remaining) OVER w, 0), 0)) AS take
+        FROM expiry_due d
+        JOIN expiry_acc a ON a.account_id = d.account_id
+        JOIN ledger.lots l ON l.id = d.lot_id
+        WINDOW w AS (PARTITION BY d.account_id ORDER BY d.expires_at, d.lot_id
+                     ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+    ) x JOIN ledger.programs p ON p.id = x.program_id
+    WHERE x.take > 0;
+
+    UPDATE ledger.lots l SET remaining = l.remaining - t.take FROM expiry_take t WHERE l.id = t.lot_id;
+
+    -- Rolled-over points stay the member's: a new lot per old expiry date, no posting.
+    INSERT INTO ledger.lots (account_id, program_id, txn_id, points, remaining, expires_at)
+    SELECT t.account_id, p.id, NULL, sum(t.roll), sum(t.roll), ledger.next_period(p, t.expires_at)
+    FROM expiry_take t JOIN expiry_acc a ON a.account_id = t.account_id JOIN ledger.programs p ON p.id = a.program_id
+    WHERE t.roll > 0
+    GROUP BY t.account_id, p.id, t.expires_at;
+
+    WITH per_account AS (
+        SELECT t.account_id, sum(t.take - t.roll) AS broken, sum(t.roll) AS rolled, count(*) AS lots
+        FROM expiry_take t GROUP BY t.account_id HAVING sum(t.take - t.roll) > 0
+    ), txn AS (
+        INSERT INTO ledger.transactions (id, program_id, type, account_id, member_ref, points, reason, metadata,
+                                         occurred_at)
+        SELECT ledger.new_id(), a.program_id, 'expiry', a.account_id, a.member_ref, pa.broken,
+               'points expired', jsonb_build_object('rolled_over', pa.rolled, 'lots', pa.lots, 'as_of', p_as_of),
+               now()
+        FROM per_account pa JOIN expiry_acc a ON a.account_id = pa.account_id
+        RETURNING id, account_id, points, program_id
+    ), posted AS (
+        INSERT INTO ledger.postings (txn_id, account_id, amount)
+        SELECT txn.id, txn.account_id, -txn.points FROM txn
+        UNION ALL
+        SELECT txn.id, p.breakage_account, txn.points FROM txn JOIN ledger.programs p ON p.id = txn.program_id
+        RETURNING 1
+    ), balances AS (
+        UPDATE ledger.accounts ac SET balance = ac.balance - txn.points FROM txn WHERE ac.id = txn.account_id
+        RETURNING 1
+    )
+    INSERT INTO expiry_txn SELECT id, account_id FROM txn;
+    GET DIAGNOSTICS transactions = ROW_COUNT;
+    SELECT coalesce(sum(take - roll), 0), coalesce(sum(roll), 0) INTO expired, rolled FROM expiry_take;
+END $$;

@@ -1,0 +1,93 @@
+-- When points earned at `p_at` expire under the program's policy (NULL: never). Fixed dates are
+-- the end of that day in UTC; a fixed date already past rolls to the next year.
+CREATE OR REPLACE FUNCTION ledger.lot_expiry(prog ledger.programs, p_at timestamptz) RETURNS timestamptz
+LANGUAGE sql STABLE AS $$
+    -- Plain SQL (no PL/pgSQL) so the planner inlines it into set-based inserts of many lots.
+    SELECT CASE prog.expiry->>'policy'
+        WHEN 'rolling' THEN p_at + make_interval(months => (prog.expiry->>'months')::int)
+        WHEN 'fixed' THEN
+            (make_date(extract(year FROM p_at AT TIME ZONE 'UTC')::int + (prog.expiry->>'years_after')::int,
+                       (prog.expiry->>'month')::int, (prog.expiry->>'day')::int) + 1)::timestamp AT TIME ZONE 'UTC'
+            + CASE WHEN (make_date(extract(year FROM p_at AT TIME ZONE 'UTC')::int
+                                   + (prog.expiry->>'years_after')::int,
+                                   (prog.expiry->>'month')::int, (prog.expiry->>'day')::int) + 1)::timestamp
+                        AT TIME ZONE 'UTC' <= p_at
+                   THEN interval '1 year' ELSE interval '0' END
+    END
+$$;
+
+-- The expiry of a lot rolled over from one that expired at `p_old`: the next period of the policy.
+CREATE OR REPLACE FUNCTION ledger.next_period(prog ledger.programs, p_old timestamptz) RETURNS timestamptz
+LANGUAGE sql STABLE AS $$
+    SELECT CASE prog.expiry->>'policy'
+        WHEN 'rolling' THEN p_old + make_interval(months => (prog.expiry->>'months')::int)
+        WHEN 'fixed' THEN p_old + interval '1 year'
+        ELSE NULL END
+$$;
+
+-- Points a credit adds to lots: the part of it that is not repaying a negative balance.
+CREATE OR REPLACE FUNCTION ledger.lot_points(p_balance_after bigint, p_credit bigint) RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT greatest(p_balance_after, 0) - greatest(p_balance_after - p_credit, 0)
+$$;
+
+CREATE OR REPLACE FUNCTION ledger.new_lot(acc ledger.accounts, p_txn uuid, p_points bigint, p_expires timestamptz)
+RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO ledger.lots (account_id, program_id, txn_id, points, remaining, expires_at)
+    SELECT acc.id, acc.program_id, p_txn, p_points, p_points, p_expires WHERE p_points > 0
+$$;
+
+-- Takes `p_points` from the member's lots, earliest expiry first (never-expiring last), starting
+-- with `p_first_lot` when given (a clawback takes from its own earn's lot first). The caller holds
+-- the account's row lock. Points beyond the lots (a negative balance) are backed by no lot.
+CREATE OR REPLACE FUNCTION ledger.consume_lots(p_account bigint, p_txn uuid, p_points bigint, p_first_lot bigint)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE l record; left_over bigint := p_points; take bigint; rem bigint;
+BEGIN
+    IF p_first_lot IS NOT NULL THEN
+        SELECT remaining INTO rem FROM ledger.lots WHERE id = p_first_lot AND account_id = p_account AND remaining > 0;
+        IF FOUND THEN
+            take := least(rem, left_over);
+            UPDATE ledger.lots SET remaining = remaining - take WHERE id = p_first_lot;
+            INSERT INTO ledger.lot_moves (txn_id, lot_id, points) VALUES (p_txn, p_first_lot, take);
+            left_over := left_over - take;
+        END IF;
+    END IF;
+    -- In the order of the index lots_account_open, so a member with thousands of lots costs
+    -- only the lots actually taken (the loop's cursor stops early).
+    FOR l IN
+        SELECT id, remaining FROM ledger.lots
+        WHERE account_id = p_account AND remaining > 0
+        ORDER BY expires_at, id
+    LOOP
+        EXIT WHEN left_over <= 0;
+        take := least(l.remaining, left_over);
+        UPDATE ledger.lots SET remaining = remaining - take WHERE id = l.id;
+        INSERT INTO ledger.lot_moves (txn_id, lot_id, points) VALUES (p_txn, l.id, take);
+        left_over := left_over - take;
+    END LOOP;
+END $$;
+
+-- A refund gives back what the original debit took, to the same lots (they keep their expiry),
+-- latest-expiring first; whatever cannot go back (a lot gone, a negative balance) gets a new lot.
+CREATE OR REPLACE FUNCTION ledger.restore_lots(prog ledger.programs, acc ledger.accounts, p_orig uuid, p_txn uuid,
+                                    p_points bigint) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE m record; left_over bigint := p_points; take bigint;
+BEGIN
+    FOR m IN
+        SELECT mv.id, mv.lot_id, mv.points - mv.restored AS open
+        FROM ledger.lot_moves mv JOIN ledger.lots l ON l.id = mv.lot_id
+        WHERE mv.txn_id = p_orig AND mv.points > mv.restored
+        ORDER BY l.expires_at DESC NULLS FIRST, mv.id DESC
+    LOOP
+        EXIT WHEN left_over <= 0;
+        take := least(m.open, left_over);
+        UPDATE ledger.lots SET remaining = remaining + take WHERE id = m.lot_id;
+        UPDATE ledger.lot_moves SET restored = restored + take WHERE id = m.id;
+        left_over := left_over - take;
+    END LOOP;
+    PERFORM ledger.new_lot(acc, p_txn, left_over, ledger.lot_expiry(prog, now()));
+END $$;

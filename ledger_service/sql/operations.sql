@@ -1,0 +1,148 @@
+CREATE OR REPLACE FUNCTION ledger.op_burn(a jsonb, p_key bigint, p_programs text[]) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    prog ledger.programs := ledger.program_for(a->>'program', p_programs);
+    pts bigint := (a->>'points')::bigint;
+    acc ledger.accounts;
+    t ledger.transactions;
+BEGIN
+    acc := ledger.debit_member(prog, a->>'member_ref', pts, false);
+    INSERT INTO ledger.transactions (id, program_id, type, account_id, member_ref, points, reference, reason,
+                                     metadata, api_key_id, occurred_at)
+    VALUES (ledger.new_id(), prog.id, 'burn', acc.id, acc.member_ref, pts, a->>'reference', a->>'reason',
+            a->'metadata', p_key, now())
+    RETURNING * INTO t;
+    PERFORM ledger.post_pair(t.id, acc.id, ledger.counter_account(prog, a->>'clearing', prog.redemption_account), pts);
+    PERFORM ledger.consume_lots(acc.id, t.id, pts, NULL);
+    RETURN ledger.txn_json(t, prog.code, acc);
+END $$;
+
+CREATE OR REPLACE FUNCTION ledger.op_reverse(a jsonb, p_key bigint, p_programs text[], p_scopes text[]) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    o ledger.transactions; prog ledger.programs; acc ledger.accounts; t ledger.transactions;
+    remaining bigint; pts bigint; needed text; counter bigint; own_lot bigint;
+BEGIN
+    SELECT * INTO o FROM ledger.transactions WHERE id = (a->>'transaction_id')::uuid FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM ledger.fail('transaction_not_found', 404, format('No transaction with id %s.', a->>'transaction_id'));
+    END IF;
+    prog := ledger.program_by_id(o.program_id, p_programs);
+    IF o.type NOT IN ('earn', 'burn', 'capture') THEN
+        PERFORM ledger.fail('not_reversible', 422,
+            format('A %s transaction cannot be reversed; only earn, burn and capture can.', o.type));
+    END IF;
+    needed := CASE o.type WHEN 'earn' THEN 'ledger:earn' ELSE 'ledger:burn' END;
+    IF NOT (needed = ANY (p_scopes) OR 'ledger:admin' = ANY (p_scopes)) THEN
+        PERFORM ledger.fail('insufficient_scope', 403, format('Reversing a %s needs the scope %s.', o.type, needed));
+    END IF;
+    remaining := o.points - o.reversed_points;
+    pts := coalesce((a->>'points')::bigint, remaining);
+    IF remaining = 0 OR pts > remaining THEN
+        PERFORM ledger.fail('reversal_exceeds_original', 422,
+            format('Transaction %s has %s of %s points left to reverse; %s requested.', o.id, remaining, o.points, pts));
+    END IF;
+    IF o.type = 'earn' THEN
+        UPDATE ledger.accounts SET balance = balance - pts, lifetime_earned = lifetime_earned - pts
+        WHERE id = o.account_id AND (prog.allow_negative OR balance - held >= pts)
+        RETURNING * INTO acc;
+        IF NOT FOUND THEN
+            SELECT * INTO acc FROM ledger.accounts WHERE id = o.account_id;
+            PERFORM ledger.fail('insufficient_points', 422,
+                format('Member %s has %s points available; the clawback needs %s.', o.member_ref,
+                       acc.balance - acc.held, pts));
+        END IF;
+    ELSE
+        UPDATE ledger.accounts SET balance = balance + pts WHERE id = o.account_id RETURNING * INTO acc;
+    END IF;
+    UPDATE ledger.transactions SET reversed_points = reversed_points + pts WHERE id = o.id;
+    INSERT INTO ledger.transactions (id, program_id, type, account_id, member_ref, points, kind, reference,
+                                     reason, original_id, merchant_id, api_key_id, occurred_at)
+    VALUES (ledger.new_id(), prog.id, 'reversal', acc.id, acc.member_ref, pts, o.type, o.reference,
+            a->>'reason', o.id, o.merchant_id, p_key, now())
+    RETURNING * INTO t;
+    -- Back against whichever system account the original posted to (issuance, redemption, conversion...).
+    SELECT account_id INTO counter FROM ledger.postings WHERE txn_id = o.id AND account_id <> o.account_id LIMIT 1;
+    IF o.type = 'earn' THEN
+        PERFORM ledger.post_pair(t.id, acc.id, counter, pts);
+        SELECT id INTO own_lot FROM ledger.lots WHERE txn_id = o.id LIMIT 1;  -- one lot per earn
+        PERFORM ledger.consume_lots(acc.id, t.id, pts, own_lot);
+        IF o.kind = ANY (prog.qualifying_kinds) AND jsonb_array_length(prog.tiers) > 0 THEN
+            UPDATE ledger.tier_buckets SET points = points - pts
+            WHERE account_id = acc.id AND month = date_trunc('month', o.occurred_at AT TIME ZONE 'UTC')::date;
+        END IF;
+    ELSE
+        PERFORM ledger.post_pair(t.id, counter, acc.id, pts);
+        PERFORM ledger.restore_lots(prog, acc, o.id, t.id, ledger.lot_points(acc.balance, pts));
+    END IF;
+    RETURN ledger.txn_json(t, prog.code, acc);
+END $$;
+
+CREATE OR REPLACE FUNCTION ledger.op_transfer(a jsonb, p_key bigint, p_programs text[]) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    prog ledger.programs := ledger.program_for(a->>'program', p_programs);
+    pts bigint := (a->>'points')::bigint;
+    src text := a->>'from_member_ref';
+    dst text := a->>'to_member_ref';
+    acc_from ledger.accounts; acc_to ledger.accounts; t ledger.transactions; body jsonb; backed bigint;
+BEGIN
+    IF src = dst THEN
+        PERFORM ledger.fail('same_member', 422, 'A transfer needs two different members.');
+    END IF;
+    INSERT INTO ledger.accounts (program_id, kind, member_ref) VALUES (prog.id, 'member', dst)
+    ON CONFLICT DO NOTHING;
+    -- Both rows locked in id order, so opposite transfers between two members cannot deadlock.
+    PERFORM 1 FROM ledger.accounts
+    WHERE program_id = prog.id AND kind = 'member' AND member_ref IN (src, dst) ORDER BY id FOR UPDATE;
+    acc_from := ledger.debit_member(prog, src, pts, false);
+    acc_to := ledger.credit_member(prog, dst, pts, 0);
+    INSERT INTO ledger.transactions (id, program_id, type, account_id, member_ref, counterparty_ref, points,
+                                     reference, reason, metadata, api_key_id, occurred_at)
+    VALUES (ledger.new_id(), prog.id, 'transfer', acc_from.id, src, dst, pts, a->>'reference', a->>'reason',
+            a->'metadata', p_key, now())
+    RETURNING * INTO t;
+    PERFORM ledger.post_pair(t.id, acc_from.id, acc_to.id, pts);
+    PERFORM ledger.consume_lots(acc_from.id, t.id, pts, NULL);
+    -- The recipient's points keep the expiry dates of the sender's lots they came from.
+    backed := ledger.lot_points(acc_to.balance, pts);
+    INSERT INTO ledger.lots (account_id, program_id, txn_id, points, remaining, expires_at)
+    SELECT acc_to.id, prog.id, t.id, x.take, x.take, x.expires_at FROM (
+        SELECT l.expires_at,
+               least(m.points, greatest(backed - coalesce(sum(m.points) OVER w, 0), 0)) AS take
+        FROM ledger.lot_moves m JOIN ledger.lots l ON l.id = m.lot_id
+        WHERE m.txn_id = t.id
+        WINDOW w AS (ORDER BY m.id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+    ) x WHERE x.take > 0;
+    PERFORM ledger.new_lot(acc_to, t.id,
+        (backed - coalesce((SELECT sum(points) FROM ledger.lots WHERE txn_id = t.id AND account_id = acc_to.id), 0))::bigint,
+        ledger.lot_expiry(prog, now()));
+    body := ledger.txn_json(t, prog.code, acc_from);
+    RETURN body || jsonb_build_object('to_balance_after', ledger.balance_json(acc_to));
+END $$;
+
+CREATE OR REPLACE FUNCTION ledger.op_adjust(a jsonb, p_key bigint, p_programs text[]) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    prog ledger.programs := ledger.program_for(a->>'program', p_programs);
+    pts bigint := (a->>'points')::bigint;
+    acc ledger.accounts; t ledger.transactions;
+BEGIN
+    IF pts > 0 THEN
+        acc := ledger.credit_member(prog, a->>'member_ref', pts, 0);
+    ELSE
+        acc := ledger.debit_member(prog, a->>'member_ref', -pts, false);
+    END IF;
+    INSERT INTO ledger.transactions (id, program_id, type, account_id, member_ref, points, reference, reason,
+                                     metadata, api_key_id, occurred_at)
+    VALUES (ledger.new_id(), prog.id, 'adjustment', acc.id, acc.member_ref, pts, a->>'reference', a->>'reason',
+            a->'metadata', p_key, now())
+    RETURNING * INTO t;
+    PERFORM ledger.post_pair(t.id, prog.adjustment_account, acc.id, pts);
+    IF pts > 0 THEN
+        PERFORM ledger.new_lot(acc, t.id, ledger.lot_points(acc.balance, pts), ledger.lot_expiry(prog, now()));
+    ELSE
+        PERFORM ledger.consume_lots(acc.id, t.id, -pts, NULL);
+    END IF;
+    RETURN ledger.txn_json(t, prog.code, acc);
+END $$;
