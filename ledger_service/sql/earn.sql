@@ -28,17 +28,19 @@ BEGIN
             idem_key text,                 -- API rows: their Idempotency-Key and request fingerprint
             request_hash bytea,
             txn_id uuid NOT NULL DEFAULT ledger.new_id(),
+            txn ledger.transactions,       -- the row posted (NULL: a duplicate)
             account_id bigint,
             posted boolean NOT NULL DEFAULT false,
             balance_after bigint,
             held bigint
         ) ON COMMIT DELETE ROWS;
     ELSE
-        DELETE FROM earn_in;  -- an earlier call in this transaction (cheap: TRUNCATE at commit)
+        DELETE FROM earn_in;  -- an earlier call in this transaction
     END IF;
 END $$;
 
--- API earn requests ([{i, k, key, h, a, p}, ...], `a` the earn's arguments) as rows of earn_in.
+-- API earn requests ([{k, key, h, op, a, p}, ...], `a` the earn's arguments) as rows of earn_in, `i`
+-- their place in the array.
 -- With p_checked false (a coalesced batch), only the requests that are safe to apply set-based are
 -- taken: the first use of their key in the batch and in the database, on a program the key may act
 -- on, whose key's advisory lock this transaction gets. The others are left to ledger.execute,
@@ -53,9 +55,9 @@ LANGUAGE sql AS $$
            coalesce((f.a->>'occurred_at')::timestamptz, now()), f.key, f.h
     FROM (
         SELECT DISTINCT ON (r.api_key, r.key) r.*
-        FROM (SELECT (x.r->>'i')::bigint AS i, (x.r->>'k')::bigint AS api_key, x.r->>'key' AS key,
+        FROM (SELECT x.ord - 1 AS i, (x.r->>'k')::bigint AS api_key, x.r->>'key' AS key,
                      decode(x.r->>'h', 'hex') AS h, x.r->'a' AS a, x.r->'p' AS p
-              FROM jsonb_array_elements(p_requests) AS x(r)
+              FROM jsonb_array_elements(p_requests) WITH ORDINALITY AS x(r, ord)
               WHERE x.r->>'op' = 'earn' AND jsonb_typeof(x.r->'a'->'points') = 'number') r
         ORDER BY r.api_key, r.key, r.i
     ) f
@@ -83,53 +85,65 @@ CREATE OR REPLACE FUNCTION ledger.post_earns() RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE qualifying int;
 BEGIN
-    INSERT INTO ledger.accounts (program_id, kind, member_ref)
-    SELECT DISTINCT e.program_id, 'member', e.member_ref FROM earn_in e
-    WHERE NOT EXISTS (SELECT 1 FROM ledger.accounts a
-                      WHERE a.program_id = e.program_id AND a.kind = 'member' AND a.member_ref = e.member_ref)
-    ORDER BY 1, 3
-    ON CONFLICT DO NOTHING;
-    UPDATE earn_in e SET account_id = l.id
-    FROM (SELECT a.id, a.program_id, a.member_ref FROM ledger.accounts a
-          WHERE a.kind = 'member' AND (a.program_id, a.member_ref) IN (SELECT program_id, member_ref FROM earn_in)
-          ORDER BY a.id FOR UPDATE) l
-    WHERE l.program_id = e.program_id AND l.member_ref = e.member_ref;
+    -- Scalar subqueries, not joins: earn_in has no statistics, and a join estimated on them
+    -- can scan every account.
+    UPDATE earn_in e SET account_id = (SELECT a.id FROM ledger.accounts a
+                                       WHERE a.program_id = e.program_id AND a.kind = 'member'
+                                         AND a.member_ref = e.member_ref);
+    IF EXISTS (SELECT 1 FROM earn_in WHERE account_id IS NULL) THEN
+        INSERT INTO ledger.accounts (program_id, kind, member_ref)
+        SELECT DISTINCT e.program_id, 'member', e.member_ref FROM earn_in e WHERE e.account_id IS NULL
+        ORDER BY 1, 3
+        ON CONFLICT DO NOTHING;
+        UPDATE earn_in e SET account_id = (SELECT a.id FROM ledger.accounts a
+                                           WHERE a.program_id = e.program_id AND a.kind = 'member'
+                                             AND a.member_ref = e.member_ref)
+        WHERE e.account_id IS NULL;
+    END IF;
+    PERFORM 1 FROM ledger.accounts a WHERE a.id = ANY (ARRAY(SELECT DISTINCT account_id FROM earn_in))
+    ORDER BY a.id FOR UPDATE;
 
     IF EXISTS (SELECT 1 FROM earn_in WHERE caps IS NOT NULL) THEN
         PERFORM ledger.cap_earns();
     END IF;
 
     WITH ins AS (
-        INSERT INTO ledger.transactions (id, program_id, type, account_id, member_ref, points, kind, reference,
-                                         metadata, merchant_id, rule_set_id, breakdown, api_key_id, occurred_at,
-                                         external_id, amount_minor)
+        INSERT INTO ledger.transactions AS t (id, program_id, type, account_id, member_ref, points, kind,
+                                              reference, metadata, merchant_id, rule_set_id, breakdown,
+                                              api_key_id, occurred_at, external_id, amount_minor)
         SELECT e.txn_id, e.program_id, 'earn', e.account_id, e.member_ref, e.points, e.kind, e.reference,
                e.metadata, e.merchant_id, e.rule_set_id, e.breakdown, e.api_key_id, e.occurred_at,
                e.external_id, e.amount_minor
         FROM earn_in e ORDER BY e.i
         ON CONFLICT (api_key_id, external_id) WHERE type = 'earn' AND external_id IS NOT NULL DO NOTHING
-        RETURNING id
+        RETURNING t
     )
-    UPDATE earn_in e SET posted = true FROM ins WHERE e.txn_id = ins.id;
+    UPDATE earn_in e SET posted = true, txn = ins.t FROM ins WHERE e.txn_id = (ins.t).id;
 
-    UPDATE ledger.accounts a SET balance = a.balance + s.total, lifetime_earned = a.lifetime_earned + s.total
-    FROM (SELECT account_id, sum(points) AS total FROM earn_in WHERE posted AND points > 0 GROUP BY account_id) s
-    WHERE a.id = s.account_id;
+    WITH s AS MATERIALIZED (
+        SELECT account_id, sum(points) AS total FROM earn_in WHERE posted GROUP BY account_id
+    ), upd AS (
+        UPDATE ledger.accounts a SET balance = a.balance + s.total, lifetime_earned = a.lifetime_earned + s.total
+        FROM s WHERE a.id = s.account_id AND a.id = ANY (ARRAY(SELECT account_id FROM s))
+        RETURNING a.id, a.balance, a.held
+    )
     UPDATE earn_in e SET balance_after = x.bal, held = x.held
-    FROM (SELECT r.i, a.held,
-                 a.balance - sum(r.points) OVER (PARTITION BY r.account_id)
+    FROM (SELECT r.i, u.held,
+                 u.balance - sum(r.points) OVER (PARTITION BY r.account_id)
                            + sum(r.points) OVER (PARTITION BY r.account_id ORDER BY r.i) AS bal
-          FROM earn_in r JOIN ledger.accounts a ON a.id = r.account_id WHERE r.posted) x
+          FROM earn_in r JOIN upd u ON u.id = r.account_id
+          WHERE r.posted) x
     WHERE e.i = x.i;
 
-    INSERT INTO ledger.postings (txn_id, account_id, amount)
-    SELECT e.txn_id, x.account_id, x.amount
-    FROM earn_in e JOIN ledger.programs g ON g.id = e.program_id,
-         LATERAL (VALUES (ledger.counter_account(g, e.clearing, g.issuance_account), -e.points),
-                         (e.account_id, e.points)) AS x(account_id, amount)
-    WHERE e.posted AND e.points > 0
-    ORDER BY e.i;
-
+    WITH postings AS (
+        INSERT INTO ledger.postings (txn_id, account_id, amount)
+        SELECT e.txn_id, x.account_id, x.amount
+        FROM earn_in e JOIN ledger.programs g ON g.id = e.program_id,
+             LATERAL (VALUES (ledger.counter_account(g, e.clearing, g.issuance_account), -e.points),
+                             (e.account_id, e.points)) AS x(account_id, amount)
+        WHERE e.posted AND e.points > 0
+        ORDER BY e.i
+    )
     INSERT INTO ledger.lots (account_id, program_id, txn_id, points, remaining, expires_at)
     SELECT e.account_id, e.program_id, e.txn_id, l.points, l.points, ledger.lot_expiry(g, e.occurred_at)
     FROM earn_in e JOIN ledger.programs g ON g.id = e.program_id,
@@ -148,8 +162,8 @@ BEGIN
         WITH cand AS (
             SELECT a.id, a.tier, g.tiers, ledger.qualifying_points(g, a.id) AS q
             FROM ledger.accounts a JOIN ledger.programs g ON g.id = a.program_id
-            WHERE a.id IN (SELECT e.account_id FROM earn_in e JOIN ledger.programs g2 ON g2.id = e.program_id
-                           WHERE e.posted AND e.points > 0 AND e.kind = ANY (g2.qualifying_kinds))
+            WHERE a.id = ANY (ARRAY(SELECT e.account_id FROM earn_in e JOIN ledger.programs g2 ON g2.id = e.program_id
+                                    WHERE e.posted AND e.points > 0 AND e.kind = ANY (g2.qualifying_kinds)))
               AND jsonb_array_length(g.tiers) > 0
         ), up AS (
             UPDATE ledger.accounts a SET tier = ledger.tier_for(c.tiers, c.q), tier_since = now()
@@ -239,18 +253,22 @@ CREATE OR REPLACE FUNCTION ledger.op_earn(a jsonb, p_key bigint, p_programs text
 LANGUAGE plpgsql AS $$
 DECLARE
     prog ledger.programs := ledger.program_for(a->>'program', p_programs);
-    e record;
-    t ledger.transactions;
-    acc ledger.accounts;
+    body jsonb;
 BEGIN
     PERFORM ledger.earn_rows();
-    PERFORM ledger.stage_earns(jsonb_build_array(jsonb_build_object('i', 0, 'k', p_key, 'op', 'earn', 'a', a)), true);
+    PERFORM ledger.stage_earns(jsonb_build_array(jsonb_build_object('k', p_key, 'op', 'earn', 'a', a)), true);
     PERFORM ledger.post_earns();
-    SELECT * INTO e FROM earn_in;
-    SELECT * INTO t FROM ledger.transactions WHERE id = e.txn_id;
-    SELECT * INTO acc FROM ledger.accounts WHERE id = e.account_id;
-    RETURN ledger.txn_json(t, prog.code, acc);
+    SELECT ledger.earn_json(e.txn, prog.code, e.balance_after, e.held) INTO body FROM earn_in e;
+    RETURN body;
 END $$;
+
+-- The response to an earn: its transaction, with the member's balances right after it.
+CREATE OR REPLACE FUNCTION ledger.earn_json(t ledger.transactions, p_code text, p_balance bigint, p_held bigint)
+RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT ledger.txn_json(t, p_code, NULL::ledger.accounts) || jsonb_build_object('balance_after',
+        jsonb_build_object('balance', p_balance, 'held', p_held, 'available', p_balance - p_held))
+$$;
 
 -- The earns of a coalesced batch that can go set-based (ledger.stage_earns says which), each with
 -- its own transaction, response and idempotency record. The primary key of
@@ -261,19 +279,12 @@ RETURNS TABLE (i int, body jsonb)
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM ledger.earn_rows();
-    PERFORM ledger.stage_earns(
-        (SELECT jsonb_agg(x.r || jsonb_build_object('i', x.ord - 1)) FROM jsonb_array_elements(p_requests)
-         WITH ORDINALITY AS x(r, ord)), false);
+    PERFORM ledger.stage_earns(p_requests, false);
     PERFORM ledger.post_earns();
     RETURN QUERY
     WITH result AS (
-        SELECT e.i::int AS i, e.api_key_id, e.idem_key, e.request_hash,
-               ledger.txn_json(t, g.code, a) || jsonb_build_object('balance_after', jsonb_build_object(
-                   'balance', e.balance_after, 'held', e.held, 'available', e.balance_after - e.held)) AS body
-        FROM earn_in e
-        JOIN ledger.transactions t ON t.id = e.txn_id
-        JOIN ledger.programs g ON g.id = e.program_id
-        JOIN ledger.accounts a ON a.id = e.account_id
+        SELECT e.i::int AS i, e.api_key_id, e.idem_key, e.request_hash, ledger.earn_json(e.txn, g.code, e.balance_after, e.held) AS body
+        FROM earn_in e JOIN ledger.programs g ON g.id = e.program_id
     ), idem AS (
         INSERT INTO ledger.idempotency_keys (api_key_id, key, request_hash, status, body)
         SELECT r.api_key_id, r.idem_key, r.request_hash, 201, r.body FROM result r
