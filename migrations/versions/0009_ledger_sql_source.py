@@ -8,6 +8,8 @@ Revision ID: 0009_ledger_sql_source
 Revises: 0008_batch_chunk_guard
 """
 
+import importlib
+
 from migrations.script_sql import run_script
 
 revision = "0009_ledger_sql_source"
@@ -24,10 +26,30 @@ GONE = (
 )
 
 
+# Defined by the sources from 0009 on (downgrade drops them).
+NEW = (
+    "ledger.earn_rows()",
+    "ledger.stage_earns(jsonb, boolean)",
+    "ledger.post_earns()",
+    "ledger.cap_earns()",
+    "ledger.earn_json(ledger.transactions, text, bigint, bigint)",
+    "ledger.earn_set(jsonb)",
+)
+
+
 def upgrade() -> None:
     run_script("\n".join(f"DROP FUNCTION {f};" for f in GONE))
 
 
 def downgrade() -> None:
-    # The definitions of 0002-0008 come back with their migrations' own text: replay from 0008.
-    raise NotImplementedError("downgrade below 0009 by restoring a backup or re-running 0002-0008")
+    # Below 0009 the definitions are the versioned migrations' own text again (0002, then 0006-0008).
+    def replaceable(sql: str) -> str:
+        return sql.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION").replace(
+            "CREATE TRIGGER", "CREATE OR REPLACE TRIGGER"
+        )
+
+    run_script("\n".join(f"DROP FUNCTION IF EXISTS {f};" for f in NEW))
+    run_script(replaceable(importlib.import_module("migrations.versions.0002_ledger").FUNCTIONS))
+    run_script(replaceable(importlib.import_module("migrations.versions.0006_earn_setbased").FUNCTIONS))
+    importlib.import_module("migrations.versions.0007_stable_functions").upgrade()
+    importlib.import_module("migrations.versions.0008_batch_chunk_guard").upgrade()

@@ -33,26 +33,35 @@ async def _objects(conn: asyncpg.Connection) -> dict[str, dict[str, Any]]:
     return {r["name"]: {"definition": r["definition"], "touched": r["touched"]} for r in rows}
 
 
+async def _compare(conn: asyncpg.Connection) -> dict[str, list[str]]:
+    """What differs between the database and the sources, found in a transaction rolled back."""
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        await conn.execute("SELECT pg_current_xact_id()")  # the transaction gets its id now
+        before = await _objects(conn)
+        await conn.execute(script())
+        after = await _objects(conn)
+    finally:
+        await tx.rollback()
+    return {
+        "defined in ledger_service/sql but not in the database": sorted(set(after) - set(before)),
+        "in the database with no source in ledger_service/sql": sorted(
+            name for name, obj in after.items() if not obj["touched"]
+        ),
+        "different in the database and in ledger_service/sql": sorted(
+            name for name in before if before[name]["definition"] != after[name]["definition"]
+        ),
+        "all": sorted(after),
+    }
+
+
 async def test_database_matches_the_sql_sources(ledger_app: Any) -> None:
     assert len(source_files()) >= 5
     async with ledger_app.state.db.driver() as conn:
-        tx = conn.transaction()
-        await tx.start()
-        try:
-            await conn.execute("SELECT pg_current_xact_id()")  # the transaction gets its id now
-            before = await _objects(conn)
-            await conn.execute(script())
-            after = await _objects(conn)
-        finally:
-            await tx.rollback()
-    missing = sorted(set(after) - set(before))
-    assert not missing, f"defined in ledger_service/sql but not in the migrated database: {missing}"
-    untouched = sorted(name for name, obj in after.items() if not obj["touched"])
-    assert not untouched, f"in the database with no source in ledger_service/sql: {untouched}"
-    changed = sorted(name for name in before if before[name]["definition"] != after[name]["definition"])
-    assert not changed, f"the migrated database differs from ledger_service/sql for: {changed}"
-    # Every file holds something the database has.
-    assert len(after) >= 40
+        found = await _compare(conn)
+    assert len(found.pop("all")) >= 40
+    assert found == {k: [] for k in found}
 
 
 def test_every_source_file_is_replaceable() -> None:
@@ -63,3 +72,39 @@ def test_every_source_file_is_replaceable() -> None:
             stripped = line.strip().upper()
             if stripped.startswith("CREATE ") and not stripped.startswith("CREATE TEMP"):
                 assert stripped.startswith("CREATE OR REPLACE "), f"{path.name}: {line.strip()}"
+
+
+async def test_history_replays_down_and_up_again(database_url: str) -> None:
+    """0009 restores the versioned migrations' text on the way down; up again gives the sources."""
+    import asyncio
+
+    from alembic import command
+    from alembic.config import Config
+
+    from services.migrate import upgrade
+    from services.settings import REPO_ROOT
+
+    plain = database_url.replace("postgresql+asyncpg://", "postgresql://")
+    admin = await asyncpg.connect(plain)
+    name = "jifen_replay"
+    await admin.execute(f"DROP DATABASE IF EXISTS {name}")
+    await admin.execute(f"CREATE DATABASE {name}")
+    await admin.close()
+    base, _, query = database_url.partition("?")
+    url = base.rsplit("/", 1)[0] + "/" + name + (f"?{query}" if query else "")
+    config = Config(str(REPO_ROOT / "alembic.ini"))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    # Alembic's env.py runs its own event loop: off this test's loop.
+    await asyncio.to_thread(upgrade, url)
+    await asyncio.to_thread(command.downgrade, config, "0008_batch_chunk_guard")
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        assert await conn.fetchval("SELECT to_regprocedure('ledger.apply_member_caps(ledger.accounts, bigint,"
+                                   " jsonb, timestamptz, jsonb)') IS NOT NULL")  # fmt: skip
+        assert await conn.fetchval("SELECT to_regprocedure('ledger.post_earns()') IS NULL")
+        await asyncio.to_thread(upgrade, url)
+        found = await _compare(conn)
+        found.pop("all")
+        assert found == {k: [] for k in found}
+    finally:
+        await conn.close()
