@@ -55,8 +55,9 @@ END $$;
 
 -- Group commit: several requests in one database transaction (one WAL flush, one round trip).
 -- Earns go set-based (ledger.earn_set: the one earn, ledger.post_earns, as for every caller);
--- every other request, in batch order, through ledger.execute, where a refusal rolls back only its own subtransaction. Anything else (a
--- deadlock) fails the whole batch, which the caller then retries one request at a time.
+-- every other request, in batch order, through ledger.execute, where a refusal rolls back only
+-- its own subtransaction. Anything else (a deadlock) fails the whole batch, which the caller
+-- then retries one request at a time.
 -- Input: [{k, key, h (hex), op, a, p, s}, ...].
 CREATE OR REPLACE FUNCTION ledger.execute_batch(p_requests jsonb)
 RETURNS TABLE (i int, status int, body text, replayed boolean)
