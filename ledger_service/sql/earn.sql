@@ -39,6 +39,13 @@ BEGIN
     END IF;
 END $$;
 
+-- A member's account id, NULL if new. A scalar lookup, not a join: earn_in has no statistics,
+-- and a join planned on them can scan every account.
+CREATE OR REPLACE FUNCTION ledger.member_id(p_program int, p_member text) RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT id FROM ledger.accounts WHERE program_id = p_program AND kind = 'member' AND member_ref = p_member
+$$;
+
 -- API earn requests ([{k, key, h, op, a, p}, ...], `a` the earn's arguments) as rows of earn_in, `i`
 -- their place in the array.
 -- With p_checked false (a coalesced batch), only the requests that are safe to apply set-based are
@@ -47,9 +54,10 @@ END $$;
 -- which answers them one by one (replay, key reuse or in use, unknown or forbidden program).
 CREATE OR REPLACE FUNCTION ledger.stage_earns(p_requests jsonb, p_checked boolean) RETURNS void
 LANGUAGE sql AS $$
-    INSERT INTO earn_in (i, program_id, member_ref, points, kind, clearing, reference, metadata, merchant_id,
-                         rule_set_id, breakdown, caps, api_key_id, occurred_at, idem_key, request_hash)
-    SELECT f.i, g.id, f.a->>'member_ref', (f.a->>'points')::bigint, coalesce(f.a->>'kind', 'purchase'),
+    INSERT INTO earn_in (i, program_id, account_id, member_ref, points, kind, clearing, reference, metadata,
+                         merchant_id, rule_set_id, breakdown, caps, api_key_id, occurred_at, idem_key,
+                         request_hash)
+    SELECT f.i, g.id, ledger.member_id(g.id, f.a->>'member_ref'), f.a->>'member_ref', (f.a->>'points')::bigint, coalesce(f.a->>'kind', 'purchase'),
            f.a->>'clearing', f.a->>'reference', f.a->'metadata', f.a->'purchase'->>'merchant_id',
            (f.a->>'rule_set_id')::bigint, f.a->'breakdown', f.a->'caps', f.api_key,
            coalesce((f.a->>'occurred_at')::timestamptz, now()), f.key, f.h
@@ -73,31 +81,25 @@ $$;
 -- Posts every row of earn_in, set-based, in the caller's transaction:
 --  1. members created if new, then locked in account-id order (the order of every writer);
 --  2. per-member caps (ledger.cap_earns), read after the locks so two earns cannot both pass;
---  3. a transaction per row; a batch row whose external_id is already posted is skipped (posted
---     stays false: a duplicate);
---  4. balances once per member; each row's balance_after is the running sum in `i` order;
---  5. two postings per row against the program's issuance account (or the clearing named);
---  6. a lot per row for the part that does not repay a negative balance, expiring by the policy
+--  3. a transaction per row (a batch row whose external_id is already posted is skipped: posted
+--     stays false, a duplicate), the balances once per member, and each row's balance_after (the
+--     running sum in `i` order), in one statement;
+--  4. two postings per row against the program's issuance account (or the clearing named);
+--  5. a lot per row for the part that does not repay a negative balance, expiring by the policy
 --     from the earn's occurred_at;
---  7. qualifying points per member and month, then one upgrade per member that crossed a
+--  6. qualifying points per member and month, then one upgrade per member that crossed a
 --     threshold (two thresholds crossed in one call: one upgrade, to the higher tier).
 CREATE OR REPLACE FUNCTION ledger.post_earns() RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE qualifying int;
 BEGIN
-    -- Scalar subqueries, not joins: earn_in has no statistics, and a join estimated on them
-    -- can scan every account.
-    UPDATE earn_in e SET account_id = (SELECT a.id FROM ledger.accounts a
-                                       WHERE a.program_id = e.program_id AND a.kind = 'member'
-                                         AND a.member_ref = e.member_ref);
+    -- The callers fill account_id for the members that exist (ledger.member_id); the rest are new.
     IF EXISTS (SELECT 1 FROM earn_in WHERE account_id IS NULL) THEN
         INSERT INTO ledger.accounts (program_id, kind, member_ref)
         SELECT DISTINCT e.program_id, 'member', e.member_ref FROM earn_in e WHERE e.account_id IS NULL
         ORDER BY 1, 3
         ON CONFLICT DO NOTHING;
-        UPDATE earn_in e SET account_id = (SELECT a.id FROM ledger.accounts a
-                                           WHERE a.program_id = e.program_id AND a.kind = 'member'
-                                             AND a.member_ref = e.member_ref)
+        UPDATE earn_in e SET account_id = ledger.member_id(e.program_id, e.member_ref)
         WHERE e.account_id IS NULL;
     END IF;
     PERFORM 1 FROM ledger.accounts a WHERE a.id = ANY (ARRAY(SELECT DISTINCT account_id FROM earn_in))
@@ -117,22 +119,18 @@ BEGIN
         FROM earn_in e ORDER BY e.i
         ON CONFLICT (api_key_id, external_id) WHERE type = 'earn' AND external_id IS NOT NULL DO NOTHING
         RETURNING t
-    )
-    UPDATE earn_in e SET posted = true, txn = ins.t FROM ins WHERE e.txn_id = (ins.t).id;
-
-    WITH s AS MATERIALIZED (
-        SELECT account_id, sum(points) AS total FROM earn_in WHERE posted GROUP BY account_id
+    ), s AS MATERIALIZED (
+        SELECT (ins.t).account_id AS account_id, sum((ins.t).points) AS total FROM ins GROUP BY 1
     ), upd AS (
         UPDATE ledger.accounts a SET balance = a.balance + s.total, lifetime_earned = a.lifetime_earned + s.total
         FROM s WHERE a.id = s.account_id AND a.id = ANY (ARRAY(SELECT account_id FROM s))
         RETURNING a.id, a.balance, a.held
     )
-    UPDATE earn_in e SET balance_after = x.bal, held = x.held
-    FROM (SELECT r.i, u.held,
+    UPDATE earn_in e SET posted = true, txn = x.t, balance_after = x.bal, held = x.held
+    FROM (SELECT r.i, ins.t, u.held,
                  u.balance - sum(r.points) OVER (PARTITION BY r.account_id)
                            + sum(r.points) OVER (PARTITION BY r.account_id ORDER BY r.i) AS bal
-          FROM earn_in r JOIN upd u ON u.id = r.account_id
-          WHERE r.posted) x
+          FROM ins JOIN earn_in r ON r.txn_id = (ins.t).id JOIN upd u ON u.id = r.account_id) x
     WHERE e.i = x.i;
 
     WITH postings AS (

@@ -33,6 +33,7 @@ NEW = (
     "ledger.post_earns()",
     "ledger.cap_earns()",
     "ledger.earn_json(ledger.transactions, text, bigint, bigint)",
+    "ledger.member_id(integer, text)",
     "ledger.earn_set(jsonb)",
 )
 
