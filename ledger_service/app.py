@@ -11,7 +11,6 @@ from ledger_service.jobs.endpoints import router as jobs_router
 from ledger_service.members.endpoints import router as members_router
 from ledger_service.postings.endpoints import router as postings_router
 from ledger_service.postings.engine import PostingEngine
-from ledger_service.postings.fastlane import ROUTES as FAST_ROUTES
 from ledger_service.programs.endpoints import router as programs_router
 from ledger_service.reports.endpoints import router as reports_router
 from ledger_service.rules.endpoints import router as rules_router
@@ -61,7 +60,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             events_router,
             jobs_router,
         ],
-        fast_routes=FAST_ROUTES,
         on_start=[start],
         on_stop=[stop],
         openapi_tags=[

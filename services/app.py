@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from services.auth import KeyStore
 from services.db import Database
 from services.errors import install_error_handlers
-from services.fastlane import FastLane, FastRoute
+from services.fastlane import FastLane, lane_routes
 from services.logs import configure_logging
 from services.metrics import render
 from services.middleware import RequestContextMiddleware
@@ -46,7 +46,6 @@ def build_app(
     on_start: Sequence[Hook] = (),
     on_stop: Sequence[Hook] = (),
     openapi_tags: list[dict[str, Any]] | None = None,
-    fast_routes: Sequence[FastRoute] = (),
 ) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -80,14 +79,6 @@ def build_app(
         openapi_tags=openapi_tags,
     )
     install_error_handlers(app)
-    if fast_routes:  # added first, so it runs inside the request-context middleware
-        app.add_middleware(FastLane, routes=fast_routes, enabled=settings.fast_lane)
-    app.add_middleware(
-        RequestContextMiddleware,
-        service=service,
-        max_body_bytes=settings.max_body_bytes,
-        access_log_enabled=settings.access_log,
-    )
 
     @app.get("/healthz", tags=["ops"], summary="The process is up")
     async def healthz() -> dict[str, str]:
@@ -109,4 +100,14 @@ def build_app(
 
     for router in routers:
         app.include_router(router)
+    # The fast lane's table is read once, here, from the routers' `@fast_lane` routes.
+    fast_routes = lane_routes(routers)
+    if fast_routes:  # added first, so it runs inside the request-context middleware
+        app.add_middleware(FastLane, routes=fast_routes, enabled=settings.fast_lane)
+    app.add_middleware(
+        RequestContextMiddleware,
+        service=service,
+        max_body_bytes=settings.max_body_bytes,
+        access_log_enabled=settings.access_log,
+    )
     return app

@@ -1,15 +1,18 @@
-"""Routes for ledger writes. Each needs an Idempotency-Key and answers with the engine's body."""
+"""Routes for ledger writes. Each needs an Idempotency-Key and answers with the engine's body.
+
+Every route here is also served by the fast lane (services/fastlane.py, `@fast_lane`), which reads
+its path, body, scopes and this very function from the route: there is no second list to keep in step.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Body, Depends, Request
+from fastapi import APIRouter, Body, Depends
 from starlette.responses import Response
 
 from ledger_service.postings import service
-from ledger_service.postings.engine import PostingEngine
 from ledger_service.postings.schemas import (
     AdjustmentIn,
     BurnIn,
@@ -24,21 +27,13 @@ from ledger_service.postings.schemas import (
 )
 from services.auth import Principal, require
 from services.errors import error_responses
+from services.fastlane import AppState, fast_lane
 from services.idempotency import idempotency_key
 
 router = APIRouter(tags=["points"])
 
 Key = Annotated[str, Depends(idempotency_key)]
 WRITE_ERRORS = error_responses(400, 401, 403, 404, 409, 422, 503)
-
-
-# async, because FastAPI runs a plain `def` dependency in its thread pool: a thread hop per request.
-async def _engine(request: Request) -> PostingEngine:
-    engine: PostingEngine = request.app.state.engine
-    return engine
-
-
-Engine = Annotated[PostingEngine, Depends(_engine)]
 
 
 @router.post(
@@ -48,14 +43,14 @@ Engine = Annotated[PostingEngine, Depends(_engine)]
     summary="Credit a member with points, given or priced by the program's earning rules",
     responses=WRITE_ERRORS,
 )
+@fast_lane
 async def earn(
-    request: Request,
     body: EarnIn,
     principal: Annotated[Principal, Depends(require("ledger:earn"))],
     key: Key,
-    engine: Engine,
+    state: AppState,
 ) -> Response:
-    return (await service.earn(engine, request.app.state.rules, body, principal, key)).response()
+    return (await service.earn(state.engine, state.rules, body, principal, key)).response()
 
 
 @router.post(
@@ -65,13 +60,14 @@ async def earn(
     summary="Debit a member's available points",
     responses=WRITE_ERRORS,
 )
+@fast_lane
 async def burn(
     body: BurnIn,
     principal: Annotated[Principal, Depends(require("ledger:burn"))],
     key: Key,
-    engine: Engine,
+    state: AppState,
 ) -> Response:
-    return (await service.burn(engine, body, principal, key)).response()
+    return (await service.burn(state.engine, body, principal, key)).response()
 
 
 @router.post(
@@ -82,13 +78,14 @@ async def burn(
     responses=WRITE_ERRORS,
     tags=["holds"],
 )
+@fast_lane
 async def create_hold(
     body: HoldIn,
     principal: Annotated[Principal, Depends(require("ledger:burn"))],
     key: Key,
-    engine: Engine,
+    state: AppState,
 ) -> Response:
-    return (await service.hold(engine, body, principal, key)).response()
+    return (await service.hold(state.engine, body, principal, key)).response()
 
 
 @router.post(
@@ -99,14 +96,15 @@ async def create_hold(
     responses=WRITE_ERRORS,
     tags=["holds"],
 )
+@fast_lane
 async def capture_hold(
     hold_id: UUID,
     principal: Annotated[Principal, Depends(require("ledger:burn"))],
     key: Key,
-    engine: Engine,
+    state: AppState,
     body: Annotated[CaptureIn | None, Body()] = None,
 ) -> Response:
-    return (await service.capture(engine, hold_id, body or CaptureIn(), principal, key)).response()
+    return (await service.capture(state.engine, hold_id, body or CaptureIn(), principal, key)).response()
 
 
 @router.post(
@@ -117,14 +115,15 @@ async def capture_hold(
     responses=WRITE_ERRORS,
     tags=["holds"],
 )
+@fast_lane
 async def void_hold(
     hold_id: UUID,
     principal: Annotated[Principal, Depends(require("ledger:burn"))],
     key: Key,
-    engine: Engine,
+    state: AppState,
     body: Annotated[VoidIn | None, Body()] = None,
 ) -> Response:
-    return (await service.void(engine, hold_id, body or VoidIn(), principal, key)).response()
+    return (await service.void(state.engine, hold_id, body or VoidIn(), principal, key)).response()
 
 
 @router.post(
@@ -136,14 +135,15 @@ async def void_hold(
     "needs `ledger:earn`; reversing a burn or capture needs `ledger:burn`.",
     responses=WRITE_ERRORS,
 )
+@fast_lane
 async def reverse_transaction(
     transaction_id: UUID,
     body: ReverseIn,
     principal: Annotated[Principal, Depends(require("ledger:earn", "ledger:burn"))],
     key: Key,
-    engine: Engine,
+    state: AppState,
 ) -> Response:
-    return (await service.reverse(engine, transaction_id, body, principal, key)).response()
+    return (await service.reverse(state.engine, transaction_id, body, principal, key)).response()
 
 
 @router.post(
@@ -153,13 +153,14 @@ async def reverse_transaction(
     summary="Move points from one member to another in one program",
     responses=WRITE_ERRORS,
 )
+@fast_lane
 async def transfer(
     body: TransferIn,
     principal: Annotated[Principal, Depends(require("ledger:burn"))],
     key: Key,
-    engine: Engine,
+    state: AppState,
 ) -> Response:
-    return (await service.transfer(engine, body, principal, key)).response()
+    return (await service.transfer(state.engine, body, principal, key)).response()
 
 
 @router.post(
@@ -169,10 +170,11 @@ async def transfer(
     summary="Operations correction (ledger:admin, reason required)",
     responses=WRITE_ERRORS,
 )
+@fast_lane
 async def adjust(
     body: AdjustmentIn,
     principal: Annotated[Principal, Depends(require("ledger:admin"))],
     key: Key,
-    engine: Engine,
+    state: AppState,
 ) -> Response:
-    return (await service.adjust(engine, body, principal, key)).response()
+    return (await service.adjust(state.engine, body, principal, key)).response()
