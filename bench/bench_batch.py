@@ -21,7 +21,7 @@ import psutil
 from common import PeakSampler, create_api_keys, free_port, wait_ready
 
 from ledger_service.batches.synthetic import RULES, rows
-from services.batch_cli import upload_file
+from ledger_service.cli import upload_file
 from services.cli import spawn_service
 from services.db import asyncpg_dsn
 from services.migrate import upgrade

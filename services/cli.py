@@ -1,20 +1,52 @@
-"""The `jifen` command: run everything, migrate, manage API keys."""
+"""The `jifen` command: run everything, migrate, manage API keys, and each service's own commands.
+
+The kernel names no service but in APPS, the one composition point. A service package may have a
+`cli` module with `register_commands(subparsers)` (its subcommands, e.g. the ledger's `jifen batch`)
+and `async prepare_run(db, *, demo) -> list[str]` (run by `jifen run` after migrating, before serving;
+e.g. the ledger's demo programs; the lines returned are printed once the services are up).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
+import importlib.util
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from types import ModuleType
+from typing import Any
 
 from services.settings import Settings
 
-SERVICES = ("ledger", "conversion", "catalog")
+# What `jifen run` serves, in start-up order: each service's ASGI app factory, by module path.
+APPS = {
+    "ledger": "ledger_service.app:create_app",
+    "conversion": "conversion_service.app:create_app",
+    "catalog": "catalog_service.app:create_app",
+}
+SERVICES = tuple(APPS)
+
+PrepareRun = Callable[..., Awaitable[list[str]]]
+
+
+def service_clis() -> list[ModuleType]:
+    """Each service package's `cli` module, for those that have one."""
+    modules = []
+    for app in APPS.values():
+        name = app.split(".", 1)[0] + ".cli"
+        if importlib.util.find_spec(name) is not None:
+            modules.append(importlib.import_module(name))
+    return modules
+
+
+def _hooks(name: str) -> list[Any]:
+    return [hook for module in service_clis() if (hook := getattr(module, name, None)) is not None]
 
 
 def _database_url(settings: Settings) -> tuple[str, object | None]:
@@ -29,7 +61,6 @@ def _database_url(settings: Settings) -> tuple[str, object | None]:
 
 
 async def _bootstrap(url: str, settings: Settings, *, demo: bool) -> tuple[str, dict[str, str], list[str]]:
-    from ledger_service.demo import load_demo
     from services.db import Database
     from services.keyfiles import ensure_admin_key, ensure_service_keys, pii_key
 
@@ -38,10 +69,13 @@ async def _bootstrap(url: str, settings: Settings, *, demo: bool) -> tuple[str, 
         secret = await ensure_admin_key(db, settings)
         service_keys = await ensure_service_keys(db, settings)
         pii_key(settings)
-        created = await load_demo(db) if demo else []
+        messages: list[str] = []
+        prepare: PrepareRun
+        for prepare in _hooks("prepare_run"):
+            messages += await prepare(db, demo=demo)
     finally:
         await db.dispose()
-    return secret, service_keys, created
+    return secret, service_keys, messages
 
 
 def _wait_ready(
@@ -72,7 +106,7 @@ def spawn_service(
         metrics_dir.mkdir(parents=True)
         env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     cmd = [
-        sys.executable, "-m", "uvicorn", f"{service}_service.app:create_app", "--factory",
+        sys.executable, "-m", "uvicorn", APPS[service], "--factory",
         "--host", settings.host, "--port", str(settings.service_port(service)),
         "--workers", str(workers), "--loop", "uvloop", "--http", "httptools",
         "--no-access-log", "--log-level", "warning", "--timeout-graceful-shutdown", "10",
@@ -98,7 +132,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         url, server = _database_url(settings)
         upgrade(url)
-        secret, service_keys, created = asyncio.run(_bootstrap(url, settings, demo=not args.no_demo))
+        secret, service_keys, messages = asyncio.run(_bootstrap(url, settings, demo=not args.no_demo))
         workers = args.workers or settings.workers
         for s in SERVICES:
             procs[s] = spawn_service(s, settings, url, workers=workers, ledger_key=service_keys.get(s))
@@ -110,8 +144,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                     return 0
                 print(f"{service} did not become ready; see its log above", file=sys.stderr)
                 return 1
-        if created:
-            print(f"Loaded demo programs: {', '.join(created)}")
+        for message in messages:
+            print(message)
         print("\nJifen is running:")
         for service in SERVICES:
             print(f"  {service:<11} http://{settings.host}:{settings.service_port(service)}/docs")
@@ -197,9 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     key.add_argument("--programs", default=None, help="comma-separated program codes (default: all)")
     key.set_defaults(func=cmd_create_api_key)
 
-    from services.batch_cli import add_commands
-
-    add_commands(sub)
+    register: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]
+    for register in _hooks("register_commands"):
+        register(sub)
 
     args = parser.parse_args(argv)
     result: int = args.func(args)

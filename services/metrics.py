@@ -1,4 +1,6 @@
-"""Prometheus metrics. With several worker processes, PROMETHEUS_MULTIPROC_DIR aggregates them."""
+"""Prometheus metrics every service has (HTTP, fast lane) and their rendering. A service's own metrics
+live in that service's package (its metrics.py). With several worker processes,
+PROMETHEUS_MULTIPROC_DIR aggregates them."""
 
 from __future__ import annotations
 
@@ -26,15 +28,6 @@ FAST_LANE = Counter(
     "jifen_fast_lane_requests_total",
     "Requests on a fast-lane path: served by the fast lane, or fallen through to FastAPI",
     ["route", "outcome"],
-)
-LEDGER_OPERATIONS = Counter(
-    "jifen_ledger_operations_total", "Ledger write operations by outcome", ["op", "outcome"]
-)
-LEDGER_POINTS = Counter("jifen_ledger_points_total", "Points moved by successful operations", ["op"])
-LEDGER_BATCH_SIZE = Histogram(
-    "jifen_ledger_batch_size",
-    "Requests applied per database transaction by the ledger's group commit",
-    buckets=(1, 2, 4, 8, 16, 32, 48, 64),
 )
 
 

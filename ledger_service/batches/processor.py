@@ -11,8 +11,8 @@ from uuid import UUID
 import asyncpg
 
 from ledger_service.batches import repository
+from ledger_service.metrics import LEDGER_OPERATIONS
 from services.db import Database
-from services.metrics import LEDGER_OPERATIONS
 
 log = logging.getLogger("jifen.ledger.batches")
 

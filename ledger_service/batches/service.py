@@ -16,6 +16,7 @@ import orjson
 from ledger_service.batches import repository
 from ledger_service.batches.parsing import CardTokenizer, FileParser, HeaderError, LineSplitter, Row
 from ledger_service.batches.schemas import BatchOut, Rejection, RejectionPage
+from ledger_service.metrics import LEDGER_OPERATIONS
 from ledger_service.postings.schemas import Purchase
 from ledger_service.rules import engine
 from ledger_service.rules.service import ProgramRules, RuleBook
@@ -23,7 +24,6 @@ from services.auth import Principal
 from services.db import Database
 from services.errors import BadRequest, DomainError, Forbidden, NotFound
 from services.idempotency import IdempotencyInUse, IdempotencyReused
-from services.metrics import LEDGER_OPERATIONS
 from services.pagination import decode_cursor, encode_cursor
 
 log = logging.getLogger("jifen.ledger.batches")

@@ -21,8 +21,8 @@ from typing import Any
 import asyncpg
 import orjson
 
+from ledger_service.metrics import LEDGER_BATCH_SIZE
 from services.db import Database
-from services.metrics import LEDGER_BATCH_SIZE
 
 log = logging.getLogger("jifen.ledger.coalescer")
 

@@ -15,12 +15,12 @@ import asyncpg
 import orjson
 from starlette.responses import Response
 
+from ledger_service.metrics import LEDGER_OPERATIONS, LEDGER_POINTS
 from ledger_service.postings.coalescer import Coalescer, Request
 from services.auth import Principal
 from services.db import Database
 from services.errors import DomainError
 from services.idempotency import REPLAYED_HEADER, canonical_json, fingerprint
-from services.metrics import LEDGER_OPERATIONS, LEDGER_POINTS
 
 log = logging.getLogger("jifen.ledger.engine")
 

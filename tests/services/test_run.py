@@ -11,8 +11,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -106,3 +108,35 @@ def test_make_run_then_readme_examples(tmp_path: Path) -> None:
         assert len(httpx.get(f"{base}/v1/programs", headers=auth).json()["data"]) == 5
     finally:
         _stop(proc)
+
+
+def test_the_kernel_names_no_service_but_in_its_one_composition_point() -> None:
+    """services/ holds only what the services share: it imports none of them, and names their
+    packages only in services/cli.py's APPS (what `jifen run` serves)."""
+    from services.cli import APPS
+
+    names = ("ledger_service", "conversion_service", "catalog_service")
+    for path in sorted((ROOT / "services").rglob("*.py")):
+        text = path.read_text()
+        if path.name == "cli.py":
+            start = text.index("APPS = {")
+            text = text[:start] + text[text.index("}", start) + 1 :]
+        found = [name for name in names if name in text]
+        assert not found, (path, found)
+    assert sorted(app.split(".", 1)[0] for app in APPS.values()) == sorted(names)
+
+
+def test_each_service_adds_its_commands(tmp_path: Path, capsys: Any) -> None:
+    from services.cli import main
+
+    out = tmp_path / "rows.csv"
+    assert main(["batch", "generate", "--rows", "3", "--members", "5", "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert len(lines) == 4 and lines[0].startswith("external_id,"), lines
+    for argv in (["--help"], ["batch", "upload", "--help"]):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 0
+    text = capsys.readouterr().out
+    for command in ("run", "migrate", "create-api-key", "batch", "upload"):
+        assert command in text, command

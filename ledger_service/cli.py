@@ -1,4 +1,6 @@
-"""`jifen batch generate` and `jifen batch upload`: a synthetic file, and an upload with progress."""
+"""The ledger's part of the `jifen` command (services/cli.py composes it): `jifen batch generate` and
+`jifen batch upload` (a synthetic file, and an upload with progress), and the demo programs `jifen run`
+loads into an empty database."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 from rich.progress import (
@@ -21,6 +24,9 @@ from rich.progress import (
 )
 
 from services.settings import Settings
+
+if TYPE_CHECKING:
+    from services.db import Database
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -88,7 +94,19 @@ def cmd_upload(args: argparse.Namespace) -> int:
     return 0 if batch["status"] == "completed" else 1
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+async def prepare_run(db: Database, *, demo: bool) -> list[str]:
+    """`jifen run`, after migrating and before starting the services: the demo programs, if asked for
+    and the ledger has none yet. Returns what to print once the services are up."""
+    if not demo:
+        return []
+    from ledger_service.demo import load_demo
+
+    created = await load_demo(db)
+    return [f"Loaded demo programs: {', '.join(created)}"] if created else []
+
+
+def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ledger's subcommands of `jifen`: `batch generate` and `batch upload`."""
     batch = sub.add_parser("batch", help="card-issuer batch files").add_subparsers(
         dest="batch_command", required=True
     )
