@@ -1,8 +1,10 @@
 """Services as real processes on loopback ports, for tests that cross HTTP between services
-or kill a service mid-flight."""
+or kill a service mid-flight; and a wait for lock waits, for tests that interleave transactions."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -10,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -23,7 +26,10 @@ def free_port() -> int:
 
 
 class ServiceProcess:
-    """One service under uvicorn in a child process. `kill()` is a crash (SIGKILL), `stop()` is clean."""
+    """One service under uvicorn in a child process. `kill()` is a crash (SIGKILL), `stop()` is clean.
+
+    The child leads a process group of its own (with its uvicorn workers, if several), and only that
+    group is ever signalled: never processes found by name or port, which may be someone else's."""
 
     def __init__(
         self,
@@ -76,7 +82,9 @@ class ServiceProcess:
             "warning",
         ]
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -92,19 +100,55 @@ class ServiceProcess:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            self.proc.send_signal(signal.SIGTERM)  # uvicorn's supervisor stops its workers itself
+            self._exited(timeout_s=20)
+            self._kill_group()  # all of it after a timeout; else any worker that outlived its supervisor
+            self.proc.wait()
         self.proc = None
 
     def kill(self) -> None:
-        """A crash: no shutdown hooks, no graceful close of connections."""
+        """A crash: no shutdown hooks, no graceful close of connections; workers die with it."""
         if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
+            self._kill_group()
             self.proc.wait()
-            # uvicorn workers are children of the supervisor: make sure none survives
-            subprocess.run(["pkill", "-KILL", "-f", f"--port {self.port}"], check=False)
         self.proc = None
+
+    def _exited(self, timeout_s: float) -> bool:
+        """Waits for the child to exit without reaping it: until it is reaped, its pid, which is
+        also its group's id, cannot be given to another process, so _kill_group stays safe."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def _kill_group(self) -> None:
+        """SIGKILL to the process group the child leads (it and its workers), and nothing else. Only
+        called while the child is not yet reaped (see _exited)."""
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):  # the group is gone already
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+async def wait_for_lock_wait(
+    watch: Any, *, waiter: int | None = None, holder: int | None = None, timeout_s: float = 10.0
+) -> dict[int, list[int]]:
+    """Returns once a backend waits for a lock (`waiter`, if given) behind another (`holder`, if
+    given), as pg_blocking_pids sees it: {waiting pid: the pids it waits for}. A test that means to
+    interleave transactions calls this between its steps instead of sleeping, so it fails, rather
+    than passing without the interleaving, when the wait never happens. `watch` is a connection of
+    its own (asyncpg); pids are backend pids (`conn.get_server_pid()`)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = await watch.fetch(
+            "SELECT pid, pg_blocking_pids(pid) AS by FROM pg_stat_activity"
+            " WHERE cardinality(pg_blocking_pids(pid)) > 0"
+        )
+        waits = {int(r["pid"]): [int(p) for p in r["by"]] for r in rows}
+        if any(waiter in (None, pid) and (holder is None or holder in by) for pid, by in waits.items()):
+            return waits
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no lock wait of {waiter or 'any backend'} on {holder or 'any'}: {waits}")
+        await asyncio.sleep(0.01)

@@ -17,6 +17,7 @@ from ledger_service.postings.engine import Outcome, PostingEngine
 from services.auth import Principal
 from services.errors import DomainError
 from tests.conftest import create_program, earn, make_key, new_key, post
+from tests.harness import wait_for_lock_wait
 from tests.ledger.invariants import check_ledger_invariants
 
 TIERS = [{"code": "silver", "min_points": 1000}, {"code": "gold", "min_points": 5000}]
@@ -210,32 +211,60 @@ def _req(k: int, prog: str, member: str, points: int) -> dict[str, Any]:
 async def test_earns_left_to_execute_take_the_up_front_locks(
     client: httpx.AsyncClient, ledger_app: Any
 ) -> None:
-    """An earn priced at 0 points goes through ledger.execute and locks its member after earn_set
-    locked others: two such batches, interleaved by holding their members' rows, must not
-    deadlock (found in review)."""
+    """An earn priced at 0 points goes through ledger.execute and locks its member after earn_set:
+    unless the batch first locks all its members by id, two batches can cross (found in review).
+    Batch 1 earns for B and has a 0-point earn for A; batch 2 the other way round. With A and B held
+    by other transactions, each batch must wait for the lower-id member first, so releasing B then A
+    cannot leave batch 1 holding B while batch 2 holds A. Every wait is observed in pg_locks
+    (pg_blocking_pids), so the interleaving really happens or the test fails."""
     db = ledger_app.state.db
     prog = await create_program(client)
     await earn(client, prog, "A", 1)
     await earn(client, prog, "B", 1)
+    async with db.driver() as conn:
+        first = await conn.fetchval(
+            "SELECT a.member_ref FROM ledger.accounts a JOIN ledger.programs p ON p.id = a.program_id"
+            " WHERE p.code = $1 AND a.kind = 'member' ORDER BY a.id LIMIT 1",
+            prog,
+        )
+    assert first == "A"
     principal = await ledger_app.state.keys.lookup(await make_key(ledger_app, ["ledger:earn"]))
     k = principal.key_id
-    # Two pure-earn batches (no up-front locks): each has a plain earn (earn_set) and a 0-point
-    # priced earn (ledger.execute -> lock_member) on the other member.
+    # Two pure-earn batches (no up-front locks of mixed batches): each has a plain earn (earn_set) and
+    # a 0-point priced earn (ledger.execute -> lock_member) on the other member.
     b1 = orjson.dumps([_req(k, prog, "A", 0), _req(k, prog, "B", 10)]).decode()
     b2 = orjson.dumps([_req(k, prog, "A", 10), _req(k, prog, "B", 0)]).decode()
-    async with db.driver() as la, db.driver() as lb, db.driver() as c1, db.driver() as c2:
+    async with (
+        db.driver() as la,
+        db.driver() as lb,
+        db.driver() as c1,
+        db.driver() as c2,
+        db.driver() as watch,
+    ):
+        pa, pb, p1, p2 = (c.get_server_pid() for c in (la, lb, c1, c2))
         ta, tb = la.transaction(), lb.transaction()
         await ta.start()
         await tb.start()
         await la.execute(_LOCK_MEMBER.format("A"), prog)
         await lb.execute(_LOCK_MEMBER.format("B"), prog)
-        f1 = asyncio.create_task(c1.fetch(_BATCH, b1))  # earn_set waits for B
-        await asyncio.sleep(0.3)
-        f2 = asyncio.create_task(c2.fetch(_BATCH, b2))  # earn_set waits for A
-        await asyncio.sleep(0.3)
-        await tb.rollback()  # batch 1 gets B, then wants A (held by la)
-        await asyncio.sleep(0.3)
-        await ta.rollback()  # batch 2 queued first on A: gets A, then wants B (held by batch 1)
-        res = await asyncio.gather(f1, f2, return_exceptions=True)
+        f1 = asyncio.create_task(c1.fetch(_BATCH, b1))
+        waits = await wait_for_lock_wait(watch, waiter=p1)
+        assert waits[p1] == [pa], f"batch 1 must wait for A (lower id) first, not B: {waits}"
+        f2 = asyncio.create_task(c2.fetch(_BATCH, b2))
+        waits = await wait_for_lock_wait(watch, waiter=p2)
+        assert set(waits[p2]) <= {pa, p1}, f"batch 2 must queue for A: {waits}"
+        await tb.rollback()  # B is free: a batch that had locked B before A would now take it
+        waits = await wait_for_lock_wait(watch, waiter=p1, holder=pa)
+        assert pb not in waits.get(p2, []), waits
+        await ta.rollback()  # A is free: batch 1 takes A then B; batch 2 follows
+        res = await asyncio.wait_for(asyncio.gather(f1, f2, return_exceptions=True), timeout=30)
     assert not any(isinstance(r, asyncpg.exceptions.DeadlockDetectedError) for r in res), res
     assert not any(isinstance(r, BaseException) for r in res), res
+    assert [[row["status"] for row in rows] for rows in res] == [[201, 201], [201, 201]], res
+    async with db.driver() as conn:
+        balances = await conn.fetch(
+            "SELECT a.member_ref, a.balance FROM ledger.accounts a JOIN ledger.programs p"
+            " ON p.id = a.program_id WHERE p.code = $1 AND a.kind = 'member' ORDER BY 1",
+            prog,
+        )
+    assert [tuple(r) for r in balances] == [("A", 11), ("B", 11)]

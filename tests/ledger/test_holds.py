@@ -7,6 +7,7 @@ import httpx
 import orjson
 
 from tests.conftest import assert_problem, earn, member, new_key, post
+from tests.harness import wait_for_lock_wait
 from tests.ledger.invariants import check_ledger_invariants
 
 
@@ -118,15 +119,28 @@ async def test_expired_hold_frees_points_even_before_the_sweeper(
 
 
 async def test_capturing_an_expired_hold_before_the_sweep_is_409(
-    client: httpx.AsyncClient, program: str
+    client: httpx.AsyncClient, program: str, ledger_app
 ) -> None:
+    """The hold's expiry is moved into the past by a transaction that keeps the row locked until the
+    capture waits behind it (seen in pg_locks): the capture, first in the row's queue, sees the hold
+    expired before the sweeper (which skips locked rows) can release it."""
     await earn(client, program, "gil", 100)
-    hold = await _hold(client, program, "gil", 50, expires_in_s=1)
-    await asyncio.sleep(1.1)
-    r = await post(client, f"/v1/holds/{hold['id']}/capture", {})
-    body = assert_problem(r, 409, r.json()["code"])
-    assert body["code"] in ("hold_expired", "hold_not_active")  # depending on whether the sweeper ran
-    assert (await member(client, program, "gil"))["balance"] == 100
+    hold = await _hold(client, program, "gil", 50, expires_in_s=600)
+    db = ledger_app.state.db
+    async with db.driver() as conn, db.driver() as watch:
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute(
+            "UPDATE ledger.holds SET expires_at = now() - interval '1 s' WHERE id = $1", uuid.UUID(hold["id"])
+        )
+        capture = asyncio.create_task(post(client, f"/v1/holds/{hold['id']}/capture", {}))
+        await wait_for_lock_wait(watch, holder=conn.get_server_pid())
+        await tx.commit()
+        r = await asyncio.wait_for(capture, timeout=30)
+    assert_problem(r, 409, "hold_expired")
+    view = await member(client, program, "gil")
+    assert view["balance"] == 100
+    assert (await client.get(f"/v1/holds/{hold['id']}")).json()["status"] in ("held", "expired")
 
 
 async def test_unknown_hold(client: httpx.AsyncClient) -> None:
