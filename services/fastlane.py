@@ -250,13 +250,15 @@ class FastLane:
         try:
             auth, key = _headers(scope)
             body = await _read(receive, messages)
-            try:
-                params = {name: convert(raw_params[name]) for name, convert in route.params}
+            try:  # the endpoint's keyword arguments, starting with its path parameters
+                kwargs = (
+                    {name: convert(raw_params[name]) for name, convert in route.params} if raw_params else {}
+                )
             except ValueError:
                 raise _Fallthrough from None
             state: State = scope["app"].state
             scope["route"] = route.route  # for the metrics labels, as the router sets it
-            response = await self._serve(route, state, auth, key, body, params)
+            response = await self._serve(route, state, auth, key, body, kwargs)
         except _Fallthrough:
             FAST_LANE.labels(route.path, "fallthrough").inc()
             await self.app(scope, replay(messages, receive), send)
@@ -265,13 +267,15 @@ class FastLane:
         await response(scope, receive, send)
 
     async def _serve(
-        self, route: FastRoute, state: State, auth: bytes, key: str, body: bytes, params: dict[str, Any]
+        self, route: FastRoute, state: State, auth: bytes, key: str, body: bytes, kwargs: dict[str, Any]
     ) -> Response:
         keys: KeyStore = state.keys
         principal = await keys.lookup(auth.decode("latin-1"))
         if principal is None or not route.requirement.allows(principal):
             raise _Fallthrough
-        kwargs = {route.state_arg: state, route.principal_arg: principal, route.key_arg: key, **params}
+        kwargs[route.state_arg] = state
+        kwargs[route.principal_arg] = principal
+        kwargs[route.key_arg] = key
         if route.body_arg is not None:
             assert route.model is not None
             if body:  # whitespace is a body too: FastAPI answers it 400 malformed_json
