@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from uuid import UUID
 
 from fastapi import FastAPI
 
@@ -16,7 +15,7 @@ from catalog_service.rewards.endpoints import router as rewards_router
 from catalog_service.settings import CatalogSettings
 from services.app import build_app
 from services.ledger_client import LedgerClient
-from services.saga import SagaRecovery
+from services.saga import SagaRunner
 from services.settings import Settings
 
 log = logging.getLogger("jifen.catalog")
@@ -46,17 +45,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             attempts=config.catalog_ledger_attempts,
         )
         app.state.ledger = ledger
-        saga = RedemptionSaga(
-            app.state.db,
-            ledger,
-            lease_s=config.catalog_saga_lease_s,
-            retry_s=config.catalog_retry_s,
-            faults=faults,
-        )
+        saga = SagaRunner(RedemptionSaga(faults), app.state.db, ledger, config.saga_timing())
         app.state.saga = saga
-        recovery: SagaRecovery[UUID] = SagaRecovery(
-            "redemption", saga.find_due, saga.resume, interval_s=config.catalog_recovery_interval_s
-        )
+        recovery = saga.recovery()
         app.state.recovery = recovery
         recovery.start()
         housekeeper = Housekeeper(app.state.db, retention_days=config.idempotency_retention_days)

@@ -9,6 +9,3 @@ REDEMPTIONS = Counter(
     "Redemption requests by outcome (fulfilled or a problem code)",
     ["outcome"],
 )
-SAGA_TRANSITIONS = Counter(
-    "jifen_catalog_saga_transitions_total", "Redemption saga state changes", ["to_status"]
-)

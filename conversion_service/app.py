@@ -18,7 +18,7 @@ from conversion_service.settings import ConversionSettings
 from conversion_service.valuations.endpoints import router as valuations_router
 from services.app import build_app
 from services.ledger_client import LedgerClient
-from services.saga import SagaRecovery
+from services.saga import SagaRunner
 from services.settings import Settings
 
 log = logging.getLogger("jifen.conversion")
@@ -46,12 +46,10 @@ def create_app(settings: Settings | None = None, conversion: ConversionSettings 
             timeout_s=conversion.ledger_timeout_s,
             attempts=conversion.ledger_attempts,
         )
-        saga = ConversionSaga(app.state.db, ledger, conversion)
+        saga = SagaRunner(ConversionSaga(conversion), app.state.db, ledger, conversion.saga_timing())
         app.state.conversion = Context(db=app.state.db, ledger=ledger, settings=conversion)
         app.state.saga = saga
-        app.state.recovery = SagaRecovery(
-            "conversion", saga.find_due, saga.resume, interval_s=conversion.recovery_interval_s
-        )
+        app.state.recovery = saga.recovery()
         app.state.recovery.start()  # its first pass runs at once: unfinished conversions resume on start
         app.state.housekeeper = Housekeeper(app.state.db, retention_days=settings.idempotency_retention_days)
         app.state.housekeeper.start()

@@ -3,9 +3,9 @@ quotes long expired (conversions keep their own copy of a quote's amounts and ra
 
 from __future__ import annotations
 
-from conversion_service.conversions.service import IDEMPOTENCY
 from conversion_service.quotes import repository as quotes
 from services.db import Database
+from services.idempotency import purge_expired_keys
 from services.periodic import Periodic
 
 EVERY_S = 3600.0
@@ -20,8 +20,7 @@ class Housekeeper(Periodic):
         super().__init__("conversion", [("purge", EVERY_S, self.run_once)])
 
     async def run_once(self) -> tuple[int, int]:
-        async with self.db.driver() as conn:
-            keys = await IDEMPOTENCY.purge(conn, self.retention_days)
+        keys = await purge_expired_keys(self.db, "conversion", self.retention_days)
         expired = 0
         while True:
             async with self.db.driver() as conn:

@@ -1,6 +1,8 @@
-"""What the conversion service asks the ledger about programs, and how its answers become our errors.
+"""What the conversion service asks the ledger about programs.
 
-Every call goes over HTTP through services.ledger_client.LedgerClient; programs are cached briefly.
+Every call goes over HTTP through services.ledger_client.LedgerClient; programs are cached briefly. The
+ledger unreachable or refusing is answered as in every service (services.errors): `503
+ledger_unavailable` with Retry-After, or the ledger's own status and code.
 """
 
 from __future__ import annotations
@@ -8,21 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from services.errors import DomainError, NotFound
-from services.ledger_client import LedgerClient, LedgerRejected, LedgerUnavailable
-
-
-class LedgerDown(DomainError):
-    status, code = 503, "ledger_unavailable"
-
-    def __init__(self, detail: str = "The ledger cannot be reached right now; retry shortly.") -> None:
-        super().__init__(detail, headers={"Retry-After": "1"})
-
-
-class LedgerError(DomainError):
-    """The ledger refused a call the conversion service makes on its own behalf (e.g. its key)."""
-
-    status, code = 502, "ledger_error"
+from services.errors import NotFound
+from services.ledger_client import LedgerClient, answered
 
 
 @dataclass(frozen=True)
@@ -45,11 +34,7 @@ def _info(body: dict[str, Any]) -> ProgramInfo:
 
 async def program(ledger: LedgerClient, code: str, *, ttl_s: float) -> ProgramInfo:
     """The program as the ledger knows it; 404 program_not_found if it does not exist."""
-    try:
-        return _info(await ledger.program(code, ttl_s=ttl_s))
-    except LedgerRejected as exc:
-        if exc.status == 404:
-            raise NotFound(f"The ledger has no program with code {code}.", code="program_not_found") from None
-        raise LedgerError(f"The ledger refused to describe program {code}: {exc}") from None
-    except LedgerUnavailable as exc:
-        raise LedgerDown() from exc
+    unknown = NotFound(f"The ledger has no program with code {code}.", code="program_not_found")
+    return _info(
+        await answered(ledger.program(code, ttl_s=ttl_s), f"the lookup of {code}", not_found=unknown)
+    )

@@ -11,6 +11,8 @@ import re
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.saga import SagaTiming
+
 _FAULT = re.compile(r"^(crash_after_debit|pause_after_debit:\d+(\.\d+)?)$")
 
 
@@ -33,6 +35,9 @@ class ConversionSettings(BaseSettings):
     #   crash_after_debit        the process exits (os._exit) right after the debit's state is stored
     #   pause_after_debit:<s>    the saga sleeps <s> seconds after the debit, before the credit
     fault: str | None = None
+
+    def saga_timing(self) -> SagaTiming:
+        return SagaTiming(self.lease_s, self.retry_base_s, self.retry_max_s, self.recovery_interval_s)
 
     @field_validator("fault")
     @classmethod

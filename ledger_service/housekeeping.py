@@ -14,13 +14,13 @@ from ledger_service.batches.processor import BatchProcessor
 from ledger_service.events.service import WebhookDeliverer, sequence
 from ledger_service.jobs.service import run_expiry, run_tier_review
 from services.db import Database
+from services.idempotency import purge_expired_keys
 from services.periodic import Periodic
 from services.settings import Settings
 
 log = logging.getLogger("jifen.ledger.housekeeping")
 
 SWEEP_BATCH = 1000
-KEY_PURGE_BATCH = 5000
 
 
 async def expire_due_holds(db: Database) -> int:
@@ -31,23 +31,6 @@ async def expire_due_holds(db: Database) -> int:
             n: int = await conn.fetchval("SELECT ledger.expire_due_holds($1)", SWEEP_BATCH)
         total += n
         if n < SWEEP_BATCH:
-            return total
-
-
-async def purge_idempotency_keys(db: Database, retention_days: int) -> int:
-    total = 0
-    while True:
-        async with db.driver() as conn:
-            status: str = await conn.execute(
-                """DELETE FROM ledger.idempotency_keys WHERE ctid = ANY (ARRAY(
-                       SELECT ctid FROM ledger.idempotency_keys
-                       WHERE created_at < now() - make_interval(days => $1) LIMIT $2))""",
-                retention_days,
-                KEY_PURGE_BATCH,
-            )
-        n = int(status.rsplit(maxsplit=1)[-1])
-        total += n
-        if n < KEY_PURGE_BATCH:
             return total
 
 
@@ -67,7 +50,11 @@ class Housekeeper(Periodic):
                     settings.batch_interval_s,
                     BatchProcessor(db, earn_chunk=settings.batch_chunk_rows).run_once,
                 ),
-                ("keys", 3600.0, lambda: purge_idempotency_keys(db, settings.idempotency_retention_days)),
+                (
+                    "keys",
+                    3600.0,
+                    lambda: purge_expired_keys(db, "ledger", settings.idempotency_retention_days),
+                ),
             ],
         )
 

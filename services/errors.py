@@ -68,6 +68,48 @@ class Unprocessable(DomainError):
     status, code = 422, "unprocessable"
 
 
+# --- The ledger seen from the other services (one mapping for conversion and catalog alike) ---------
+
+# Seconds a client is told to wait (Retry-After) when the ledger cannot be reached. The ledger client has
+# already retried with backoff before this is answered, so the ledger has been down for a while.
+LEDGER_RETRY_AFTER_S = 5
+LEDGER_RETRY_AFTER = {"Retry-After": str(LEDGER_RETRY_AFTER_S)}
+
+# Ledger refusals about what the client asked for (an unknown program, too few points, a limit): the
+# ledger's own status and code are passed through. Any other 4xx is about the calling service itself
+# (400: a malformed call, 401/403: its own key, 409: one of its keys reused) and is no refusal the
+# client can act on: 502 ledger_rejected, with the ledger's status and code alongside.
+LEDGER_PASSED_THROUGH = frozenset({404, 422})
+
+
+class LedgerUnavailableError(DomainError):
+    """503 ledger_unavailable: the ledger could not be reached, or kept failing (after retries)."""
+
+    status, code = 503, "ledger_unavailable"
+
+    def __init__(
+        self,
+        detail: str = "The ledger cannot be reached right now; retry shortly.",
+        *,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail, headers=LEDGER_RETRY_AFTER, extra=extra)
+
+
+def ledger_refusal(
+    status: int, code: str, detail: str, *, extra: Mapping[str, Any] | None = None
+) -> DomainError:
+    """The problem for a ledger refusal (`status`, `code` as the ledger answered; `detail` ours)."""
+    if status in LEDGER_PASSED_THROUGH:
+        return DomainError(detail, status=status, code=code, extra=extra)
+    return DomainError(
+        detail,
+        status=502,
+        code="ledger_rejected",
+        extra={"ledger_status": status, "ledger_code": code, **(extra or {})},
+    )
+
+
 def problem_body(
     status: int,
     code: str,

@@ -1,7 +1,10 @@
-"""The Idempotency-Key header (DESIGN §3): parsing, and the fingerprint of a request body.
+"""The Idempotency-Key header (DESIGN §3): parsing, the fingerprint of a request body, the one store of
+records for the services other than the ledger, and the one purge of expired keys for all three.
 
-Where the key is recorded depends on the service: the ledger records it inside its posting
-function, in the same database transaction as the postings.
+The ledger records its keys inside its posting function, in the same database transaction as the
+postings; the conversion and catalog services record theirs with `IdempotencyStore`, through the saga
+runner (services.saga). Every service's table has the same shape (`IDEMPOTENCY_TABLE_DDL`), so
+`purge_expired_keys` serves them all.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import asyncpg
 import orjson
 from fastapi import Header
 
+from services.db import Database
 from services.errors import BadRequest, Conflict
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -100,11 +104,17 @@ class StoredResponse:
     body: Any
 
 
+# The status of a record whose operation has not answered for good yet (a saga still running). Not an
+# HTTP status, never sent: the record's body points at the saga, and `finish` writes the final answer.
+PENDING = 0
+
+
 class IdempotencyStore:
     """DESIGN §3 semantics inside the caller's database transaction (an asyncpg connection with a
     transaction open): `claim` takes a transaction-scoped advisory lock on the key (so a concurrent
     duplicate gets 409 in use at once) and returns the stored response if there is one; `record`
-    writes the response in the same transaction as the effect it answers for."""
+    writes the response (or a PENDING record) in the same transaction as the effect it answers for;
+    `finish` turns a PENDING record into the final answer, in the transaction that ends the operation."""
 
     def __init__(self, schema: str) -> None:
         self.schema = schema
@@ -115,6 +125,10 @@ class IdempotencyStore:
         self._insert = (
             f"INSERT INTO {schema}.idempotency_keys (api_key_id, key, request_hash, status, body)"
             " VALUES ($1, $2, $3, $4, $5::jsonb)"
+        )
+        self._finish = (
+            f"UPDATE {schema}.idempotency_keys SET status = $3, body = $4::jsonb"
+            f" WHERE api_key_id = $1 AND key = $2 AND status = {PENDING}"
         )
 
     async def claim(
@@ -148,10 +162,33 @@ class IdempotencyStore:
     ) -> None:
         await conn.execute(self._insert, api_key_id, key, request_hash, status, orjson.dumps(body).decode())
 
-    async def purge(self, conn: asyncpg.Connection, retention_days: int) -> int:
-        result: str = await conn.execute(
-            f"DELETE FROM {self.schema}.idempotency_keys"
-            " WHERE created_at < now() - make_interval(days => $1)",
-            retention_days,
-        )
-        return int(result.rsplit(maxsplit=1)[-1])
+    async def finish(
+        self, conn: asyncpg.Connection, api_key_id: int, key: str, status: int, body: Any
+    ) -> bool:
+        """Writes the final answer into a PENDING record; False if it had one already (kept as it is)."""
+        result: str = await conn.execute(self._finish, api_key_id, key, status, orjson.dumps(body).decode())
+        return result != "UPDATE 0"
+
+
+PURGE_BATCH = 5000
+
+
+async def purge_expired_keys(
+    db: Database, schema: str, retention_days: int, *, batch: int = PURGE_BATCH
+) -> int:
+    """Deletes `{schema}.idempotency_keys` records older than the retention, `batch` rows per statement
+    (each its own transaction, so several processes may purge at once); returns how many. A PENDING
+    record is kept whatever its age: its operation is still running, and a replay must find it."""
+    sql = (
+        f"DELETE FROM {schema}.idempotency_keys WHERE ctid = ANY (ARRAY("
+        f" SELECT ctid FROM {schema}.idempotency_keys"
+        f" WHERE created_at < now() - make_interval(days => $1) AND status <> {PENDING} LIMIT $2))"
+    )
+    total = 0
+    while True:
+        async with db.driver() as conn:
+            result: str = await conn.execute(sql, retention_days, batch)
+        n = int(result.rsplit(maxsplit=1)[-1])
+        total += n
+        if n < batch:
+            return total

@@ -11,11 +11,13 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
+from services.errors import DomainError, LedgerUnavailableError, ledger_refusal
 from services.logs import request_id_var
 
 log = logging.getLogger("jifen.ledger_client")
@@ -29,6 +31,12 @@ class LedgerUnavailable(Exception):
     A write that raised this may or may not have been applied: retry it with the same key.
     """
 
+    def problem(self, detail: str | None = None, **extra: Any) -> DomainError:
+        """The answer to a client: 503 ledger_unavailable with Retry-After (services.errors)."""
+        if detail is None:
+            return LedgerUnavailableError(extra=extra)
+        return LedgerUnavailableError(detail, extra=extra)
+
 
 @dataclass(frozen=True)
 class LedgerRejected(Exception):
@@ -40,6 +48,11 @@ class LedgerRejected(Exception):
 
     def __str__(self) -> str:
         return f"{self.status} {self.code}: {self.detail}"
+
+    def problem(self, detail: str | None = None, **extra: Any) -> DomainError:
+        """The answer to a client: the ledger's own status and code passed through (or 502
+        ledger_rejected for a refusal of this service's own call; services.errors.ledger_refusal)."""
+        return ledger_refusal(self.status, self.code, detail or self.detail, extra=extra)
 
 
 @dataclass(frozen=True)
@@ -131,6 +144,23 @@ class LedgerClient:
 
     async def post(self, path: str, body: dict[str, Any] | None, *, key: str) -> LedgerReply:
         return await self.request("POST", path, json=body, idempotency_key=key)
+
+
+T = TypeVar("T")
+
+
+async def answered(call: Awaitable[T], what: str, *, not_found: DomainError | None = None) -> T:
+    """The result of a ledger call made while serving a request, or the problem to answer instead:
+    `not_found` for a 404 (when given), the ledger's refusal passed through, or 503 ledger_unavailable.
+    `what` names the call in a refusal's detail ("the program lookup")."""
+    try:
+        return await call
+    except LedgerRejected as exc:
+        if exc.status == 404 and not_found is not None:
+            raise not_found from None
+        raise exc.problem(f"The ledger refused {what}: {exc}") from None
+    except LedgerUnavailable as exc:
+        raise exc.problem() from None
 
 
 def _in_use(response: httpx.Response) -> bool:

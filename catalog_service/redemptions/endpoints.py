@@ -10,7 +10,6 @@ from starlette.responses import Response
 
 from catalog_service.common import get_db
 from catalog_service.redemptions import service
-from catalog_service.redemptions.saga import RedemptionSaga
 from catalog_service.redemptions.schemas import (
     CancelIn,
     RedemptionDetail,
@@ -24,6 +23,7 @@ from services.conventions import MemberRef, ProgramCode
 from services.db import Database
 from services.errors import Problem, error_responses
 from services.idempotency import idempotency_key
+from services.saga import SagaRunner
 
 router = APIRouter(prefix="/v1/redemptions", tags=["redemptions"])
 
@@ -33,19 +33,19 @@ Writer = Annotated[Principal, Depends(require("catalog:write"))]
 Reader = Annotated[Principal, Depends(require("catalog:read"))]
 
 
-async def _saga(request: Request) -> RedemptionSaga:
-    saga: RedemptionSaga = request.app.state.saga
+async def _saga(request: Request) -> SagaRunner:
+    saga: SagaRunner = request.app.state.saga
     return saga
 
 
-Saga = Annotated[RedemptionSaga, Depends(_saga)]
+Saga = Annotated[SagaRunner, Depends(_saga)]
 
 REDEEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     **error_responses(400, 401, 403, 404, 409, 422, 502),
     503: {
         "description": "The ledger could not be reached: the redemption was not completed, its stock "
-        "was released and any points taken are refunded automatically (code `ledger_unavailable`). "
-        "Retry with a new Idempotency-Key.",
+        "was released and any points taken are refunded automatically (code `ledger_unavailable`, with "
+        "`Retry-After`). Retry with a new Idempotency-Key.",
         "model": Problem,
     },
 }
@@ -59,8 +59,9 @@ REDEEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     description="Reserves stock and the member's allowance, takes the points through the ledger, issues "
     "voucher codes, and answers `201` with status `fulfilled` and the codes. Refusals: `404 "
     "reward_not_found`, `422 program_mismatch`, `422 reward_not_active`, `409 out_of_stock`, `422 "
-    "limit_exceeded`, `422 insufficient_points` (the stock is released). Needs an Idempotency-Key; a replay "
-    "returns the first answer with `Idempotent-Replayed: true`.",
+    "limit_exceeded`; a refusal by the ledger is answered with the ledger's own status and code, e.g. `422 "
+    "insufficient_points` (the stock is released). Needs an Idempotency-Key; a replay returns the first "
+    "answer with `Idempotent-Replayed: true`.",
     responses=REDEEM_RESPONSES,
 )
 async def redeem(body: RedemptionIn, principal: Writer, key: Key, db: DB, saga: Saga) -> Response:

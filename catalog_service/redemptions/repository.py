@@ -14,11 +14,6 @@ from uuid import UUID
 import asyncpg
 import orjson
 
-from catalog_service.redemptions.schemas import UNFINISHED
-
-_UNFINISHED = "('" + "', '".join(UNFINISHED) + "')"
-PENDING = 0  # idempotency record of an operation still in progress (not an HTTP status; never sent)
-
 _REWARD = """
 SELECT id, sku, type, program, price_points, cash_price_minor, currency, stock, per_member_limit,
        (coalesce(active_from <= now(), true) AND coalesce(now() < active_to, true)) AS active
@@ -56,20 +51,6 @@ SELECT * FROM r
 """
 _GET = "SELECT * FROM catalog.redemptions WHERE id = $1"
 _LOCK = "SELECT * FROM catalog.redemptions WHERE id = $1 FOR UPDATE"
-_SET_STATE = """
-UPDATE catalog.redemptions SET
-    status = $2,
-    lease_until = CASE WHEN $3::float8 IS NULL THEN lease_until ELSE now() + make_interval(secs => $3) END,
-    burn_txn_id = coalesce($4, burn_txn_id),
-    refund_txn_id = coalesce($5, refund_txn_id),
-    failure_code = coalesce($6, failure_code),
-    failure_detail = coalesce($7, failure_detail),
-    fulfilled_at = CASE WHEN $8 THEN now() ELSE fulfilled_at END,
-    finished_at = CASE WHEN $9 THEN now() ELSE finished_at END,
-    updated_at = now()
-WHERE id = $1
-RETURNING *
-"""
 _START_CANCEL = """
 UPDATE catalog.redemptions SET status = 'cancelling', cancel_api_key_id = $2, cancel_idempotency_key = $3,
     lease_until = now() + make_interval(secs => $4), updated_at = now()
@@ -78,10 +59,6 @@ RETURNING *
 """
 _EVENT = """
 INSERT INTO catalog.redemption_events (redemption_id, status, event, detail) VALUES ($1, $2, $3, $4::jsonb)
-"""
-_EVENTS_ADD = """
-INSERT INTO catalog.redemption_events (redemption_id, status, event, detail)
-SELECT $1, s, e, d::jsonb FROM unnest($2::text[], $3::text[], $4::text[]) AS t (s, e, d)
 """
 _RETURN_STOCK = "UPDATE catalog.rewards SET stock = stock + $2 WHERE id = $1"
 _RETURN_ALLOWANCE = (
@@ -120,37 +97,13 @@ WHERE member_ref = $1 AND seq < $2
 ORDER BY seq DESC
 LIMIT $6
 """
-_CLAIM_LEASE = f"""
-UPDATE catalog.redemptions SET lease_until = now() + make_interval(secs => $2)
-WHERE id = $1 AND status IN {_UNFINISHED} AND lease_until <= now()
-RETURNING id
-"""
-_PARK = "UPDATE catalog.redemptions SET lease_until = now() + make_interval(secs => $2) WHERE id = $1"
-_DUE = f"""
-SELECT id FROM catalog.redemptions WHERE status IN {_UNFINISHED} AND lease_until <= now()
-ORDER BY lease_until LIMIT $1
-"""
-_FINAL = """
-UPDATE catalog.idempotency_keys SET status = $3, body = $4::jsonb
-WHERE api_key_id = $1 AND key = $2 AND status = 0
-"""
 
 
 def _json(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
 
 
-# --- reservation (one transaction with the idempotency record) -------------------------------------
-
-
-async def savepoint(conn: asyncpg.Connection) -> None:
-    """Marks where a refused reservation rolls back to. Never released: COMMIT does that, one round
-    trip fewer while the reward's row lock is held."""
-    await conn.execute("SAVEPOINT reservation")
-
-
-async def rollback_to_savepoint(conn: asyncpg.Connection) -> None:
-    await conn.execute("ROLLBACK TO SAVEPOINT reservation")
+# --- reservation (one transaction with the Idempotency-Key record) ---------------------------------
 
 
 async def reward_for_redemption(conn: asyncpg.Connection, sku: str) -> asyncpg.Record | None:
@@ -182,7 +135,7 @@ async def insert(conn: asyncpg.Connection, v: dict[str, Any], *, lease_s: float)
     return row
 
 
-# --- saga steps ---------------------------------------------------------------------------------------
+# --- saga steps (their statuses are stored by the saga runner, services/saga.py) -------------------
 
 
 async def get(conn: asyncpg.Connection, redemption_id: UUID) -> asyncpg.Record | None:
@@ -191,27 +144,6 @@ async def get(conn: asyncpg.Connection, redemption_id: UUID) -> asyncpg.Record |
 
 async def lock(conn: asyncpg.Connection, redemption_id: UUID) -> asyncpg.Record | None:
     return await conn.fetchrow(_LOCK, redemption_id)
-
-
-async def set_state(
-    conn: asyncpg.Connection,
-    redemption_id: UUID,
-    status: str,
-    *,
-    lease_s: float | None = None,
-    burn_txn_id: UUID | None = None,
-    refund_txn_id: UUID | None = None,
-    failure_code: str | None = None,
-    failure_detail: str | None = None,
-    fulfilled: bool = False,
-    finished: bool = False,
-) -> asyncpg.Record:
-    row = await conn.fetchrow(
-        _SET_STATE, redemption_id, status, lease_s, burn_txn_id, refund_txn_id, failure_code,
-        failure_detail, fulfilled, finished,
-    )  # fmt: skip
-    assert row is not None
-    return row
 
 
 async def start_cancel(
@@ -226,19 +158,6 @@ async def add_event(
     conn: asyncpg.Connection, redemption_id: UUID, status: str, event: str, detail: dict[str, Any] | None
 ) -> None:
     await conn.execute(_EVENT, redemption_id, status, event, _json(detail))
-
-
-async def add_events(
-    conn: asyncpg.Connection, redemption_id: UUID, events: list[tuple[str, str, dict[str, Any] | None]]
-) -> None:
-    """Several (status, event, detail) rows in one round trip, in order."""
-    await conn.execute(
-        _EVENTS_ADD,
-        redemption_id,
-        [e[0] for e in events],
-        [e[1] for e in events],
-        [_json(e[2]) for e in events],
-    )
 
 
 async def return_stock_and_allowance(conn: asyncpg.Connection, row: asyncpg.Record) -> None:
@@ -259,23 +178,6 @@ async def issue_codes(conn: asyncpg.Connection, redemption_id: UUID) -> list[str
 
 async def void_codes(conn: asyncpg.Connection, redemption_id: UUID) -> None:
     await conn.execute(_VOID_CODES, redemption_id)
-
-
-async def claim_lease(conn: asyncpg.Connection, redemption_id: UUID, lease_s: float) -> bool:
-    return await conn.fetchval(_CLAIM_LEASE, redemption_id, lease_s) is not None
-
-
-async def park(conn: asyncpg.Connection, redemption_id: UUID, delay_s: float) -> None:
-    await conn.execute(_PARK, redemption_id, delay_s)
-
-
-async def due(conn: asyncpg.Connection, limit: int) -> list[UUID]:
-    return [r["id"] for r in await conn.fetch(_DUE, limit)]
-
-
-async def record_final(conn: asyncpg.Connection, api_key_id: int, key: str, status: int, body: Any) -> None:
-    """The answer an Idempotency-Key replays, once the operation it was recorded for has one."""
-    await conn.execute(_FINAL, api_key_id, key, status, orjson.dumps(body).decode())
 
 
 # --- reads --------------------------------------------------------------------------------------------
@@ -308,20 +210,3 @@ async def list_for_member(
     programs: list[str] | None,
 ) -> list[asyncpg.Record]:
     return list(await conn.fetch(_LIST, member_ref, before, program, status, programs, limit))
-
-
-# --- housekeeping -------------------------------------------------------------------------------------
-
-_PURGE_KEYS = """
-DELETE FROM catalog.idempotency_keys WHERE ctid = ANY (ARRAY(
-    SELECT ctid FROM catalog.idempotency_keys
-    WHERE created_at < now() - make_interval(days => $1) AND status <> 0
-    LIMIT $2))
-"""
-
-
-async def purge_idempotency_keys(conn: asyncpg.Connection, retention_days: int, batch: int) -> int:
-    """Deletes up to `batch` answered keys older than the retention; a pending one (its saga still
-    unfinished) is kept whatever its age."""
-    status: str = await conn.execute(_PURGE_KEYS, retention_days, batch)
-    return int(status.rsplit(maxsplit=1)[-1])

@@ -1,4 +1,7 @@
-"""The redemption saga: stored state, one ledger call per step, compensation, resumption.
+"""The redemption saga (DESIGN §6): take the points, give the codes; undo everything if the points cannot
+be taken; refund and restock on cancel. Only the domain steps live here; storing each status before its
+step, keys, retries, leases, recovery and the Idempotency-Key's answer are the shared runner's
+(services/saga.py).
 
     debiting --burn posted--------------------------> fulfilled --cancel--> cancelling --refund--> cancelled
         |  \\--burn refused (e.g. insufficient_points): release stock, allowance, codes --> failed
@@ -6,347 +9,262 @@
                                     (the burn is replayed with its key to learn its outcome; a posted
                                      burn is then reversed with the refund key)
 
-Every state is stored (with an event) before the step that follows it, in the transaction that also
-moves stock, allowance and codes, under the redemption's row lock; a step applies only if the row is
-still in the state it started from, so two drivers of one saga (a live request and recovery after a
-lease ran out) can never both apply it. Ledger calls carry keys derived from the redemption id:
-`redemption:{id}:debit` for the burn, `redemption:{id}:refund` for its reversal (the same key and body
-for a failed saga's compensation and for a cancel, so a debit is refunded at most once).
+Each step's writes (stock, allowance, codes) are in the transaction that stores its status, under the
+redemption's row lock. Ledger keys: `redemption:{id}:debit` for the burn (and its replay while
+refunding), `redemption:{id}:refund` for its reversal: the same key and body for a failed saga's
+compensation and for a cancel, so a debit is refunded at most once.
 
-The process driving a saga holds a lease (`lease_until`); saga recovery resumes unfinished sagas whose
-lease ran out, i.e. whose process died. When a saga ends, the answer its Idempotency-Key replays is
-written in the same transaction.
+Unlike a conversion, a redemption does not wait for an unreachable ledger: the member is at a checkout,
+so the redemption is undone at once and answered `503 ledger_unavailable` (retry with a new key). A
+cancel is accepted (`202`) and completes on its own.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
-from uuid import UUID
 
 import asyncpg
 
-from catalog_service.common import Answer, problem
 from catalog_service.faults import Faults
-from catalog_service.metrics import SAGA_TRANSITIONS
 from catalog_service.redemptions import repository
-from catalog_service.redemptions.schemas import redemption_json
-from services.db import Database
-from services.ledger_client import LedgerClient, LedgerRejected, LedgerUnavailable
+from catalog_service.redemptions.schemas import UNFINISHED, redemption_json
+from services.errors import LEDGER_PASSED_THROUGH
+from services.ledger_client import LedgerUnavailable
+from services.saga import (
+    Answer,
+    LedgerCall,
+    Outcome,
+    Retry,
+    SagaDefinition,
+    SagaTable,
+    Step,
+    Transition,
+)
 
 log = logging.getLogger("jifen.catalog.saga")
 
-REFUND_REJECTED_RETRY_S = 300.0
-MAX_STEPS = 8
+REFUND_REFUSED_RETRY_S = 300.0  # a refund the ledger refuses (which should not happen): try again, loudly
 
-# A step's transaction; returns the final answer it recorded for an Idempotency-Key, if any.
-Step = Callable[[asyncpg.Connection, asyncpg.Record], Awaitable[Answer | None]]
-# (the saga moved, so drive on; the final answer this driver recorded, if any)
-Progress = tuple[bool, Answer | None]
+TABLE = SagaTable(
+    table="catalog.redemptions",
+    events="catalog.redemption_events",
+    event_fk="redemption_id",
+    unfinished=UNFINISHED,
+    final=frozenset({"failed", "cancelled"}),
+    columns={
+        "burn_txn_id": "uuid",
+        "refund_txn_id": "uuid",
+        "failure_code": "text",
+        "failure_detail": "text",
+        "fulfilled_at": "now",
+    },
+)
 
+# The runner's fault points -> the JIFEN_CATALOG_FAULT names (catalog_service/faults.py).
+FAULT_POINTS = {
+    "before_debit": "crash_before_debit",
+    "after_debit": "crash_after_debit",
+    "after_refund": "crash_after_refund",
+}
 
-def debit_key(redemption_id: UUID) -> str:
-    return f"redemption:{redemption_id}:debit"
-
-
-def refund_key(redemption_id: UUID) -> str:
-    return f"redemption:{redemption_id}:refund"
-
-
-def burn_body(row: asyncpg.Record) -> dict[str, Any]:
-    """Built only from stored fields: a retry sends exactly the same body under the same key."""
-    return {
-        "program": row["program"],
-        "member_ref": row["member_ref"],
-        "points": row["points"],
-        "reference": str(row["id"]),
-        "reason": f"redemption of {row['sku']} x{row['quantity']}",
-        "metadata": {"sku": row["sku"], "quantity": row["quantity"]},
-    }
-
-
-def refund_body(redemption_id: UUID) -> dict[str, Any]:
-    return {"reason": f"refund of redemption {redemption_id}"}
+UNKNOWN_DETAIL = (
+    "The ledger could not be reached, so the redemption was not completed and its stock was released; "
+    "any points taken are refunded automatically. Retry with a new Idempotency-Key."
+)
 
 
-class RedemptionSaga:
-    def __init__(
-        self, db: Database, ledger: LedgerClient, *, lease_s: float, retry_s: float, faults: Faults
-    ) -> None:
-        self.db = db
-        self.ledger = ledger
-        self.lease_s = lease_s
-        self.retry_s = retry_s
+# --- the ledger calls, from the stored row only ------------------------------------------------------
+
+
+def burn(row: asyncpg.Record) -> LedgerCall:
+    return LedgerCall(
+        "debit",
+        "/v1/burn",
+        {
+            "program": row["program"],
+            "member_ref": row["member_ref"],
+            "points": row["points"],
+            "reference": str(row["id"]),
+            "reason": f"redemption of {row['sku']} x{row['quantity']}",
+            "metadata": {"sku": row["sku"], "quantity": row["quantity"]},
+        },
+    )
+
+
+def refund(row: asyncpg.Record) -> LedgerCall:
+    assert row["burn_txn_id"] is not None
+    return LedgerCall(
+        "refund",
+        f"/v1/transactions/{row['burn_txn_id']}/reverse",
+        {"reason": f"refund of redemption {row['id']}"},
+    )
+
+
+async def _with_codes(conn: asyncpg.Connection, row: asyncpg.Record, status: int) -> Answer:
+    codes = (await repository.codes_of(conn, [row["id"]])).get(row["id"], [])
+    return Answer(status, redemption_json(row, codes))
+
+
+async def _fulfilled(conn: asyncpg.Connection, row: asyncpg.Record) -> Answer:
+    return await _with_codes(conn, row, 201)
+
+
+async def _cancelled_answer(conn: asyncpg.Connection, row: asyncpg.Record) -> Answer:
+    return await _with_codes(conn, row, 200)
+
+
+async def _release(conn: asyncpg.Connection, row: asyncpg.Record) -> None:
+    """The redemption will not be fulfilled: stock, allowance and the codes nobody saw go back."""
+    await repository.return_stock_and_allowance(conn, row)
+    await repository.release_reserved_codes(conn, row["id"])
+
+
+# --- debiting ----------------------------------------------------------------------------------------
+
+
+async def _fulfil(conn: asyncpg.Connection, row: asyncpg.Record, outcome: Outcome) -> Transition:
+    codes = await repository.issue_codes(conn, row["id"])
+    debited = {"burn_transaction_id": str(outcome.txn_id), "replayed": outcome.replayed}
+    return Transition(
+        "fulfilled",
+        {"voucher_codes": len(codes)},
+        before=[("debited", debited)],
+        values={"burn_txn_id": outcome.txn_id, "fulfilled_at": True},
+        answer=_fulfilled,
+    )
+
+
+async def _debit_refused(conn: asyncpg.Connection, row: asyncpg.Record, outcome: Outcome) -> Transition:
+    """The ledger refused the burn for good: nothing was debited; release everything. The answer is the
+    ledger's own status and code (services.errors.ledger_refusal)."""
+    refused = outcome.refused
+    assert refused is not None
+    detail = None if refused.status in LEDGER_PASSED_THROUGH else f"The ledger refused the debit: {refused}"
+    failure = refused.problem(detail)
+    await _release(conn, row)
+
+    async def answer(conn: asyncpg.Connection, new: asyncpg.Record) -> Answer:
+        redemption = redemption_json(new, [])
+        return Answer.problem(refused.problem(detail, redemption_id=str(new["id"]), redemption=redemption))
+
+    return Transition(
+        "failed",
+        {"ledger_status": refused.status, "ledger_code": refused.code},
+        event="debit_refused",
+        values={"failure_code": failure.code, "failure_detail": failure.detail},
+        answer=answer,
+    )
+
+
+async def _debit_unknown(conn: asyncpg.Connection, row: asyncpg.Record, outcome: Outcome) -> Transition:
+    """The burn may or may not have been posted. The redemption will not be fulfilled: release stock,
+    allowance and codes now, answer 503; the refunding steps settle the burn once the ledger answers."""
+    await _release(conn, row)
+
+    async def answer(conn: asyncpg.Connection, new: asyncpg.Record) -> Answer:
+        error = LedgerUnavailable().problem(
+            UNKNOWN_DETAIL, redemption_id=str(new["id"]), redemption=redemption_json(new, [])
+        )
+        return Answer.problem(error)
+
+    return Transition(
+        "refunding",
+        {"error": (outcome.unreachable or "")[:500]},
+        event="debit_unknown",
+        values={
+            "failure_code": "ledger_unavailable",
+            "failure_detail": "The ledger could not be reached during the debit.",
+        },
+        answer=answer,
+        wait=True,
+    )
+
+
+# --- refunding (compensation) ------------------------------------------------------------------------
+
+
+async def _debit_resolved(_: asyncpg.Connection, __: asyncpg.Record, outcome: Outcome) -> Transition:
+    """The burn, replayed under its key, was posted (then or now): it is reversed next."""
+    detail = {"burn_transaction_id": str(outcome.txn_id), "replayed": outcome.replayed}
+    return Transition("refunding", detail, event="debit_resolved", values={"burn_txn_id": outcome.txn_id})
+
+
+async def _nothing_debited(_: asyncpg.Connection, __: asyncpg.Record, outcome: Outcome) -> Transition:
+    assert outcome.refused is not None
+    detail = {"ledger_code": outcome.refused.code, "ledger_status": outcome.refused.status}
+    return Transition("failed", detail, event="debit_not_posted")
+
+
+async def _refunded(_: asyncpg.Connection, __: asyncpg.Record, outcome: Outcome) -> Transition:
+    detail = {"refund_transaction_id": str(outcome.txn_id)}
+    return Transition("failed", detail, event="refunded", values={"refund_txn_id": outcome.txn_id})
+
+
+async def _refund_refused(_: asyncpg.Connection, row: asyncpg.Record, outcome: Outcome) -> Retry:
+    refused = outcome.refused
+    assert refused is not None
+    log.error(
+        "the ledger refused a refund; retrying later, needs attention",
+        extra={"redemption_id": str(row["id"]), "ledger_code": refused.code, "detail": refused.detail},
+    )
+    return Retry(
+        str(refused),
+        delay_s=REFUND_REFUSED_RETRY_S,
+        event="refund_refused",
+        detail={"ledger_status": refused.status, "ledger_code": refused.code},
+    )
+
+
+# --- cancelling --------------------------------------------------------------------------------------
+
+
+async def _cancelled(conn: asyncpg.Connection, row: asyncpg.Record, outcome: Outcome) -> Transition:
+    """Refunded: restock and give the member's allowance back."""
+    await repository.return_stock_and_allowance(conn, row)
+    detail = {"refund_transaction_id": str(outcome.txn_id), "restocked": row["stock_taken"]}
+    return Transition(
+        "cancelled",
+        detail,
+        event="refunded",
+        values={"refund_txn_id": outcome.txn_id},
+        answer=_cancelled_answer,
+    )
+
+
+DEBIT = Step("debit", _fulfil, call=burn, refused=_debit_refused, unreachable=_debit_unknown)
+RESOLVE_DEBIT = Step("resolve_debit", _debit_resolved, call=burn, refused=_nothing_debited)
+REFUND = Step("refund", _refunded, call=refund, refused=_refund_refused)
+CANCEL = Step("refund", _cancelled, call=refund, refused=_refund_refused)
+
+
+class RedemptionSaga(SagaDefinition):
+    kind = "redemption"
+    table = TABLE
+
+    def __init__(self, faults: Faults) -> None:
         self.faults = faults
 
-    # --- recovery -------------------------------------------------------------------------------------
+    def step(self, row: asyncpg.Record) -> Step | None:
+        status = row["status"]
+        if status == "debiting":
+            return DEBIT
+        if status == "refunding":
+            return REFUND if row["burn_txn_id"] is not None else RESOLVE_DEBIT
+        if status == "cancelling":
+            return CANCEL
+        return None
 
-    async def find_due(self, limit: int) -> list[UUID]:
-        async with self.db.driver() as conn:
-            return await repository.due(conn, limit)
+    def operation(self, row: asyncpg.Record) -> tuple[int, str] | None:
+        if row["status"] in ("cancelling", "cancelled"):
+            key: str | None = row["cancel_idempotency_key"]
+            return None if key is None else (row["cancel_api_key_id"], key)
+        return row["api_key_id"], row["idempotency_key"]
 
-    async def resume(self, redemption_id: UUID) -> None:
-        await self.claim_and_drive(redemption_id)
+    async def progress(self, conn: asyncpg.Connection, row: asyncpg.Record) -> Answer:
+        """Not settled yet (a cancel waiting for the ledger): 202 with the redemption as it stands."""
+        return await _with_codes(conn, row, 202)
 
-    async def claim_and_drive(self, redemption_id: UUID) -> bool:
-        """Drives a saga whose lease ran out; False if another process holds it (or it is finished)."""
-        async with self.db.driver() as conn:
-            claimed = await repository.claim_lease(conn, redemption_id, self.lease_s)
-        if claimed:
-            log.info("resuming redemption", extra={"redemption_id": str(redemption_id)})
-            await self.drive(redemption_id)
-        return claimed
-
-    # --- driving --------------------------------------------------------------------------------------
-
-    async def drive(self, redemption_id: UUID, row: asyncpg.Record | None = None) -> Answer | None:
-        """Advances the saga until it finishes or must wait (the ledger is unreachable). Returns the
-        final answer this call recorded for the operation's Idempotency-Key, if it recorded one.
-        `row`: the redemption as the caller just wrote it, which saves reading it again."""
-        answer: Answer | None = None
-        for _ in range(MAX_STEPS):
-            if row is None:
-                async with self.db.driver() as conn:
-                    row = await repository.get(conn, redemption_id)
-                if row is None:
-                    return answer
-            status = row["status"]
-            if status == "debiting":
-                more, recorded = await self._debit(row)
-            elif status == "refunding":
-                more, recorded = await self._settle_refund(row)
-            elif status == "cancelling":
-                more, recorded = await self._refund_cancel(row)
-            else:
-                return answer
-            answer = recorded or answer
-            if not more:
-                return answer
-            row = None
-        return answer
-
-    async def _apply(self, redemption_id: UUID, expected: str, step: Step) -> Progress:
-        """Runs `step` in one transaction under the row lock, if the saga is still in `expected`."""
-        async with self.db.driver() as conn, conn.transaction():
-            row = await repository.lock(conn, redemption_id)
-            if row is None or row["status"] != expected:
-                log.info(
-                    "saga step skipped: another driver moved it",
-                    extra={"redemption_id": str(redemption_id), "expected": expected},
-                )
-                return False, None
-            return True, await step(conn, row)
-
-    async def _park(self, redemption_id: UUID, delay_s: float, event: dict[str, Any] | None = None) -> None:
-        async with self.db.driver() as conn, conn.transaction():
-            await repository.park(conn, redemption_id, delay_s)
-            if event is not None:
-                row = await repository.get(conn, redemption_id)
-                assert row is not None
-                await repository.add_event(conn, redemption_id, row["status"], event.pop("event"), event)
-
-    # --- debiting -------------------------------------------------------------------------------------
-
-    async def _debit(self, row: asyncpg.Record) -> Progress:
-        rid: UUID = row["id"]
-        self.faults.hit("crash_before_debit", row["member_ref"])
-        try:
-            reply = await self.ledger.post("/v1/burn", burn_body(row), key=debit_key(rid))
-        except LedgerRejected as exc:
-            return await self._apply(rid, "debiting", self._debit_refused(exc))
-        except LedgerUnavailable as exc:
-            log.warning(
-                "debit outcome unknown; undoing", extra={"redemption_id": str(rid), "error": str(exc)}
-            )
-            _, answer = await self._apply(rid, "debiting", self._debit_unknown(str(exc)))
-            return False, answer
-        self.faults.hit("crash_after_debit", row["member_ref"])
-        return await self._apply(rid, "debiting", self._fulfil(UUID(str(reply.body["id"])), reply.replayed))
-
-    def _fulfil(self, burn_txn_id: UUID, replayed: bool) -> Step:
-        async def step(conn: asyncpg.Connection, row: asyncpg.Record) -> Answer:
-            rid = row["id"]
-            codes = await repository.issue_codes(conn, rid)
-            new = await repository.set_state(conn, rid, "fulfilled", burn_txn_id=burn_txn_id, fulfilled=True)
-            debited = {"burn_transaction_id": str(burn_txn_id), "replayed": replayed}
-            await repository.add_events(
-                conn,
-                rid,
-                [("debiting", "debited", debited), ("fulfilled", "fulfilled", {"voucher_codes": len(codes)})],
-            )
-            answer = Answer(201, redemption_json(new, codes))
-            await repository.record_final(
-                conn, row["api_key_id"], row["idempotency_key"], answer.status, answer.body
-            )
-            SAGA_TRANSITIONS.labels("fulfilled").inc()
-            return answer
-
-        return step
-
-    def _debit_refused(self, exc: LedgerRejected) -> Step:
-        """The ledger refused the burn for good: nothing was debited; release everything."""
-        if exc.code == "insufficient_points":
-            status, code, detail = 422, "insufficient_points", exc.detail
-        else:
-            status, code = 502, "ledger_rejected"
-            detail = f"The ledger refused the debit: {exc.code}: {exc.detail}"
-
-        async def step(conn: asyncpg.Connection, row: asyncpg.Record) -> Answer:
-            rid = row["id"]
-            await repository.return_stock_and_allowance(conn, row)
-            await repository.release_reserved_codes(conn, rid)
-            new = await repository.set_state(
-                conn, rid, "failed", failure_code=code, failure_detail=detail, finished=True
-            )
-            await repository.add_event(
-                conn, rid, "failed", "debit_refused", {"ledger_status": exc.status, "ledger_code": exc.code}
-            )
-            answer = Answer(
-                status,
-                problem(status, code, detail, redemption_id=str(rid), redemption=redemption_json(new, [])),
-            )
-            await repository.record_final(
-                conn, row["api_key_id"], row["idempotency_key"], answer.status, answer.body
-            )
-            SAGA_TRANSITIONS.labels("failed").inc()
-            return answer
-
-        return step
-
-    def _debit_unknown(self, error: str) -> Step:
-        """The burn may or may not have been posted. The redemption will not be fulfilled: release stock,
-        allowance and codes now; the refunding step settles the burn once the ledger answers."""
-        detail = (
-            "The ledger could not be reached, so the redemption was not completed and its stock was "
-            "released; any points taken are refunded automatically. Retry with a new Idempotency-Key."
-        )
-
-        async def step(conn: asyncpg.Connection, row: asyncpg.Record) -> Answer:
-            rid = row["id"]
-            await repository.return_stock_and_allowance(conn, row)
-            await repository.release_reserved_codes(conn, rid)
-            new = await repository.set_state(
-                conn,
-                rid,
-                "refunding",
-                lease_s=self.retry_s,
-                failure_code="ledger_unavailable",
-                failure_detail="The ledger could not be reached during the debit.",
-            )
-            await repository.add_event(conn, rid, "refunding", "debit_unknown", {"error": error[:500]})
-            answer = Answer(
-                503,
-                problem(
-                    503,
-                    "ledger_unavailable",
-                    detail,
-                    redemption_id=str(rid),
-                    redemption=redemption_json(new, []),
-                ),
-            )
-            await repository.record_final(
-                conn, row["api_key_id"], row["idempotency_key"], answer.status, answer.body
-            )
-            SAGA_TRANSITIONS.labels("refunding").inc()
-            return answer
-
-        return step
-
-    # --- refunding (compensation) ---------------------------------------------------------------------
-
-    async def _settle_refund(self, row: asyncpg.Record) -> Progress:
-        """refunding: learn whether the burn was posted (replaying it under its key), then reverse it."""
-        rid: UUID = row["id"]
-        burn_txn_id: UUID | None = row["burn_txn_id"]
-        if burn_txn_id is None:
-            try:
-                reply = await self.ledger.post("/v1/burn", burn_body(row), key=debit_key(rid))
-            except LedgerRejected as exc:
-                return await self._apply(rid, "refunding", self._nothing_debited(exc))
-            except LedgerUnavailable:
-                await self._park(rid, self.retry_s)
-                return False, None
-            settled = UUID(str(reply.body["id"]))
-            burn_txn_id = settled
-
-            async def resolved(conn: asyncpg.Connection, row: asyncpg.Record) -> None:
-                await repository.set_state(conn, row["id"], "refunding", burn_txn_id=settled)
-                detail = {"burn_transaction_id": str(settled), "replayed": reply.replayed}
-                await repository.add_event(conn, row["id"], "refunding", "debit_resolved", detail)
-
-            moved, _ = await self._apply(rid, "refunding", resolved)
-            if not moved:
-                return False, None
-        refund_txn_id = await self._refund(row, burn_txn_id)
-        if refund_txn_id is None:
-            return False, None
-
-        async def refunded(conn: asyncpg.Connection, row: asyncpg.Record) -> None:
-            await repository.set_state(conn, row["id"], "failed", refund_txn_id=refund_txn_id, finished=True)
-            detail = {"refund_transaction_id": str(refund_txn_id)}
-            await repository.add_event(conn, row["id"], "failed", "refunded", detail)
-            SAGA_TRANSITIONS.labels("failed").inc()
-
-        return await self._apply(rid, "refunding", refunded)
-
-    def _nothing_debited(self, exc: LedgerRejected) -> Step:
-        async def step(conn: asyncpg.Connection, row: asyncpg.Record) -> None:
-            await repository.set_state(conn, row["id"], "failed", finished=True)
-            detail = {"ledger_code": exc.code, "ledger_status": exc.status}
-            await repository.add_event(conn, row["id"], "failed", "debit_not_posted", detail)
-            SAGA_TRANSITIONS.labels("failed").inc()
-
-        return step
-
-    async def _refund(self, row: asyncpg.Record, burn_txn_id: UUID) -> UUID | None:
-        """Reverses the burn under the refund key; None (and the saga parked) if that cannot happen now."""
-        rid: UUID = row["id"]
-        try:
-            reply = await self.ledger.post(
-                f"/v1/transactions/{burn_txn_id}/reverse", refund_body(rid), key=refund_key(rid)
-            )
-        except LedgerRejected as exc:
-            log.error(
-                "the ledger refused a refund; retrying later, needs attention",
-                extra={"redemption_id": str(rid), "ledger_code": exc.code, "detail": exc.detail},
-            )
-            await self._park(
-                rid,
-                REFUND_REJECTED_RETRY_S,
-                {"event": "refund_refused", "ledger_status": exc.status, "ledger_code": exc.code},
-            )
-            return None
-        except LedgerUnavailable:
-            await self._park(rid, self.retry_s)
-            return None
-        self.faults.hit("crash_after_refund", row["member_ref"])
-        return UUID(str(reply.body["id"]))
-
-    # --- cancelling -----------------------------------------------------------------------------------
-
-    async def _refund_cancel(self, row: asyncpg.Record) -> Progress:
-        """cancelling: refund the points, then restock and give the member's allowance back."""
-        refund_txn_id = await self._refund(row, row["burn_txn_id"])
-        if refund_txn_id is None:
-            return False, None
-
-        async def cancelled(conn: asyncpg.Connection, row: asyncpg.Record) -> Answer | None:
-            rid = row["id"]
-            await repository.return_stock_and_allowance(conn, row)
-            new = await repository.set_state(
-                conn, rid, "cancelled", refund_txn_id=refund_txn_id, finished=True
-            )
-            detail = {"refund_transaction_id": str(refund_txn_id), "restocked": row["stock_taken"]}
-            await repository.add_event(conn, rid, "cancelled", "refunded", detail)
-            SAGA_TRANSITIONS.labels("cancelled").inc()
-            if row["cancel_idempotency_key"] is None:
-                return None
-            codes = (await repository.codes_of(conn, [rid])).get(rid, [])
-            answer = Answer(200, redemption_json(new, codes))
-            await repository.record_final(
-                conn, row["cancel_api_key_id"], row["cancel_idempotency_key"], answer.status, answer.body
-            )
-            return answer
-
-        return await self._apply(row["id"], "cancelling", cancelled)
+    async def fault(self, point: str, row: asyncpg.Record) -> None:
+        name = FAULT_POINTS.get(point)
+        if name is not None:
+            self.faults.hit(name, row["member_ref"])

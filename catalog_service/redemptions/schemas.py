@@ -92,30 +92,24 @@ class RedemptionList(BaseModel):
     next_cursor: str | None
 
 
+# Fields of a redemption named as their columns.
+_AS_STORED = (
+    "id", "status", "sku", "reward_type", "program", "member_ref", "quantity", "points", "cash_minor",
+    "currency", "created_at", "updated_at", "fulfilled_at", "finished_at",
+)  # fmt: skip
+
+
 def redemption_out(row: asyncpg.Record, codes: Sequence[str] | None) -> RedemptionOut:
     """`codes` None hides the voucher codes (the caller did not redeem)."""
     failure = None
     if row["failure_code"] is not None:
         failure = Failure(code=row["failure_code"], detail=row["failure_detail"] or "")
     return RedemptionOut(
-        id=row["id"],
-        status=row["status"],
-        sku=row["sku"],
-        reward_type=row["reward_type"],
-        program=row["program"],
-        member_ref=row["member_ref"],
-        quantity=row["quantity"],
-        points=row["points"],
-        cash_minor=row["cash_minor"],
-        currency=row["currency"],
+        **{k: row[k] for k in _AS_STORED},
         voucher_codes=None if codes is None else list(codes),
         burn_transaction_id=row["burn_txn_id"],
         refund_transaction_id=row["refund_txn_id"],
         failure=failure,
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        fulfilled_at=row["fulfilled_at"],
-        finished_at=row["finished_at"],
     )
 
 

@@ -6,13 +6,12 @@ from typing import Any
 
 import asyncpg
 
-from catalog_service.common import LedgerUnavailableError, ledger_rejected
 from catalog_service.rewards import repository
 from catalog_service.rewards.schemas import RewardIn, RewardList, RewardOut, RewardPatch
 from services.auth import Principal
 from services.db import Database
 from services.errors import Conflict, NotFound, Unprocessable
-from services.ledger_client import LedgerClient, LedgerRejected, LedgerUnavailable
+from services.ledger_client import LedgerClient, answered
 from services.pagination import decode_cursor, encode_cursor
 
 
@@ -33,14 +32,8 @@ def _invalid(field: str, message: str) -> Unprocessable:
 
 
 async def _check_program(ledger: LedgerClient, code: str) -> None:
-    try:
-        await ledger.program(code)
-    except LedgerRejected as exc:
-        if exc.status == 404:
-            raise Unprocessable(f"The ledger has no program {code}.", code="program_not_found") from None
-        raise ledger_rejected(exc, "the program lookup") from None
-    except LedgerUnavailable:
-        raise LedgerUnavailableError() from None
+    unknown = Unprocessable(f"The ledger has no program {code}.", code="program_not_found")
+    await answered(ledger.program(code), "the program lookup", not_found=unknown)
 
 
 async def create(db: Database, ledger: LedgerClient, principal: Principal, body: RewardIn) -> RewardOut:
@@ -115,14 +108,10 @@ async def list_rewards(
                 "affordable_for needs program: a member's points are per program.", code="program_required"
             )
         # One ledger call per request, whatever the number of rewards: the member's available points.
-        try:
-            member = await ledger.member(program, affordable_for)
-        except LedgerRejected as exc:
-            if exc.status == 404:
-                raise NotFound(f"The ledger has no program {program}.", code="program_not_found") from None
-            raise ledger_rejected(exc, "the balance lookup") from None
-        except LedgerUnavailable:
-            raise LedgerUnavailableError() from None
+        unknown = NotFound(f"The ledger has no program {program}.", code="program_not_found")
+        member = await answered(
+            ledger.member(program, affordable_for), "the balance lookup", not_found=unknown
+        )
         max_price = int(member["available"])
     async with db.driver() as conn:
         rows = await repository.list_rewards(

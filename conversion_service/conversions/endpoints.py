@@ -9,21 +9,21 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from conversion_service.conversions import service
-from conversion_service.conversions.saga import ConversionSaga
-from conversion_service.conversions.schemas import ConversionIn, ConversionList, ConversionOut, State
+from conversion_service.conversions.schemas import ConversionIn, ConversionList, ConversionOut, Status
 from conversion_service.deps import Ctx
 from conversion_service.schemas_common import MemberRef
 from services.auth import Principal, require
 from services.errors import error_responses
 from services.idempotency import idempotency_key
+from services.saga import SagaRunner
 
 router = APIRouter(prefix="/v1/conversions", tags=["conversions"])
 
 Reader = Annotated[Principal, Depends(require("conversion:read"))]
 
 
-async def _saga(request: Request) -> ConversionSaga:
-    saga: ConversionSaga = request.app.state.saga
+async def _saga(request: Request) -> SagaRunner:
+    saga: SagaRunner = request.app.state.saga
     return saga
 
 
@@ -44,11 +44,14 @@ _POST_RESPONSES = {
     summary="Convert a member's points from one program to another",
     description="By `quote_id` (the quote's amounts, before it expires, once) or by the quote fields "
     "(priced now). Debits the member in the source program and credits them in the target through the "
-    "ledger, as a saga whose state is stored before each step. **201**: completed. **202**: the ledger "
-    "is unreachable; the conversion is retried in the background. **422 insufficient_points**: the debit "
-    "was refused, nothing moved. **422 credit_rejected**: the target refused the credit and the debit "
-    "was reversed. Refusals carry the conversion as `conversion`. Needs an `Idempotency-Key`; a replay "
-    "answers with the conversion's current state and `Idempotent-Replayed: true`.",
+    "ledger, as a saga whose status is stored before each step. **201**: completed. **202**: the ledger "
+    "is unreachable; the conversion is retried in the background. A refusal by the ledger is answered "
+    "with the ledger's own status and code, the conversion attached as `conversion`: **422 "
+    "insufficient_points** (status `rejected`: the debit was refused, nothing moved), or the target's "
+    "refusal of the credit, e.g. **422 points_out_of_range** (status `compensated`: the debit was "
+    "reversed). **503 ledger_unavailable** (with `Retry-After`): the ledger could not be reached while "
+    "pricing; nothing was stored. Needs an `Idempotency-Key`; a replay answers with the conversion's "
+    "final answer (or, while it is in progress, where it stands) and `Idempotent-Replayed: true`.",
     responses=_POST_RESPONSES,
 )
 async def create_conversion(
@@ -56,7 +59,7 @@ async def create_conversion(
     principal: Annotated[Principal, Depends(require("conversion:write"))],
     key: Annotated[str, Depends(idempotency_key)],
     ctx: Ctx,
-    saga: Annotated[ConversionSaga, Depends(_saga)],
+    saga: Annotated[SagaRunner, Depends(_saga)],
 ) -> Response:
     return await service.create_conversion(ctx, saga, principal, body, key)
 
@@ -64,7 +67,7 @@ async def create_conversion(
 @router.get(
     "/{conversion_id}",
     response_model=ConversionOut,
-    summary="A conversion: its state and history",
+    summary="A conversion: its status and history",
     responses=error_responses(401, 403, 404, 422),
 )
 async def get_conversion(conversion_id: UUID, principal: Reader, ctx: Ctx) -> ConversionOut:
@@ -74,17 +77,17 @@ async def get_conversion(conversion_id: UUID, principal: Reader, ctx: Ctx) -> Co
 @router.get(
     "",
     response_model=ConversionList,
-    summary="Conversions, newest first: a member's (member_ref), or by state",
+    summary="Conversions, newest first: a member's (member_ref), or by status",
     responses=error_responses(400, 401, 403, 422),
 )
 async def list_conversions(
     principal: Reader,
     ctx: Ctx,
     member_ref: Annotated[MemberRef | None, Query()] = None,
-    state: Annotated[State | None, Query()] = None,
+    status: Annotated[Status | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
 ) -> ConversionList:
     return await service.list_conversions(
-        ctx, principal, member_ref=member_ref, state=state, limit=limit, cursor=cursor
+        ctx, principal, member_ref=member_ref, status=status, limit=limit, cursor=cursor
     )

@@ -1,7 +1,9 @@
 """The conversion saga (DESIGN §5): debit the member in the source program, credit them in the target,
-and reverse the debit if the credit can never succeed.
+and reverse the debit if the credit can never succeed. Only the domain steps live here; storing each
+status before its step, keys, retries, leases, recovery and the Idempotency-Key's answer are the shared
+runner's (services/saga.py).
 
-States, each stored (with a history event) before the step it announces:
+Statuses, each stored (with a history event) before the step it announces:
 
     created -> debiting -> debited -> crediting -> completed
                   |                       |
@@ -11,14 +13,10 @@ States, each stored (with a history event) before the step it announces:
           nothing moved)                  v
                                         failed (the reversal was refused: an operator must look)
 
-Every ledger call carries a key derived from the conversion id (`conversion:{id}:debit|credit|compensate`)
-and a body built only from the stored row, so repeating a step is always safe: the ledger replays.
-- A 4xx from the ledger is final: a refused debit ends in `rejected`, a refused credit compensates.
-- No answer (timeouts, connection errors, 5xx, after the client's own retries) leaves the state as it
-  is and schedules a retry with exponential backoff (`next_attempt_at`); recovery picks it up.
-- Each step starts under the row lock (SELECT ... FOR UPDATE) and takes a lease; a driver finds a
-  conversion leased by another and leaves it alone, and recovery only takes conversions whose lease has
-  run out, so a crashed driver's conversion resumes after `lease_s`.
+Ledger keys: `conversion:{id}:debit`, `conversion:{id}:credit`, `conversion:{id}:compensate`; each body is
+built from the stored row only. A refusal is final: a refused debit ends in `rejected`, a refused credit
+compensates. No answer from the ledger leaves the status as it is and the runner retries with backoff: a
+debited conversion is always carried forward, never abandoned.
 """
 
 from __future__ import annotations
@@ -26,220 +24,281 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
-import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
-from uuid import UUID
 
 import asyncpg
+import orjson
 
 from conversion_service.conversions import repository
-from conversion_service.conversions.schemas import TERMINAL_STATES
-from conversion_service.metrics import CONVERSIONS_FINISHED, SAGA_STEPS
+from conversion_service.conversions.schemas import (
+    FINAL,
+    UNFINISHED,
+    ConversionError,
+    ConversionEvent,
+    ConversionOut,
+    ConversionSummary,
+)
+from conversion_service.quotes.schemas import AppliedRate, applied_rate
 from conversion_service.settings import ConversionSettings
-from services.db import Database
-from services.ledger_client import LedgerClient, LedgerRejected, LedgerUnavailable
+from services.errors import DomainError, ledger_refusal
+from services.saga import (
+    Answer,
+    LedgerCall,
+    Outcome,
+    SagaDefinition,
+    SagaTable,
+    Step,
+    Transition,
+)
 
 log = logging.getLogger("jifen.conversion.saga")
 
-# state found -> (state to store before the call, if it changes; the step to run)
-_STEPS: dict[str, tuple[str | None, str]] = {
-    "created": ("debiting", "debit"),
-    "debiting": (None, "debit"),
-    "debited": ("crediting", "credit"),
-    "crediting": (None, "credit"),
-    "compensating": (None, "compensate"),
-}
-_IN_FLIGHT = {"debit": "debiting", "credit": "crediting", "compensate": "compensating"}
-# (step, the ledger accepted it) -> the state stored with its outcome
-_NEXT = {
-    ("debit", True): "debited",
-    ("debit", False): "rejected",
-    ("credit", True): "completed",
-    ("credit", False): "compensating",
-    ("compensate", True): "compensated",
-    ("compensate", False): "failed",
-}
+TABLE = SagaTable(
+    table="conversion.conversions",
+    events="conversion.conversion_events",
+    event_fk="conversion_id",
+    unfinished=UNFINISHED,
+    final=FINAL,
+    columns={
+        "debit_txn_id": "uuid",
+        "credit_txn_id": "uuid",
+        "compensation_txn_id": "uuid",
+        "error_status": "int",
+        "error_code": "text",
+        "error_detail": "text",
+    },
+)
 
 
-def new_owner(kind: str) -> str:
-    return f"{kind}:{uuid.uuid4().hex}"
+# --- the answers a conversion gives ------------------------------------------------------------------
 
 
-def ledger_key(conversion_id: UUID, step: str) -> str:
-    return f"conversion:{conversion_id}:{step}"
+# Fields of a conversion named as their columns.
+_AS_STORED = (
+    "id", "status", "quote_id", "from_program", "to_program", "member_ref", "from_points", "fee_points",
+    "to_points", "attempts", "created_at", "updated_at", "finished_at",
+)  # fmt: skip
 
 
-def ledger_call(step: str, row: asyncpg.Record) -> tuple[str, dict[str, Any]]:
-    """The ledger path and body of a step, from the stored row only (so every retry sends the same)."""
-    cid = str(row["id"])
-    if step == "debit":
-        return "/v1/burn", {
-            "program": row["from_program"],
-            "member_ref": row["member_ref"],
-            "points": row["from_points"],
-            "reference": cid,
-            "reason": f"conversion to {row['to_program']}",
-            "clearing": "conversion",
-            "metadata": {
-                "conversion_id": cid,
-                "to_program": row["to_program"],
-                "fee_points": row["fee_points"],
-            },
-        }
-    if step == "credit":
-        return "/v1/earn", {
-            "program": row["to_program"],
-            "member_ref": row["member_ref"],
-            "points": row["to_points"],
-            "kind": "bonus",
-            "reference": cid,
-            "clearing": "conversion",
-            "metadata": {"conversion_id": cid, "from_program": row["from_program"]},
-        }
-    assert step == "compensate" and row["debit_txn_id"] is not None
-    return f"/v1/transactions/{row['debit_txn_id']}/reverse", {
-        "points": row["from_points"],
-        "reason": f"conversion {cid} compensated: {row['to_program']} refused the credit "
-        f"({row['error_code']})",
+def summary(row: asyncpg.Record) -> ConversionSummary:
+    error = None
+    if row["error_code"] is not None:
+        error = ConversionError(
+            status=row["error_status"], code=row["error_code"], detail=row["error_detail"]
+        )
+    return ConversionSummary(
+        **{k: row[k] for k in _AS_STORED},
+        rate=AppliedRate(**applied_rate(row)),
+        debit_transaction_id=row["debit_txn_id"],
+        credit_transaction_id=row["credit_txn_id"],
+        compensation_transaction_id=row["compensation_txn_id"],
+        error=error,
+        next_attempt_at=None if row["status"] in FINAL else row["next_attempt_at"],
+    )
+
+
+async def load(conn: asyncpg.Connection, conversion_id: Any) -> ConversionOut | None:
+    row = await repository.get(conn, conversion_id)
+    if row is None:
+        return None
+    history = [ConversionEvent.model_validate(event) for event in orjson.loads(row["history"])]
+    return ConversionOut(**dict(summary(row)), history=history)
+
+
+def render(conversion: ConversionOut) -> Answer:
+    """The answer of POST /v1/conversions for a conversion with this status: 201 completed, 202 still in
+    progress (the ledger is unreachable: it is retried in the background), or the ledger's refusal as
+    problem+json with its own status and code (services.errors.ledger_refusal), the conversion attached."""
+    body = conversion.model_dump(mode="json")
+    status, error = conversion.status, conversion.error
+    if status == "completed":
+        return Answer(201, body)
+    if status not in FINAL:
+        return Answer(202, body)
+    assert error is not None
+    problem: DomainError
+    if status == "rejected":
+        detail = f"The ledger refused the debit of {conversion.from_program}: {error.detail}"
+        problem = ledger_refusal(error.status, error.code, detail, extra={"conversion": body})
+    elif status == "compensated":
+        detail = (
+            f"{conversion.to_program} refused the credit ({error.code}: {error.detail}); the debit of "
+            f"{conversion.from_points} {conversion.from_program} points was reversed."
+        )
+        problem = ledger_refusal(error.status, error.code, detail, extra={"conversion": body})
+    else:
+        problem = DomainError(
+            f"{conversion.to_program} refused the credit ({error.code}) and the ledger refused to reverse "
+            "the debit; the conversion needs an operator.",
+            status=502,
+            code="conversion_failed",
+            extra={"conversion": body},
+        )
+    return Answer.problem(problem)
+
+
+async def answer(conn: asyncpg.Connection, row: asyncpg.Record) -> Answer:
+    conversion = await load(conn, row["id"])
+    assert conversion is not None
+    return render(conversion)
+
+
+# --- the ledger calls, from the stored row only ------------------------------------------------------
+
+
+def _leg(key: str, path: str, row: asyncpg.Record, program: str, points: int, **fields: Any) -> LedgerCall:
+    """A leg of the conversion in one program, on the program's conversion clearing account."""
+    body = {
+        "program": program,
+        "member_ref": row["member_ref"],
+        "points": points,
+        "reference": str(row["id"]),
+        "clearing": "conversion",
+        **fields,
     }
+    return LedgerCall(key, path, body)
 
 
-@dataclass(frozen=True)
-class _Result:
-    txn_id: UUID | None = None
-    replayed: bool = False
-    rejected: LedgerRejected | None = None
-    unavailable: str | None = None
+def debit(row: asyncpg.Record) -> LedgerCall:
+    to, fee = row["to_program"], row["fee_points"]
+    metadata = {"conversion_id": str(row["id"]), "to_program": to, "fee_points": fee}
+    reason = f"conversion to {to}"
+    return _leg(
+        "debit", "/v1/burn", row, row["from_program"], row["from_points"], reason=reason, metadata=metadata
+    )
 
 
-class ConversionSaga:
-    def __init__(self, db: Database, ledger: LedgerClient, settings: ConversionSettings) -> None:
-        self.db = db
-        self.ledger = ledger
+def credit(row: asyncpg.Record) -> LedgerCall:
+    metadata = {"conversion_id": str(row["id"]), "from_program": row["from_program"]}
+    return _leg(
+        "credit", "/v1/earn", row, row["to_program"], row["to_points"], kind="bonus", metadata=metadata
+    )
+
+
+def compensation(row: asyncpg.Record) -> LedgerCall:
+    assert row["debit_txn_id"] is not None
+    return LedgerCall(
+        "compensate",
+        f"/v1/transactions/{row['debit_txn_id']}/reverse",
+        {
+            "points": row["from_points"],
+            "reason": f"conversion {row['id']} compensated: {row['to_program']} refused the credit "
+            f"({row['error_code']})",
+        },
+    )
+
+
+def _posted(outcome: Outcome) -> dict[str, Any]:
+    detail: dict[str, Any] = {"ledger_transaction_id": str(outcome.txn_id)}
+    if outcome.replayed:
+        detail["replayed"] = True
+    return detail
+
+
+def _refusal(outcome: Outcome) -> dict[str, Any]:
+    assert outcome.refused is not None
+    r = outcome.refused
+    return {"status": r.status, "code": r.code, "detail": r.detail}
+
+
+def _error(outcome: Outcome) -> dict[str, Any]:
+    """The refusal a conversion is about, for its `error`."""
+    assert outcome.refused is not None
+    r = outcome.refused
+    return {"error_status": r.status, "error_code": r.code, "error_detail": r.detail}
+
+
+async def _release_daily(conn: asyncpg.Connection, row: asyncpg.Record) -> None:
+    """Nothing moved in the end: give the points back to the member's daily limit."""
+    if row["limit_day"] is not None:
+        await repository.release_daily(
+            conn,
+            row["from_program"],
+            row["to_program"],
+            row["member_ref"],
+            row["limit_day"],
+            row["from_points"],
+        )
+
+
+# --- the steps ---------------------------------------------------------------------------------------
+
+
+async def _to_debiting(_: asyncpg.Connection, __: asyncpg.Record, ___: Outcome) -> Transition:
+    return Transition("debiting")
+
+
+async def _debited(_: asyncpg.Connection, __: asyncpg.Record, outcome: Outcome) -> Transition:
+    return Transition("debited", _posted(outcome), values={"debit_txn_id": outcome.txn_id})
+
+
+async def _debit_refused(conn: asyncpg.Connection, row: asyncpg.Record, outcome: Outcome) -> Transition:
+    await _release_daily(conn, row)
+    return Transition("rejected", _refusal(outcome), values=_error(outcome), answer=answer)
+
+
+async def _to_crediting(_: asyncpg.Connection, __: asyncpg.Record, ___: Outcome) -> Transition:
+    return Transition("crediting")
+
+
+async def _completed(_: asyncpg.Connection, __: asyncpg.Record, outcome: Outcome) -> Transition:
+    return Transition("completed", _posted(outcome), values={"credit_txn_id": outcome.txn_id}, answer=answer)
+
+
+async def _credit_refused(_: asyncpg.Connection, __: asyncpg.Record, outcome: Outcome) -> Transition:
+    return Transition("compensating", _refusal(outcome), values=_error(outcome))
+
+
+async def _compensated(conn: asyncpg.Connection, row: asyncpg.Record, outcome: Outcome) -> Transition:
+    await _release_daily(conn, row)
+    return Transition(
+        "compensated", _posted(outcome), values={"compensation_txn_id": outcome.txn_id}, answer=answer
+    )
+
+
+async def _reversal_refused(_: asyncpg.Connection, row: asyncpg.Record, outcome: Outcome) -> Transition:
+    log.error(
+        "the ledger refused to reverse a conversion's debit; an operator must settle it",
+        extra={"conversion": str(row["id"]), "error": str(outcome.refused)},
+    )
+    # the conversion's `error` stays the credit's refusal; the reversal's is in the history
+    return Transition("failed", _refusal(outcome), answer=answer)
+
+
+STEPS: Mapping[str, Step] = {
+    "created": Step("begin", _to_debiting),
+    "debiting": Step("debit", _debited, call=debit, refused=_debit_refused),
+    "debited": Step("begin_credit", _to_crediting),
+    "crediting": Step("credit", _completed, call=credit, refused=_credit_refused),
+    "compensating": Step("compensate", _compensated, call=compensation, refused=_reversal_refused),
+}
+
+
+class ConversionSaga(SagaDefinition):
+    kind = "conversion"
+    table = TABLE
+
+    def __init__(self, settings: ConversionSettings) -> None:
         self.settings = settings
 
-    # --- recovery hooks (services.saga.SagaRecovery) ---------------------------------------------
+    def step(self, row: asyncpg.Record) -> Step | None:
+        return STEPS.get(row["status"])
 
-    async def find_due(self, limit: int) -> list[UUID]:
-        async with self.db.driver() as conn:
-            return await repository.due(conn, limit)
+    async def progress(self, conn: asyncpg.Connection, row: asyncpg.Record) -> Answer:
+        return await answer(conn, row)
 
-    async def resume(self, conversion_id: UUID) -> None:
-        await self.drive(conversion_id, new_owner("recovery"))
+    def headers(self, answer: Answer) -> Mapping[str, str]:
+        body = answer.body if isinstance(answer.body, dict) else {}
+        conversion = body if answer.status < 400 else body.get("conversion")
+        if isinstance(conversion, dict) and "id" in conversion:
+            return {"Location": f"/v1/conversions/{conversion['id']}"}
+        return {}
 
-    # --- driving -----------------------------------------------------------------------------------
-
-    async def drive(self, conversion_id: UUID, owner: str) -> None:
-        """Advances the conversion as far as it goes now. Returns when it is finished, when the ledger
-        could not be reached (a retry is scheduled), or when another driver holds its lease."""
-        while True:
-            started = await self._start_step(conversion_id, owner)
-            if started is None:
-                return
-            step, row = started
-            result = await self._call(step, row)
-            if not await self._finish_step(conversion_id, owner, step, result):
-                return
-
-    async def _start_step(self, conversion_id: UUID, owner: str) -> tuple[str, asyncpg.Record] | None:
-        async with self.db.driver() as conn, conn.transaction():
-            row = await repository.lock(conn, conversion_id)
-            if row is None or row["state"] in TERMINAL_STATES:
-                return None
-            if row["leased"] and row["lease_owner"] != owner:
-                return None  # another driver is on it
-            enter, step = _STEPS[row["state"]]
-            state = enter or row["state"]
-            row = await repository.advance(
-                conn, conversion_id, state, owner=owner, lease_s=self.settings.lease_s, event=enter
-            )
-            return step, row
-
-    async def _call(self, step: str, row: asyncpg.Record) -> _Result:
-        path, body = ledger_call(step, row)
-        try:
-            reply = await self.ledger.post(path, body, key=ledger_key(row["id"], step))
-        except LedgerRejected as exc:
-            SAGA_STEPS.labels(step, "rejected").inc()
-            return _Result(rejected=exc)
-        except LedgerUnavailable as exc:
-            SAGA_STEPS.labels(step, "unavailable").inc()
-            return _Result(unavailable=str(exc))
-        SAGA_STEPS.labels(step, "ok").inc()
-        return _Result(txn_id=UUID(str(reply.body["id"])), replayed=reply.replayed)
-
-    async def _finish_step(self, conversion_id: UUID, owner: str, step: str, result: _Result) -> bool:
-        """Stores the step's outcome; True to go on with the next step."""
-        lease_s = self.settings.lease_s
-        async with self.db.driver() as conn, conn.transaction():
-            row = await repository.lock(conn, conversion_id)
-            if row is None or row["state"] != _IN_FLIGHT[step]:
-                return True  # another driver recorded this step first (same key, same answer): re-read
-            if result.unavailable is not None:
-                delay = self._backoff(row["attempts"])
-                detail = {"step": step, "error": result.unavailable, "retry_in_s": round(delay, 3)}
-                await repository.retry_later(conn, conversion_id, delay, detail)
-                log.warning(
-                    "ledger unreachable; conversion step will be retried",
-                    extra={"conversion": str(conversion_id), "step": step, "retry_in_s": round(delay, 3)},
-                )
-                return False
-            rejected = result.rejected
-            state = _NEXT[step, rejected is None]
-            txn_field = {
-                "debit": "debit_txn_id",
-                "credit": "credit_txn_id",
-                "compensate": "compensation_txn_id",
-            }
-            fields: dict[str, Any] = {}
-            if rejected is None:
-                fields[txn_field[step]] = result.txn_id
-                detail = {"ledger_transaction_id": str(result.txn_id)}
-                if result.replayed:
-                    detail["replayed"] = True
-            else:
-                if step != "compensate":  # the refusal the conversion is about; a failed reversal is logged
-                    fields["error"] = (rejected.status, rejected.code, rejected.detail)
-                detail = {"status": rejected.status, "code": rejected.code, "detail": rejected.detail}
-            await repository.advance(
-                conn, conversion_id, state, owner=owner, lease_s=lease_s, event=state, detail=detail, **fields
-            )
-            if state in ("rejected", "compensated"):
-                await self._release_daily(conn, row)
-        if state == "failed":
-            log.error(
-                "the ledger refused to reverse a conversion's debit; an operator must settle it",
-                extra={"conversion": str(conversion_id), "error": str(rejected)},
-            )
-        if state in TERMINAL_STATES:
-            CONVERSIONS_FINISHED.labels(state).inc()
-            return False
-        if state == "debited":
-            await self._after_debit()
-        return True
-
-    async def _release_daily(self, conn: asyncpg.Connection, row: asyncpg.Record) -> None:
-        """Nothing moved in the end: give the points back to the member's daily limit."""
-        if row["limit_day"] is not None:
-            await repository.release_daily(
-                conn,
-                row["from_program"],
-                row["to_program"],
-                row["member_ref"],
-                row["limit_day"],
-                row["from_points"],
-            )
-
-    def _backoff(self, attempts: int) -> float:
-        delay = min(self.settings.retry_max_s, self.settings.retry_base_s * 2 ** min(attempts, 30))
-        return float(delay * (0.75 + 0.5 * random.random()))
-
-    async def _after_debit(self) -> None:
-        """TEST ONLY: the faults of JIFEN_CONVERSION_FAULT, right after the debit's state is stored."""
+    async def fault(self, point: str, row: asyncpg.Record) -> None:
+        """TEST ONLY: JIFEN_CONVERSION_FAULT, right after the debit's status is stored."""
         fault = self.settings.fault
-        if fault is None:
+        if fault is None or point != "at_debited":
             return
         if fault == "crash_after_debit":
             log.warning("JIFEN_CONVERSION_FAULT=crash_after_debit: exiting now")

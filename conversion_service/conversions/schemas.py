@@ -1,4 +1,4 @@
-"""Conversions: requests, their state and history (DESIGN §5)."""
+"""Conversions: requests, their status and history (DESIGN §5)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from conversion_service.quotes.schemas import AppliedRate
 from conversion_service.schemas_common import MemberRef, Points, ProgramCode
 
-State = Literal[
+Status = Literal[
     "created",
     "debiting",
     "debited",
@@ -22,7 +22,9 @@ State = Literal[
     "compensated",
     "failed",
 ]
-TERMINAL_STATES: frozenset[str] = frozenset({"completed", "rejected", "compensated", "failed"})
+# Statuses with work left (the saga runner drives, leases and resumes them), and those that end it.
+UNFINISHED: tuple[str, ...] = ("created", "debiting", "debited", "crediting", "compensating")
+FINAL: frozenset[str] = frozenset({"completed", "rejected", "compensated", "failed"})
 
 
 class ConversionIn(BaseModel):
@@ -68,18 +70,18 @@ class ConversionError(BaseModel):
 
 class ConversionEvent(BaseModel):
     event: str = Field(
-        description="A state entered (created, debiting, debited, crediting, completed, rejected, "
+        description="A status entered (created, debiting, debited, crediting, completed, rejected, "
         "compensating, compensated, failed) or retry_scheduled",
         examples=["debited"],
     )
-    state: State
+    status: Status = Field(description="The conversion's status after the event", examples=["debited"])
     at: datetime
     detail: dict[str, Any] | None = None
 
 
 class ConversionSummary(BaseModel):
     id: UUID
-    state: State
+    status: Status = Field(examples=["completed"])
     quote_id: UUID | None
     from_program: str = Field(examples=["WLT"])
     to_program: str = Field(examples=["JFB"])

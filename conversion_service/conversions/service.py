@@ -1,16 +1,16 @@
 """Starting conversions (idempotently) and reading them.
 
 POST /v1/conversions, in order:
-1. a replay of a known Idempotency-Key answers from what is stored, at once;
+1. a replay of a known Idempotency-Key answers from what is stored, at once (services.saga.SagaRunner);
 2. the conversion is priced (from the quote, or at the rate in force), outside any transaction;
-3. one database transaction claims the key, checks the quote (unexpired, unused) and the member's daily
-   limit (a conditional upsert: no read-then-write race), inserts the conversion (state `created`, leased
-   to this request) and records the key, pointing at the conversion;
-4. the saga is driven inline, and the answer is the conversion's state when it stops: 201 completed,
-   202 still in progress (the ledger is unreachable; recovery finishes it), or the ledger's refusal as
-   problem+json (nothing moved in the end).
-A replay answers with the conversion's state now: for a finished conversion that is the first answer
-again, byte for byte; for one still in progress it is the newer state.
+3. one database transaction claims the key and records it pending, checks the quote (unexpired, unused)
+   and the member's daily limit (a conditional upsert: no read-then-write race), and inserts the
+   conversion (status `created`, leased to this request); a refusal found there is the key's answer;
+4. the saga is driven inline, and the answer is where it stops: 201 completed (written into the key's
+   record by the transition that completed it), 202 still in progress (the ledger is unreachable; it is
+   retried in the background), or the ledger's refusal as problem+json (nothing moved in the end).
+A replay of a finished conversion is its final answer, byte for byte; of one still in progress, where it
+stands now (a client that got 202 replays to learn the outcome).
 """
 
 from __future__ import annotations
@@ -21,37 +21,20 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-import orjson
 from starlette.responses import Response
 
 from conversion_service.conversions import repository
-from conversion_service.conversions.saga import ConversionSaga, new_owner
-from conversion_service.conversions.schemas import (
-    TERMINAL_STATES,
-    ConversionError,
-    ConversionEvent,
-    ConversionIn,
-    ConversionList,
-    ConversionOut,
-    ConversionSummary,
-)
+from conversion_service.conversions.saga import load, summary
+from conversion_service.conversions.schemas import ConversionIn, ConversionList, ConversionOut
 from conversion_service.deps import Context
 from conversion_service.quotes import repository as quotes
-from conversion_service.quotes.schemas import AppliedRate, Pricing
+from conversion_service.quotes.schemas import Pricing
 from conversion_service.quotes.service import DailyLimitExceeded, price
 from services.auth import Principal
-from services.errors import PROBLEM_JSON, Conflict, DomainError, NotFound, Unprocessable, problem_body
-from services.idempotency import (
-    REPLAYED_HEADER,
-    IdempotencyInUse,
-    IdempotencyStore,
-    canonical_json,
-    fingerprint,
-)
+from services.errors import Conflict, NotFound, Unprocessable
+from services.idempotency import canonical_json, fingerprint
 from services.pagination import decode_cursor, encode_cursor
-
-IDEMPOTENCY = IdempotencyStore("conversion")
-_POINTER = "conversion_id"
+from services.saga import Operation, SagaRunner
 
 
 @dataclass(frozen=True)
@@ -60,101 +43,6 @@ class Plan:
 
     values: dict[str, Any]
     daily_limit: int | None
-
-
-def summary(row: asyncpg.Record) -> ConversionSummary:
-    error = None
-    if row["error_code"] is not None:
-        error = ConversionError(
-            status=row["error_status"], code=row["error_code"], detail=row["error_detail"]
-        )
-    return ConversionSummary(
-        id=row["id"],
-        state=row["state"],
-        quote_id=row["quote_id"],
-        from_program=row["from_program"],
-        to_program=row["to_program"],
-        member_ref=row["member_ref"],
-        from_points=row["from_points"],
-        fee_points=row["fee_points"],
-        to_points=row["to_points"],
-        rate=AppliedRate(
-            source=row["rate_source"],
-            version=row["rate_version"],
-            from_points=row["rate_from_points"],
-            to_points=row["rate_to_points"],
-            fee_bps=row["fee_bps"],
-        ),
-        debit_transaction_id=row["debit_txn_id"],
-        credit_transaction_id=row["credit_txn_id"],
-        compensation_transaction_id=row["compensation_txn_id"],
-        error=error,
-        attempts=row["attempts"],
-        next_attempt_at=None if row["state"] in TERMINAL_STATES else row["next_attempt_at"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        finished_at=row["finished_at"],
-    )
-
-
-async def _load(conn: asyncpg.Connection, conversion_id: UUID) -> ConversionOut | None:
-    row = await repository.get(conn, conversion_id)
-    if row is None:
-        return None
-    history = [ConversionEvent.model_validate(event) for event in orjson.loads(row["history"])]
-    return ConversionOut(**dict(summary(row)), history=history)
-
-
-def render(conversion: ConversionOut, *, replayed: bool = False) -> Response:
-    """The answer of POST /v1/conversions for a conversion in this state."""
-    body = conversion.model_dump(mode="json")
-    headers = {"Location": f"/v1/conversions/{conversion.id}"}
-    if replayed:
-        headers[REPLAYED_HEADER] = "true"
-    state, error = conversion.state, conversion.error
-    if state == "completed":
-        return Response(orjson.dumps(body), status_code=201, media_type="application/json", headers=headers)
-    if state not in TERMINAL_STATES:
-        return Response(orjson.dumps(body), status_code=202, media_type="application/json", headers=headers)
-    assert error is not None
-    if state == "rejected":
-        status = error.status if error.status in (404, 422) else 502
-        code, detail = (
-            error.code,
-            f"The ledger refused the debit of {conversion.from_program}: {error.detail}",
-        )
-    elif state == "compensated":
-        status, code = 422, "credit_rejected"
-        detail = (
-            f"{conversion.to_program} refused the credit ({error.code}: {error.detail}); the debit of "
-            f"{conversion.from_points} {conversion.from_program} points was reversed."
-        )
-    else:
-        status, code = 502, "conversion_failed"
-        detail = (
-            f"{conversion.to_program} refused the credit ({error.code}) and the ledger refused to reverse "
-            "the debit; the conversion needs an operator."
-        )
-    problem = problem_body(status, code, detail, extra={"conversion": body})
-    return Response(orjson.dumps(problem), status_code=status, media_type=PROBLEM_JSON, headers=headers)
-
-
-def _stored_problem(status: int, body: dict[str, Any]) -> Response:
-    return Response(
-        orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers={REPLAYED_HEADER: "true"}
-    )
-
-
-async def _replay(ctx: Context, status: int, body: dict[str, Any]) -> Response:
-    if _POINTER not in body:  # a refusal recorded with the key
-        return _stored_problem(status, body)
-    conversion_id = UUID(body[_POINTER])
-    async with ctx.db.driver() as conn:
-        if await repository.driven_by_request(conn, conversion_id):
-            raise IdempotencyInUse()  # the first request is still driving it
-        conversion = await _load(conn, conversion_id)
-    assert conversion is not None
-    return render(conversion, replayed=True)
 
 
 async def _plan(ctx: Context, principal: Principal, body: ConversionIn) -> Plan | None:
@@ -170,23 +58,9 @@ async def _plan(ctx: Context, principal: Principal, body: ConversionIn) -> Plan 
         to_points=body.to_points,
     )
     priced = await price(ctx, principal, pricing)
-    rate, amounts = priced.rate, priced.amounts
     return Plan(
-        values={
-            "quote_id": None,
-            "from_program": rate.from_program,
-            "to_program": rate.to_program,
-            "member_ref": body.member_ref,
-            "from_points": amounts.from_points,
-            "fee_points": amounts.fee_points,
-            "to_points": amounts.to_points,
-            "rate_source": rate.source,
-            "rate_version": rate.version,
-            "rate_from_points": rate.from_points,
-            "rate_to_points": rate.to_points,
-            "fee_bps": rate.fee_bps,
-        },
-        daily_limit=rate.daily_limit_from_points,
+        values={"quote_id": None, **priced.columns(body.member_ref)},
+        daily_limit=priced.rate.daily_limit_from_points,
     )
 
 
@@ -239,48 +113,33 @@ async def _admit(
 
 
 async def create_conversion(
-    ctx: Context, saga: ConversionSaga, principal: Principal, body: ConversionIn, key: str
+    ctx: Context, saga: SagaRunner, principal: Principal, body: ConversionIn, key: str
 ) -> Response:
     request_hash = fingerprint("conversion", canonical_json(body.model_dump(mode="json")))
-    async with ctx.db.driver() as conn:  # a replay answers at once, whatever pricing would say now
-        known = await IDEMPOTENCY.lookup(conn, principal.key_id, key, request_hash)
+    known = await saga.replay_known(principal.key_id, key, request_hash)  # whatever pricing says now
     if known is not None:
-        return await _replay(ctx, known.status, known.body)
-
+        return known.response()
     plan = await _plan(ctx, principal, body)
     conversion_id = uuid.uuid4()
-    owner = new_owner("request")
-    refusal: DomainError | None = None
-    async with ctx.db.driver() as conn, conn.transaction():
-        stored = await IDEMPOTENCY.claim(conn, principal.key_id, key, request_hash)
-        if stored is None:
-            try:  # every refusal comes before anything is written, so it can be recorded in this transaction
-                plan = await _admit(conn, principal, plan, body)
-                values = {**plan.values, "id": conversion_id, "api_key_id": principal.key_id}
-                await repository.insert(conn, values, owner=owner, lease_s=ctx.settings.lease_s)
-            except DomainError as exc:
-                refusal = exc
-                problem = problem_body(exc.status, exc.code, exc.detail, extra=exc.extra)
-                await IDEMPOTENCY.record(conn, principal.key_id, key, request_hash, exc.status, problem)
-            else:
-                await IDEMPOTENCY.record(
-                    conn, principal.key_id, key, request_hash, 202, {_POINTER: str(conversion_id)}
-                )
-    if stored is not None:
-        return await _replay(ctx, stored.status, stored.body)
-    if refusal is not None:
-        raise refusal
 
-    await saga.drive(conversion_id, owner)
-    async with ctx.db.driver() as conn:
-        conversion = await _load(conn, conversion_id)
-    assert conversion is not None
-    return render(conversion)
+    async def create(conn: asyncpg.Connection) -> asyncpg.Record:
+        # every refusal comes before anything is written, so no savepoint is needed
+        admitted = await _admit(conn, principal, plan, body)
+        values = {
+            **admitted.values,
+            "id": conversion_id,
+            "api_key_id": principal.key_id,
+            "idempotency_key": key,
+        }
+        return await repository.insert(conn, values, lease_s=saga.lease_s)
+
+    answer = await saga.start(Operation(principal.key_id, key, request_hash, conversion_id), create)
+    return answer.response()
 
 
 async def get_conversion(ctx: Context, principal: Principal, conversion_id: UUID) -> ConversionOut:
     async with ctx.db.driver() as conn:
-        conversion = await _load(conn, conversion_id)
+        conversion = await load(conn, conversion_id)
     if conversion is None:
         raise NotFound(f"No conversion with id {conversion_id}.", code="conversion_not_found")
     principal.require_program(conversion.from_program)
@@ -293,7 +152,7 @@ async def list_conversions(
     principal: Principal,
     *,
     member_ref: str | None,
-    state: str | None,
+    status: str | None,
     limit: int,
     cursor: str | None,
 ) -> ConversionList:
@@ -303,7 +162,7 @@ async def list_conversions(
             conn,
             before=before,
             member_ref=member_ref,
-            state=state,
+            status=status,
             programs=principal.program_list(),
             limit=limit + 1,
         )

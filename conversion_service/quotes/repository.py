@@ -26,26 +26,16 @@ DELETE FROM conversion.quotes WHERE ctid = ANY (ARRAY(
 """
 
 
+# The values of _INSERT's $1-$15, in order ($16 is the time to live).
+_INSERTED = (
+    "id", "from_program", "to_program", "member_ref", "from_points", "fee_points", "to_points", "rate_source",
+    "rate_version", "rate_from_points", "rate_to_points", "fee_bps", "min_from_points",
+    "daily_limit_from_points", "api_key_id",
+)  # fmt: skip
+
+
 async def insert(conn: asyncpg.Connection, values: dict[str, object], ttl_s: int) -> asyncpg.Record:
-    row: asyncpg.Record = await conn.fetchrow(
-        _INSERT,
-        values["id"],
-        values["from_program"],
-        values["to_program"],
-        values["member_ref"],
-        values["from_points"],
-        values["fee_points"],
-        values["to_points"],
-        values["rate_source"],
-        values["rate_version"],
-        values["rate_from_points"],
-        values["rate_to_points"],
-        values["fee_bps"],
-        values["min_from_points"],
-        values["daily_limit_from_points"],
-        values["api_key_id"],
-        ttl_s,
-    )
+    row: asyncpg.Record = await conn.fetchrow(_INSERT, *(values[k] for k in _INSERTED), ttl_s)
     return row
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -65,6 +66,17 @@ class AppliedRate(BaseModel):
     from_points: int = Field(examples=[5])
     to_points: int = Field(examples=[1])
     fee_bps: int = Field(examples=[200])
+
+
+def applied_rate(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The AppliedRate fields of a stored quote or conversion."""
+    return {
+        "source": row["rate_source"],
+        "version": row["rate_version"],
+        "from_points": row["rate_from_points"],
+        "to_points": row["rate_to_points"],
+        "fee_bps": row["fee_bps"],
+    }
 
 
 class QuoteRate(AppliedRate):

@@ -11,7 +11,7 @@ import asyncpg
 from conversion_service.arithmetic import Amounts, convert, fits, from_points_for
 from conversion_service.deps import Context
 from conversion_service.quotes import repository
-from conversion_service.quotes.schemas import Pricing, QuoteIn, QuoteOut, QuoteRate
+from conversion_service.quotes.schemas import Pricing, QuoteIn, QuoteOut, QuoteRate, applied_rate
 from conversion_service.rates.schemas import RateOut
 from conversion_service.rates.service import rate_in_force
 from conversion_service.schemas_common import MAX_POINTS
@@ -27,6 +27,23 @@ class DailyLimitExceeded(Unprocessable):
 class Priced:
     rate: RateOut
     amounts: Amounts
+
+    def columns(self, member_ref: str) -> dict[str, object]:
+        """What a quote and a conversion both store of a price: the pair, the member, amounts, the rate."""
+        rate, amounts = self.rate, self.amounts
+        return {
+            "from_program": rate.from_program,
+            "to_program": rate.to_program,
+            "member_ref": member_ref,
+            "from_points": amounts.from_points,
+            "fee_points": amounts.fee_points,
+            "to_points": amounts.to_points,
+            "rate_source": rate.source,
+            "rate_version": rate.version,
+            "rate_from_points": rate.from_points,
+            "rate_to_points": rate.to_points,
+            "fee_bps": rate.fee_bps,
+        }
 
 
 def out_of_range() -> Unprocessable:
@@ -86,11 +103,7 @@ def quote_out(row: asyncpg.Record) -> QuoteOut:
         fee_points=row["fee_points"],
         to_points=row["to_points"],
         rate=QuoteRate(
-            source=row["rate_source"],
-            version=row["rate_version"],
-            from_points=row["rate_from_points"],
-            to_points=row["rate_to_points"],
-            fee_bps=row["fee_bps"],
+            **applied_rate(row),
             min_from_points=row["min_from_points"],
             daily_limit_from_points=row["daily_limit_from_points"],
         ),
@@ -101,21 +114,11 @@ def quote_out(row: asyncpg.Record) -> QuoteOut:
 
 async def create_quote(ctx: Context, principal: Principal, body: QuoteIn) -> QuoteOut:
     priced = await price(ctx, principal, body)
-    rate, amounts = priced.rate, priced.amounts
+    rate = priced.rate
     ttl = min(body.expires_in_s or ctx.settings.quote_ttl_s, ctx.settings.quote_ttl_s)
     values: dict[str, object] = {
         "id": uuid.uuid4(),
-        "from_program": body.from_program,
-        "to_program": body.to_program,
-        "member_ref": body.member_ref,
-        "from_points": amounts.from_points,
-        "fee_points": amounts.fee_points,
-        "to_points": amounts.to_points,
-        "rate_source": rate.source,
-        "rate_version": rate.version,
-        "rate_from_points": rate.from_points,
-        "rate_to_points": rate.to_points,
-        "fee_bps": rate.fee_bps,
+        **priced.columns(body.member_ref),
         "min_from_points": rate.min_from_points,
         "daily_limit_from_points": rate.daily_limit_from_points,
         "api_key_id": principal.key_id,

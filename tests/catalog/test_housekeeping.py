@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from catalog_service.housekeeping import purge_keys
 from services.db import Database
+from services.idempotency import purge_expired_keys
 from tests.catalog.helpers import new_key
 
 
@@ -15,7 +15,7 @@ async def test_purge_keeps_recent_and_pending_keys(catalog_db: Database) -> None
             " VALUES (-1, $1, '\\x00', $2, '{}', now() - make_interval(days => $3))",
             [(old, 201, 31), (pending, 0, 400), (recent, 201, 29)],
         )
-    assert await purge_keys(catalog_db, 30) >= 1
+    assert await purge_expired_keys(catalog_db, "catalog", 30) >= 1
     async with catalog_db.driver() as conn:
         left = await conn.fetch(
             "SELECT key FROM catalog.idempotency_keys WHERE api_key_id = -1 AND key = ANY ($1)",

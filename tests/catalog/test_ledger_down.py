@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from services.db import Database
+from services.errors import LEDGER_RETRY_AFTER_S
 from tests.catalog.helpers import (
     FAST_SAGAS,
     assert_problem,
@@ -70,6 +71,7 @@ async def test_ledger_down_fails_cleanly_and_refunds_later(
     key = new_key()
     r = await redeem(cat, sku, program, "down-m1", key=key)
     problem = assert_problem(r, 503, "ledger_unavailable")
+    assert r.headers["Retry-After"] == str(LEDGER_RETRY_AFTER_S)  # the same in every service
     rid = problem["redemption_id"]
     assert problem["redemption"]["status"] == "refunding"
     after = await get_reward(cat, sku)  # the catalog reads its own database: no ledger needed
@@ -77,8 +79,10 @@ async def test_ledger_down_fails_cleanly_and_refunds_later(
     replay = await redeem(cat, sku, program, "down-m1", key=key)
     assert replay.status_code == 503 and replay.json() == problem
     assert replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.headers["Retry-After"] == str(LEDGER_RETRY_AFTER_S)
     r = await cat.get("/v1/rewards", params={"program": program, "affordable_for": "down-m1"})
     assert_problem(r, 503, "ledger_unavailable")
+    assert r.headers["Retry-After"] == str(LEDGER_RETRY_AFTER_S)
 
     cancel_key = new_key()
     c = await cancel(cat, done.json()["id"], key=cancel_key)

@@ -50,18 +50,18 @@ async def convert(conv: httpx.AsyncClient, body: dict[str, Any], key: str | None
     return await conv.post("/v1/conversions", json=body, headers={"Idempotency-Key": key or new_key()})
 
 
-async def wait_state(
-    conv: httpx.AsyncClient, conversion_id: str, states: set[str], timeout_s: float = 30.0
+async def wait_status(
+    conv: httpx.AsyncClient, conversion_id: str, statuses: set[str], timeout_s: float = 30.0
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while True:
         r = await conv.get(f"/v1/conversions/{conversion_id}")
         assert r.status_code == 200, r.text
         body: dict[str, Any] = r.json()
-        if body["state"] in states:
+        if body["status"] in statuses:
             return body
         if time.monotonic() > deadline:
-            raise AssertionError(f"conversion stuck in {body['state']}: {body}")
+            raise AssertionError(f"conversion stuck in {body['status']}: {body}")
         await asyncio.sleep(0.1)
 
 

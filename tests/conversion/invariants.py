@@ -10,7 +10,7 @@ from typing import Any
 # sends as the reference (so a leg applied without being recorded would be found too).
 _LEGS = """
 WITH legs AS (
-    SELECT c.id, c.state, c.member_ref, c.from_points, c.to_points, c.debit_txn_id, c.credit_txn_id,
+    SELECT c.id, c.status, c.member_ref, c.from_points, c.to_points, c.debit_txn_id, c.credit_txn_id,
         c.compensation_txn_id,
         (SELECT count(*) FROM ledger.transactions t JOIN ledger.programs p ON p.id = t.program_id
          WHERE t.type = 'burn' AND t.reference = c.id::text AND p.code = c.from_program
@@ -29,9 +29,9 @@ WITH legs AS (
         (SELECT count(*) FROM ledger.transactions t WHERE t.id = c.debit_txn_id) AS debit_found,
         (SELECT count(*) FROM ledger.transactions t WHERE t.id = c.credit_txn_id) AS credit_found
     FROM conversion.conversions c
-    WHERE c.state IN ('completed', 'rejected', 'compensated', 'failed')
+    WHERE c.status IN ('completed', 'rejected', 'compensated', 'failed')
 )
-SELECT * FROM legs WHERE NOT CASE state
+SELECT * FROM legs WHERE NOT CASE status
     WHEN 'completed' THEN burns = 1 AND burned = from_points AND refunded = 0 AND debit_found = 1
                           AND earns = 1 AND earned = to_points AND credit_found = 1
     WHEN 'compensated' THEN burns = 1 AND burned = from_points AND refunded = from_points AND earns = 0
@@ -50,9 +50,9 @@ WITH programs AS (
 ), expected AS (
     SELECT p.code,
         coalesce((SELECT sum(from_points) FROM conversion.conversions
-                  WHERE from_program = p.code AND state = 'completed'), 0)
+                  WHERE from_program = p.code AND status = 'completed'), 0)
       - coalesce((SELECT sum(to_points) FROM conversion.conversions
-                  WHERE to_program = p.code AND state = 'completed'), 0) AS expected
+                  WHERE to_program = p.code AND status = 'completed'), 0) AS expected
     FROM programs p
 ), actual AS (
     SELECT lp.code, coalesce(sum(po.amount), 0) AS actual
@@ -69,16 +69,16 @@ async def check_conversion_invariants(db: Any) -> int:
     async with db.driver() as conn:
         bad = await conn.fetch(_LEGS)
         assert not bad, (
-            f"conversions whose ledger legs do not match their state: {[dict(r) for r in bad[:5]]}"
+            f"conversions whose ledger legs do not match their status: {[dict(r) for r in bad[:5]]}"
         )
         clearing = await conn.fetch(_CLEARING)
         assert not clearing, (
             f"conversion clearing accounts off their conversions: {[dict(r) for r in clearing]}"
         )
-        unsettled = await conn.fetch("SELECT id FROM conversion.conversions WHERE state = 'failed'")
+        unsettled = await conn.fetch("SELECT id FROM conversion.conversions WHERE status = 'failed'")
         assert not unsettled, f"conversions that need an operator: {unsettled}"
         n: int = await conn.fetchval(
             "SELECT count(*) FROM conversion.conversions"
-            " WHERE state IN ('completed', 'rejected', 'compensated', 'failed')"
+            " WHERE status IN ('completed', 'rejected', 'compensated', 'failed')"
         )
     return n

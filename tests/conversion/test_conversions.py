@@ -37,7 +37,7 @@ async def test_conversion_end_to_end_exact_amounts_and_fee(
     )
     assert r.status_code == 201, r.text
     body = r.json()
-    assert (body["state"], body["from_points"], body["fee_points"], body["to_points"]) == (
+    assert (body["status"], body["from_points"], body["fee_points"], body["to_points"]) == (
         "completed",
         5000,
         100,
@@ -137,7 +137,7 @@ async def test_replay_of_the_conversion_request(
     key2 = new_key()
     refused = await convert(conv_http, {**body, "from_points": 1000}, key2)
     problem = assert_problem(refused, 422, "insufficient_points")
-    assert problem["conversion"]["state"] == "rejected"
+    assert problem["conversion"]["status"] == "rejected"
     assert problem["conversion"]["debit_transaction_id"] is None
     replay = await convert(conv_http, {**body, "from_points": 1000}, key2)
     assert replay.status_code == 422 and replay.json() == refused.json()
@@ -171,13 +171,13 @@ async def test_50_concurrent_conversions_where_points_cover_20(
     for a in answers:
         if a.status_code == 422:
             assert a.json()["code"] == "insufficient_points"
-            assert a.json()["conversion"]["state"] == "rejected"
+            assert a.json()["conversion"]["status"] == "rejected"
     assert await balance(ledger_http, src, "m-c") == 0
     assert await balance(ledger_http, dst, "m-c") == 20 * 200
     listed = (await conv_http.get("/v1/conversions", params={"member_ref": "m-c", "limit": 200})).json()[
         "data"
     ]
-    assert sorted(c["state"] for c in listed) == ["completed"] * 20 + ["rejected"] * 30
+    assert sorted(c["status"] for c in listed) == ["completed"] * 20 + ["rejected"] * 30
     await check_conversion_invariants(db)
 
 
@@ -230,9 +230,10 @@ async def test_credit_rejected_for_good_is_compensated(
     r = await convert(
         conv_http, {"from_program": src, "to_program": dst, "member_ref": "m-x", "from_points": 5000}
     )
-    problem = assert_problem(r, 422, "credit_rejected")
+    # the ledger's own refusal of the credit is the answer (DESIGN §4); the conversion says it was compensated
+    problem = assert_problem(r, 422, "points_out_of_range")
     conversion = problem["conversion"]
-    assert conversion["state"] == "compensated"
+    assert conversion["status"] == "compensated"
     assert conversion["error"]["code"] == "points_out_of_range"
     assert events(conversion) == [
         "created",

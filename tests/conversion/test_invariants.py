@@ -12,8 +12,8 @@ async def test_invariant_5_after_all_conversions(conv_http: httpx.AsyncClient, d
     assert (await conv_http.get("/readyz")).status_code == 200
     async with db.driver() as conn:
         unfinished = await conn.fetch(
-            "SELECT id, state FROM conversion.conversions"
-            " WHERE state NOT IN ('completed', 'rejected', 'compensated', 'failed')"
+            "SELECT id, status FROM conversion.conversions"
+            " WHERE status NOT IN ('completed', 'rejected', 'compensated', 'failed')"
         )
     assert not unfinished, f"conversions left unfinished: {unfinished}"
     checked = await check_conversion_invariants(db)

@@ -138,7 +138,7 @@ async def test_unknown_programs_and_bad_amounts(
         "conversion_not_found",
     )
     assert_problem(
-        await conv_http.get("/v1/conversions", params={"state": "sleeping"}), 422, "validation_error"
+        await conv_http.get("/v1/conversions", params={"status": "sleeping"}), 422, "validation_error"
     )
 
 
