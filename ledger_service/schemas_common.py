@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zoneinfo
+from functools import cache
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, StringConstraints
@@ -18,6 +20,7 @@ __all__ = [
     "ProgramCode",
     "Reason",
     "Reference",
+    "TimeZone",
 ]
 
 Reference = Annotated[
@@ -30,6 +33,25 @@ Reason = Annotated[
     StringConstraints(min_length=1, max_length=500, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]+$"),
     Field(examples=["customer returned the item"]),
 ]
+def _known_zone(name: str) -> str:
+    """An IANA zone name both Python and PostgreSQL know (the ledger computes days and months in it)."""
+    if name not in _zones():
+        raise ValueError(f"unknown time zone {name!r}; use an IANA name such as Asia/Shanghai or UTC")
+    return name
+
+
+@cache
+def _zones() -> frozenset[str]:
+    return (frozenset(zoneinfo.available_timezones()) - {"localtime"}) | {"UTC"}
+
+
+TimeZone = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=64),
+    AfterValidator(_known_zone),
+    Field(description="IANA time zone of the program's days and months", examples=["Asia/Shanghai"]),
+]
+
 PointKind = Literal["purchase", "tenure", "credit", "bonus"]
 POINT_KINDS: tuple[str, ...] = ("purchase", "tenure", "credit", "bonus")
 

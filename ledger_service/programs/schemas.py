@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from ledger_service.schemas_common import Currency, PointKind, ProgramCode
+from ledger_service.schemas_common import Currency, PointKind, ProgramCode, TimeZone
 
 _MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
@@ -83,6 +83,7 @@ class ProgramIn(Strict):
     tier_window_months: int = Field(default=12, strict=True, ge=1, le=120)
     qualifying_kinds: list[PointKind] = Field(default_factory=_default_kinds, min_length=1)
     allow_negative: bool = Field(default=False, strict=True)
+    timezone: TimeZone = "UTC"
 
     model_config = ConfigDict(
         extra="forbid",
@@ -98,6 +99,7 @@ class ProgramIn(Strict):
                     "tier_window_months": 12,
                     "qualifying_kinds": ["purchase"],
                     "allow_negative": False,
+                    "timezone": "Asia/Shanghai",
                 }
             ]
         },
@@ -120,6 +122,7 @@ class ProgramPatch(Strict):
     tier_window_months: int | None = Field(default=None, strict=True, ge=1, le=120)
     qualifying_kinds: list[PointKind] | None = Field(default=None, min_length=1)
     allow_negative: bool | None = Field(default=None, strict=True)
+    timezone: TimeZone | None = None
 
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"name": "Wanlitong", "rollover_bps": 2000}]}
@@ -146,6 +149,7 @@ class ProgramOut(BaseModel):
     tier_window_months: int
     qualifying_kinds: list[str]
     allow_negative: bool
+    timezone: str
     created_at: datetime
     updated_at: datetime
 

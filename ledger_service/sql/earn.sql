@@ -32,7 +32,13 @@ BEGIN
             account_id bigint,
             posted boolean NOT NULL DEFAULT false,
             balance_after bigint,
-            held bigint
+            held bigint,
+            partner_id int,                -- the issuer partner funding it (ledger.partner_earns)
+            partner_account bigint,        -- its partner:{code}:issued account, the other side
+            cash numeric,                  -- what the partner pays for it, exact
+            refused text,                  -- a partner check's code: not posted
+            room_points numeric,           -- the partner's funds or credit left before this call
+            room_cash numeric
         ) ON COMMIT DELETE ROWS;
     ELSE
         DELETE FROM earn_in;  -- an earlier call in this transaction
@@ -51,18 +57,19 @@ $$;
 -- With p_checked false (a coalesced batch), only the requests that are safe to apply set-based are
 -- taken: the first use of their key in the batch and in the database, on a program the key may act
 -- on, whose key's advisory lock this transaction gets. The others are left to ledger.execute,
--- which answers them one by one (replay, key reuse or in use, unknown or forbidden program).
+-- which answers them one by one (replay, key reuse or in use, unknown or forbidden program, a
+-- partner that is unknown, suspended, no issuer or without terms).
 CREATE OR REPLACE FUNCTION ledger.stage_earns(p_requests jsonb, p_checked boolean) RETURNS void
 LANGUAGE sql AS $$
     INSERT INTO earn_in (i, program_id, account_id, member_ref, points, kind, clearing, reference, metadata,
                          merchant_id, rule_set_id, breakdown, caps, api_key_id, occurred_at, idem_key,
-                         request_hash)
+                         request_hash, partner_id, partner_account)
     SELECT f.i, g.id, ledger.member_id(g.id, f.a->>'member_ref'), f.a->>'member_ref', (f.a->>'points')::bigint, coalesce(f.a->>'kind', 'purchase'),
            f.a->>'clearing', f.a->>'reference', f.a->'metadata', f.a->'purchase'->>'merchant_id',
            (f.a->>'rule_set_id')::bigint, f.a->'breakdown', f.a->'caps', f.api_key,
-           coalesce((f.a->>'occurred_at')::timestamptz, now()), f.key, f.h
+           f.occ, f.key, f.h, (pp.r).partner_id, (pp.r).issued_account
     FROM (
-        SELECT DISTINCT ON (r.api_key, r.key) r.*
+        SELECT DISTINCT ON (r.api_key, r.key) r.*, coalesce((r.a->>'occurred_at')::timestamptz, now()) AS occ
         FROM (SELECT x.ord - 1 AS i, (x.r->>'k')::bigint AS api_key, x.r->>'key' AS key,
                      decode(x.r->>'h', 'hex') AS h, x.r->'a' AS a, x.r->'p' AS p
               FROM jsonb_array_elements(p_requests) WITH ORDINALITY AS x(r, ord)
@@ -70,8 +77,11 @@ LANGUAGE sql AS $$
         ORDER BY r.api_key, r.key, r.i
     ) f
     JOIN ledger.programs g ON g.code = f.a->>'program'
+    CROSS JOIN LATERAL (SELECT ledger.partner_row(f.a->>'partner', g.id, 'issuer', f.occ, p_checked) AS r
+                        OFFSET 0) pp  -- OFFSET 0: one call per row, not one per field read
     WHERE p_checked
        OR ((f.a->>'points')::numeric >= 0
+           AND (f.a->>'partner' IS NULL OR (pp.r).partner_id IS NOT NULL)
            AND (jsonb_typeof(f.p) IS DISTINCT FROM 'array' OR g.code IN (SELECT jsonb_array_elements_text(f.p)))
            AND NOT EXISTS (SELECT 1 FROM ledger.idempotency_keys k WHERE k.api_key_id = f.api_key AND k.key = f.key)
            AND pg_try_advisory_xact_lock(hashtextextended('idem:' || f.api_key || ':' || f.key, 0)))
@@ -89,13 +99,17 @@ $$;
 --     from the earn's occurred_at;
 --  6. qualifying points per member and month, then one upgrade per member that crossed a
 --     threshold (two thresholds crossed in one call: one upgrade, to the higher tier).
--- Steps 1 to 5 are ledger.post_checked_earns, or, when no row has caps or an external_id (API earns
--- on the hot path), ledger.post_plain_earns: the same effect in one statement.
+--  Partner rows (earns funded by an issuer partner, DESIGN §8) post against the partner's issued
+--  account; its prepaid funds or credit limit are checked after step 2 (ledger.partner_earns), and a
+--  row refused there is not posted (posted stays false, refused says why).
+-- Steps 1 to 5 are ledger.post_checked_earns, or, when no row has caps, an external_id or a partner
+-- (API earns on the hot path), ledger.post_plain_earns: the same effect in one statement.
 CREATE OR REPLACE FUNCTION ledger.post_earns() RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE qualifying int; checked boolean;
 BEGIN
-    SELECT coalesce(bool_or(caps IS NOT NULL OR external_id IS NOT NULL), false) INTO checked FROM earn_in;
+    SELECT coalesce(bool_or(caps IS NOT NULL OR external_id IS NOT NULL OR partner_id IS NOT NULL), false)
+    INTO checked FROM earn_in;
     IF NOT checked THEN
         PERFORM ledger.post_plain_earns();
     ELSE
@@ -103,7 +117,7 @@ BEGIN
     END IF;
 
     INSERT INTO ledger.tier_buckets (account_id, month, points)
-    SELECT e.account_id, date_trunc('month', e.occurred_at AT TIME ZONE 'UTC')::date, sum(e.points)
+    SELECT e.account_id, date_trunc('month', e.occurred_at AT TIME ZONE g.timezone)::date, sum(e.points)
     FROM earn_in e JOIN ledger.programs g ON g.id = e.program_id
     WHERE e.posted AND e.points > 0 AND e.kind = ANY (g.qualifying_kinds) AND jsonb_array_length(g.tiers) > 0
     GROUP BY 1, 2 ORDER BY 1, 2
@@ -133,6 +147,7 @@ END $$;
 -- already posted is skipped, so the balances follow what was inserted).
 CREATE OR REPLACE FUNCTION ledger.post_checked_earns() RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE partnered boolean;
 BEGIN
     -- The callers fill account_id for the members that exist (ledger.member_id); the rest are new.
     IF EXISTS (SELECT 1 FROM earn_in WHERE account_id IS NULL) THEN
@@ -149,15 +164,19 @@ BEGIN
     IF EXISTS (SELECT 1 FROM earn_in WHERE caps IS NOT NULL) THEN
         PERFORM ledger.cap_earns();
     END IF;
+    partnered := EXISTS (SELECT 1 FROM earn_in WHERE partner_id IS NOT NULL);
+    IF partnered THEN
+        PERFORM ledger.partner_earns();
+    END IF;
 
     WITH ins AS (
         INSERT INTO ledger.transactions AS t (id, program_id, type, account_id, member_ref, points, kind,
                                               reference, metadata, merchant_id, rule_set_id, breakdown,
-                                              api_key_id, occurred_at, external_id, amount_minor)
+                                              api_key_id, occurred_at, external_id, amount_minor, partner_id)
         SELECT e.txn_id, e.program_id, 'earn', e.account_id, e.member_ref, e.points, e.kind, e.reference,
                e.metadata, e.merchant_id, e.rule_set_id, e.breakdown, e.api_key_id, e.occurred_at,
-               e.external_id, e.amount_minor
-        FROM earn_in e ORDER BY e.i
+               e.external_id, e.amount_minor, e.partner_id
+        FROM earn_in e WHERE e.refused IS NULL ORDER BY e.i
         ON CONFLICT (api_key_id, external_id) WHERE type = 'earn' AND external_id IS NOT NULL DO NOTHING
         RETURNING t
     ), s AS MATERIALIZED (
@@ -178,7 +197,8 @@ BEGIN
         INSERT INTO ledger.postings (txn_id, account_id, amount)
         SELECT e.txn_id, x.account_id, x.amount
         FROM earn_in e JOIN ledger.programs g ON g.id = e.program_id,
-             LATERAL (VALUES (ledger.counter_account(g, e.clearing, g.issuance_account), -e.points),
+             LATERAL (VALUES (coalesce(e.partner_account, ledger.counter_account(g, e.clearing, g.issuance_account)),
+                              -e.points),
                              (e.account_id, e.points)) AS x(account_id, amount)
         WHERE e.posted AND e.points > 0
         ORDER BY e.i
@@ -189,6 +209,9 @@ BEGIN
          LATERAL (SELECT ledger.lot_points(e.balance_after, e.points) AS points) l
     WHERE e.posted AND e.points > 0 AND l.points > 0
     ORDER BY e.i;
+    IF partnered THEN
+        PERFORM ledger.count_partner_earns();
+    END IF;
 END $$;
 
 -- Steps 1 to 5 in one statement for the hot path, API earns without caps: every row is posted,
@@ -242,7 +265,7 @@ LANGUAGE sql AS $$
     WHERE e.i = x.i
 $$;
 
--- Per-member caps per day and per month (UTC) of the rows of earn_in that carry them, with the same
+-- Per-member caps per day and per month (in the program's time zone) of the rows of earn_in that carry them, with the same
 -- result as applying the rows one at a time in `i` order: each row gets what is left under each cap
 -- after the member's rule-priced earns already posted and the rows before it. Set-based: the day
 -- cap clamps the running sum of the asked points, the month cap the running sum of that; the
@@ -252,21 +275,21 @@ $$;
 CREATE OR REPLACE FUNCTION ledger.cap_earns() RETURNS void
 LANGUAGE sql AS $$
     WITH c AS (
-        SELECT e.i, e.account_id, e.points AS p,
+        SELECT e.i, e.account_id, e.points AS p, g.timezone AS tz,
                (e.caps->>'per_member_per_day')::bigint AS cd, (e.caps->>'per_member_per_month')::bigint AS cm,
-               date_trunc('day', e.occurred_at AT TIME ZONE 'UTC') AS d,
-               date_trunc('month', e.occurred_at AT TIME ZONE 'UTC') AS m
-        FROM earn_in e WHERE e.caps IS NOT NULL
+               date_trunc('day', e.occurred_at AT TIME ZONE g.timezone) AS d,
+               date_trunc('month', e.occurred_at AT TIME ZONE g.timezone) AS m
+        FROM earn_in e JOIN ledger.programs g ON g.id = e.program_id WHERE e.caps IS NOT NULL
     ), used AS (
         SELECT c.*,
                (SELECT coalesce(sum(t.points), 0) FROM ledger.transactions t
                 WHERE c.cd IS NOT NULL AND t.account_id = c.account_id AND t.type = 'earn'
-                  AND t.rule_set_id IS NOT NULL AND t.occurred_at >= c.d AT TIME ZONE 'UTC'
-                  AND t.occurred_at < (c.d + interval '1 day') AT TIME ZONE 'UTC') AS ud,
+                  AND t.rule_set_id IS NOT NULL AND t.occurred_at >= c.d AT TIME ZONE c.tz
+                  AND t.occurred_at < (c.d + interval '1 day') AT TIME ZONE c.tz) AS ud,
                (SELECT coalesce(sum(t.points), 0) FROM ledger.transactions t
                 WHERE c.cm IS NOT NULL AND t.account_id = c.account_id AND t.type = 'earn'
-                  AND t.rule_set_id IS NOT NULL AND t.occurred_at >= c.m AT TIME ZONE 'UTC'
-                  AND t.occurred_at < (c.m + interval '1 month') AT TIME ZONE 'UTC') AS um
+                  AND t.rule_set_id IS NOT NULL AND t.occurred_at >= c.m AT TIME ZONE c.tz
+                  AND t.occurred_at < (c.m + interval '1 month') AT TIME ZONE c.tz) AS um
         FROM c
     ), day_capped AS (
         SELECT u.*,
@@ -323,7 +346,14 @@ BEGIN
     PERFORM ledger.earn_rows();
     PERFORM ledger.stage_earns(jsonb_build_array(jsonb_build_object('k', p_key, 'op', 'earn', 'a', a)), true);
     PERFORM ledger.post_earns();
-    SELECT ledger.earn_json(e.txn, prog.code, e.balance_after, e.held) INTO body FROM earn_in e;
+    SELECT CASE WHEN e.refused IS NULL THEN ledger.earn_json(e.txn, prog.code, e.balance_after, e.held)
+                ELSE jsonb_build_object('refused', e.refused, 'partner', a->>'partner') END
+    INTO body FROM earn_in e;
+    IF body ? 'refused' THEN
+        PERFORM ledger.fail(body->>'refused', 422, CASE body->>'refused'
+            WHEN 'partner_funds_exhausted' THEN format('Partner %s has not enough prepaid points left for this earn.', a->>'partner')
+            ELSE format('This earn would take partner %s over its credit limit.', a->>'partner') END);
+    END IF;
     RETURN body;
 END $$;
 
@@ -350,6 +380,7 @@ BEGIN
     WITH result AS (
         SELECT e.i::int AS i, e.api_key_id, e.idem_key, e.request_hash, ledger.earn_json(e.txn, g.code, e.balance_after, e.held) AS body
         FROM earn_in e JOIN ledger.programs g ON g.id = e.program_id
+        WHERE e.refused IS NULL  -- left to ledger.execute, which refuses them one by one
     ), idem AS (
         INSERT INTO ledger.idempotency_keys (api_key_id, key, request_hash, status, body)
         SELECT r.api_key_id, r.idem_key, r.request_hash, 201, r.body FROM result r

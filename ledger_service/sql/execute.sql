@@ -37,6 +37,7 @@ BEGIN
             WHEN 'reverse' THEN body := ledger.op_reverse(p_args, p_api_key, p_programs, p_scopes);
             WHEN 'transfer' THEN body := ledger.op_transfer(p_args, p_api_key, p_programs);
             WHEN 'adjust' THEN body := ledger.op_adjust(p_args, p_api_key, p_programs);
+            WHEN 'fund' THEN body := ledger.op_fund(p_args, p_api_key, p_programs);
             ELSE PERFORM ledger.fail('unknown_operation', 400, format('Unknown ledger operation %s.', p_op));
         END CASE;
     EXCEPTION

@@ -65,13 +65,16 @@ LANGUAGE plpgsql AS $$
 DECLARE
     prog ledger.programs := ledger.program_for(a->>'program', p_programs);
     pts bigint := (a->>'points')::bigint;
+    -- A hold at an acceptor partner is captured to its accepted account.
+    pp ledger.partner_programs := ledger.partner_row(a->>'partner', prog.id, 'acceptor', now(), true);
     acc ledger.accounts;
     h ledger.holds;
 BEGIN
     acc := ledger.debit_member(prog, a->>'member_ref', pts, true);
-    INSERT INTO ledger.holds (id, program_id, account_id, member_ref, points, status, reference, api_key_id, expires_at)
+    INSERT INTO ledger.holds (id, program_id, account_id, member_ref, points, status, reference, api_key_id, expires_at,
+                              partner_id)
     VALUES (ledger.new_id(), prog.id, acc.id, acc.member_ref, pts, 'held', a->>'reference', p_key,
-            now() + make_interval(secs => (a->>'expires_in_s')::int))
+            now() + make_interval(secs => (a->>'expires_in_s')::int), pp.partner_id)
     RETURNING * INTO h;
     RETURN ledger.hold_json(h, prog.code, acc);
 END $$;
@@ -80,9 +83,13 @@ CREATE OR REPLACE FUNCTION ledger.op_capture(a jsonb, p_key bigint, p_programs t
 LANGUAGE plpgsql AS $$
 DECLARE
     h ledger.holds; prog ledger.programs; acc ledger.accounts; t ledger.transactions; pts bigint;
+    pp ledger.partner_programs; v_at timestamptz := coalesce((a->>'occurred_at')::timestamptz, now());
 BEGIN
     h := ledger.locked_hold((a->>'hold_id')::uuid, p_programs);
     SELECT * INTO prog FROM ledger.programs WHERE id = h.program_id;
+    IF h.partner_id IS NOT NULL THEN
+        pp := ledger.partner_row((SELECT code FROM ledger.partners WHERE id = h.partner_id), prog.id, 'acceptor', v_at, true);
+    END IF;
     pts := coalesce((a->>'points')::bigint, h.points);
     IF pts > h.points THEN
         PERFORM ledger.fail('capture_exceeds_hold', 422,
@@ -91,10 +98,11 @@ BEGIN
     UPDATE ledger.accounts SET balance = balance - pts, held = held - h.points
     WHERE id = h.account_id RETURNING * INTO acc;
     INSERT INTO ledger.transactions (id, program_id, type, account_id, member_ref, points, reference,
-                                     hold_id, api_key_id, occurred_at)
-    VALUES (ledger.new_id(), prog.id, 'capture', acc.id, acc.member_ref, pts, h.reference, h.id, p_key, now())
+                                     hold_id, api_key_id, occurred_at, partner_id)
+    VALUES (ledger.new_id(), prog.id, 'capture', acc.id, acc.member_ref, pts, h.reference, h.id, p_key, v_at,
+            h.partner_id)
     RETURNING * INTO t;
-    PERFORM ledger.post_pair(t.id, acc.id, prog.redemption_account, pts);
+    PERFORM ledger.post_pair(t.id, acc.id, coalesce(pp.accepted_account, prog.redemption_account), pts);
     PERFORM ledger.consume_lots(acc.id, t.id, pts, NULL);
     UPDATE ledger.holds SET status = 'captured', captured_points = pts, capture_txn_id = t.id, updated_at = now()
     WHERE id = h.id;

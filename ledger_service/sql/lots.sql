@@ -1,27 +1,32 @@
--- When points earned at `p_at` expire under the program's policy (NULL: never). Fixed dates are
--- the end of that day in UTC; a fixed date already past rolls to the next year.
+-- When points earned at `p_at` expire under the program's policy (NULL: never), in the program's
+-- time zone: rolling months are counted on its calendar, and a fixed date ends at midnight there
+-- (31 December expires at 00:00 local time on 1 January); a fixed date already past rolls to the
+-- next year.
 CREATE OR REPLACE FUNCTION ledger.lot_expiry(prog ledger.programs, p_at timestamptz) RETURNS timestamptz
 LANGUAGE sql STABLE AS $$
     -- Plain SQL (no PL/pgSQL) so the planner inlines it into set-based inserts of many lots.
     SELECT CASE prog.expiry->>'policy'
-        WHEN 'rolling' THEN p_at + make_interval(months => (prog.expiry->>'months')::int)
+        WHEN 'rolling' THEN ((p_at AT TIME ZONE prog.timezone) + make_interval(months => (prog.expiry->>'months')::int))
+                             AT TIME ZONE prog.timezone
         WHEN 'fixed' THEN
-            (make_date(extract(year FROM p_at AT TIME ZONE 'UTC')::int + (prog.expiry->>'years_after')::int,
-                       (prog.expiry->>'month')::int, (prog.expiry->>'day')::int) + 1)::timestamp AT TIME ZONE 'UTC'
-            + CASE WHEN (make_date(extract(year FROM p_at AT TIME ZONE 'UTC')::int
+            (make_date(extract(year FROM p_at AT TIME ZONE prog.timezone)::int + (prog.expiry->>'years_after')::int,
+                       (prog.expiry->>'month')::int, (prog.expiry->>'day')::int) + 1)::timestamp AT TIME ZONE prog.timezone
+            + CASE WHEN (make_date(extract(year FROM p_at AT TIME ZONE prog.timezone)::int
                                    + (prog.expiry->>'years_after')::int,
                                    (prog.expiry->>'month')::int, (prog.expiry->>'day')::int) + 1)::timestamp
-                        AT TIME ZONE 'UTC' <= p_at
+                        AT TIME ZONE prog.timezone <= p_at
                    THEN interval '1 year' ELSE interval '0' END
     END
 $$;
 
--- The expiry of a lot rolled over from one that expired at `p_old`: the next period of the policy.
+-- The expiry of a lot rolled over from one that expired at `p_old`: the next period of the policy,
+-- on the program's calendar.
 CREATE OR REPLACE FUNCTION ledger.next_period(prog ledger.programs, p_old timestamptz) RETURNS timestamptz
 LANGUAGE sql STABLE AS $$
     SELECT CASE prog.expiry->>'policy'
-        WHEN 'rolling' THEN p_old + make_interval(months => (prog.expiry->>'months')::int)
-        WHEN 'fixed' THEN p_old + interval '1 year'
+        WHEN 'rolling' THEN ((p_old AT TIME ZONE prog.timezone) + make_interval(months => (prog.expiry->>'months')::int))
+                            AT TIME ZONE prog.timezone
+        WHEN 'fixed' THEN ((p_old AT TIME ZONE prog.timezone) + interval '1 year') AT TIME ZONE prog.timezone
         ELSE NULL END
 $$;
 

@@ -3,16 +3,20 @@ LANGUAGE plpgsql AS $$
 DECLARE
     prog ledger.programs := ledger.program_for(a->>'program', p_programs);
     pts bigint := (a->>'points')::bigint;
+    v_at timestamptz := coalesce((a->>'occurred_at')::timestamptz, now());
+    -- A burn at an acceptor partner goes to its accepted account (DESIGN §8).
+    pp ledger.partner_programs := ledger.partner_row(a->>'partner', prog.id, 'acceptor', v_at, true);
     acc ledger.accounts;
     t ledger.transactions;
 BEGIN
     acc := ledger.debit_member(prog, a->>'member_ref', pts, false);
     INSERT INTO ledger.transactions (id, program_id, type, account_id, member_ref, points, reference, reason,
-                                     metadata, api_key_id, occurred_at)
+                                     metadata, api_key_id, occurred_at, partner_id)
     VALUES (ledger.new_id(), prog.id, 'burn', acc.id, acc.member_ref, pts, a->>'reference', a->>'reason',
-            a->'metadata', p_key, now())
+            a->'metadata', p_key, v_at, pp.partner_id)
     RETURNING * INTO t;
-    PERFORM ledger.post_pair(t.id, acc.id, ledger.counter_account(prog, a->>'clearing', prog.redemption_account), pts);
+    PERFORM ledger.post_pair(t.id, acc.id,
+        coalesce(pp.accepted_account, ledger.counter_account(prog, a->>'clearing', prog.redemption_account)), pts);
     PERFORM ledger.consume_lots(acc.id, t.id, pts, NULL);
     RETURN ledger.txn_json(t, prog.code, acc);
 END $$;
@@ -57,10 +61,13 @@ BEGIN
     END IF;
     UPDATE ledger.transactions SET reversed_points = reversed_points + pts WHERE id = o.id;
     INSERT INTO ledger.transactions (id, program_id, type, account_id, member_ref, points, kind, reference,
-                                     reason, original_id, merchant_id, api_key_id, occurred_at)
+                                     reason, original_id, merchant_id, api_key_id, occurred_at, partner_id)
     VALUES (ledger.new_id(), prog.id, 'reversal', acc.id, acc.member_ref, pts, o.type, o.reference,
-            a->>'reason', o.id, o.merchant_id, p_key, now())
+            a->>'reason', o.id, o.merchant_id, p_key, now(), o.partner_id)
     RETURNING * INTO t;
+    IF o.partner_id IS NOT NULL AND o.type = 'earn' THEN
+        PERFORM ledger.uncount_partner_earn(o.partner_id, o.program_id, pts, t.occurred_at);
+    END IF;
     -- Back against whichever system account the original posted to (issuance, redemption, conversion...).
     SELECT account_id INTO counter FROM ledger.postings WHERE txn_id = o.id AND account_id <> o.account_id LIMIT 1;
     IF o.type = 'earn' THEN
@@ -69,7 +76,7 @@ BEGIN
         PERFORM ledger.consume_lots(acc.id, t.id, pts, own_lot);
         IF o.kind = ANY (prog.qualifying_kinds) AND jsonb_array_length(prog.tiers) > 0 THEN
             UPDATE ledger.tier_buckets SET points = points - pts
-            WHERE account_id = acc.id AND month = date_trunc('month', o.occurred_at AT TIME ZONE 'UTC')::date;
+            WHERE account_id = acc.id AND month = date_trunc('month', o.occurred_at AT TIME ZONE prog.timezone)::date;
         END IF;
     ELSE
         PERFORM ledger.post_pair(t.id, counter, acc.id, pts);

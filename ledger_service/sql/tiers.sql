@@ -12,12 +12,13 @@ LANGUAGE sql IMMUTABLE AS $$
                      WHERE t->>'code' = p_tier), 0)
 $$;
 
--- Qualifying points in the window: this calendar month (UTC) and the months before it.
+-- Qualifying points in the window: this calendar month (in the program's time zone) and the months
+-- before it.
 CREATE OR REPLACE FUNCTION ledger.qualifying_points(prog ledger.programs, p_account bigint) RETURNS bigint
 LANGUAGE sql STABLE AS $$
     SELECT coalesce(sum(points), 0)::bigint FROM ledger.tier_buckets
     WHERE account_id = p_account
-      AND month > (date_trunc('month', now() AT TIME ZONE 'UTC')
+      AND month > (date_trunc('month', now() AT TIME ZONE prog.timezone)
                    - make_interval(months => prog.tier_window_months))::date
 $$;
 

@@ -1,0 +1,284 @@
+-- Coalition partners (DESIGN §8): who funded a point and where it was spent, prepaid and credit
+-- checks under the posting's own locks, and settlement into immutable statement lines.
+
+-- Periods in the program's time zone: a day, an ISO week (from Monday) or a calendar month.
+CREATE OR REPLACE FUNCTION ledger.period_unit(p_period text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE p_period WHEN 'daily' THEN 'day' WHEN 'weekly' THEN 'week' WHEN 'monthly' THEN 'month'
+                         ELSE p_period END
+$$;
+
+CREATE OR REPLACE FUNCTION ledger.period_start(p_at timestamptz, p_period text, p_tz text) RETURNS timestamptz
+LANGUAGE sql STABLE AS $$
+    SELECT date_trunc(ledger.period_unit(p_period), p_at AT TIME ZONE p_tz) AT TIME ZONE p_tz
+$$;
+
+CREATE OR REPLACE FUNCTION ledger.period_end(p_at timestamptz, p_period text, p_tz text) RETURNS timestamptz
+LANGUAGE sql STABLE AS $$
+    SELECT (date_trunc(ledger.period_unit(p_period), p_at AT TIME ZONE p_tz)
+            + ('1 ' || ledger.period_unit(p_period))::interval) AT TIME ZONE p_tz
+$$;
+
+-- Round half up (2.5 -> 3, -2.5 -> -2), once per statement line.
+CREATE OR REPLACE FUNCTION ledger.half_up(p numeric) RETURNS numeric
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT floor(p + 0.5)
+$$;
+
+-- The version of a partner's terms for a program in force at p_at (NULL before the first).
+CREATE OR REPLACE FUNCTION ledger.partner_terms_at(p_partner int, p_program int, p_at timestamptz)
+RETURNS ledger.partner_terms
+LANGUAGE sql STABLE AS $$
+    SELECT * FROM ledger.partner_terms
+    WHERE partner_id = p_partner AND program_id = p_program AND effective_from <= p_at
+    ORDER BY effective_from DESC LIMIT 1
+$$;
+
+-- A partner's row for a program, with its two system accounts, created on first use (terms or a
+-- funding). Accounts are named partner:{code}:issued and partner:{code}:accepted.
+CREATE OR REPLACE FUNCTION ledger.partner_program(p_partner int, p_program int) RETURNS ledger.partner_programs
+LANGUAGE plpgsql AS $$
+DECLARE pp ledger.partner_programs; v_code text;
+BEGIN
+    SELECT * INTO pp FROM ledger.partner_programs WHERE partner_id = p_partner AND program_id = p_program;
+    IF FOUND THEN
+        RETURN pp;
+    END IF;
+    SELECT code INTO v_code FROM ledger.partners WHERE id = p_partner;
+    INSERT INTO ledger.accounts (program_id, kind, member_ref)
+    VALUES (p_program, 'partner_issued', 'partner:' || v_code || ':issued'),
+           (p_program, 'partner_accepted', 'partner:' || v_code || ':accepted')
+    ON CONFLICT DO NOTHING;
+    INSERT INTO ledger.partner_programs (partner_id, program_id, issued_account, accepted_account)
+    SELECT p_partner, p_program,
+           (SELECT id FROM ledger.accounts WHERE program_id = p_program AND kind = 'partner_issued'
+                AND member_ref = 'partner:' || v_code || ':issued'),
+           (SELECT id FROM ledger.accounts WHERE program_id = p_program AND kind = 'partner_accepted'
+                AND member_ref = 'partner:' || v_code || ':accepted')
+    ON CONFLICT DO NOTHING;
+    SELECT * INTO pp FROM ledger.partner_programs WHERE partner_id = p_partner AND program_id = p_program;
+    RETURN pp;
+END $$;
+
+-- The partner a posting names, checked: it exists, is active, has the role (issuer for an earn,
+-- acceptor for a burn or capture) and terms for the program in force at p_at. NULL when p_code is
+-- NULL (no partner); on a failed check it raises, or with p_raise false returns NULL (the coalesced
+-- path leaves such a request to ledger.execute, which answers it with the error).
+CREATE OR REPLACE FUNCTION ledger.partner_row(p_code text, p_program int, p_role text, p_at timestamptz,
+                                              p_raise boolean) RETURNS ledger.partner_programs
+LANGUAGE plpgsql STABLE AS $$
+DECLARE p ledger.partners; pp ledger.partner_programs;
+BEGIN
+    IF p_code IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT * INTO p FROM ledger.partners WHERE code = p_code;
+    IF NOT FOUND THEN
+        IF p_raise THEN PERFORM ledger.fail('partner_not_found', 404, format('No partner with code %s.', p_code)); END IF;
+        RETURN NULL;
+    END IF;
+    IF p.status <> 'active' THEN
+        IF p_raise THEN PERFORM ledger.fail('partner_suspended', 422, format('Partner %s is suspended.', p_code)); END IF;
+        RETURN NULL;
+    END IF;
+    IF NOT (p_role = ANY (p.roles)) THEN
+        IF p_raise THEN
+            PERFORM ledger.fail('partner_role_missing', 422, format('Partner %s is not an %s.', p_code, p_role));
+        END IF;
+        RETURN NULL;
+    END IF;
+    SELECT * INTO pp FROM ledger.partner_programs WHERE partner_id = p.id AND program_id = p_program;
+    IF NOT FOUND OR ledger.partner_terms_at(p.id, p_program, p_at) IS NULL THEN
+        IF p_raise THEN
+            PERFORM ledger.fail('partner_terms_missing', 422,
+                format('Partner %s has no terms for this program in force at %s.', p_code, ledger.ts(p_at)));
+        END IF;
+        RETURN NULL;
+    END IF;
+    RETURN pp;
+END $$;
+
+-- The partner rows of earn_in, after the member locks: each gets its cash at the issue price in force
+-- at its occurred_at, and a prepaid partner's purchased points or a postpaid partner's credit limit
+-- (for what is not on a statement yet) is checked against its counters, read under the row lock of
+-- partner_programs (taken here, after the members, as every writer does). The rows are taken in
+-- `i` order while they fit (set-based: the running sums), then any later row that still fits, one
+-- at a time: the same answer as posting them one by one. A row that does not fit is marked refused;
+-- it is not posted and its caller answers it (op_earn: the error; earn_set: ledger.execute, which
+-- refuses it on its own; a batch file: a rejection). Rows of a re-sent file already posted are left
+-- unchecked (they are duplicates, not refusals).
+CREATE OR REPLACE FUNCTION ledger.partner_earns() RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE r record; room jsonb := '{}'; k text; left_points numeric; left_cash numeric;
+BEGIN
+    WITH locked AS (
+        SELECT pp.* FROM ledger.partner_programs pp
+        WHERE (pp.partner_id, pp.program_id) IN (SELECT DISTINCT e.partner_id, e.program_id FROM earn_in e
+                                                 WHERE e.partner_id IS NOT NULL)
+        ORDER BY pp.partner_id, pp.program_id FOR UPDATE
+    ), priced AS (
+        SELECT e.i, e.partner_id, e.program_id, e.points,
+               e.points * t.issue_cash_minor::numeric / t.issue_points AS cash, t.funding, t.credit_limit_minor
+        FROM earn_in e, LATERAL ledger.partner_terms_at(e.partner_id, e.program_id, e.occurred_at) t
+        WHERE e.partner_id IS NOT NULL
+          AND (e.external_id IS NULL OR NOT EXISTS (
+              SELECT 1 FROM ledger.transactions x
+              WHERE x.api_key_id = e.api_key_id AND x.external_id = e.external_id AND x.type = 'earn'))
+    ), run AS (
+        SELECT p.*, l.funded_points - l.issued_points AS room_points, l.open_cash,
+               sum(p.points) OVER w AS run_points, sum(p.cash) OVER w AS run_cash
+        FROM priced p JOIN locked l ON l.partner_id = p.partner_id AND l.program_id = p.program_id
+        WINDOW w AS (PARTITION BY p.partner_id, p.program_id ORDER BY p.i)
+    )
+    UPDATE earn_in e SET cash = r.cash,
+        refused = CASE
+            WHEN r.funding = 'prepaid' AND r.points > 0 AND r.run_points > r.room_points THEN 'partner_funds_exhausted'
+            WHEN r.funding = 'postpaid' AND r.credit_limit_minor IS NOT NULL AND r.cash > 0
+                 AND r.open_cash + r.run_cash > r.credit_limit_minor THEN 'partner_credit_exceeded' END,
+        room_points = CASE WHEN r.funding = 'prepaid' THEN r.room_points END,
+        room_cash = CASE WHEN r.funding = 'postpaid' THEN r.credit_limit_minor - r.open_cash END
+    FROM run r WHERE e.i = r.i;
+
+    IF NOT EXISTS (SELECT 1 FROM earn_in WHERE refused IS NOT NULL) THEN
+        RETURN;
+    END IF;
+    -- What each partner has left after the rows taken so far; then the later rows, in order.
+    SELECT jsonb_object_agg(g.k, jsonb_build_object('p', g.lp, 'c', g.lc)) INTO room FROM (
+        SELECT e.partner_id || ':' || e.program_id AS k,
+               min(e.room_points) - coalesce(sum(e.points) FILTER (WHERE e.refused IS NULL), 0) AS lp,
+               min(e.room_cash) - coalesce(sum(e.cash) FILTER (WHERE e.refused IS NULL), 0) AS lc
+        FROM earn_in e WHERE e.partner_id IS NOT NULL AND e.cash IS NOT NULL GROUP BY 1) g;
+    FOR r IN SELECT e.i, e.partner_id || ':' || e.program_id AS k, e.points, e.cash FROM earn_in e
+             WHERE e.refused IS NOT NULL ORDER BY e.i LOOP
+        left_points := (room->r.k->>'p')::numeric;
+        left_cash := (room->r.k->>'c')::numeric;
+        IF (left_points IS NULL OR r.points <= left_points) AND (left_cash IS NULL OR r.cash <= left_cash) THEN
+            UPDATE earn_in SET refused = NULL WHERE i = r.i;
+            room := jsonb_set(room, ARRAY[r.k], jsonb_build_object('p', left_points - r.points, 'c', left_cash - r.cash));
+        END IF;
+    END LOOP;
+END $$;
+
+-- The counters after posted partner earns (post_checked_earns, under the row lock partner_earns took).
+CREATE OR REPLACE FUNCTION ledger.count_partner_earns() RETURNS void
+LANGUAGE sql AS $$
+    UPDATE ledger.partner_programs pp SET issued_points = pp.issued_points + s.points, open_cash = pp.open_cash + s.cash
+    FROM (SELECT e.partner_id, e.program_id, sum(e.points) AS points, sum(e.cash) AS cash FROM earn_in e
+          WHERE e.posted AND e.partner_id IS NOT NULL GROUP BY 1, 2) s
+    WHERE pp.partner_id = s.partner_id AND pp.program_id = s.program_id
+$$;
+
+-- A clawback of a partner's earn gives its points back to the partner's prepaid funds and lowers
+-- what it owes for the open period (priced at the terms in force now, as the settlement prices it).
+CREATE OR REPLACE FUNCTION ledger.uncount_partner_earn(p_partner int, p_program int, p_points bigint, p_at timestamptz)
+RETURNS void
+LANGUAGE sql AS $$
+    UPDATE ledger.partner_programs pp SET issued_points = pp.issued_points - p_points,
+        open_cash = pp.open_cash - p_points * t.issue_cash_minor::numeric / t.issue_points
+    FROM ledger.partner_terms_at(p_partner, p_program, p_at) t
+    WHERE pp.partner_id = p_partner AND pp.program_id = p_program
+$$;
+
+-- A prepaid partner buys points: {partner, program, points, cash_minor, reference}. Needs terms for
+-- the program (the partner's row exists from then on).
+CREATE OR REPLACE FUNCTION ledger.op_fund(a jsonb, p_key bigint, p_programs text[]) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    prog ledger.programs := ledger.program_for(a->>'program', p_programs);
+    p ledger.partners; pp ledger.partner_programs; t ledger.partner_terms; f ledger.partner_fundings;
+BEGIN
+    SELECT * INTO p FROM ledger.partners WHERE code = a->>'partner';
+    IF NOT FOUND THEN
+        PERFORM ledger.fail('partner_not_found', 404, format('No partner with code %s.', a->>'partner'));
+    END IF;
+    t := ledger.partner_terms_at(p.id, prog.id, now());
+    IF t IS NULL THEN
+        PERFORM ledger.fail('partner_terms_missing', 422,
+            format('Partner %s has no terms for program %s in force now.', p.code, prog.code));
+    END IF;
+    UPDATE ledger.partner_programs SET funded_points = funded_points + (a->>'points')::bigint
+    WHERE partner_id = p.id AND program_id = prog.id RETURNING * INTO pp;
+    INSERT INTO ledger.partner_fundings (id, partner_id, program_id, points, cash_minor, currency, reference, api_key_id)
+    VALUES (ledger.new_id(), p.id, prog.id, (a->>'points')::bigint, (a->>'cash_minor')::bigint, t.currency,
+            a->>'reference', p_key)
+    RETURNING * INTO f;
+    RETURN jsonb_build_object('id', f.id, 'partner', p.code, 'program', prog.code, 'points', f.points,
+        'cash_minor', f.cash_minor, 'currency', f.currency, 'reference', f.reference,
+        'created_at', ledger.ts(f.created_at),
+        'prepaid_points', pp.funded_points - pp.issued_points);
+END $$;
+
+-- What one partner transaction adds to a statement line: points issued or accepted, or their
+-- reversals, and the cash each way at the prices in force at the transaction's occurred_at (exact;
+-- the line rounds once).
+CREATE OR REPLACE FUNCTION ledger.partner_figures(p_partner int, p_program int, p_type text, p_kind text,
+    p_points bigint, p_at timestamptz,
+    OUT issued bigint, OUT issued_reversed bigint, OUT accepted bigint, OUT accepted_reversed bigint,
+    OUT cash_from numeric, OUT cash_to numeric)
+LANGUAGE sql STABLE AS $$
+    SELECT x.i, x.ir, x.a, x.ar,
+           (x.i - x.ir) * t.issue_cash_minor::numeric / t.issue_points,
+           (x.a - x.ar) * t.accept_cash_minor::numeric / t.accept_points
+    FROM (SELECT CASE WHEN p_type = 'earn' THEN p_points ELSE 0 END AS i,
+                 CASE WHEN p_type = 'reversal' AND p_kind = 'earn' THEN p_points ELSE 0 END AS ir,
+                 CASE WHEN p_type IN ('burn', 'capture') THEN p_points ELSE 0 END AS a,
+                 CASE WHEN p_type = 'reversal' AND p_kind IN ('burn', 'capture') THEN p_points ELSE 0 END AS ar) x
+    LEFT JOIN LATERAL ledger.partner_terms_at(p_partner, p_program, p_at) t ON true
+$$;
+
+-- Closes every period of one partner and program that ended by p_as_of, in the program's time zone,
+-- each into one statement line of settlement p_settlement. A period is the partner's terms' period
+-- in force at its start (a change of period applies from the next boundary). A line takes every
+-- transaction of the partner on no statement yet that occurred before the period's end: its own,
+-- and late ones whose period had already closed. Transactions are marked with their line, so a
+-- closed line never changes, and what commits after this statement's snapshot is left for the
+-- next period. An advisory lock per partner and program serializes two settlements; the second
+-- then finds the periods closed. Lock order: transactions, then the partner's row (as reversals).
+CREATE OR REPLACE FUNCTION ledger.settle_partner(p_settlement uuid, p_partner int, p_program int, p_as_of timestamptz)
+RETURNS SETOF ledger.statement_lines
+LANGUAGE plpgsql AS $$
+DECLARE
+    tz text; cur timestamptz; t ledger.partner_terms; first_terms ledger.partner_terms; fin timestamptz;
+    line ledger.statement_lines; v_id uuid;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended('settle:' || p_partner || ':' || p_program, 0));
+    SELECT timezone INTO tz FROM ledger.programs WHERE id = p_program;
+    SELECT * INTO first_terms FROM ledger.partner_terms WHERE partner_id = p_partner AND program_id = p_program
+    ORDER BY effective_from LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    SELECT max(period_end) INTO cur FROM ledger.statement_lines WHERE partner_id = p_partner AND program_id = p_program;
+    cur := coalesce(cur, ledger.period_start(first_terms.effective_from, first_terms.period, tz));
+    LOOP
+        t := coalesce(ledger.partner_terms_at(p_partner, p_program, cur), first_terms);
+        fin := ledger.period_end(cur, t.period, tz);
+        EXIT WHEN fin > p_as_of;
+        v_id := ledger.new_id();
+        WITH moved AS (
+            UPDATE ledger.transactions x SET statement_line_id = v_id
+            WHERE x.partner_id = p_partner AND x.program_id = p_program AND x.statement_line_id IS NULL
+              AND x.occurred_at < fin
+            RETURNING x.type, x.kind, x.points, x.occurred_at
+        ), s AS (
+            SELECT count(*) AS n, coalesce(sum(f.issued), 0) AS i, coalesce(sum(f.issued_reversed), 0) AS ir,
+                   coalesce(sum(f.accepted), 0) AS a, coalesce(sum(f.accepted_reversed), 0) AS ar,
+                   coalesce(sum(f.cash_from), 0) AS cf, coalesce(sum(f.cash_to), 0) AS ct
+            FROM moved m, LATERAL ledger.partner_figures(p_partner, p_program, m.type, m.kind, m.points,
+                                                         m.occurred_at) f
+        )
+        INSERT INTO ledger.statement_lines (id, settlement_id, partner_id, program_id, period_start, period_end,
+            points_issued, points_issued_reversed, points_accepted, points_accepted_reversed,
+            cash_due_from_partner_minor, cash_due_to_partner_minor, net_minor, currency, transactions,
+            cash_from_exact, cash_to_exact)
+        SELECT v_id, p_settlement, p_partner, p_program, cur, fin, s.i, s.ir, s.a, s.ar,
+               ledger.half_up(s.cf), ledger.half_up(s.ct), ledger.half_up(s.cf) - ledger.half_up(s.ct),
+               t.currency, s.n, s.cf, s.ct
+        FROM s
+        RETURNING * INTO line;
+        UPDATE ledger.partner_programs SET open_cash = open_cash - line.cash_from_exact
+        WHERE partner_id = p_partner AND program_id = p_program;
+        RETURN NEXT line;
+        cur := fin;
+    END LOOP;
+END $$;
