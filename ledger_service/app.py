@@ -10,6 +10,7 @@ from ledger_service.finance.endpoints import router as finance_router
 from ledger_service.housekeeping import Housekeeper
 from ledger_service.jobs.endpoints import router as jobs_router
 from ledger_service.members.endpoints import router as members_router
+from ledger_service.partners.endpoints import router as partners_router
 from ledger_service.postings.endpoints import router as postings_router
 from ledger_service.postings.engine import PostingEngine
 from ledger_service.programs.endpoints import router as programs_router
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             members_router,
             reports_router,
             finance_router,
+            partners_router,
             batches_router,
             events_router,
             jobs_router,
@@ -71,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "holds", "description": "Authorize now, capture or void later"},
             {"name": "members", "description": "Balances, tiers, expiring points and statements"},
             {"name": "reports", "description": "Issued, redeemed, expired, outstanding, liability"},
+            {"name": "partners", "description": "Coalition partners, their terms, fundings and settlement"},
             {"name": "events", "description": "The event feed and webhook subscriptions"},
             {
                 "name": "jobs",

@@ -15,6 +15,7 @@ __all__ = [
     "Currency",
     "MemberRef",
     "Metadata",
+    "PartnerCode",
     "PointKind",
     "Points",
     "ProgramCode",
@@ -33,6 +34,8 @@ Reason = Annotated[
     StringConstraints(min_length=1, max_length=500, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]+$"),
     Field(examples=["customer returned the item"]),
 ]
+
+
 def _known_zone(name: str) -> str:
     """An IANA zone name both Python and PostgreSQL know (the ledger computes days and months in it)."""
     if name not in _zones():
@@ -50,6 +53,12 @@ TimeZone = Annotated[
     StringConstraints(min_length=1, max_length=64),
     AfterValidator(_known_zone),
     Field(description="IANA time zone of the program's days and months", examples=["Asia/Shanghai"]),
+]
+
+PartnerCode = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Z0-9_]{2,16}$"),
+    Field(description="A coalition partner's code (2-16 of A-Z 0-9 _)", examples=["ICBC"]),
 ]
 
 PointKind = Literal["purchase", "tenure", "credit", "bonus"]

@@ -46,6 +46,7 @@ class Principal:
     name: str
     scopes: frozenset[str]
     programs: frozenset[str] | None  # None: every program
+    partner: str | None = None  # a partner-bound key acts only as this coalition partner
 
     def has(self, scope: str) -> bool:
         service = scope.split(":", 1)[0]
@@ -58,6 +59,21 @@ class Principal:
     def require_program(self, code: str) -> None:
         if self.programs is not None and code not in self.programs:
             raise Forbidden(f"This API key may not act on program {code}.", code="program_forbidden")
+
+    def require_partner(self, code: str) -> None:
+        if self.partner is not None and code != self.partner:
+            raise Forbidden(
+                f"This API key is bound to partner {self.partner}; it may not act as {code}.",
+                code="partner_forbidden",
+            )
+
+    def acting_partner(self, named: str | None) -> str | None:
+        """The partner a posting is at: the one named, or the key's own; a partner-bound key may name
+        no other (403 partner_forbidden)."""
+        if named is not None:
+            self.require_partner(named)
+            return named
+        return self.partner
 
     def program_list(self) -> list[str] | None:
         return None if self.programs is None else sorted(self.programs)
@@ -81,7 +97,7 @@ class KeyStore:
             return hit[1]
         async with self.db.driver() as conn:
             row = await conn.fetchrow(
-                "SELECT id, name, scopes, programs FROM auth.api_keys"
+                "SELECT id, name, scopes, programs, partner FROM auth.api_keys"
                 " WHERE key_hash = $1 AND revoked_at IS NULL",
                 digest,
             )
@@ -93,6 +109,7 @@ class KeyStore:
             name=row["name"],
             scopes=frozenset(row["scopes"]),
             programs=None if row["programs"] is None else frozenset(row["programs"]),
+            partner=row["partner"],
         )
         if len(self._cache) > 10_000:
             self._cache.clear()
@@ -108,6 +125,7 @@ async def create_api_key(
     programs: Sequence[str] | None = None,
     secret: str | None = None,
     keep_revoked: bool = False,
+    partner: str | None = None,
 ) -> tuple[int, str]:
     """Stores a new key and returns (id, secret). The secret is shown once and never stored.
 
@@ -120,10 +138,10 @@ async def create_api_key(
     secret = secret or new_secret()
     async with db.driver() as conn:
         key_id = await conn.fetchval(
-            "INSERT INTO auth.api_keys (name, prefix, key_hash, scopes, programs)"
-            " VALUES ($1, $2, $3, $4, $5)"
+            "INSERT INTO auth.api_keys (name, prefix, key_hash, scopes, programs, partner)"
+            " VALUES ($1, $2, $3, $4, $5, $7)"
             " ON CONFLICT (key_hash) DO UPDATE SET scopes = EXCLUDED.scopes,"
-            " programs = EXCLUDED.programs,"
+            " programs = EXCLUDED.programs, partner = EXCLUDED.partner,"
             " revoked_at = CASE WHEN $6 THEN auth.api_keys.revoked_at END"
             " RETURNING id",
             name,
@@ -132,6 +150,7 @@ async def create_api_key(
             scope_list,
             None if programs is None else sorted(set(programs)),
             keep_revoked,
+            partner,
         )
     return int(key_id), secret
 

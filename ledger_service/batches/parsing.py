@@ -20,7 +20,7 @@ import orjson
 
 FIELDS = (
     "external_id", "type", "original_external_id", "program", "member_ref", "card_number", "amount_minor",
-    "currency", "merchant_id", "mcc", "channel", "occurred_at", "points",
+    "currency", "merchant_id", "mcc", "channel", "occurred_at", "points", "partner",
 )  # fmt: skip
 REQUIRED = ("external_id", "program")
 MAX_POINTS = 2**63 - 1
@@ -59,19 +59,20 @@ class Row:
     points: int | None = None
     rule_set_id: int | None = None
     reject: str | None = None
+    partner: str | None = None  # the issuer partner funding an earn row (DESIGN §8)
 
     def record(self, batch_id: Any) -> tuple[Any, ...]:
         return (
             batch_id, self.line, self.type, self.external_id, self.original_external_id, self.program,
             self.member_ref, self.amount_minor, self.currency, self.merchant_id, self.mcc, self.channel,
-            self.occurred_at, self.points, self.rule_set_id, self.reject,
+            self.occurred_at, self.points, self.rule_set_id, self.reject, self.partner,
         )  # fmt: skip
 
 
 COPY_COLUMNS = (
     "batch_id", "line", "type", "external_id", "original_external_id", "program", "member_ref",
     "amount_minor", "currency", "merchant_id", "mcc", "channel", "occurred_at", "points", "rule_set_id",
-    "reject",
+    "reject", "partner",
 )  # fmt: skip
 
 
@@ -168,6 +169,11 @@ def parse_fields(line: int, f: dict[str, str], tokens: CardTokenizer, now: datet
         row.occurred_at = at
     else:
         row.occurred_at = now
+    partner = f.get("partner") or ""
+    if partner:
+        if not _PROGRAM.match(partner):
+            return bad("malformed_partner")
+        row.partner = partner
     points = f.get("points") or ""
     if points:
         row.points = _int(points, 1, MAX_POINTS)

@@ -176,6 +176,11 @@ async def _stage(
         for row in pending:
             if allowed is not None and row.reject is None and row.program not in allowed:
                 row.reject = "program_forbidden"
+            if principal.partner is not None and row.reject is None:  # a partner-bound key's rows
+                if row.partner is None:
+                    row.partner = principal.partner
+                elif row.partner != principal.partner:
+                    row.reject = "partner_forbidden"
         await pricer.price(pending)
         async with conn.transaction():  # staged lines become visible to the processor with their count
             await repository.stage(conn, [r.record(batch_id) for r in pending])

@@ -13,6 +13,7 @@ from ledger_service.schemas_common import (
     Currency,
     MemberRef,
     Metadata,
+    PartnerCode,
     PointKind,
     Points,
     ProgramCode,
@@ -51,6 +52,11 @@ class EarnIn(Strict):
         description="The system account on the other side: the program's `conversion` clearing or "
         "`merchant` funding account instead of issuance (used by the conversion service).",
     )
+    partner: PartnerCode | None = Field(
+        default=None,
+        description="The issuer partner funding these points (DESIGN §8): the other side is its "
+        "`partner:{code}:issued` account. A partner-bound API key's earns are its partner's.",
+    )
 
     model_config = ConfigDict(
         extra="forbid",
@@ -87,6 +93,13 @@ class BurnIn(Strict):
         description="Post against the program's conversion clearing account instead of redemption "
         "(used by the conversion service).",
     )
+    partner: PartnerCode | None = Field(
+        default=None, description="The acceptor partner the points are spent at (DESIGN §8)"
+    )
+    occurred_at: AwareDatetime | None = Field(
+        default=None,
+        description="When it happened (default now; at most 30 days back, for offline terminals)",
+    )
 
     model_config = ConfigDict(
         extra="forbid",
@@ -104,6 +117,9 @@ class HoldIn(Strict):
     points: Points
     reference: Reference
     expires_in_s: int = Field(default=HOLD_DEFAULT_S, strict=True, ge=1, le=HOLD_MAX_S)
+    partner: PartnerCode | None = Field(
+        default=None, description="The acceptor partner the capture is accepted at (DESIGN §8)"
+    )
 
     model_config = ConfigDict(
         extra="forbid",
@@ -123,6 +139,9 @@ class HoldIn(Strict):
 
 class CaptureIn(Strict):
     points: Points | None = Field(default=None, description="Capture this much; omit to capture it all")
+    occurred_at: AwareDatetime | None = Field(
+        default=None, description="When it happened (default now; at most 30 days back)"
+    )
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"points": 600}]})
 

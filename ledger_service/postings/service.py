@@ -22,6 +22,27 @@ from services.auth import Principal
 from services.errors import Unprocessable
 
 MAX_CLOCK_SKEW = timedelta(minutes=5)
+# Burns and captures may be dated back this far (offline terminals, DESIGN §8).
+MAX_BACKDATE = timedelta(days=30)
+
+
+def _at_partner(args: dict[str, Any], principal: Principal) -> dict[str, Any]:
+    """The request's partner: the one it names or its key's; a partner-bound key names no other."""
+    partner = principal.acting_partner(args.get("partner"))
+    if partner is not None:
+        args["partner"] = partner
+    return args
+
+
+def _backdated(at: datetime | None) -> None:
+    if at is None:
+        return
+    now = datetime.now(UTC)
+    if at > now + MAX_CLOCK_SKEW or at < now - MAX_BACKDATE:
+        raise Unprocessable(
+            "occurred_at of a burn or capture must be within the last 30 days.",
+            code="occurred_at_out_of_range",
+        )
 
 
 async def earn(
@@ -33,7 +54,7 @@ async def earn(
     now = datetime.now(UTC)
     if body.occurred_at is not None and body.occurred_at > now + MAX_CLOCK_SKEW:
         raise Unprocessable("occurred_at is in the future.", code="occurred_in_future")
-    args = body.model_dump(mode="json", exclude_none=True)
+    args = _at_partner(body.model_dump(mode="json", exclude_none=True), principal)
     derived: dict[str, Any] | None = None
     if body.points is None:
         assert body.purchase is not None
@@ -52,18 +73,24 @@ async def earn(
 
 async def burn(engine: PostingEngine, body: BurnIn, principal: Principal, key: str) -> Outcome:
     principal.require_program(body.program)
-    return await engine.execute("burn", body.model_dump(mode="json", exclude_none=True), principal, key)
+    _backdated(body.occurred_at)
+    args = _at_partner(body.model_dump(mode="json", exclude_none=True), principal)
+    return await engine.execute("burn", args, principal, key)
 
 
 async def hold(engine: PostingEngine, body: HoldIn, principal: Principal, key: str) -> Outcome:
     principal.require_program(body.program)
-    return await engine.execute("hold", body.model_dump(mode="json"), principal, key)
+    args = _at_partner(body.model_dump(mode="json", exclude_none=True), principal)
+    return await engine.execute("hold", args, principal, key)
 
 
 async def capture(
     engine: PostingEngine, hold_id: UUID, body: CaptureIn, principal: Principal, key: str
 ) -> Outcome:
+    _backdated(body.occurred_at)
     args = {"hold_id": str(hold_id), **body.model_dump(mode="json", exclude_none=True)}
+    if principal.partner is not None:  # the hold must be at the key's partner (checked in SQL)
+        args["acting_partner"] = principal.partner
     return await engine.execute("capture", args, principal, key)
 
 
@@ -76,6 +103,8 @@ async def reverse(
     engine: PostingEngine, transaction_id: UUID, body: ReverseIn, principal: Principal, key: str
 ) -> Outcome:
     args = {"transaction_id": str(transaction_id), **body.model_dump(mode="json", exclude_none=True)}
+    if principal.partner is not None:  # the original must be at the key's partner (checked in SQL)
+        args["acting_partner"] = principal.partner
     return await engine.execute("reverse", args, principal, key)
 
 

@@ -3,7 +3,7 @@ CREATE OR REPLACE FUNCTION ledger.process_batch_earns(p_batch uuid, p_from bigin
     OUT posted bigint, OUT duplicates bigint, OUT rejected bigint, OUT points bigint)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
-DECLARE b ledger.batches; candidates bigint;
+DECLARE b ledger.batches; candidates bigint; partner_rejected bigint; refused bigint;
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtextextended('batch:' || p_batch, 0));
     SELECT * INTO b FROM ledger.batches WHERE id = p_batch;
@@ -16,28 +16,47 @@ BEGIN
     WHERE batch_id = p_batch AND line > p_from AND line <= p_to AND reject IS NOT NULL
     ON CONFLICT DO NOTHING;
     GET DIAGNOSTICS rejected = ROW_COUNT;
+    -- Earn rows naming a partner that may not fund them (unknown, suspended, no issuer, no terms).
+    INSERT INTO ledger.batch_rejections (batch_id, line, external_id, reason)
+    SELECT x.batch_id, x.line, x.external_id, x.why FROM (
+        SELECT s.batch_id, s.line, s.external_id, ledger.partner_refusal(s.partner, p.id, 'issuer', s.occurred_at) AS why
+        FROM ledger.batch_staging s JOIN ledger.programs p ON p.code = s.program
+        WHERE s.batch_id = p_batch AND s.line > p_from AND s.line <= p_to AND s.reject IS NULL AND s.type = 'earn'
+          AND s.partner IS NOT NULL) x
+    WHERE x.why IS NOT NULL
+    ON CONFLICT DO NOTHING;
+    GET DIAGNOSTICS partner_rejected = ROW_COUNT;
 
     -- The first line of each external_id in this chunk; later ones are duplicates. The rows go
     -- through the one earn (ledger.post_earns), like every API earn: kind purchase, the program's
     -- issuance account on the other side, the caps of the rule set that priced the row.
     PERFORM ledger.earn_rows();
     INSERT INTO earn_in (i, program_id, account_id, member_ref, points, kind, reference, merchant_id,
-                         rule_set_id, caps, api_key_id, occurred_at, external_id, amount_minor)
+                         rule_set_id, caps, api_key_id, occurred_at, external_id, amount_minor, partner_id,
+                         partner_account)
     SELECT DISTINCT ON (s.external_id) s.line, p.id, ledger.member_id(p.id, s.member_ref), s.member_ref, s.points, 'purchase', s.external_id,
            s.merchant_id, s.rule_set_id,
            CASE WHEN jsonb_typeof(rs.body->'caps'->'per_member_per_day') = 'number'
                   OR jsonb_typeof(rs.body->'caps'->'per_member_per_month') = 'number' THEN rs.body->'caps' END,
-           b.api_key_id, s.occurred_at, s.external_id, s.amount_minor
+           b.api_key_id, s.occurred_at, s.external_id, s.amount_minor, (pp.r).partner_id, (pp.r).issued_account
     FROM ledger.batch_staging s JOIN ledger.programs p ON p.code = s.program
     LEFT JOIN ledger.rule_sets rs ON rs.id = s.rule_set_id
+    CROSS JOIN LATERAL (SELECT ledger.partner_row(s.partner, p.id, 'issuer', s.occurred_at, false) AS r OFFSET 0) pp
     WHERE s.batch_id = p_batch AND s.line > p_from AND s.line <= p_to AND s.reject IS NULL AND s.type = 'earn'
+      AND (s.partner IS NULL OR (pp.r).partner_id IS NOT NULL)
     ORDER BY s.external_id, s.line;
     SELECT count(*) INTO candidates FROM ledger.batch_staging
     WHERE batch_id = p_batch AND line > p_from AND line <= p_to AND reject IS NULL AND type = 'earn';
     PERFORM ledger.post_earns();
+    -- Rows beyond a prepaid partner's funds or a postpaid partner's credit limit.
+    INSERT INTO ledger.batch_rejections (batch_id, line, external_id, reason)
+    SELECT p_batch, e.i, e.external_id, e.refused FROM earn_in e WHERE e.refused IS NOT NULL
+    ON CONFLICT DO NOTHING;
+    GET DIAGNOSTICS refused = ROW_COUNT;
+    rejected := rejected + partner_rejected + refused;
     SELECT count(*) FILTER (WHERE posted), coalesce(sum(points) FILTER (WHERE posted), 0)
     INTO process_batch_earns.posted, process_batch_earns.points FROM earn_in;
-    duplicates := candidates - process_batch_earns.posted;
+    duplicates := candidates - partner_rejected - refused - process_batch_earns.posted;
 
     UPDATE ledger.batches SET posted = ledger.batches.posted + process_batch_earns.posted,
         duplicates = ledger.batches.duplicates + process_batch_earns.duplicates,

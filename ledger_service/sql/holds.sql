@@ -87,6 +87,7 @@ DECLARE
 BEGIN
     h := ledger.locked_hold((a->>'hold_id')::uuid, p_programs);
     SELECT * INTO prog FROM ledger.programs WHERE id = h.program_id;
+    PERFORM ledger.check_acting_partner(a->>'acting_partner', h.partner_id);
     IF h.partner_id IS NOT NULL THEN
         pp := ledger.partner_row((SELECT code FROM ledger.partners WHERE id = h.partner_id), prog.id, 'acceptor', v_at, true);
     END IF;

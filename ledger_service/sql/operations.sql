@@ -32,6 +32,7 @@ BEGIN
         PERFORM ledger.fail('transaction_not_found', 404, format('No transaction with id %s.', a->>'transaction_id'));
     END IF;
     prog := ledger.program_by_id(o.program_id, p_programs);
+    PERFORM ledger.check_acting_partner(a->>'acting_partner', o.partner_id);
     IF o.type NOT IN ('earn', 'burn', 'capture') THEN
         PERFORM ledger.fail('not_reversible', 422,
             format('A %s transaction cannot be reversed; only earn, burn and capture can.', o.type));

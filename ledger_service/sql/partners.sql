@@ -60,42 +60,54 @@ BEGIN
     RETURN pp;
 END $$;
 
--- The partner a posting names, checked: it exists, is active, has the role (issuer for an earn,
--- acceptor for a burn or capture) and terms for the program in force at p_at. NULL when p_code is
--- NULL (no partner); on a failed check it raises, or with p_raise false returns NULL (the coalesced
--- path leaves such a request to ledger.execute, which answers it with the error).
+-- Why a posting may not name partner p_code (NULL: it may): unknown, suspended, without the role
+-- (issuer for an earn, acceptor for a burn or capture) or without terms for the program in force at p_at.
+CREATE OR REPLACE FUNCTION ledger.partner_refusal(p_code text, p_program int, p_role text, p_at timestamptz)
+RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN p.id IS NULL THEN 'partner_not_found'
+                WHEN p.status <> 'active' THEN 'partner_suspended'
+                WHEN NOT (p_role = ANY (p.roles)) THEN 'partner_role_missing'
+                WHEN ledger.partner_terms_at(p.id, p_program, p_at) IS NULL THEN 'partner_terms_missing' END
+    FROM (SELECT 1) one LEFT JOIN ledger.partners p ON p.code = p_code
+$$;
+
+-- The partner row a posting names, checked (ledger.partner_refusal); NULL when p_code is NULL (no
+-- partner). On a refusal it raises, or with p_raise false returns NULL (the coalesced path leaves
+-- such a request to ledger.execute, which answers it with the error).
 CREATE OR REPLACE FUNCTION ledger.partner_row(p_code text, p_program int, p_role text, p_at timestamptz,
                                               p_raise boolean) RETURNS ledger.partner_programs
 LANGUAGE plpgsql STABLE AS $$
-DECLARE p ledger.partners; pp ledger.partner_programs;
+DECLARE refusal text; pp ledger.partner_programs;
 BEGIN
     IF p_code IS NULL THEN
         RETURN NULL;
     END IF;
-    SELECT * INTO p FROM ledger.partners WHERE code = p_code;
-    IF NOT FOUND THEN
-        IF p_raise THEN PERFORM ledger.fail('partner_not_found', 404, format('No partner with code %s.', p_code)); END IF;
-        RETURN NULL;
+    refusal := ledger.partner_refusal(p_code, p_program, p_role, p_at);
+    IF refusal IS NULL THEN
+        SELECT x.* INTO pp FROM ledger.partner_programs x JOIN ledger.partners p ON p.id = x.partner_id
+        WHERE p.code = p_code AND x.program_id = p_program;
+        RETURN pp;
     END IF;
-    IF p.status <> 'active' THEN
-        IF p_raise THEN PERFORM ledger.fail('partner_suspended', 422, format('Partner %s is suspended.', p_code)); END IF;
-        RETURN NULL;
+    IF p_raise THEN
+        PERFORM ledger.fail(refusal, CASE refusal WHEN 'partner_not_found' THEN 404 ELSE 422 END,
+            CASE refusal
+                WHEN 'partner_not_found' THEN format('No partner with code %s.', p_code)
+                WHEN 'partner_suspended' THEN format('Partner %s is suspended.', p_code)
+                WHEN 'partner_role_missing' THEN format('Partner %s is not an %s.', p_code, p_role)
+                ELSE format('Partner %s has no terms for this program in force at %s.', p_code, ledger.ts(p_at)) END);
     END IF;
-    IF NOT (p_role = ANY (p.roles)) THEN
-        IF p_raise THEN
-            PERFORM ledger.fail('partner_role_missing', 422, format('Partner %s is not an %s.', p_code, p_role));
-        END IF;
-        RETURN NULL;
+    RETURN NULL;
+END $$;
+
+-- A partner-bound API key may capture holds and reverse transactions only at its own partner.
+CREATE OR REPLACE FUNCTION ledger.check_acting_partner(p_code text, p_partner int) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF p_code IS NOT NULL AND p_code IS DISTINCT FROM (SELECT code FROM ledger.partners WHERE id = p_partner) THEN
+        PERFORM ledger.fail('partner_forbidden', 403,
+            format('This API key is bound to partner %s; the hold or transaction is not at it.', p_code));
     END IF;
-    SELECT * INTO pp FROM ledger.partner_programs WHERE partner_id = p.id AND program_id = p_program;
-    IF NOT FOUND OR ledger.partner_terms_at(p.id, p_program, p_at) IS NULL THEN
-        IF p_raise THEN
-            PERFORM ledger.fail('partner_terms_missing', 422,
-                format('Partner %s has no terms for this program in force at %s.', p_code, ledger.ts(p_at)));
-        END IF;
-        RETURN NULL;
-    END IF;
-    RETURN pp;
 END $$;
 
 -- The partner rows of earn_in, after the member locks: each gets its cash at the issue price in force
@@ -109,7 +121,7 @@ END $$;
 -- unchecked (they are duplicates, not refusals).
 CREATE OR REPLACE FUNCTION ledger.partner_earns() RETURNS void
 LANGUAGE plpgsql AS $$
-DECLARE r record; room jsonb := '{}'; k text; left_points numeric; left_cash numeric;
+DECLARE rr record; room jsonb := '{}'; left_points numeric; left_cash numeric;
 BEGIN
     WITH locked AS (
         SELECT pp.* FROM ledger.partner_programs pp
@@ -148,13 +160,14 @@ BEGIN
                min(e.room_points) - coalesce(sum(e.points) FILTER (WHERE e.refused IS NULL), 0) AS lp,
                min(e.room_cash) - coalesce(sum(e.cash) FILTER (WHERE e.refused IS NULL), 0) AS lc
         FROM earn_in e WHERE e.partner_id IS NOT NULL AND e.cash IS NOT NULL GROUP BY 1) g;
-    FOR r IN SELECT e.i, e.partner_id || ':' || e.program_id AS k, e.points, e.cash FROM earn_in e
-             WHERE e.refused IS NOT NULL ORDER BY e.i LOOP
-        left_points := (room->r.k->>'p')::numeric;
-        left_cash := (room->r.k->>'c')::numeric;
-        IF (left_points IS NULL OR r.points <= left_points) AND (left_cash IS NULL OR r.cash <= left_cash) THEN
-            UPDATE earn_in SET refused = NULL WHERE i = r.i;
-            room := jsonb_set(room, ARRAY[r.k], jsonb_build_object('p', left_points - r.points, 'c', left_cash - r.cash));
+    FOR rr IN SELECT e.i, e.partner_id || ':' || e.program_id AS k, e.points, e.cash FROM earn_in e
+              WHERE e.refused IS NOT NULL ORDER BY e.i LOOP
+        left_points := (room->rr.k->>'p')::numeric;
+        left_cash := (room->rr.k->>'c')::numeric;
+        IF (left_points IS NULL OR rr.points <= left_points) AND (left_cash IS NULL OR rr.cash <= left_cash) THEN
+            UPDATE earn_in SET refused = NULL WHERE i = rr.i;
+            room := jsonb_set(room, ARRAY[rr.k],
+                              jsonb_build_object('p', left_points - rr.points, 'c', left_cash - rr.cash));
         END IF;
     END LOOP;
 END $$;

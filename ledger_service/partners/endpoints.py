@@ -1,0 +1,211 @@
+"""Routes for coalition partners and settlement (DESIGN §8)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from starlette.responses import Response
+
+from ledger_service.partners import service
+from ledger_service.partners.schemas import (
+    FundingIn,
+    FundingOut,
+    PartnerIn,
+    PartnerList,
+    PartnerOut,
+    PartnerPatch,
+    Position,
+    Settlement,
+    SettlementList,
+    StatementList,
+    TermsIn,
+    TermsList,
+    TermsOut,
+)
+from ledger_service.schemas_common import PartnerCode, ProgramCode
+from services.auth import Principal, require
+from services.db import Database
+from services.errors import Unprocessable, error_responses
+from services.idempotency import idempotency_key
+
+router = APIRouter(tags=["partners"])
+
+Reader = Annotated[Principal, Depends(require("ledger:read"))]
+Admin = Annotated[Principal, Depends(require("ledger:admin"))]
+Code = Annotated[PartnerCode, Path()]
+Limit = Annotated[int, Query(ge=1, le=500)]
+CSV = "text/csv"
+CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {CSV: {}}, "description": "With `Accept: text/csv`: the lines as CSV"}
+}
+
+
+def _db(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+def _wants_csv(request: Request) -> bool:
+    return CSV in request.headers.get("accept", "")
+
+
+@router.post(
+    "/v1/partners",
+    status_code=201,
+    response_model=PartnerOut,
+    summary="Register a coalition partner (issuer, acceptor or both)",
+    responses=error_responses(401, 403, 409, 422),
+)
+async def create_partner(request: Request, body: PartnerIn, _: Admin) -> PartnerOut:
+    return await service.create_partner(_db(request), body)
+
+
+@router.get(
+    "/v1/partners",
+    response_model=PartnerList,
+    summary="Partners, oldest first",
+    responses=error_responses(400, 401, 403),
+)
+async def list_partners(
+    request: Request, principal: Reader, limit: Limit = 50, cursor: str | None = None
+) -> PartnerList:
+    return await service.list_partners(_db(request), principal, limit=limit, cursor=cursor)
+
+
+@router.get(
+    "/v1/partners/{code}",
+    response_model=PartnerOut,
+    summary="One partner",
+    responses=error_responses(401, 403, 404),
+)
+async def get_partner(request: Request, code: Code, principal: Reader) -> PartnerOut:
+    return await service.get_partner(_db(request), principal, code)
+
+
+@router.patch(
+    "/v1/partners/{code}",
+    response_model=PartnerOut,
+    summary="Rename, change roles, suspend or reactivate a partner",
+    description="A suspended partner's earns, burns, holds and captures are `422 partner_suspended`.",
+    responses=error_responses(401, 403, 404, 422),
+)
+async def update_partner(request: Request, code: Code, body: PartnerPatch, _: Admin) -> PartnerOut:
+    return await service.update_partner(_db(request), code, body)
+
+
+@router.put(
+    "/v1/partners/{code}/terms/{program}",
+    status_code=201,
+    response_model=TermsOut,
+    summary="A new version of the partner's terms for a program, in force from effective_from",
+    description="Versions are never edited. A version may not start inside a period already settled "
+    "(`422 terms_in_closed_period`); two versions cannot start at the same instant "
+    "(`409 terms_version_exists`).",
+    responses=error_responses(401, 403, 404, 409, 422),
+)
+async def put_terms(
+    request: Request, code: Code, program: Annotated[ProgramCode, Path()], body: TermsIn, principal: Admin
+) -> TermsOut:
+    return await service.put_terms(_db(request), principal, code, program, body)
+
+
+@router.get(
+    "/v1/partners/{code}/terms",
+    response_model=TermsList,
+    summary="Every version of the partner's terms, per program",
+    responses=error_responses(401, 403, 404),
+)
+async def list_terms(request: Request, code: Code, principal: Reader) -> TermsList:
+    return await service.list_terms(_db(request), principal, code)
+
+
+@router.post(
+    "/v1/partners/{code}/fundings",
+    status_code=201,
+    response_model=FundingOut,
+    summary="A prepaid partner buys a pack of points for a program",
+    description="Its earns draw these points down; beyond them an earn is `422 partner_funds_exhausted`.",
+    responses=error_responses(400, 401, 403, 404, 409, 422),
+)
+async def fund(
+    request: Request,
+    code: Code,
+    body: FundingIn,
+    principal: Admin,
+    key: Annotated[str, Depends(idempotency_key)],
+) -> Response:
+    return (await service.fund(request.app.state.engine, principal, code, body, key)).response()
+
+
+@router.post(
+    "/v1/settlements",
+    status_code=201,
+    response_model=Settlement,
+    summary="Close every partner period that ended by as_of into statement lines",
+    description="Idempotent and safe from two processes at once: a period closes once; run again, it "
+    "closes nothing (`lines: []`). Periods are in each program's time zone. A transaction belongs to "
+    "the period of its occurred_at, or to the first open period when that one is closed.",
+    responses=error_responses(401, 403, 422),
+)
+async def settle(
+    request: Request,
+    _: Admin,
+    as_of: Annotated[datetime | None, Query(description="RFC 3339; default now; not in the future")] = None,
+) -> Settlement:
+    if as_of is not None and as_of.tzinfo is None:
+        raise Unprocessable("as_of needs a time zone (RFC 3339).", code="validation_error")
+    return await service.settle(_db(request), as_of)
+
+
+@router.get(
+    "/v1/settlements",
+    response_model=SettlementList,
+    summary="Settlement runs and the lines they closed, newest first",
+    responses=error_responses(400, 401, 403),
+)
+async def list_settlements(
+    request: Request, principal: Reader, limit: Limit = 20, cursor: str | None = None
+) -> SettlementList:
+    return await service.list_settlements(_db(request), principal, limit=limit, cursor=cursor)
+
+
+@router.get(
+    "/v1/settlements/{settlement_id}",
+    response_model=Settlement,
+    summary="One settlement run and its lines; `Accept: text/csv` gives the lines as CSV",
+    responses={**error_responses(401, 403, 404), **CSV_RESPONSE},
+)
+async def get_settlement(request: Request, settlement_id: UUID, principal: Reader) -> Settlement | Response:
+    found = await service.get_settlement(_db(request), principal, settlement_id)
+    if _wants_csv(request):
+        return Response(service.lines_csv(found.lines), media_type=CSV)
+    return found
+
+
+@router.get(
+    "/v1/partners/{code}/statements",
+    response_model=StatementList,
+    summary="A partner's closed statement lines, newest period first; `Accept: text/csv` for CSV",
+    responses={**error_responses(400, 401, 403, 404), **CSV_RESPONSE},
+)
+async def statements(
+    request: Request, code: Code, principal: Reader, limit: Limit = 100, cursor: str | None = None
+) -> StatementList | Response:
+    page = await service.statements(_db(request), principal, code, limit=limit, cursor=cursor)
+    if _wants_csv(request):
+        headers = {"Link": f'<?cursor={page.next_cursor}>; rel="next"'} if page.next_cursor else None
+        return Response(service.lines_csv(page.data), media_type=CSV, headers=headers)
+    return page
+
+
+@router.get(
+    "/v1/partners/{code}/position",
+    response_model=Position,
+    summary="A partner's open periods so far, prepaid points and credit used, per program",
+    responses=error_responses(401, 403, 404),
+)
+async def position(request: Request, code: Code, principal: Reader) -> Position:
+    return await service.position(_db(request), principal, code)

@@ -1,0 +1,183 @@
+"""Partners (DESIGN §8): postings on partner accounts, refusals, partner-bound keys."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from services.auth import create_api_key
+from tests.conftest import assert_problem, earn, move, post
+from tests.ledger.test_batches import upload, wait_done
+from tests.ledger.invariants import check_ledger_invariants
+from tests.ledger.partners_helpers import create_partner, fund, partner_with_terms, put_terms
+
+
+async def _account_balance(app: Any, program: str, name: str) -> int:
+    async with app.state.db.driver() as conn:
+        value = await conn.fetchval(
+            """SELECT coalesce(sum(po.amount), 0) FROM ledger.postings po
+               JOIN ledger.accounts a ON a.id = po.account_id JOIN ledger.programs g ON g.id = a.program_id
+               WHERE g.code = $1 AND a.member_ref = $2""",
+            program,
+            name,
+        )
+    return int(value)
+
+
+async def test_earn_and_burn_post_against_the_partners_accounts(
+    client: httpx.AsyncClient, program: str, ledger_app: Any
+) -> None:
+    partner = await partner_with_terms(client, program)
+    await earn(client, program, "m1", 500, partner=partner)
+    await move(client, "burn", program, "m1", 120, partner=partner)
+    assert await _account_balance(ledger_app, program, f"partner:{partner}:issued") == -500
+    assert await _account_balance(ledger_app, program, f"partner:{partner}:accepted") == 120
+    await check_ledger_invariants(ledger_app.state.db, program)
+
+
+async def test_refusals_suspended_role_terms_and_unknown(client: httpx.AsyncClient, program: str) -> None:
+    issuer = await partner_with_terms(client, program, roles=["issuer"])
+    bare = await create_partner(client, ["issuer", "acceptor"])  # no terms for the program
+    body = {"program": program, "member_ref": "r1", "points": 10, "reference": "x"}
+    assert_problem(await post(client, "/v1/earn", {**body, "partner": "NOSUCH"}), 404, "partner_not_found")
+    assert_problem(await post(client, "/v1/earn", {**body, "partner": bare}), 422, "partner_terms_missing")
+    await earn(client, program, "r1", 100, partner=issuer)
+    assert_problem(await post(client, "/v1/burn", {**body, "partner": issuer}), 422, "partner_role_missing")
+    r = await client.patch(f"/v1/partners/{issuer}", json={"status": "suspended"})
+    assert r.status_code == 200 and r.json()["status"] == "suspended"
+    assert_problem(await post(client, "/v1/earn", {**body, "partner": issuer}), 422, "partner_suspended")
+    await client.patch(f"/v1/partners/{issuer}", json={"status": "active"})
+    await earn(client, program, "r1", 10, partner=issuer)
+
+
+async def test_reversals_follow_their_originals_accounts(
+    client: httpx.AsyncClient, program: str, ledger_app: Any
+) -> None:
+    partner = await partner_with_terms(client, program)
+    e = await earn(client, program, "v1", 300, partner=partner)
+    b = await move(client, "burn", program, "v1", 100, partner=partner)
+    r1 = await post(client, f"/v1/transactions/{e['id']}/reverse", {"points": 50, "reason": "returned"})
+    r2 = await post(client, f"/v1/transactions/{b['id']}/reverse", {"points": 40, "reason": "refund"})
+    assert r1.status_code == 201 and r2.status_code == 201
+    assert await _account_balance(ledger_app, program, f"partner:{partner}:issued") == -250
+    assert await _account_balance(ledger_app, program, f"partner:{partner}:accepted") == 60
+    await check_ledger_invariants(ledger_app.state.db, program)
+
+
+async def test_holds_are_captured_at_their_partner(
+    client: httpx.AsyncClient, program: str, ledger_app: Any
+) -> None:
+    partner = await partner_with_terms(client, program)
+    await earn(client, program, "h1", 300)
+    r = await post(
+        client,
+        "/v1/holds",
+        {"program": program, "member_ref": "h1", "points": 90, "reference": "c", "partner": partner},
+    )
+    assert r.status_code == 201, r.text
+    c = await post(client, f"/v1/holds/{r.json()['id']}/capture", {"points": 80})
+    assert c.status_code == 201, c.text
+    assert await _account_balance(ledger_app, program, f"partner:{partner}:accepted") == 80
+
+
+async def test_a_partner_bound_key_acts_only_as_its_partner(
+    client: httpx.AsyncClient, program: str, ledger_app: Any
+) -> None:
+    mine = await partner_with_terms(client, program)
+    other = await partner_with_terms(client, program)
+    _, secret = await create_api_key(
+        ledger_app.state.db,
+        name="bank pos",
+        scopes=["ledger:earn", "ledger:burn", "ledger:read"],
+        partner=mine,
+    )
+    body = {"program": program, "member_ref": "k1", "points": 100, "reference": "x"}
+    assert_problem(
+        await post(client, "/v1/earn", {**body, "partner": other}, auth=secret), 403, "partner_forbidden"
+    )
+    assert_problem(
+        await post(client, "/v1/burn", {**body, "partner": other}, auth=secret), 403, "partner_forbidden"
+    )
+    r = await post(client, "/v1/earn", body, auth=secret)  # no partner named: the key's own
+    assert r.status_code == 201, r.text
+    assert await _account_balance(ledger_app, program, f"partner:{mine}:issued") == -100
+    # Another partner's hold or transaction is not the key's to capture or reverse.
+    h = await post(client, "/v1/holds", {**body, "points": 10, "partner": other})
+    assert_problem(
+        await post(client, f"/v1/holds/{h.json()['id']}/capture", {}, auth=secret), 403, "partner_forbidden"
+    )
+    e = await earn(client, program, "k1", 20, partner=other)
+    rev = await post(client, f"/v1/transactions/{e['id']}/reverse", {"reason": "x"}, auth=secret)
+    assert_problem(rev, 403, "partner_forbidden")
+    r = await client.get(f"/v1/partners/{other}/position", headers={"Authorization": f"Bearer {secret}"})
+    assert_problem(r, 403, "partner_forbidden")
+    assert (
+        await client.get(f"/v1/partners/{mine}/position", headers={"Authorization": f"Bearer {secret}"})
+    ).status_code == 200
+
+
+async def test_hundred_concurrent_earns_against_funds_for_forty(
+    client: httpx.AsyncClient, program: str, ledger_app: Any
+) -> None:
+    """Coalesced into shared database transactions, 100 earns of 10 against 400 prepaid points: exactly
+    40 succeed, and the 20 plain earns among them are never failed by their refused neighbours."""
+    partner = await partner_with_terms(client, program, funding="prepaid")
+    await fund(client, partner, program, 400, 320)
+    at_partner = {"program": program, "points": 10, "reference": "p", "partner": partner}
+    plain = {"program": program, "points": 5, "reference": "q"}
+    tasks = [post(client, "/v1/earn", {**at_partner, "member_ref": f"c{i % 7}"}) for i in range(100)]
+    tasks += [post(client, "/v1/earn", {**plain, "member_ref": f"c{i % 7}"}) for i in range(20)]
+    responses = await asyncio.gather(*tasks)
+    partnered, plain_ones = responses[:100], responses[100:]
+    assert sorted(r.status_code for r in partnered) == [201] * 40 + [422] * 60
+    for r in partnered:
+        if r.status_code == 422:
+            assert_problem(r, 422, "partner_funds_exhausted")
+    assert all(r.status_code == 201 for r in plain_ones), [r.text for r in plain_ones if r.status_code != 201]
+    assert await _account_balance(ledger_app, program, f"partner:{partner}:issued") == -400
+    position = (await client.get(f"/v1/partners/{partner}/position")).json()
+    (row,) = position["programs"]
+    assert (row["funded_points"], row["issued_points"], row["prepaid_points"]) == (400, 400, 0)
+    await check_ledger_invariants(ledger_app.state.db, program)
+    # A clawback gives its points back to the partner's funds.
+    first = next(r.json() for r in partnered if r.status_code == 201)
+    assert (await post(client, f"/v1/transactions/{first['id']}/reverse", {"reason": "r"})).status_code == 201
+    await earn(client, program, "c1", 10, partner=partner)
+    assert_problem(
+        await post(client, "/v1/earn", {**at_partner, "member_ref": "c1"}), 422, "partner_funds_exhausted"
+    )
+
+
+async def test_postpaid_credit_limit(client: httpx.AsyncClient, program: str) -> None:
+    """Issue price 80 fen per 100 points, limit 10.00 CNY: 1,250 points fit, one more does not."""
+    partner = await partner_with_terms(client, program, credit_limit_minor=1000)
+    await earn(client, program, "l1", 1000, partner=partner)
+    await earn(client, program, "l1", 250, partner=partner)
+    body = {"program": program, "member_ref": "l1", "points": 1, "reference": "x", "partner": partner}
+    assert_problem(await post(client, "/v1/earn", body), 422, "partner_credit_exceeded")
+    position = (await client.get(f"/v1/partners/{partner}/position")).json()
+    assert position["programs"][0]["credit_used_minor"] == 1000
+
+
+async def test_a_batch_file_names_partners_and_rejects_beyond_the_funds(
+    client: httpx.AsyncClient, program: str, ledger_app: Any
+) -> None:
+    partner = await partner_with_terms(client, program, funding="prepaid")
+    await fund(client, partner, program, 100, 80)
+    lines = ["external_id,program,member_ref,points,partner"]
+    lines += [f"F-{i},{program},b{i},30,{partner}" for i in range(4)]  # 3 fit, the 4th does not
+    lines += [f"F-4,{program},b4,10,{partner}", f"F-5,{program},b5,10,NOSUCH", f"F-6,{program},b6,10,"]
+    r = await upload(client, ("\n".join(lines) + "\n").encode())
+    assert r.status_code == 202, r.text
+    done = await wait_done(client, r.json()["id"], drive=ledger_app)
+    assert (done["posted"], done["rejected"], done["duplicates"]) == (5, 2, 0), done
+    reasons = (await client.get(f"/v1/batches/{done['id']}/rejections")).json()["data"]
+    assert sorted(x["reason"] for x in reasons) == ["partner_funds_exhausted", "partner_not_found"]
+    assert await _account_balance(ledger_app, program, f"partner:{partner}:issued") == -100
+    # The same file again: every row it posted is a duplicate, not a refusal.
+    again = await upload(client, ("\n".join(lines) + "\n").encode())
+    done = await wait_done(client, again.json()["id"], drive=ledger_app)
+    assert (done["posted"], done["duplicates"]) == (0, 5), done
+    await check_ledger_invariants(ledger_app.state.db, program)
