@@ -9,9 +9,9 @@ import httpx
 
 from services.auth import create_api_key
 from tests.conftest import assert_problem, earn, move, post
-from tests.ledger.test_batches import upload, wait_done
 from tests.ledger.invariants import check_ledger_invariants
-from tests.ledger.partners_helpers import create_partner, fund, partner_with_terms, put_terms
+from tests.ledger.partners_helpers import create_partner, fund, partner_with_terms
+from tests.ledger.test_batches import upload, wait_done
 
 
 async def _account_balance(app: Any, program: str, name: str) -> int:
