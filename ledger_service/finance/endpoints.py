@@ -16,8 +16,12 @@ from services.errors import Unprocessable, error_responses
 router = APIRouter(tags=["finance"])
 
 Reader = Annotated[Principal, Depends(require("ledger:read"))]
-From = Annotated[date | None, Query(alias="from", description="First day (UTC) of the first period")]
-To = Annotated[date | None, Query(alias="to", description="Day (UTC) after the last period")]
+From = Annotated[
+    date | None, Query(alias="from", description="First day of the first period, in the program's time zone")
+]
+To = Annotated[
+    date | None, Query(alias="to", description="Day after the last period, in the program's time zone")
+]
 
 
 @router.get(
@@ -25,10 +29,10 @@ To = Annotated[date | None, Query(alias="to", description="Day (UTC) after the l
     response_model=RollForward,
     response_model_by_alias=True,
     summary="The liability roll-forward: opening, issued, redeemed, expired, adjusted, closing per period",
-    description="One row per calendar month or day (UTC) covering [from, to), from postings on member "
-    "accounts. Every row closes (closing = opening + issued - redeemed - expired + adjusted), in points "
-    "and in cash; each closing is the next opening; the last closing is the outstanding points when `to` "
-    "is not in the past.",
+    description="One row per calendar month or day (in the program's time zone) covering [from, to), "
+    "from postings on member accounts. Every row closes (closing = opening + issued - redeemed - expired "
+    "+ adjusted), in points and in cash; each closing is the next opening; the last closing is the "
+    "outstanding points when `to` is not in the past.",
     responses=error_responses(401, 403, 404, 422),
 )
 async def liability(

@@ -7,7 +7,7 @@ from datetime import datetime
 
 import asyncpg
 
-_PROGRAM = "SELECT id, code, cash_points, cash_minor, currency FROM ledger.programs WHERE code = $1"
+_PROGRAM = "SELECT id, code, cash_points, cash_minor, currency, timezone FROM ledger.programs WHERE code = $1"
 
 # Member-side postings: what the program owes its members moves only through these.
 _OPENING = """
@@ -16,10 +16,11 @@ FROM ledger.postings po JOIN ledger.accounts a ON a.id = po.account_id AND a.kin
 WHERE a.program_id = $1 AND po.created_at < $2
 """
 
-# Per period of posting time: issued net of clawbacks, redeemed net of refunds, expired, and the rest
-# (adjustments; transfers, which net to zero inside a program).
+# Per period of posting time (days or months in the program's time zone, $5): issued net of clawbacks,
+# redeemed net of refunds, expired, and the rest (adjustments; transfers, which net to zero inside a
+# program).
 _FLOWS = """
-SELECT date_trunc($4, po.created_at AT TIME ZONE 'UTC') AS period,
+SELECT date_trunc($4, po.created_at AT TIME ZONE $5) AS period,
        coalesce(sum(po.amount) FILTER (WHERE t.type = 'earn' OR (t.type = 'reversal' AND t.kind = 'earn')), 0)
            ::numeric AS issued,
        coalesce(-sum(po.amount) FILTER (WHERE t.type IN ('burn', 'capture')
@@ -34,16 +35,16 @@ WHERE a.program_id = $1 AND po.created_at >= $2 AND po.created_at < $3
 GROUP BY 1
 """
 
-# Open lots by when they expire, counted from $2; lots already due and not yet expired by the job
-# count as expiring within three months.
+# Open lots by when they expire, counted from $2 in months of the program's calendar ($3); lots already
+# due and not yet expired by the job count as expiring within three months.
 _AGING = """
 SELECT CASE WHEN l.expires_at IS NULL THEN 'never'
-            WHEN l.expires_at < $2::timestamptz + interval '3 months' THEN '0-3m'
-            WHEN l.expires_at < $2::timestamptz + interval '6 months' THEN '3-6m'
-            WHEN l.expires_at < $2::timestamptz + interval '12 months' THEN '6-12m'
+            WHEN l.expires_at < (x.local + interval '3 months') AT TIME ZONE $3 THEN '0-3m'
+            WHEN l.expires_at < (x.local + interval '6 months') AT TIME ZONE $3 THEN '3-6m'
+            WHEN l.expires_at < (x.local + interval '12 months') AT TIME ZONE $3 THEN '6-12m'
             ELSE '12m+' END AS bucket,
        sum(l.remaining)::numeric AS points
-FROM ledger.lots l
+FROM ledger.lots l, (SELECT $2::timestamptz AT TIME ZONE $3 AS local) x
 WHERE l.program_id = $1 AND l.remaining > 0
 GROUP BY 1
 """
@@ -60,7 +61,7 @@ WHERE a.program_id = $1 AND a.kind = 'member' AND a.balance < 0
 _COHORTS = """
 WITH c AS (
     SELECT l.id, l.points, l.remaining, l.created_at,
-           date_trunc('month', l.created_at AT TIME ZONE 'UTC') AS month
+           date_trunc('month', l.created_at AT TIME ZONE $4) AS month
     FROM ledger.lots l JOIN ledger.transactions t ON t.id = l.txn_id AND t.type = 'earn'
     WHERE l.program_id = $1 AND l.created_at >= $2 AND l.created_at < $3
 ), lots AS (
@@ -100,13 +101,13 @@ async def opening(conn: asyncpg.Connection, program_id: int, at: datetime) -> in
 
 
 async def flows(
-    conn: asyncpg.Connection, program_id: int, start: datetime, end: datetime, period: str
+    conn: asyncpg.Connection, program_id: int, start: datetime, end: datetime, period: str, tz: str
 ) -> list[asyncpg.Record]:
-    return list(await conn.fetch(_FLOWS, program_id, start, end, period))
+    return list(await conn.fetch(_FLOWS, program_id, start, end, period, tz))
 
 
-async def aging(conn: asyncpg.Connection, program_id: int, as_of: datetime) -> dict[str, int]:
-    rows = await conn.fetch(_AGING, program_id, as_of)
+async def aging(conn: asyncpg.Connection, program_id: int, as_of: datetime, tz: str) -> dict[str, int]:
+    rows = await conn.fetch(_AGING, program_id, as_of, tz)
     return {r["bucket"]: int(r["points"]) for r in rows}
 
 
@@ -115,6 +116,6 @@ async def negative_balances(conn: asyncpg.Connection, program_id: int) -> int:
 
 
 async def cohorts(
-    conn: asyncpg.Connection, program_id: int, start: datetime, end: datetime
+    conn: asyncpg.Connection, program_id: int, start: datetime, end: datetime, tz: str
 ) -> list[asyncpg.Record]:
-    return list(await conn.fetch(_COHORTS, program_id, start, end))
+    return list(await conn.fetch(_COHORTS, program_id, start, end, tz))

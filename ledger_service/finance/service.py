@@ -1,13 +1,14 @@
 """Finance figures for a program, built from postings and lots (never from counters that can drift).
 
-Periods are calendar months or days in UTC. Cash is floor(points x cash_minor / cash_points), as in the
-program report, for each opening and closing; a row's adjusted cash also carries the rounding, so
-that every row closes in cash as it does in points."""
+Periods are calendar months or days in the program's time zone (`timezone`, DESIGN §4). Cash is
+floor(points x cash_minor / cash_points), as in the program report, for each opening and closing; a
+row's adjusted cash also carries the rounding, so that every row closes in cash as it does in points."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
@@ -84,8 +85,13 @@ def default_window(today: date, period: Period) -> tuple[date, date]:
     return today - timedelta(days=29), today + timedelta(days=1)
 
 
-def midnight(day: date) -> datetime:
-    return datetime.combine(day, time(), tzinfo=UTC)
+def midnight(day: date, tz: str) -> datetime:
+    """The instant `day` starts in the zone `tz`."""
+    return datetime.combine(day, time(), tzinfo=ZoneInfo(tz))
+
+
+def today_in(tz: str) -> date:
+    return datetime.now(ZoneInfo(tz)).date()
 
 
 def roll_forward_rows(
@@ -128,24 +134,34 @@ def roll_forward_rows(
     return rows
 
 
-async def _program(conn: asyncpg.Connection, code: str) -> tuple[int, Valuation]:
+@dataclass(frozen=True)
+class ProgramRef:
+    id: int
+    value: Valuation
+    timezone: str
+
+
+async def _program(conn: asyncpg.Connection, code: str) -> ProgramRef:
     row = await repository.program(conn, code)
     if row is None:
         raise NotFound(f"No program with code {code}.", code="program_not_found")
-    return row["id"], Valuation(row["cash_points"], row["cash_minor"], row["currency"])
+    return ProgramRef(
+        row["id"], Valuation(row["cash_points"], row["cash_minor"], row["currency"]), row["timezone"]
+    )
 
 
 async def roll_forward(
     db: Database, code: str, start: date | None, end: date | None, period: Period
 ) -> RollForward:
-    default_start, default_end = default_window(datetime.now(UTC).date(), period)
-    spans = periods(start or default_start, end or default_end, period)
-    lo, hi = midnight(spans[0][0]), midnight(spans[-1][1])
     async with db.driver() as conn:
-        program_id, value = await _program(conn, code)
+        program = await _program(conn, code)
+        program_id, value, tz = program.id, program.value, program.timezone
+        default_start, default_end = default_window(today_in(tz), period)
+        spans = periods(start or default_start, end or default_end, period)
+        lo, hi = midnight(spans[0][0], tz), midnight(spans[-1][1], tz)
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             opening = await repository.opening(conn, program_id, lo)
-            flows = await repository.flows(conn, program_id, lo, hi, period)
+            flows = await repository.flows(conn, program_id, lo, hi, period, tz)
             outstanding = await repository.opening(conn, program_id, datetime.now(UTC) + timedelta(days=1))
     by_period = {r["period"].date(): r for r in flows}
     return RollForward(
@@ -168,9 +184,10 @@ async def aging(db: Database, code: str, as_of: datetime | None) -> Aging:
             code="as_of_in_past",
         )
     async with db.driver() as conn:
-        program_id, value = await _program(conn, code)
+        program = await _program(conn, code)
+        program_id, value = program.id, program.value
         async with conn.transaction(isolation="repeatable_read", readonly=True):
-            buckets = await repository.aging(conn, program_id, as_of)
+            buckets = await repository.aging(conn, program_id, as_of, program.timezone)
             negative = await repository.negative_balances(conn, program_id)
     outstanding = sum(buckets.values()) + negative
     return Aging(
@@ -216,12 +233,14 @@ def cohort(row: asyncpg.Record, today: date) -> Cohort:
 
 
 async def cohorts(db: Database, code: str, start: date | None, end: date | None) -> Cohorts:
-    today = datetime.now(UTC).date()
-    default_start, default_end = default_window(today, "month")
-    spans = periods(start or default_start, end or default_end, "month")
     async with db.driver() as conn:
-        program_id, _ = await _program(conn, code)
-        rows = await repository.cohorts(conn, program_id, midnight(spans[0][0]), midnight(spans[-1][1]))
+        program = await _program(conn, code)
+        tz = program.timezone
+        today = today_in(tz)
+        default_start, default_end = default_window(today, "month")
+        spans = periods(start or default_start, end or default_end, "month")
+        lo, hi = midnight(spans[0][0], tz), midnight(spans[-1][1], tz)
+        rows = await repository.cohorts(conn, program.id, lo, hi, tz)
     return Cohorts(
         program=code,
         period_from=spans[0][0],

@@ -52,10 +52,11 @@ async def _postings(app: Any, partner: str) -> list[Any]:
     async with app.state.db.driver() as conn:
         return list(
             await conn.fetch(
-                """SELECT g.code AS program, a.kind, po.amount, t.id, t.type, t.kind AS txn_kind, t.occurred_at,
-                          t.statement_line_id
+                """SELECT g.code AS program, a.kind, po.amount, t.id, t.type, t.kind AS txn_kind,
+                          t.occurred_at, t.statement_line_id
                    FROM ledger.postings po JOIN ledger.accounts a ON a.id = po.account_id
-                   JOIN ledger.programs g ON g.id = a.program_id JOIN ledger.transactions t ON t.id = po.txn_id
+                   JOIN ledger.programs g ON g.id = a.program_id
+                   JOIN ledger.transactions t ON t.id = po.txn_id
                    WHERE a.member_ref IN ($1, $2)""",
                 f"partner:{partner}:issued",
                 f"partner:{partner}:accepted",
