@@ -76,6 +76,7 @@ WITH c AS (
            sum(net) FILTER (WHERE redeemed_after IS NOT NULL) AS redeemed,
            sum(net) FILTER (WHERE type = 'reversal') AS reversed,
            sum(net) FILTER (WHERE type = 'transfer') AS transferred,
+           sum(net) FILTER (WHERE type = 'adjustment') AS adjusted,
            sum(net) FILTER (WHERE redeemed_after < interval '1 month') AS r1,
            sum(net) FILTER (WHERE redeemed_after < interval '3 months') AS r3,
            sum(net) FILTER (WHERE redeemed_after < interval '6 months') AS r6,
@@ -85,6 +86,7 @@ WITH c AS (
 SELECT lots.month, lots.lots, lots.issued, lots.outstanding,
        coalesce(m.consumed, 0)::numeric AS consumed, coalesce(m.redeemed, 0)::numeric AS redeemed,
        coalesce(m.reversed, 0)::numeric AS reversed, coalesce(m.transferred, 0)::numeric AS transferred,
+       coalesce(m.adjusted, 0)::numeric AS adjusted,
        coalesce(m.r1, 0)::numeric AS r1, coalesce(m.r3, 0)::numeric AS r3,
        coalesce(m.r6, 0)::numeric AS r6, coalesce(m.r12, 0)::numeric AS r12
 FROM lots LEFT JOIN moves m ON m.month = lots.month

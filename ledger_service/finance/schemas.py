@@ -80,6 +80,7 @@ class Cohort(BaseModel):
     redeemed: int = Field(description="Burned or captured from these lots, less refunds")
     reversed: int = Field(description="Clawed back")
     transferred: int = Field(description="Given to other members")
+    adjusted: int = Field(default=0, description="Taken by ops corrections (negative adjustments)")
     expired: int = Field(description="Left by expiry (rolled-over points included)")
     outstanding: int
     curve: list[CurvePoint]

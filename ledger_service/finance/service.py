@@ -226,6 +226,7 @@ def cohort(row: asyncpg.Record, today: date) -> Cohort:
         redeemed=int(row["redeemed"]),
         reversed=int(row["reversed"]),
         transferred=int(row["transferred"]),
+        adjusted=int(row["adjusted"]),
         expired=issued - outstanding - consumed,
         outstanding=outstanding,
         curve=curve,
