@@ -45,9 +45,10 @@ async def _apply(
     now = datetime.now(UTC)
     at = _at(now, when)
     if name == "earn":
-        # Earned long enough ago that a rolling month has run out for some of them: the expiry runs expire them.
-        r = await post(client, "/v1/earn", {"program": program, "member_ref": a, "points": b, "reference": "e",
-                                            "occurred_at": (at - timedelta(days=20)).isoformat()})  # fmt: skip
+        # Earned 20 days before booking: a rolling month has run out for some, the expiry runs take them.
+        occurred = (at - timedelta(days=20)).isoformat()
+        body = {"program": program, "member_ref": a, "points": b, "reference": "e", "occurred_at": occurred}
+        r = await post(client, "/v1/earn", body)
         assert r.status_code == 201, r.text
         await _backdate(app, [r.json()["id"]], at)
         done.append((r.json()["id"], "earn"))
@@ -75,7 +76,7 @@ async def _apply(
         assert r.status_code == 200, r.text
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 @given(history=st.lists(ops, min_size=10, max_size=45))
 async def test_finance_reports_hold_for_any_history(
     client: httpx.AsyncClient, ledger_app: Any, history: Any
@@ -109,7 +110,7 @@ async def test_finance_reports_hold_for_any_history(
     ]
     for c in cohorts:
         curve = [p["redeemed"] for p in c["curve"]]
-        assert curve == sorted(curve) and 0 <= curve[0] and curve[-1] <= c["redeemed"] <= c["issued"], c
+        assert curve == sorted(curve) and curve[0] >= 0 and curve[-1] <= c["redeemed"] <= c["issued"], c
         parts = ("redeemed", "reversed", "transferred", "adjusted", "expired", "outstanding")
         assert c["issued"] == sum(c[p] for p in parts), c
         assert c["expired"] >= 0
