@@ -125,16 +125,27 @@ ALTER TABLE ledger.batch_staging ADD COLUMN partner text;
 ALTER TABLE auth.api_keys ADD COLUMN partner text;
 """
 
+# Defined by the sources from 0011 on (the downgrade drops them; the earn, burn, hold and reversal
+# functions keep their text naming partners until a lower revision restores its own, as 0009 does).
+NEW = (
+    "ledger.period_unit(text)",
+    "ledger.period_start(timestamptz, text, text)",
+    "ledger.period_end(timestamptz, text, text)",
+    "ledger.half_up(numeric)",
+    "ledger.partner_terms_at(int, int, timestamptz)",
+    "ledger.partner_program(int, int)",
+    "ledger.partner_refusal(text, int, text, timestamptz)",
+    "ledger.partner_row(text, int, text, timestamptz, boolean)",
+    "ledger.check_acting_partner(text, int)",
+    "ledger.partner_earns()",
+    "ledger.count_partner_earns()",
+    "ledger.uncount_partner_earn(int, int, bigint, timestamptz)",
+    "ledger.op_fund(jsonb, bigint, text[])",
+    "ledger.partner_figures(int, int, text, text, bigint, timestamptz)",
+    "ledger.settle_partner(uuid, int, int, timestamptz)",
+)
+
 DOWNGRADE = r"""
-DROP FUNCTION IF EXISTS ledger.partner_earns();
-DROP FUNCTION IF EXISTS ledger.partner_row(text, int, text, timestamptz, boolean);
-DROP FUNCTION IF EXISTS ledger.partner_terms_at(int, int, timestamptz);
-DROP FUNCTION IF EXISTS ledger.partner_program(int, int);
-DROP FUNCTION IF EXISTS ledger.op_fund(jsonb, bigint, text[]);
-DROP FUNCTION IF EXISTS ledger.settle_partner(uuid, int, int, timestamptz);
-DROP FUNCTION IF EXISTS ledger.period_end(timestamptz, text, text);
-DROP FUNCTION IF EXISTS ledger.period_start(timestamptz, text, text);
-DROP FUNCTION IF EXISTS ledger.half_up(numeric);
 ALTER TABLE auth.api_keys DROP COLUMN partner;
 ALTER TABLE ledger.batch_staging DROP COLUMN partner;
 ALTER TABLE ledger.holds DROP COLUMN partner_id;
@@ -143,8 +154,11 @@ DROP INDEX ledger.transactions_partner_open;
 ALTER TABLE ledger.transactions DROP COLUMN statement_line_id, DROP COLUMN partner_id;
 DROP TABLE ledger.statement_lines;
 DROP TABLE ledger.settlements;
-DELETE FROM ledger.postings WHERE account_id IN
-    (SELECT id FROM ledger.accounts WHERE kind IN ('partner_issued', 'partner_accepted'));
+-- Points at partners go back to the program's issuance and redemption accounts (still zero-sum).
+UPDATE ledger.postings po SET account_id = CASE a.kind WHEN 'partner_issued' THEN g.issuance_account
+                                                       ELSE g.redemption_account END
+FROM ledger.accounts a JOIN ledger.programs g ON g.id = a.program_id
+WHERE a.id = po.account_id AND a.kind IN ('partner_issued', 'partner_accepted');
 DELETE FROM ledger.accounts WHERE kind IN ('partner_issued', 'partner_accepted');
 ALTER TABLE ledger.accounts DROP CONSTRAINT accounts_check;
 ALTER TABLE ledger.accounts ADD CONSTRAINT accounts_check CHECK ((kind = 'member') = (member_ref <> ''));
@@ -164,4 +178,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    run_script(DOWNGRADE)
+    run_script("\n".join(f"DROP FUNCTION IF EXISTS {f};" for f in NEW) + DOWNGRADE)
