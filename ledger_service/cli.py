@@ -106,7 +106,11 @@ async def prepare_run(db: Database, *, demo: bool) -> list[str]:
 
 
 def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """The ledger's subcommands of `jifen`: `batch generate` and `batch upload`."""
+    """The ledger's subcommands of `jifen`: `batch generate` and `batch upload`, `partners ...` and
+    `settle` (ledger_service/partners/cli.py)."""
+    from ledger_service.partners import cli as partners_cli
+
+    partners_cli.register_commands(sub)
     batch = sub.add_parser("batch", help="card-issuer batch files").add_subparsers(
         dest="batch_command", required=True
     )

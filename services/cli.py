@@ -198,7 +198,9 @@ def cmd_create_api_key(args: argparse.Namespace) -> int:
     async def go() -> tuple[int, str]:
         db = Database(url, pool_size=1)
         try:
-            return await create_api_key(db, name=args.name, scopes=scopes, programs=programs)
+            return await create_api_key(
+                db, name=args.name, scopes=scopes, programs=programs, partner=args.partner
+            )
         finally:
             await db.dispose()
 
@@ -229,6 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     key.add_argument("--name", default="cli")
     key.add_argument("--scopes", required=True, help="comma-separated, e.g. ledger:read,ledger:earn")
     key.add_argument("--programs", default=None, help="comma-separated program codes (default: all)")
+    key.add_argument(
+        "--partner", default=None, help="bind the key to a coalition partner (its earns and burns)"
+    )
     key.set_defaults(func=cmd_create_api_key)
 
     register: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]
