@@ -86,6 +86,11 @@ def test_make_run_then_readme_examples(tmp_path: Path) -> None:
             assert httpx.get(f"http://127.0.0.1:{port}/openapi.json").status_code == 200
         programs = httpx.get(f"{base}/v1/programs", headers=auth).json()["data"]
         assert {p["code"] for p in programs} == {"WLT", "JFB", "CAIBEI", "BOC", "MU"}
+        assert {p["timezone"] for p in programs} == {"Asia/Shanghai"}
+        partners = httpx.get(f"{base}/v1/partners", headers=auth).json()["data"]
+        assert {p["code"] for p in partners} == {"ICBC", "CEA", "LUCKIN"}
+        terms = httpx.get(f"{base}/v1/partners/LUCKIN/terms", headers=auth).json()["data"]
+        assert {t["program"] for t in terms} == {"WLT", "JFB"}
         for _ in range(2):  # the second pass is all replays
             done = subprocess.run(
                 ["bash", "-euo", "pipefail", "-c", script],
