@@ -12,10 +12,12 @@ from ledger_service.jobs.endpoints import router as jobs_router
 from ledger_service.members.endpoints import router as members_router
 from ledger_service.postings.endpoints import router as postings_router
 from ledger_service.postings.engine import PostingEngine
+from ledger_service.profiles.endpoints import router as profiles_router
 from ledger_service.programs.endpoints import router as programs_router
 from ledger_service.reports.endpoints import router as reports_router
 from ledger_service.rules.endpoints import router as rules_router
 from ledger_service.rules.service import RuleBook
+from ledger_service.segments.endpoints import router as segments_router
 from services.app import build_app
 from services.keyfiles import pii_key
 from services.settings import Settings
@@ -58,6 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             members_router,
             reports_router,
             finance_router,
+            profiles_router,
+            segments_router,
             batches_router,
             events_router,
             jobs_router,

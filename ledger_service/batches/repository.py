@@ -27,9 +27,6 @@ _IDEM_PUT = """INSERT INTO ledger.idempotency_keys (api_key_id, key, request_has
                VALUES ($1, $2, $3, $4, $5::jsonb)"""
 _LOCK = "SELECT pg_try_advisory_lock(hashtextextended('idem:' || $1 || ':' || $2, 0))"
 _UNLOCK = "SELECT pg_advisory_unlock(hashtextextended('idem:' || $1 || ':' || $2, 0))"
-_TIERS = """SELECT a.member_ref, a.tier FROM ledger.accounts a JOIN ledger.programs p ON p.id = a.program_id
-            WHERE p.code = $1 AND a.kind = 'member' AND a.member_ref = ANY ($2::text[])"""
-
 # Rows are posted while the upload is still arriving (status receiving), up to what is staged.
 _CLAIM = """
 UPDATE ledger.batches SET status = CASE WHEN status = 'receiving' THEN status ELSE 'processing' END,
@@ -107,10 +104,6 @@ async def lock_key(conn: asyncpg.Connection, api_key_id: int, key: str) -> bool:
 
 async def unlock_key(conn: asyncpg.Connection, api_key_id: int, key: str) -> None:
     await conn.fetchval(_UNLOCK, str(api_key_id), key)
-
-
-async def tiers(conn: asyncpg.Connection, program: str, members: list[str]) -> dict[str, str]:
-    return {r["member_ref"]: r["tier"] for r in await conn.fetch(_TIERS, program, members)}
 
 
 async def claim(conn: asyncpg.Connection) -> UUID | None:

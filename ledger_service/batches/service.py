@@ -19,6 +19,7 @@ from ledger_service.batches.schemas import BatchOut, Rejection, RejectionPage
 from ledger_service.metrics import LEDGER_OPERATIONS
 from ledger_service.postings.schemas import Purchase
 from ledger_service.rules import engine
+from ledger_service.rules import repository as rules_repository
 from ledger_service.rules.service import ProgramRules, RuleBook
 from services.auth import Principal
 from services.db import Database
@@ -83,14 +84,14 @@ class Pricer:
                 version = program.at(row.occurred_at or datetime.now(UTC))
                 if version is None:
                     row.reject = "no_earning_rules"
-                elif engine.needs_tier(version.rules):
+                elif engine.needs_member(version.rules):
                     tier_needed.setdefault(row.program, set()).add(row.member_ref or "")
-        tiers: dict[tuple[str, str], str] = {}
+        facts: dict[tuple[str, str], engine.Member] = {}
         if tier_needed:
             async with self.db.driver() as conn:
                 for code, members in tier_needed.items():
-                    for member, tier in (await repository.tiers(conn, code, sorted(members))).items():
-                        tiers[(code, member)] = tier
+                    for ref, member in (await rules_repository.members(conn, code, sorted(members))).items():
+                        facts[(code, ref)] = member
         for row in rows:
             if row.reject is not None or row.type != "earn" or row.points is not None:
                 continue
@@ -104,8 +105,8 @@ class Pricer:
                 amount_minor=row.amount_minor, currency=row.currency, merchant_id=row.merchant_id,
                 mcc=row.mcc, channel=row.channel,  # type: ignore[arg-type]  # validated by the parser
             )  # fmt: skip
-            tier = tiers.get((row.program, row.member_ref or ""), "basic")
-            row.points = engine.price(version.rules, version.version, purchase, tier, at).points
+            member = facts.get((row.program, row.member_ref or ""), engine.BASIC)
+            row.points = engine.price(version.rules, version.version, purchase, member, at).points
             row.rule_set_id = version.id
 
 

@@ -21,10 +21,10 @@ BEGIN
     -- through the one earn (ledger.post_earns), like every API earn: kind purchase, the program's
     -- issuance account on the other side, the caps of the rule set that priced the row.
     PERFORM ledger.earn_rows();
-    INSERT INTO earn_in (i, program_id, account_id, member_ref, points, kind, reference, merchant_id,
-                         rule_set_id, caps, api_key_id, occurred_at, external_id, amount_minor)
+    INSERT INTO earn_in (i, program_id, account_id, member_ref, points, kind, reference, merchant_id, mcc,
+                         channel, rule_set_id, caps, api_key_id, occurred_at, external_id, amount_minor)
     SELECT DISTINCT ON (s.external_id) s.line, p.id, ledger.member_id(p.id, s.member_ref), s.member_ref, s.points, 'purchase', s.external_id,
-           s.merchant_id, s.rule_set_id,
+           s.merchant_id, nullif(s.mcc, ''), nullif(s.channel, ''), s.rule_set_id,
            CASE WHEN jsonb_typeof(rs.body->'caps'->'per_member_per_day') = 'number'
                   OR jsonb_typeof(rs.body->'caps'->'per_member_per_month') = 'number' THEN rs.body->'caps' END,
            b.api_key_id, s.occurred_at, s.external_id, s.amount_minor
