@@ -145,6 +145,13 @@ async def prepare_run(db: Database, *, demo: bool) -> list[str]:
     return [f"Loaded demo programs: {', '.join(created)}"] if created else []
 
 
+async def unknown_programs(db: Database, codes: list[str]) -> list[str]:
+    """For `jifen create-api-key --programs`: the codes that name no ledger program."""
+    from ledger_service.programs.service import unknown_programs as unknown
+
+    return await unknown(db, codes)
+
+
 def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The ledger's subcommands of `jifen`: `batch generate` and `batch upload`."""
     batch = sub.add_parser("batch", help="card-issuer batch files").add_subparsers(
