@@ -135,14 +135,13 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 
 async def prepare_run(db: Database, *, demo: bool) -> list[str]:
-    """`jifen run`, after migrating and before starting the services: the demo programs, if asked for
-    and the ledger has none yet. Returns what to print once the services are up."""
+    """`jifen run`, after migrating and before starting the services: the demo programs and their
+    earning rules, if asked for and not loaded yet. Returns what to print once the services are up."""
     if not demo:
         return []
     from ledger_service.demo import load_demo
 
-    created = await load_demo(db)
-    return [f"Loaded demo programs: {', '.join(created)}"] if created else []
+    return await load_demo(db)
 
 
 async def unknown_programs(db: Database, codes: list[str]) -> list[str]:
