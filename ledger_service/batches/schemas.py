@@ -24,7 +24,9 @@ REVERSE_REASONS = (
     "unknown_original", "nothing_to_reverse", "transaction_not_found", "not_reversible", "insufficient_scope",
     "reversal_exceeds_original", "insufficient_points", "points_out_of_range", "idempotency_key_reused",
 )  # fmt: skip
-REJECTION_REASONS = PARSE_REASONS + PRICE_REASONS + REVERSE_REASONS
+# Codes DESIGN §4 "Changes in force" gives for rows the parser or the ledger may refuse.
+CONTRACT_REASONS = ("occurred_at_out_of_range", "invalid_text", "points_limit_exceeded")
+REJECTION_REASONS = PARSE_REASONS + PRICE_REASONS + REVERSE_REASONS + CONTRACT_REASONS
 
 
 class BatchOut(BaseModel):

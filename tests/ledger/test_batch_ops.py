@@ -150,3 +150,16 @@ def test_every_reason_a_row_can_get_is_a_known_rejection_reason() -> None:
     found |= set(re.findall(r"reason := '([a-z_]+)'", sql))
     assert len(found) > 20, found
     assert found <= set(REJECTION_REASONS), found - set(REJECTION_REASONS)
+
+
+async def test_the_completion_log_line_has_the_counts(client: httpx.AsyncClient, ledger_app, caplog) -> None:
+    import logging
+
+    program = await _program(client)
+    content = f"{HEADER}\nCL-1,earn,,{program},,eve,,,,,,,3\nCL-2,earn,,NOPE_XYZ,,eve,,,,,,,3\n".encode()
+    with caplog.at_level(logging.INFO, logger="jifen.ledger.batches"):
+        batch = await wait_done(client, (await upload(client, content)).json()["id"], drive=ledger_app)
+    done = [r for r in caplog.records if r.msg.startswith("batch completed") and r.batch == batch["id"]]
+    assert len(done) == 1
+    assert done[0].getMessage() == "batch completed: 2 rows, 1 posted, 0 duplicates, 1 rejected"
+    assert (done[0].posted, done[0].rejected, done[0].points_posted) == (1, 1, 3)
