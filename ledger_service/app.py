@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from ledger_service.api_keys.endpoints import router as api_keys_router
 from ledger_service.batches.endpoints import router as batches_router
 from ledger_service.events.endpoints import router as events_router
+from ledger_service.finance.endpoints import router as finance_router
 from ledger_service.housekeeping import Housekeeper
 from ledger_service.jobs.endpoints import router as jobs_router
 from ledger_service.members.endpoints import router as members_router
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             postings_router,
             members_router,
             reports_router,
+            finance_router,
             batches_router,
             events_router,
             api_keys_router,
