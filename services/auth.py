@@ -142,7 +142,7 @@ class KeyStore:
                 self._listening = True
                 await lost.wait()
                 log.warning("lost the connection that listens for API key changes; reconnecting")
-            except (OSError, asyncpg.PostgresError) as exc:
+            except Exception as exc:  # whatever the failure, retry; meanwhile nothing is cached
                 log.warning("cannot listen for API key changes", extra={"error": repr(exc)})
             finally:
                 self._listening = False
