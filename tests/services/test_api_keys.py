@@ -204,3 +204,32 @@ async def _program(database_url: str) -> str:
     finally:
         with contextlib.suppress(Exception):
             await db.dispose()
+
+
+async def test_a_revocation_from_the_command_line_reaches_a_running_service_process(
+    live_ledger: Any, database_url: str
+) -> None:
+    """Another process (the ledger under uvicorn) has the key cached; a revocation made outside it,
+    as `jifen api-keys revoke` does, reaches it through PostgreSQL."""
+    from services import apikeys
+    from services.db import Database
+
+    db = Database(database_url, pool_size=1)
+    try:
+        key_id, secret = await _key_for(db)
+        async with httpx.AsyncClient(base_url=live_ledger.url, headers=bearer(secret)) as c:
+            assert (await c.get("/v1/programs")).status_code == 200  # now in the process's cache
+            await apikeys.revoke(db, None, key_id)
+            deadline = time.monotonic() + 10  # far below the old cache's 30 s
+            while (r := await c.get("/v1/programs")).status_code == 200:
+                assert time.monotonic() < deadline, "the running process still accepts the revoked key"
+                await asyncio.sleep(0.02)
+            assert_problem(r, 401, "invalid_api_key")
+    finally:
+        await db.dispose()
+
+
+async def _key_for(db: Any) -> tuple[int, str]:
+    from services.auth import create_api_key
+
+    return await create_api_key(db, name="t", scopes=["ledger:read"])
