@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from services.auth import SCOPES, Principal, create_api_key, hash_key, new_secret, notify_change
+from services.auth import SCOPES, KeyStore, Principal, create_api_key, hash_key, new_secret, notify_change
 from services.conventions import ProgramCode
 from services.db import Database
 from services.errors import Conflict, Forbidden, NotFound
@@ -139,19 +139,25 @@ async def get(db: Database, principal: Principal | None, key_id: int) -> ApiKeyO
     return _out(row)
 
 
-async def revoke(db: Database, principal: Principal | None, key_id: int) -> ApiKeyOut:
+async def revoke(
+    db: Database, principal: Principal | None, key_id: int, *, store: KeyStore | None = None
+) -> ApiKeyOut:
     """Revokes a key (a revoked key stays revoked: revoking it again changes nothing). Every process
-    stops accepting it when this commits."""
+    stops accepting it when this commits; `store`, this process's cache, at once."""
     async with db.driver() as conn, conn.transaction():
         current = await conn.fetchrow(_LOCK, key_id)
         if current is None or not _may_manage(principal, current["programs"]):
             raise _not_found(key_id)
         row = await conn.fetchrow(_REVOKE, key_id)
         await notify_change(conn, bytes(current["key_hash"]))
+    if store is not None:
+        store.forget(bytes(current["key_hash"]))
     return _out(row)
 
 
-async def rotate(db: Database, principal: Principal | None, key_id: int) -> ApiKeyCreated:
+async def rotate(
+    db: Database, principal: Principal | None, key_id: int, *, store: KeyStore | None = None
+) -> ApiKeyCreated:
     """A new secret with the same name, scopes and programs, as a new key; the old one is revoked in
     the same transaction (a client switches to the new secret, then the old one fails)."""
     secret = new_secret()
@@ -174,4 +180,6 @@ async def rotate(db: Database, principal: Principal | None, key_id: int) -> ApiK
         await conn.execute(_REVOKE, key_id)
         await notify_change(conn, bytes(current["key_hash"]))
         row = await conn.fetchrow(_GET, new_id)
+    if store is not None:
+        store.forget(bytes(current["key_hash"]))
     return ApiKeyCreated.model_validate({**_out(row).model_dump(), "secret": secret})

@@ -119,6 +119,11 @@ class KeyStore:
             self._task = None
         self._listening = False
 
+    def forget(self, key_hash: bytes) -> None:
+        """Forgets a key at once, in the process that changed it (the others hear of it by NOTIFY)."""
+        self._cache.pop(key_hash, None)
+        self.changes += 1
+
     def _on_change(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         if payload == ALL_KEYS:
             self._cache.clear()

@@ -70,7 +70,7 @@ async def get_key(request: Request, key_id: KeyId, principal: Admin) -> ApiKeyOu
     responses=error_responses(401, 403, 404),
 )
 async def revoke_key(request: Request, key_id: KeyId, principal: Admin) -> ApiKeyOut:
-    return await apikeys.revoke(request.app.state.db, principal, key_id)
+    return await apikeys.revoke(request.app.state.db, principal, key_id, store=request.app.state.keys)
 
 
 @router.post(
@@ -83,4 +83,4 @@ async def revoke_key(request: Request, key_id: KeyId, principal: Admin) -> ApiKe
     responses=error_responses(401, 403, 404, 409),
 )
 async def rotate_key(request: Request, key_id: KeyId, principal: Admin) -> ApiKeyCreated:
-    return await apikeys.rotate(request.app.state.db, principal, key_id)
+    return await apikeys.rotate(request.app.state.db, principal, key_id, store=request.app.state.keys)
