@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from ledger_service.api_keys.endpoints import router as api_keys_router
 from ledger_service.batches.endpoints import router as batches_router
 from ledger_service.events.endpoints import router as events_router
 from ledger_service.finance.endpoints import router as finance_router
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             segments_router,
             batches_router,
             events_router,
+            api_keys_router,
             jobs_router,
         ],
         on_start=[start],
@@ -76,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "members", "description": "Balances, tiers, expiring points and statements"},
             {"name": "reports", "description": "Issued, redeemed, expired, outstanding, liability"},
             {"name": "events", "description": "The event feed and webhook subscriptions"},
+            {"name": "api keys", "description": "Create, list, revoke and rotate API keys (ledger:admin)"},
             {
                 "name": "jobs",
                 "description": "Expiry and tier review, on demand (they also run on a schedule)",

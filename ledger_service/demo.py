@@ -1,9 +1,20 @@
-"""Demo programs loaded by `jifen run` into an empty database. Cash values are illustrative."""
+"""Demo data loaded by `jifen run`: the programs, with tiers and earning rules (a campaign among them),
+so that every flow of the README works on a fresh database. Cash values are illustrative.
+
+Idempotent on restart: programs are created only in a ledger without any, and earning rules only while
+no program has any, so a restart changes nothing and the demo never touches a ledger in real use.
+"""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ledger_service.batches.synthetic import PARTNERS
 from ledger_service.programs import service
 from ledger_service.programs.schemas import ProgramIn
+from ledger_service.rules.schemas import RuleSetIn
+from ledger_service.rules.service import RuleBook, create_rule_set
 from services.db import Database
 
 DEMO_PROGRAMS: list[dict[str, object]] = [
@@ -12,6 +23,7 @@ DEMO_PROGRAMS: list[dict[str, object]] = [
         "name": "Ping An Wanlitong",
         "cash_value": {"points": 500, "cash_minor": 100, "currency": "CNY"},
         "expiry": {"policy": "fixed", "month": 12, "day": 31, "years_after": 1},
+        "tiers": [{"code": "silver", "min_points": 50000}, {"code": "gold", "min_points": 200000}],
     },
     {
         "code": "JFB",
@@ -29,6 +41,7 @@ DEMO_PROGRAMS: list[dict[str, object]] = [
         "name": "Bank of China Great Wall card points",
         "cash_value": {"points": 1000, "cash_minor": 100, "currency": "CNY"},
         "expiry": {"policy": "rolling", "months": 24},
+        "tiers": [{"code": "gold", "min_points": 20000}, {"code": "platinum", "min_points": 100000}],
     },
     {
         "code": "MU",
@@ -40,13 +53,92 @@ DEMO_PROGRAMS: list[dict[str, object]] = [
 ]
 
 
-async def load_demo(db: Database) -> list[str]:
-    """Creates the demo programs if the ledger has no program yet; returns the codes created."""
+# A rule set's `effective_from` in the past, so that the rules price purchases of any date the README
+# and `jifen batch generate` (yesterday) use.
+RULES_FROM = "2020-01-01T00:00:00Z"
+
+
+def demo_rules(now: datetime) -> dict[str, dict[str, Any]]:
+    """Earning rules per program. Campaign windows are relative to when the demo is loaded."""
+    campaign = {
+        "active_from": (now - timedelta(days=7)).isoformat(),
+        "active_to": (now + timedelta(days=90)).isoformat(),
+    }
+    return {
+        "BOC": {  # the card issuer of `jifen batch generate`: 1 point per CNY
+            "effective_from": RULES_FROM,
+            "base": {"points": 1, "per_amount_minor": 100},
+            "rules": [
+                {
+                    "name": "10x at partner merchants (campaign)",
+                    "match": {"merchant_id": list(PARTNERS)},
+                    "multiplier": "10",
+                    **campaign,
+                },
+                {"name": "2x on travel", "match": {"mcc": ["4511", "7011"]}, "multiplier": "2"},
+                {
+                    "name": "3x for platinum at supermarkets",
+                    "match": {"mcc": "5411", "tier": "platinum"},
+                    "multiplier": "3",
+                },
+                {"name": "5 bonus points in the app", "match": {"channel": "app"}, "bonus_points": 5},
+            ],
+            "caps": {"per_transaction": 50000, "per_member_per_day": 200000},
+        },
+        "WLT": {  # 10 points per CNY (2% back at 500 points = 1 CNY)
+            "effective_from": RULES_FROM,
+            "base": {"points": 10, "per_amount_minor": 100},
+            "rules": [
+                {
+                    "name": "Double points at partner coffee (campaign)",
+                    "match": {"merchant_id": ["M-COFFEE-01", "M-COFFEE-02"]},
+                    "multiplier": "2",
+                    **campaign,
+                },
+                {"name": "1.5x for gold", "match": {"tier": "gold"}, "multiplier": "1.5"},
+            ],
+            "caps": {"per_transaction": 100000},
+        },
+        "JFB": {
+            "effective_from": RULES_FROM,
+            "base": {"points": 1, "per_amount_minor": 100},
+            "rules": [{"name": "2x in the app", "match": {"channel": "app"}, "multiplier": "2"}],
+        },
+        "MU": {  # 1 mile per 5 CNY, more on China Eastern itself
+            "effective_from": RULES_FROM,
+            "base": {"points": 1, "per_amount_minor": 500},
+            "rules": [
+                {
+                    "name": "5x on China Eastern flights",
+                    "match": {"merchant_id": "M-MU-FLIGHTS"},
+                    "multiplier": "5",
+                },
+                {"name": "2x for gold", "match": {"tier": "gold"}, "multiplier": "2"},
+            ],
+        },
+    }
+
+
+async def load_demo(db: Database, *, now: datetime | None = None) -> list[str]:
+    """Loads what is missing of the demo; returns what it loaded, for `jifen run` to print."""
+    now = now or datetime.now(UTC)
+    loaded = []
     async with db.driver() as conn:
-        if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM ledger.programs)"):
-            return []
-    created = []
-    for spec in DEMO_PROGRAMS:
-        program = await service.create_program(db, ProgramIn.model_validate(spec))
-        created.append(program.code)
-    return created
+        empty = not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM ledger.programs)")
+    if empty:
+        for spec in DEMO_PROGRAMS:
+            await service.create_program(db, ProgramIn.model_validate(spec))
+        loaded.append(f"Loaded demo programs: {', '.join(str(spec['code']) for spec in DEMO_PROGRAMS)}")
+    rules = demo_rules(now)
+    async with db.driver() as conn:
+        codes = {
+            r["code"]
+            for r in await conn.fetch("SELECT code FROM ledger.programs WHERE code = ANY ($1)", list(rules))
+        }
+        any_rules = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM ledger.rule_sets)")
+    if not any_rules and codes == set(rules):
+        book = RuleBook(db)
+        for code, body in rules.items():
+            await create_rule_set(db, book, code, RuleSetIn.model_validate(body), api_key_id=0)
+        loaded.append(f"Loaded demo earning rules: {', '.join(rules)}")
+    return loaded

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,11 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=64)
     db_pool_size: int = Field(default=16, ge=1, le=200)
     log_level: str = "INFO"
+    log_format: Literal["json", "text"] = Field(
+        default="json",
+        description="json: one object per line, for machines; text: one readable line per request "
+        "(coloured by status when stdout is a terminal)",
+    )
     access_log: bool = True
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     fast_lane: bool = Field(
