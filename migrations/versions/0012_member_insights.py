@@ -2,13 +2,13 @@
 events that are not transactions (segment.entered, segment.left, points.expiring)
 
 Revision ID: 0012_member_insights
-Revises: 0009_saga_status
+Revises: 0010_batch_ops
 """
 
 from migrations.script_sql import run_script
 
 revision = "0012_member_insights"
-down_revision = "0009_saga_status"
+down_revision = "0010_batch_ops"
 branch_labels = None
 depends_on = None
 
