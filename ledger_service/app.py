@@ -5,6 +5,8 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from ledger_service.batches.endpoints import router as batches_router
+from ledger_service.console.endpoints import install as install_console
+from ledger_service.console.session import SessionCodec
 from ledger_service.events.endpoints import router as events_router
 from ledger_service.housekeeping import Housekeeper
 from ledger_service.jobs.endpoints import router as jobs_router
@@ -16,7 +18,7 @@ from ledger_service.reports.endpoints import router as reports_router
 from ledger_service.rules.endpoints import router as rules_router
 from ledger_service.rules.service import RuleBook
 from services.app import build_app
-from services.keyfiles import pii_key
+from services.keyfiles import console_secret, pii_key
 from services.settings import Settings
 
 DESCRIPTION = """
@@ -39,13 +41,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.rules = RuleBook(app.state.db)
         app.state.pii_key = pii_key(settings)
+        app.state.console_sessions = SessionCodec(console_secret(settings), settings.console_session_ttl_s)
         app.state.housekeeper = Housekeeper(app.state.db, settings)
         app.state.housekeeper.start()
 
     async def stop(app: FastAPI) -> None:
         await app.state.housekeeper.stop()
 
-    return build_app(
+    app = build_app(
         service="ledger",
         title="Jifen ledger",
         description=DESCRIPTION,
@@ -77,3 +80,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "ops", "description": "Health, readiness, metrics"},
         ],
     )
+    install_console(app)  # the ops console at /console (DESIGN §11)
+    return app

@@ -71,15 +71,16 @@ async def redeem(body: RedemptionIn, principal: Writer, key: Key, db: DB, saga: 
 @router.get(
     "",
     response_model=RedemptionList,
-    summary="A member's redemptions, newest first",
-    description="Voucher codes are shown only to the API key that redeemed them (or a catalog:admin key); "
+    summary="Redemptions, newest first: a member's (member_ref), or by status",
+    description="Without `member_ref`, every member's (the ops console lists unfinished sagas so). "
+    "Voucher codes are shown only to the API key that redeemed them (or a catalog:admin key); "
     "to others `voucher_codes` is null.",
     responses=error_responses(400, 401, 403, 422),
 )
 async def list_redemptions(
     principal: Reader,
     db: DB,
-    member_ref: Annotated[MemberRef, Query()],
+    member_ref: Annotated[MemberRef | None, Query()] = None,
     program: Annotated[ProgramCode | None, Query()] = None,
     status: Annotated[RedemptionStatus | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,

@@ -214,7 +214,7 @@ async def get(db: Database, principal: Principal, redemption_id: UUID) -> Redemp
 async def list_for_member(
     db: Database,
     principal: Principal,
-    member_ref: str,
+    member_ref: str | None,
     *,
     program: str | None,
     status: str | None,

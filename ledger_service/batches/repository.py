@@ -160,3 +160,35 @@ async def complete(conn: asyncpg.Connection, batch_id: UUID) -> bool:
 
 async def fail_stale_uploads(conn: asyncpg.Connection) -> list[UUID]:
     return [r["id"] for r in await conn.fetch(_STALE_UPLOADS)]
+
+
+# Newest first; a key sees the batches it uploaded, an admin (api_key_id NULL) sees all.
+_LIST = f"""SELECT {_COLUMNS} FROM ledger.batches
+            WHERE ($1::bigint IS NULL OR api_key_id = $1) AND ($2::text IS NULL OR status = $2)
+              AND (created_at, id) < ($3, $4)
+            ORDER BY created_at DESC, id DESC LIMIT $5"""
+_REJECTION_COUNTS = """SELECT reason, count(*) AS n FROM ledger.batch_rejections WHERE batch_id = $1
+                       GROUP BY reason ORDER BY n DESC, reason"""
+_REJECTIONS_FOR = """SELECT line, external_id, reason FROM ledger.batch_rejections
+                     WHERE batch_id = $1 AND reason = $2 ORDER BY line LIMIT $3"""
+
+
+async def list_batches(
+    conn: asyncpg.Connection,
+    *,
+    api_key_id: int | None,
+    status: str | None,
+    before: tuple[Any, UUID],
+    limit: int,
+) -> list[asyncpg.Record]:
+    return list(await conn.fetch(_LIST, api_key_id, status, before[0], before[1], limit))
+
+
+async def rejection_counts(conn: asyncpg.Connection, batch_id: UUID) -> list[asyncpg.Record]:
+    return list(await conn.fetch(_REJECTION_COUNTS, batch_id))
+
+
+async def rejections_for(
+    conn: asyncpg.Connection, batch_id: UUID, reason: str, limit: int
+) -> list[asyncpg.Record]:
+    return list(await conn.fetch(_REJECTIONS_FOR, batch_id, reason, limit))
