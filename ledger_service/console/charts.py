@@ -59,6 +59,7 @@ def _base(
         legend_at_bottom=True,
         legend_at_bottom_columns=3,
         truncate_legend=-1,
+        truncate_label=-1,
         print_values=False,
         margin=8,
     )
@@ -82,5 +83,6 @@ def liability_chart(daily: Daily) -> Markup:
     """Liability in cash (major units) at the end of each day."""
     labels = [d.day.strftime("%m-%d") for d in daily.days]
     chart = _base(pygal.Line, f"Liability ({daily.currency}) at day end", labels)
+    chart.show_legend = False
     chart.add("liability", [d.liability_cash_minor / 100 for d in daily.days])
     return _svg(chart)

@@ -52,7 +52,7 @@ SECURITY_HEADERS = {
     "img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # no-referrer would make the browser send Origin: null on our POSTs
     "Cache-Control": "no-store",
 }
 
@@ -88,7 +88,7 @@ def _fmt_cash(minor: int | None, currency: str) -> str:
 
 
 def _fmt_time(value: Any) -> str:
-    return "—" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return "—" if value is None else value.strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _url_shown(url: str) -> str:
