@@ -127,3 +127,22 @@ async def cancel_redemption(
     body: Annotated[CancelIn | None, Body()] = None,
 ) -> Response:
     return (await service.cancel(db, saga, principal, redemption_id, body or CancelIn(), key)).response()
+
+
+@router.post(
+    "/{redemption_id}/retry",
+    response_model=RedemptionDetail,
+    summary="Retry an unfinished redemption now (catalog:admin)",
+    description="For an operator (the ops console's saga page): the redemption's next attempt is made "
+    "due at once and driven, instead of waiting for its backoff. Each step calls the ledger with the key "
+    "it always uses, so nothing is applied twice; no Idempotency-Key is needed. **409 "
+    "saga_not_retryable**: the redemption is finished, or a driver holds it right now.",
+    responses=error_responses(401, 403, 404, 409),
+)
+async def retry_redemption(
+    redemption_id: UUID,
+    principal: Annotated[Principal, Depends(require("catalog:admin"))],
+    db: DB,
+    saga: Saga,
+) -> RedemptionDetail:
+    return await service.retry(db, saga, principal, redemption_id)

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import UTC, datetime
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
 from uuid import UUID
 
 import orjson
-from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Form, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -38,7 +39,7 @@ from services.auth import KeyStore, Principal
 from services.errors import DomainError
 from services.settings import Settings
 
-HERE = Path(__file__).parent
+HERE = FilePath(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
 router = APIRouter(prefix="/console", include_in_schema=False)
 
@@ -88,7 +89,15 @@ def _fmt_cash(minor: int | None, currency: str) -> str:
 
 
 def _fmt_time(value: Any) -> str:
-    return "—" if value is None else value.strftime("%Y-%m-%d %H:%M UTC")
+    """A datetime, or the RFC 3339 text another service answered with."""
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    return str(value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC"))
 
 
 def _url_shown(url: str) -> str:
@@ -333,7 +342,34 @@ async def sagas_page(request: Request, user: Reader) -> Response:
         user.session.api_key,
         request.headers.get("x-request-id"),
     )
-    return page(request, "sagas.html", user, conversions=conversions, redemptions=redemptions)
+    return page(
+        request,
+        "sagas.html",
+        user,
+        conversions=conversions,
+        redemptions=redemptions,
+        notice=request.query_params.get("notice"),
+    )
+
+
+@router.post("/sagas/{service}/{saga_id}/retry")
+async def retry_saga(
+    request: Request,
+    user: Poster,
+    service: Annotated[str, Path(pattern="^(conversion|catalog)$")],
+    saga_id: UUID,
+) -> Response:
+    """Through the owning service's API, with the operator's key (which needs `<service>:admin`)."""
+    if not user.principal.has(f"{service}:admin"):
+        raise ConsoleError(403, "Not allowed", f"Retrying needs {service}:admin.")
+    settings = _settings(request)
+    base = settings.conversion_base_url() if service == "conversion" else settings.catalog_base_url()
+    status, detail = await sagas.retry(
+        base, service, str(saga_id), user.session.api_key, request.headers.get("x-request-id")
+    )
+    if status != 200:
+        raise ConsoleError(status, f"The {service} service did not retry it", detail)
+    return redirect(f"/console/sagas?notice={quote('retried-' + detail)}")
 
 
 @router.get("/webhooks")

@@ -63,3 +63,28 @@ async def unfinished(
             _fetch(client, "catalog", catalog_url, "/v1/redemptions", REDEMPTION_UNFINISHED, headers),
         )
     return conversions, redemptions
+
+
+RETRY_PATHS = {"conversion": "/v1/conversions/{id}/retry", "catalog": "/v1/redemptions/{id}/retry"}
+
+
+async def retry(
+    base_url: str, service: str, saga_id: str, api_key: str, request_id: str | None
+) -> tuple[int, str]:
+    """Asks the owning service to retry a saga now: (HTTP status, what to tell the operator)."""
+    headers = {"Authorization": f"Bearer {api_key}"}
+    if request_id:
+        headers["X-Request-ID"] = request_id
+    url = base_url + RETRY_PATHS[service].format(id=saga_id)
+    try:
+        async with httpx.AsyncClient(timeout=TIMEOUT_S * 5, trust_env=False) as client:
+            r = await client.post(url, headers=headers)
+    except httpx.HTTPError as exc:
+        return 503, f"The {service} service at {base_url} is unreachable ({type(exc).__name__})."
+    if r.status_code == 200:
+        return 200, str(r.json().get("status", "retried"))
+    try:
+        detail = str(r.json().get("detail", r.text[:200]))
+    except ValueError:
+        detail = r.text[:200]
+    return r.status_code, detail

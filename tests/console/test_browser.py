@@ -5,6 +5,7 @@ service's /docs. Each test's page must make no request outside localhost and log
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -17,6 +18,7 @@ from services.auth import SCOPES
 from tests.browser import screenshots, watched_page
 from tests.conftest import create_program, make_key, new_key
 from tests.console.conftest import Stack
+from tests.harness import ServiceProcess, free_port
 
 HEADER = (
     "external_id,type,original_external_id,program,card_number,member_ref,amount_minor,currency,merchant_id,"
@@ -302,6 +304,65 @@ async def test_sign_out(browser: Any, stack: Stack, console_admin_key: str) -> N
         assert not [c for c in await context.cookies() if c["name"] == "jifen_console"]
         await page.goto(f"{stack.ledger.url}/console/batches")
         await expect(page).to_have_url(re.compile(r"/console/login\?next=/console/batches"))
+        watch.check()
+    finally:
+        await context.close()
+
+
+async def test_a_stuck_conversion_is_retried_from_the_console(
+    browser: Any, stack: Stack, api: httpx.AsyncClient, console_admin_key: str, service_keys: dict[str, str]
+) -> None:
+    src = await create_program(api)
+    dst = await create_program(api)
+    fund = await _earn(api, src, "m-conv", 6000)
+    assert fund["balance_after"]["balance"] == 6000
+    auth = {"Authorization": f"Bearer {console_admin_key}"}
+    async with httpx.AsyncClient(base_url=stack.conversion.url, headers=auth, timeout=30) as conv:
+        rate = await conv.put(
+            f"/v1/rates/{src}/{dst}", json={"from_points": 5, "to_points": 1, "fee_bps": 200, "min_from_points": 1}
+        )
+        assert rate.status_code == 201, rate.text
+        quote = await conv.post(
+            "/v1/quotes", json={"from_program": src, "to_program": dst, "member_ref": "m-conv", "from_points": 5000}
+        )
+        assert quote.status_code == 201, quote.text
+    # A conversion process whose ledger is unreachable takes the conversion and schedules its retry an
+    # hour away: a saga needing attention.
+    cut_off = ServiceProcess(
+        "conversion",
+        stack.ledger.database_url,
+        env={
+            "JIFEN_LEDGER_URL": f"http://127.0.0.1:{free_port()}",
+            "JIFEN_LEDGER_API_KEY": service_keys["conversion"],
+            "JIFEN_CONVERSION_RECOVERY_INTERVAL_S": "3600",
+            "JIFEN_CONVERSION_RETRY_BASE_S": "3600",
+            "JIFEN_CONVERSION_RETRY_MAX_S": "3600",
+        },
+    )
+    await asyncio.to_thread(cut_off.start)
+    try:
+        async with httpx.AsyncClient(base_url=cut_off.url, headers=auth, timeout=60) as conv:
+            r = await conv.post(
+                "/v1/conversions", json={"quote_id": quote.json()["id"]}, headers={"Idempotency-Key": new_key()}
+            )
+    finally:
+        await asyncio.to_thread(cut_off.stop)
+    assert r.status_code == 202, r.text
+    stuck = r.json()
+    assert stuck["status"] in ("created", "debiting")
+
+    context, page, watch = await watched_page(browser)
+    try:
+        await sign_in(page, stack.ledger.url, console_admin_key)
+        await page.click("nav a[href='/console/sagas']")
+        row = page.locator(f"section[data-service=conversion] tr[data-saga='{stuck['id']}']")
+        await expect(row).to_contain_text("m-conv")
+        await screenshots(page, "sagas-stuck")
+        await row.locator("[data-test=retry]").click()  # through the conversion service's API
+        await expect(page.locator("[data-test=notice]")).to_have_text("Retried: now completed.")
+        await expect(row).to_have_count(0)
+        assert (await _balance(api, src, "m-conv"))["balance"] == 1000
+        assert (await _balance(api, dst, "m-conv"))["balance"] == 980
         watch.check()
     finally:
         await context.close()
