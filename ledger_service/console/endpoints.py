@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, datetime
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit

@@ -319,11 +319,13 @@ async def test_a_stuck_conversion_is_retried_from_the_console(
     auth = {"Authorization": f"Bearer {console_admin_key}"}
     async with httpx.AsyncClient(base_url=stack.conversion.url, headers=auth, timeout=30) as conv:
         rate = await conv.put(
-            f"/v1/rates/{src}/{dst}", json={"from_points": 5, "to_points": 1, "fee_bps": 200, "min_from_points": 1}
+            f"/v1/rates/{src}/{dst}",
+            json={"from_points": 5, "to_points": 1, "fee_bps": 200, "min_from_points": 1},
         )
         assert rate.status_code == 201, rate.text
         quote = await conv.post(
-            "/v1/quotes", json={"from_program": src, "to_program": dst, "member_ref": "m-conv", "from_points": 5000}
+            "/v1/quotes",
+            json={"from_program": src, "to_program": dst, "member_ref": "m-conv", "from_points": 5000},
         )
         assert quote.status_code == 201, quote.text
     # A conversion process whose ledger is unreachable takes the conversion and schedules its retry an
@@ -343,7 +345,9 @@ async def test_a_stuck_conversion_is_retried_from_the_console(
     try:
         async with httpx.AsyncClient(base_url=cut_off.url, headers=auth, timeout=60) as conv:
             r = await conv.post(
-                "/v1/conversions", json={"quote_id": quote.json()["id"]}, headers={"Idempotency-Key": new_key()}
+                "/v1/conversions",
+                json={"quote_id": quote.json()["id"]},
+                headers={"Idempotency-Key": new_key()},
             )
     finally:
         await asyncio.to_thread(cut_off.stop)

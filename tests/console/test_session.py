@@ -164,3 +164,64 @@ async def test_sign_out_ends_the_session(console: httpx.AsyncClient, admin_key: 
     assert r.status_code == 303
     assert SESSION_COOKIE not in console.cookies
     assert (await console.get("/console/")).status_code == 303
+
+
+async def test_sagas_page_says_which_service_is_unreachable(
+    console: httpx.AsyncClient, ledger_app: Any, admin_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.harness import free_port
+
+    settings = ledger_app.state.settings
+    monkeypatch.setattr(settings, "conversion_url", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setattr(settings, "catalog_url", f"http://127.0.0.1:{free_port()}")
+    await sign_in(console, admin_key)
+    page = await console.get("/console/sagas")
+    assert page.status_code == 200
+    assert page.text.count('data-test="saga-problem"') == 2
+    assert "The conversion service at http://127.0.0.1:" in page.text and "is unreachable" in page.text
+
+
+async def test_run_expiry_needs_an_admin_key_for_every_program(
+    console: httpx.AsyncClient, client: httpx.AsyncClient, ledger_app: Any, admin_key: str
+) -> None:
+    program = await create_program(client)
+    limited = await make_key(ledger_app, ["ledger:admin", "ledger:read"], programs=[program])
+    await sign_in(console, limited)
+    page = await console.get(f"/console/programs/{program}")
+    assert "Run expiry" not in page.text
+    r = await console.post(
+        "/console/jobs/expire", data={"csrf": _hidden(page.text, "csrf")}, headers={"Origin": BASE}
+    )
+    assert r.status_code == 403
+    await sign_in(console, admin_key)
+    page = await console.get(f"/console/programs/{program}")
+    assert "Run expiry" in page.text
+    r = await console.post(
+        "/console/jobs/expire",
+        data={"csrf": _hidden(page.text, "csrf"), "back": f"/console/programs/{program}"},
+        headers={"Origin": BASE},
+    )
+    assert r.status_code == 303 and r.headers["location"].startswith(
+        f"/console/programs/{program}?notice=expired-"
+    )
+
+
+async def test_pages_refuse_programs_outside_the_key(
+    console: httpx.AsyncClient, client: httpx.AsyncClient, ledger_app: Any
+) -> None:
+    mine, other = await create_program(client), await create_program(client)
+    await earn(client, other, "m-9", 10)
+    reader = await make_key(ledger_app, ["ledger:read"], programs=[mine])
+    await sign_in(console, reader)
+    overview = await console.get("/console/")
+    assert mine in overview.text and other not in overview.text
+    for path in (
+        f"/console/programs/{other}",
+        f"/console/programs/{other}/members/m-9",
+        f"/console/?program={other}",
+    ):
+        r = await console.get(path)
+        assert r.status_code == 403, path
+        assert "program_forbidden" not in r.text and "may not act on program" in r.text  # a page, not JSON
+    assert (await console.get("/console/programs/NOPE_NOPE")).status_code == 403
+    assert (await console.get("/console/login?next=https://evil.example/")).text.count("evil.example") == 0
