@@ -96,7 +96,7 @@ def _fmt_time(value: Any) -> str:
         try:
             value = datetime.fromisoformat(value)
         except ValueError:
-            return value
+            return str(value)
     return str(value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC"))
 
 
