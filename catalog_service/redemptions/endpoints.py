@@ -21,7 +21,7 @@ from catalog_service.redemptions.schemas import (
 from services.auth import Principal, require
 from services.conventions import MemberRef, ProgramCode
 from services.db import Database
-from services.errors import Problem, error_responses
+from services.errors import Problem, Unprocessable, error_responses
 from services.idempotency import idempotency_key
 from services.saga import SagaRunner
 
@@ -72,7 +72,8 @@ async def redeem(body: RedemptionIn, principal: Writer, key: Key, db: DB, saga: 
     "",
     response_model=RedemptionList,
     summary="Redemptions, newest first: a member's (member_ref), or by status",
-    description="Without `member_ref`, every member's (the ops console lists unfinished sagas so). "
+    description="Without `member_ref`, every member's with the given `status` (one of the two is required; "
+    "the ops console lists unfinished sagas so). "
     "Voucher codes are shown only to the API key that redeemed them (or a catalog:admin key); "
     "to others `voucher_codes` is null.",
     responses=error_responses(400, 401, 403, 422),
@@ -86,6 +87,8 @@ async def list_redemptions(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
 ) -> RedemptionList:
+    if member_ref is None and status is None:
+        raise Unprocessable("Give member_ref, status or both.", code="validation_error")
     return await service.list_for_member(
         db, principal, member_ref, program=program, status=status, limit=limit, cursor=cursor
     )

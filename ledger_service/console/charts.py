@@ -26,10 +26,10 @@ STYLE = Style(
     foreground_subtle="#7b8794",
     colors=("#2f6fde", "#e0803b", "#8a8f98", "#2f9e6f"),
     font_family="system-ui, sans-serif",
-    title_font_size=16,
-    legend_font_size=13,
-    label_font_size=11,
-    major_label_font_size=11,
+    title_font_size=18,
+    legend_font_size=15,
+    label_font_size=14,
+    major_label_font_size=14,
 )
 
 
@@ -50,7 +50,7 @@ def _base(
     chart = chart_type(
         js=[],
         style=STYLE,
-        width=800,
+        width=600,  # drawn at about this width on a laptop; scaled down on a phone, hence the large fonts
         height=320,
         explicit_size=False,  # scales with its container: the page sets its width
         disable_xml_declaration=True,
@@ -65,7 +65,7 @@ def _base(
     )
     chart.title = title
     chart.x_labels = list(labels)
-    chart.x_labels_major_every = max(1, len(labels) // 6)
+    chart.x_labels_major_every = max(1, len(labels) // 4)
     return chart
 
 
