@@ -34,7 +34,7 @@ def pii_key(settings: Settings) -> bytes:
 
 
 def console_secret(settings: Settings) -> bytes:
-    """The secret that seals the ledger console's session cookies (ledger_service/console)."""
+    """The secret that seals the ops console's session cookies."""
     if settings.console_session_secret is not None:
         return settings.console_session_secret.get_secret_value().encode()
     return _read_or_create(settings.data_dir / "console-secret", secrets.token_hex(32)).encode()

@@ -467,6 +467,8 @@ def install(app: FastAPI) -> None:
             return None
 
     async def on_sign_in(request: Request, _: Exception) -> Response:
+        if request.url.path.endswith("/progress"):  # the batch page's poll: an answer its script reads
+            return Response(b'{"error": "sign in again"}', 401, media_type="application/json")
         if request.method == "GET":
             return redirect(f"/console/login?next={quote(_local(request.url.path), safe='/')}")
         return page(request, "error.html", None, status=401, title="Sign in again",

@@ -225,3 +225,8 @@ async def test_pages_refuse_programs_outside_the_key(
         assert "program_forbidden" not in r.text and "may not act on program" in r.text  # a page, not JSON
     assert (await console.get("/console/programs/NOPE_NOPE")).status_code == 403
     assert (await console.get("/console/login?next=https://evil.example/")).text.count("evil.example") == 0
+
+
+async def test_batch_progress_poll_without_a_session_is_401(console: httpx.AsyncClient) -> None:
+    r = await console.get("/console/batches/00000000-0000-0000-0000-000000000000/progress")
+    assert r.status_code == 401 and r.headers["content-type"] == "application/json"
