@@ -230,3 +230,28 @@ async def test_pages_refuse_programs_outside_the_key(
 async def test_batch_progress_poll_without_a_session_is_401(console: httpx.AsyncClient) -> None:
     r = await console.get("/console/batches/00000000-0000-0000-0000-000000000000/progress")
     assert r.status_code == 401 and r.headers["content-type"] == "application/json"
+
+
+async def test_a_console_reversal_is_in_the_event_feed_like_an_api_one(
+    console: httpx.AsyncClient, client: httpx.AsyncClient, ledger_app: Any, admin_key: str
+) -> None:
+    program = await create_program(client)
+    await sign_in(console, admin_key)
+    txn_id, idem = await _reverse_form(console, client, program)
+    page = await console.get(f"/console/programs/{program}/members/m-1")
+    r = await console.post(
+        f"/console/transactions/{txn_id}/reverse",
+        data={
+            "csrf": _hidden(page.text, "csrf"),
+            "idempotency_key": idem,
+            "reason": "damaged parcel",
+            "points": "120",
+        },
+        headers={"Origin": BASE},
+    )
+    assert r.status_code == 303
+    reader = await make_key(ledger_app, ["ledger:read"], programs=[program])
+    feed = (await client.get("/v1/events", headers={"Authorization": f"Bearer {reader}"})).json()["data"]
+    moves = [(e["type"], e["transaction"]["points"], e["transaction"].get("reason")) for e in feed]
+    assert moves == [("transaction.earn", 500, None), ("transaction.reversal", 120, "damaged parcel")]
+    assert feed[1]["transaction"]["original_id"] == txn_id
