@@ -20,23 +20,7 @@ import time
 import uuid
 from typing import Any
 
-from common import (
-    Call,
-    cpu_text,
-    create_api_keys,
-    drive_clients,
-    free_port,
-    latency_ms,
-    merge_results,
-    postmaster_pid,
-    print_failed_checks,
-    run_load,
-    run_main,
-    service_settings,
-    start_service,
-    stop_process,
-    throwaway_postgres,
-)
+import common
 
 PROGRAM = "BENCH"
 SKU = "BENCH-COUPON"
@@ -58,11 +42,11 @@ async def _drive(cfg: dict[str, Any], t0: float) -> dict[str, Any]:
     def body(i: int) -> bytes:
         return orjson.dumps({"sku": SKU, "program": PROGRAM, "member_ref": f"m-{i % members}", "quantity": 1})
 
-    async def redeem(call: Call, key: str, body: bytes) -> int | None:
+    async def redeem(call: common.Call, key: str, body: bytes) -> int | None:
         result = await call(None, "POST", "/v1/redemptions", key, body)
         return None if result is None else result[0]
 
-    return await drive_clients(cfg, t0, body, redeem, timeout_s=HTTP_TIMEOUT_S)
+    return await common.drive_clients(cfg, t0, body, redeem, timeout_s=HTTP_TIMEOUT_S)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -121,11 +105,11 @@ def _run_load(
     args: argparse.Namespace, host: str, port: int, secret: str, pids: dict[str, int | None]
 ) -> dict[str, Any]:
     cfg = {"members": args.members, "host": host, "port": port, "secret": secret}
-    _, gathered, window = run_load(
+    _, gathered, window = common.run_load(
         _drive, cfg, clients=args.clients, procs=args.procs, warmup=args.warmup, duration=args.duration,
         timeout_s=HTTP_TIMEOUT_S, pids=pids,
     )  # fmt: skip
-    return merge_results(gathered) | {"cpu_pct": window["cpu_pct"]}
+    return common.merge_results(gathered) | {"cpu_pct": window["cpu_pct"]}
 
 
 async def _verify(url: str, observed_201: int, unknown: int, stock: int | None) -> dict[str, Any]:
@@ -189,7 +173,7 @@ def _report(args: argparse.Namespace, load: dict[str, Any], verify: dict[str, An
                                                     "catalog_workers", "ledger_workers")},
         "requests_per_s": completed / args.duration,
         "redemptions_per_s": ok / args.duration,
-        "latency_ms": latency_ms(lat, "p50", "p99", "p999", mean_max=False),
+        "latency_ms": common.latency_ms(lat, "p50", "p99", "p999", mean_max=False),
         "errors_by_code": dict(load["problems"]),
         "transport_errors": dict(load["transport"]),
         "cpu_pct": load["cpu_pct"],
@@ -208,13 +192,13 @@ def _report(args: argparse.Namespace, load: dict[str, Any], verify: dict[str, An
     print(
         f"  non-2xx       {dict(load['problems']) or 'none'}; transport {dict(load['transport']) or 'none'}"
     )
-    print(f"  server CPU    {cpu_text(load['cpu_pct'])}  (% of one core)")
+    print(f"  server CPU    {common.cpu_text(load['cpu_pct'])}  (% of one core)")
     print(
         f"  verify        {'OK' if verify['ok'] else 'FAILED'}: {verify['fulfilled']} fulfilled,"
         f" {verify['failed']} failed, {verify['burns']} burns, {verify['codes_issued']} codes issued,"
         f" stock left {verify['stock_left']}"
     )
-    print_failed_checks(verify["checks"])
+    common.print_failed_checks(verify["checks"])
     return result
 
 
@@ -222,17 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Benchmark POST /v1/redemptions on a throwaway catalog + ledger"
     )
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds (default 10)")
-    parser.add_argument("--warmup", type=float, default=2.0, help="uncounted seconds first (default 2)")
-    parser.add_argument("--clients", type=int, default=32, help="concurrent clients (default 32)")
-    parser.add_argument("--members", type=int, default=1000, help="distinct members (default 1000)")
+    common.add_load_arguments(parser, clients=32, members=1000, procs=1)
     parser.add_argument("--type", choices=("voucher", "physical", "service"), default="voucher")
     parser.add_argument("--stock", type=int, default=1_000_000, help="initial stock; -1 for unlimited")
     parser.add_argument("--codes", type=int, default=30_000, help="voucher codes to upload (default 30000)")
     parser.add_argument("--catalog-workers", type=int, default=1, help="uvicorn workers for the catalog")
     parser.add_argument("--ledger-workers", type=int, default=1, help="uvicorn workers for the ledger")
-    parser.add_argument("--procs", type=int, default=1, help="load-generator processes (default 1)")
-    parser.add_argument("--json", action="store_true", help="also print the result as one JSON line")
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.clients < 1 or args.members < 1:
         parser.error("--duration must be > 0, --clients and --members >= 1")
@@ -240,16 +219,16 @@ def main(argv: list[str] | None = None) -> int:
     from services.migrate import upgrade
 
     procs: dict[str, subprocess.Popen[bytes]] = {}
-    with throwaway_postgres("jifen-bench-catalog-") as (pg, data_dir, url):
+    with common.throwaway_postgres("jifen-bench-catalog-") as (pg, data_dir, url):
         try:
             upgrade(url)
-            _, admin, service_key = asyncio.run(create_api_keys(url, service="catalog"))
+            _, admin, service_key = asyncio.run(common.create_api_keys(url, service="catalog"))
             host = "127.0.0.1"
-            ports = {"ledger": free_port(host), "catalog": free_port(host)}
-            settings = service_settings(data_dir, host, ports)
+            ports = {"ledger": common.free_port(host), "catalog": common.free_port(host)}
+            settings = common.service_settings(data_dir, host, ports)
             urls = {name: f"http://{host}:{port}" for name, port in ports.items()}
-            procs["ledger"] = start_service("ledger", settings, url, workers=args.ledger_workers)
-            procs["catalog"] = start_service(
+            procs["ledger"] = common.start_service("ledger", settings, url, workers=args.ledger_workers)
+            procs["catalog"] = common.start_service(
                 "catalog", settings, url, workers=args.catalog_workers, ledger_key=service_key
             )
             print(f"funding {args.members} members and creating the reward", flush=True)
@@ -260,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"driving POST /v1/redemptions: {args.clients} clients, {args.warmup}s + {args.duration}s",
                 flush=True,
             )
-            pids = {name: p.pid for name, p in procs.items()} | {"postgres": postmaster_pid(pg.pgdata)}
+            pids = {name: p.pid for name, p in procs.items()} | {"postgres": common.postmaster_pid(pg.pgdata)}
             load = _run_load(args, host, ports["catalog"], admin, pids)
             observed_201 = load["everything"].get(201, 0)
             verify = asyncio.run(_verify(url, observed_201, len(load["unknown_keys"]), stock))
@@ -270,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if verify["ok"] and observed_201 > 0 else 1
         finally:
             for name in ("catalog", "ledger"):
-                stop_process(procs.get(name))
+                common.stop_process(procs.get(name))
 
 
 if __name__ == "__main__":
-    run_main(main, "the services and PostgreSQL")
+    common.run_main(main, "the services and PostgreSQL")

@@ -20,23 +20,7 @@ import sys
 import time
 from typing import Any
 
-from common import (
-    Call,
-    cpu_text,
-    create_api_keys,
-    drive_clients,
-    free_port,
-    latency_ms,
-    merge_results,
-    postmaster_pid,
-    print_failed_checks,
-    run_load,
-    run_main,
-    service_settings,
-    start_service,
-    stop_process,
-    throwaway_postgres,
-)
+import common
 
 SRC, DST = "BSRC", "BDST"
 FROM_POINTS = 500  # per conversion; at 5:1 with 200 bps: fee 10, 98 DST points
@@ -68,7 +52,7 @@ async def _drive(cfg: dict[str, Any], t0: float) -> dict[str, Any]:
             }
         )
 
-    async def convert(call: Call, key: str, body: bytes) -> int | None:
+    async def convert(call: common.Call, key: str, body: bytes) -> int | None:
         result = await call(None, "POST", "/v1/conversions", key, body)
         return None if result is None else result[0]
 
@@ -80,7 +64,7 @@ async def _drive(cfg: dict[str, Any], t0: float) -> dict[str, Any]:
         except (orjson.JSONDecodeError, AttributeError):
             return "?"
 
-    return await drive_clients(
+    return await common.drive_clients(
         cfg, t0, body, convert, timeout_s=HTTP_TIMEOUT_S, problem_code=problem, latency_status=201
     )
 
@@ -124,11 +108,11 @@ async def _setup(ledger_url: str, conversion_url: str, secret: str, members: int
 
 def _run_load(args: argparse.Namespace, host: str, port: int, secret: str) -> dict[str, Any]:
     cfg = {"members": args.members, "host": host, "port": port, "secret": secret}
-    nprocs, gathered, window = run_load(
+    nprocs, gathered, window = common.run_load(
         _drive, cfg, clients=args.clients, procs=args.procs, warmup=args.warmup, duration=args.duration,
         timeout_s=HTTP_TIMEOUT_S, pids=args.pids,
     )  # fmt: skip
-    return merge_results(gathered) | {
+    return common.merge_results(gathered) | {
         "nprocs": nprocs,
         "cpu_pct": window["cpu_pct"],
         "machine": {"machine_cpu_pct": window["machine_cpu_pct"], "load_avg_1m": window["load_avg_1m"]},
@@ -222,7 +206,7 @@ def _report(args: argparse.Namespace, load: dict[str, Any], verify: dict[str, An
         },
         "conversions": ok,
         "conversions_per_s": ok / args.duration,
-        "latency_ms": latency_ms(lat, "p50", "p99"),
+        "latency_ms": common.latency_ms(lat, "p50", "p99"),
         "non_201_whole_run": dict(load["problems"]),
         "transport_errors_whole_run": dict(load["transport"]),
         "cpu_pct": {**load["cpu_pct"], "loadgen": load["loadgen_cpu_pct"]},
@@ -246,26 +230,21 @@ def _report(args: argparse.Namespace, load: dict[str, Any], verify: dict[str, An
             f"  non-201       {result['non_201_whole_run']}  transport {result['transport_errors_whole_run']}"
         )
     gen = " ".join(f"{v:.0f}%" for v in load["loadgen_cpu_pct"])
-    print(f"  CPU           {cpu_text(load['cpu_pct'])}  loadgen {gen}  (% of one core)")
+    print(f"  CPU           {common.cpu_text(load['cpu_pct'])}  loadgen {gen}  (% of one core)")
     m = load["machine"]
     print(
         f"  machine       {m['machine_cpu_pct']:.0f}% of all {s['cpus']} cores busy, load average"
         f" {m['load_avg_1m']:.1f} (other work on the machine slows every process here)"
     )
     print(f"  verify        {'OK' if verify['ok'] else 'FAILED'}: states {verify['states']}")
-    print_failed_checks(verify["checks"])
+    common.print_failed_checks(verify["checks"])
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Benchmark POST /v1/conversions end to end")
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds (default 10)")
-    parser.add_argument("--warmup", type=float, default=2.0, help="uncounted seconds first (default 2)")
-    parser.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16)")
-    parser.add_argument("--members", type=int, default=500, help="distinct members (default 500)")
+    common.add_load_arguments(parser, clients=16, members=500, procs=1)
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers per service (default 1)")
-    parser.add_argument("--procs", type=int, default=1, help="load-generator processes (default 1)")
-    parser.add_argument("--json", action="store_true", help="also print the result as one JSON line")
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.warmup < 0 or min(args.clients, args.members, args.workers) < 1:
         parser.error("--duration must be > 0, --warmup >= 0, --clients/--members/--workers >= 1")
@@ -273,25 +252,25 @@ def main(argv: list[str] | None = None) -> int:
     from services.migrate import upgrade
 
     procs: dict[str, subprocess.Popen[bytes]] = {}
-    with throwaway_postgres("jifen-bench-conv-") as (pg, data_dir, url):
+    with common.throwaway_postgres("jifen-bench-conv-") as (pg, data_dir, url):
         try:
             upgrade(url)
-            _, secret, service_key = asyncio.run(create_api_keys(url, service="conversion"))
+            _, secret, service_key = asyncio.run(common.create_api_keys(url, service="conversion"))
 
             host = "127.0.0.1"
-            ports = {"ledger": free_port(host), "conversion": free_port(host)}
-            settings = service_settings(data_dir, host, ports)
+            ports = {"ledger": common.free_port(host), "conversion": common.free_port(host)}
+            settings = common.service_settings(data_dir, host, ports)
             urls = {name: f"http://{host}:{port}" for name, port in ports.items()}
             for name in ("ledger", "conversion"):
                 print(f"starting the {name} on {urls[name]} with {args.workers} worker(s)", flush=True)
                 key = service_key if name == "conversion" else None
-                procs[name] = start_service(name, settings, url, workers=args.workers, ledger_key=key)
+                procs[name] = common.start_service(name, settings, url, workers=args.workers, ledger_key=key)
             print(f"creating programs {SRC} -> {DST}, a rate, and {args.members} funded members", flush=True)
             asyncio.run(_setup(urls["ledger"], urls["conversion"], secret, args.members))
             args.pids = {
                 "conversion": procs["conversion"].pid,
                 "ledger": procs["ledger"].pid,
-                "postgres": postmaster_pid(pg.pgdata),
+                "postgres": common.postmaster_pid(pg.pgdata),
             }
 
             print(
@@ -309,8 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if verify["ok"] and result["conversions"] > 0 else 1
         finally:
             for proc in procs.values():
-                stop_process(proc)
+                common.stop_process(proc)
 
 
 if __name__ == "__main__":
-    run_main(main, "the services and PostgreSQL")
+    common.run_main(main, "the services and PostgreSQL")

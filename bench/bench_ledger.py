@@ -39,25 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import (
-    Call,
-    Request,
-    TransportError,
-    create_api_keys,
-    drive_clients,
-    free_port,
-    latency_ms,
-    merge_results,
-    postmaster_pid,
-    print_failed_checks,
-    run_load,
-    run_main,
-    service_settings,
-    start_service,
-    stop_process,
-    throwaway_postgres,
-    tree_cpu_s,
-)
+import common
 
 POINTS = 10  # per earn, burn and hold
 FUND = POINTS * 1_000_000  # pre-funded points per member for burn and hold+capture
@@ -84,7 +66,7 @@ async def _drive(cfg: dict[str, Any], t0: float) -> dict[str, Any]:
     def member_of(i: int) -> str:
         return f"m-{i % members}"
 
-    async def operation(call: Call, key: str, member: str) -> int | None:
+    async def operation(call: common.Call, key: str, member: str) -> int | None:
         result: tuple[int, bytes] | None
         if case == "healthz":
             result = await call("healthz", "GET", "/healthz", None, None)
@@ -126,7 +108,7 @@ async def _drive(cfg: dict[str, Any], t0: float) -> dict[str, Any]:
                 )
             )
 
-            def connect() -> Request:
+            def connect() -> common.Request:
                 async def request(
                     method: str, path: str, key: str | None, body: bytes | None
                 ) -> tuple[int, bool, bytes]:
@@ -138,14 +120,14 @@ async def _drive(cfg: dict[str, Any], t0: float) -> dict[str, Any]:
                     try:
                         r = await client.request(method, path, content=body, headers=headers)
                     except httpx.HTTPError as exc:
-                        raise TransportError(type(exc).__name__) from exc
+                        raise common.TransportError(type(exc).__name__) from exc
                     return r.status_code, r.headers.get("idempotent-replayed") == "true", r.content
 
                 return request
 
         # an operation without a response counts (as status 0), and pauses its client a moment: no hot
         # loop against a server that is gone
-        return await drive_clients(
+        return await common.drive_clients(
             cfg, t0, member_of, operation, timeout_s=HTTP_TIMEOUT_S, connect=connect,
             count_no_response=True, pause_after_no_response=0.05,
         )  # fmt: skip
@@ -204,19 +186,19 @@ def _create_program(base_url: str, secret: str, code: str) -> None:
 
 def _start_ledger(env: Env, workers: int, mode: str | None) -> None:
     """(Re)starts the ledger on a fresh port; `mode` is JIFEN_LEDGER_COALESCE, or None to leave it alone."""
-    stop_process(env.ledger, "ledger")
+    common.stop_process(env.ledger, "ledger")
     env.ledger = None
-    env.port = free_port(env.host)
+    env.port = common.free_port(env.host)
     if mode is not None:
         os.environ[COALESCE_ENV] = mode
-    settings = service_settings(env.data_dir, env.host, {"ledger": env.port})
+    settings = common.service_settings(env.data_dir, env.host, {"ledger": env.port})
     shown = (
         f"{COALESCE_ENV}={os.environ[COALESCE_ENV]}"
         if COALESCE_ENV in os.environ
         else f"{COALESCE_ENV} unset"
     )
     print(f"starting the ledger on {env.base_url} with {workers} worker(s), {shown}", flush=True)
-    env.ledger = start_service("ledger", settings, env.url, workers=workers)
+    env.ledger = common.start_service("ledger", settings, env.url, workers=workers)
     env.ledger_mode = mode
 
 
@@ -335,16 +317,16 @@ def _run_load(args: argparse.Namespace, env: Env, case: Case) -> dict[str, Any]:
         "preload": ("httpx",) if args.client == "httpx" else (),
     }
     # Server-side CPU and database counters over the measured window, so a reader can see who was busy.
-    nprocs, gathered, window = run_load(
+    nprocs, gathered, window = common.run_load(
         _drive, cfg, clients=args.clients, procs=args.procs, warmup=args.warmup, duration=args.duration,
-        timeout_s=HTTP_TIMEOUT_S, pids={"ledger": env.ledger.pid, "postgres": postmaster_pid(env.pg.pgdata)},
+        timeout_s=HTTP_TIMEOUT_S, pids={"ledger": env.ledger.pid, "postgres": common.postmaster_pid(env.pg.pgdata)},
         hook=lambda: asyncio.run(_pg_counters(env.url)),
     )  # fmt: skip
     time.sleep(1.2)  # let the backends' statistics reach pg_stat_* (they flush at most once a second)
     counters_end = asyncio.run(_pg_counters(env.url))
     window0, window1 = window["before"], window["after"]
 
-    load = merge_results(gathered)
+    load = common.merge_results(gathered)
     return load | {
         "nprocs": nprocs,
         "completed": sum(load["measured"].values()),
@@ -552,7 +534,7 @@ def _run_ledger_case(args: argparse.Namespace, env: Env, case: Case) -> dict[str
         "operations": completed,
         "ops_per_s": completed / args.duration,
         "ok_per_s": ok_measured / args.duration,
-        "latency_ms": latency_ms(lat, "p50", "p99", "p999"),
+        "latency_ms": common.latency_ms(lat, "p50", "p99", "p999"),
         "errors": sum(errors_measured.values()),
         "errors_by_status": {("no response" if s == 0 else str(s)): n for s, n in errors_measured.items()},
         "responses_whole_case": dict(load["everything"]),
@@ -621,7 +603,7 @@ def _print_case(args: argparse.Namespace, row: dict[str, Any]) -> None:
                 f"                {v['unknown_outcome_requests']} requests got no response;"
                 f" {v['unknown_outcome_applied']} of them were applied (found by Idempotency-Key)"
             )
-        print_failed_checks(v["checks"])
+        common.print_failed_checks(v["checks"])
     sys.stdout.flush()
 
 
@@ -713,10 +695,10 @@ def _run_pgbench(args: argparse.Namespace, pg: Any, work_dir: Path) -> dict[str,
     log_dir = work_dir / "pgbench-log"
     shutil.rmtree(log_dir, ignore_errors=True)
     log_dir.mkdir(parents=True)
-    pg_pid = postmaster_pid(pg.pgdata)
+    pg_pid = common.postmaster_pid(pg.pgdata)
     counters0 = asyncio.run(_pg_counters(url))
     self0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    pg_cpu0 = tree_cpu_s(pg_pid)
+    pg_cpu0 = common.tree_cpu_s(pg_pid)
     psutil.cpu_percent(interval=None)
     wall0 = time.monotonic()
     cmd = _pgbench_command(
@@ -725,7 +707,7 @@ def _run_pgbench(args: argparse.Namespace, pg: Any, work_dir: Path) -> dict[str,
     p = run(cmd, "run", duration + 600)
     wall = time.monotonic() - wall0
     machine_pct = psutil.cpu_percent(interval=None)
-    pg_cpu = tree_cpu_s(pg_pid) - pg_cpu0
+    pg_cpu = common.tree_cpu_s(pg_pid) - pg_cpu0
     self1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     time.sleep(1.2)
     counters1 = asyncio.run(_pg_counters(url))
@@ -753,7 +735,7 @@ def _run_pgbench(args: argparse.Namespace, pg: Any, work_dir: Path) -> dict[str,
         "operations": int(processed) if processed == processed else len(lat),
         "ops_per_s": tps,
         "ok_per_s": tps,
-        "latency_ms": latency_ms(lat, "p50", "p99", "p999")
+        "latency_ms": common.latency_ms(lat, "p50", "p99", "p999")
         | {"mean": grab(r"latency average = ([0-9.]+) ms")},
         "latency_samples": len(lat),
         "errors": int(failed) if failed == failed else 0,
@@ -981,12 +963,8 @@ def main(argv: list[str] | None = None) -> int:
         default="all",
         help=f"comma-separated subset of {','.join(CASE_ORDER)} (default all)",
     )
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per case (default 10)")
-    parser.add_argument("--warmup", type=float, default=2.0, help="uncounted seconds first (default 2)")
-    parser.add_argument("--clients", type=int, default=64, help="concurrent clients (default 64)")
-    parser.add_argument("--members", type=int, default=10_000, help="distinct members (default 10000)")
+    common.add_load_arguments(parser, clients=64, members=10000, procs=2)
     parser.add_argument("--workers", type=int, default=2, help="uvicorn workers for the ledger (default 2)")
-    parser.add_argument("--procs", type=int, default=2, help="load-generator processes (default 2)")
     parser.add_argument(
         "--client",
         choices=("raw", "httpx"),
@@ -999,7 +977,6 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help=f"run earn and hot twice, with {COALESCE_ENV}=false and =true (ledger restarted in between)",
     )
-    parser.add_argument("--json", action="store_true", help="also print the result as one JSON line")
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.warmup < 0 or args.clients < 1 or args.members < 1 or args.workers < 1:
         parser.error("--duration must be > 0, --warmup >= 0, --clients/--members/--workers >= 1")
@@ -1015,7 +992,7 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     env: Env | None = None
     rows: list[dict[str, Any]] = []
-    with throwaway_postgres("jifen-bench-") as (pg, data_dir, url):
+    with common.throwaway_postgres("jifen-bench-") as (pg, data_dir, url):
         try:
             server = asyncio.run(_server_settings(url))
             print(
@@ -1030,7 +1007,7 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
             upgrade(url)
-            api_key_id, secret, _ = asyncio.run(create_api_keys(url))
+            api_key_id, secret, _ = asyncio.run(common.create_api_keys(url))
             env = Env(pg=pg, url=url, data_dir=data_dir, api_key_id=api_key_id, secret=secret)
 
             for mode, phase in _plan(args, cases):
@@ -1040,7 +1017,7 @@ def main(argv: list[str] | None = None) -> int:
                         _create_program(env.base_url, env.secret, c.program)
                 for c in phase:
                     rows.append(_run_ledger_case(args, env, c))
-            stop_process(env.ledger, "ledger")
+            common.stop_process(env.ledger, "ledger")
             env.ledger = None
 
             if "pgbench" in cases:
@@ -1086,8 +1063,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1 if failed or empty else 0
         finally:
             if env is not None:
-                stop_process(env.ledger, "ledger")
+                common.stop_process(env.ledger, "ledger")
 
 
 if __name__ == "__main__":
-    run_main(main, "the ledger and PostgreSQL")
+    common.run_main(main, "the ledger and PostgreSQL")

@@ -8,6 +8,7 @@ The scripts run as `.venv/bin/python bench/<name>.py`, so `bench/` is on sys.pat
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import importlib
@@ -595,3 +596,17 @@ def run_main(main: Callable[[], int], stopped: str) -> NoReturn:
     except KeyboardInterrupt:
         print(f"interrupted; stopped {stopped}", file=sys.stderr)
         sys.exit(130)
+
+
+def add_load_arguments(parser: argparse.ArgumentParser, *, clients: int, members: int, procs: int) -> None:
+    """The arguments every HTTP load benchmark takes, with its own defaults."""
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds (default 10)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="uncounted seconds first (default 2)")
+    parser.add_argument(
+        "--clients", type=int, default=clients, help=f"concurrent clients (default {clients})"
+    )
+    parser.add_argument("--members", type=int, default=members, help=f"distinct members (default {members})")
+    parser.add_argument(
+        "--procs", type=int, default=procs, help=f"load-generator processes (default {procs})"
+    )
+    parser.add_argument("--json", action="store_true", help="also print the result as one JSON line")

@@ -8,6 +8,7 @@ from ledger_service.batches.endpoints import router as batches_router
 from ledger_service.console.endpoints import install as install_console
 from ledger_service.console.session import SessionCodec
 from ledger_service.events.endpoints import router as events_router
+from ledger_service.finance.endpoints import router as finance_router
 from ledger_service.housekeeping import Housekeeper
 from ledger_service.jobs.endpoints import router as jobs_router
 from ledger_service.members.endpoints import router as members_router
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             postings_router,
             members_router,
             reports_router,
+            finance_router,
             batches_router,
             events_router,
             jobs_router,

@@ -129,17 +129,21 @@ async def post(
     return await client.post(path, json=body, headers=headers)
 
 
-async def earn(
-    client: httpx.AsyncClient, program: str, member: str, points: int, **extra: Any
+async def move(
+    client: httpx.AsyncClient, op: str, program: str, member: str, points: int, **extra: Any
 ) -> dict[str, Any]:
-    r = await post(
-        client,
-        "/v1/earn",
-        {"program": program, "member_ref": member, "points": points, "reference": "test", **extra},
-    )
+    """A successful `POST /v1/{op}` (earn, burn, ...) with a fresh Idempotency-Key."""
+    body = {"program": program, "member_ref": member, "points": points, "reference": "test", **extra}
+    r = await post(client, f"/v1/{op}", body)
     assert r.status_code == 201, r.text
     data: dict[str, Any] = r.json()
     return data
+
+
+async def earn(
+    client: httpx.AsyncClient, program: str, member: str, points: int, **extra: Any
+) -> dict[str, Any]:
+    return await move(client, "earn", program, member, points, **extra)
 
 
 async def member(client: httpx.AsyncClient, program: str, member_ref: str) -> dict[str, Any]:

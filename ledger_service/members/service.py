@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+from typing import Protocol
 from uuid import UUID
 
+import asyncpg
 import orjson
 
 from ledger_service.members import repository
@@ -25,6 +28,12 @@ from services.errors import NotFound
 from services.pagination import decode_cursor, encode_cursor
 
 NO_CURSOR = 2**63 - 1
+
+
+class MemberRows(Protocol):
+    def __call__(
+        self, conn: asyncpg.Connection, program_id: int, member_ref: str, *, before: int, limit: int
+    ) -> Awaitable[list[asyncpg.Record]]: ...
 
 
 def _program_missing(code: str) -> NotFound:
@@ -63,35 +72,37 @@ async def member_view(db: Database, program: str, member_ref: str) -> MemberOut:
     )
 
 
-async def tier_history(
-    db: Database, program: str, member_ref: str, *, limit: int, cursor: str | None
-) -> TierHistory:
+async def _member_rows(
+    db: Database, program: str, member_ref: str, fetch: MemberRows, *, limit: int, cursor: str | None
+) -> tuple[list[asyncpg.Record], bool]:
+    """One page of a member's rows (newest first, keyset cursor) and whether more follow."""
     before = decode_cursor(cursor) or NO_CURSOR
     async with db.driver() as conn:
         program_id = await repository.program_id(conn, program)
         if program_id is None:
             raise _program_missing(program)
-        rows = await repository.tier_history(conn, program_id, member_ref, before=before, limit=limit + 1)
-    page = rows[:limit]
+        rows = await fetch(conn, program_id, member_ref, before=before, limit=limit + 1)
+    return rows[:limit], len(rows) > limit
+
+
+async def tier_history(
+    db: Database, program: str, member_ref: str, *, limit: int, cursor: str | None
+) -> TierHistory:
+    fetch = repository.tier_history
+    page, more = await _member_rows(db, program, member_ref, fetch, limit=limit, cursor=cursor)
     return TierHistory(
         data=[TierChange.model_validate(dict(r)) for r in page],
-        next_cursor=encode_cursor(page[-1]["id"]) if len(rows) > limit else None,
+        next_cursor=encode_cursor(page[-1]["id"]) if more else None,
     )
 
 
 async def statement(
     db: Database, program: str, member_ref: str, *, limit: int, cursor: str | None
 ) -> Statement:
-    before = decode_cursor(cursor) or NO_CURSOR
-    async with db.driver() as conn:
-        program_id = await repository.program_id(conn, program)
-        if program_id is None:
-            raise _program_missing(program)
-        rows = await repository.statement(conn, program_id, member_ref, before=before, limit=limit + 1)
-    page = rows[:limit]
+    page, more = await _member_rows(db, program, member_ref, repository.statement, limit=limit, cursor=cursor)
     return Statement(
         data=[StatementEntry.model_validate(dict(r)) for r in page],
-        next_cursor=encode_cursor(page[-1]["posting_id"]) if len(rows) > limit else None,
+        next_cursor=encode_cursor(page[-1]["posting_id"]) if more else None,
     )
 
 

@@ -89,9 +89,50 @@ $$;
 --     from the earn's occurred_at;
 --  6. qualifying points per member and month, then one upgrade per member that crossed a
 --     threshold (two thresholds crossed in one call: one upgrade, to the higher tier).
+-- Steps 1 to 5 are ledger.post_checked_earns, or, when no row has caps or an external_id (API earns
+-- on the hot path), ledger.post_plain_earns: the same effect in one statement.
 CREATE OR REPLACE FUNCTION ledger.post_earns() RETURNS void
 LANGUAGE plpgsql AS $$
-DECLARE qualifying int;
+DECLARE qualifying int; checked boolean;
+BEGIN
+    SELECT coalesce(bool_or(caps IS NOT NULL OR external_id IS NOT NULL), false) INTO checked FROM earn_in;
+    IF NOT checked THEN
+        PERFORM ledger.post_plain_earns();
+    ELSE
+        PERFORM ledger.post_checked_earns();
+    END IF;
+
+    INSERT INTO ledger.tier_buckets (account_id, month, points)
+    SELECT e.account_id, date_trunc('month', e.occurred_at AT TIME ZONE 'UTC')::date, sum(e.points)
+    FROM earn_in e JOIN ledger.programs g ON g.id = e.program_id
+    WHERE e.posted AND e.points > 0 AND e.kind = ANY (g.qualifying_kinds) AND jsonb_array_length(g.tiers) > 0
+    GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (account_id, month) DO UPDATE SET points = ledger.tier_buckets.points + EXCLUDED.points;
+    GET DIAGNOSTICS qualifying = ROW_COUNT;
+    IF qualifying > 0 THEN
+        WITH cand AS (
+            SELECT a.id, a.tier, g.tiers, ledger.qualifying_points(g, a.id) AS q
+            FROM ledger.accounts a JOIN ledger.programs g ON g.id = a.program_id
+            WHERE a.id = ANY (ARRAY(SELECT e.account_id FROM earn_in e JOIN ledger.programs g2 ON g2.id = e.program_id
+                                    WHERE e.posted AND e.points > 0 AND e.kind = ANY (g2.qualifying_kinds)))
+              AND jsonb_array_length(g.tiers) > 0
+        ), up AS (
+            UPDATE ledger.accounts a SET tier = ledger.tier_for(c.tiers, c.q), tier_since = now()
+            FROM cand c
+            WHERE a.id = c.id
+              AND ledger.tier_rank(c.tiers, ledger.tier_for(c.tiers, c.q)) > ledger.tier_rank(c.tiers, c.tier)
+            RETURNING a.id, c.tier AS old_tier, a.tier AS new_tier, c.q
+        )
+        INSERT INTO ledger.tier_history (account_id, from_tier, to_tier, qualifying_points, reason)
+        SELECT id, old_tier, new_tier, q, 'earn' FROM up ORDER BY id;
+    END IF;
+END $$;
+
+-- Steps 1 to 5 for rows that need the member locks before anything is computed: rows with caps
+-- (read after the locks, so two earns cannot both pass) and batch rows (a row whose external_id is
+-- already posted is skipped, so the balances follow what was inserted).
+CREATE OR REPLACE FUNCTION ledger.post_checked_earns() RETURNS void
+LANGUAGE plpgsql AS $$
 BEGIN
     -- The callers fill account_id for the members that exist (ledger.member_id); the rest are new.
     IF EXISTS (SELECT 1 FROM earn_in WHERE account_id IS NULL) THEN
@@ -148,32 +189,58 @@ BEGIN
          LATERAL (SELECT ledger.lot_points(e.balance_after, e.points) AS points) l
     WHERE e.posted AND e.points > 0 AND l.points > 0
     ORDER BY e.i;
-
-    INSERT INTO ledger.tier_buckets (account_id, month, points)
-    SELECT e.account_id, date_trunc('month', e.occurred_at AT TIME ZONE 'UTC')::date, sum(e.points)
-    FROM earn_in e JOIN ledger.programs g ON g.id = e.program_id
-    WHERE e.posted AND e.points > 0 AND e.kind = ANY (g.qualifying_kinds) AND jsonb_array_length(g.tiers) > 0
-    GROUP BY 1, 2 ORDER BY 1, 2
-    ON CONFLICT (account_id, month) DO UPDATE SET points = ledger.tier_buckets.points + EXCLUDED.points;
-    GET DIAGNOSTICS qualifying = ROW_COUNT;
-    IF qualifying > 0 THEN
-        WITH cand AS (
-            SELECT a.id, a.tier, g.tiers, ledger.qualifying_points(g, a.id) AS q
-            FROM ledger.accounts a JOIN ledger.programs g ON g.id = a.program_id
-            WHERE a.id = ANY (ARRAY(SELECT e.account_id FROM earn_in e JOIN ledger.programs g2 ON g2.id = e.program_id
-                                    WHERE e.posted AND e.points > 0 AND e.kind = ANY (g2.qualifying_kinds)))
-              AND jsonb_array_length(g.tiers) > 0
-        ), up AS (
-            UPDATE ledger.accounts a SET tier = ledger.tier_for(c.tiers, c.q), tier_since = now()
-            FROM cand c
-            WHERE a.id = c.id
-              AND ledger.tier_rank(c.tiers, ledger.tier_for(c.tiers, c.q)) > ledger.tier_rank(c.tiers, c.tier)
-            RETURNING a.id, c.tier AS old_tier, a.tier AS new_tier, c.q
-        )
-        INSERT INTO ledger.tier_history (account_id, from_tier, to_tier, qualifying_points, reason)
-        SELECT id, old_tier, new_tier, q, 'earn' FROM up ORDER BY id;
-    END IF;
 END $$;
+
+-- Steps 1 to 5 in one statement for the hot path, API earns without caps: every row is posted,
+-- so the members are created, locked in account-id order (existing members first, as every writer
+-- locks them) and credited by one ordered upsert, and the transactions, postings and lots follow
+-- from its result. Same rows and answers as ledger.post_checked_earns, fewer statements.
+CREATE OR REPLACE FUNCTION ledger.post_plain_earns() RETURNS void
+LANGUAGE sql AS $$
+    WITH m AS (
+        SELECT e.program_id, e.member_ref, min(e.account_id) AS id, sum(e.points) AS total
+        FROM earn_in e GROUP BY 1, 2
+    ), acc AS (
+        INSERT INTO ledger.accounts AS a (program_id, kind, member_ref, balance, lifetime_earned)
+        SELECT m.program_id, 'member', m.member_ref, m.total, m.total FROM m
+        ORDER BY m.id NULLS LAST, m.program_id, m.member_ref
+        ON CONFLICT (program_id, kind, member_ref) DO UPDATE
+            SET balance = a.balance + EXCLUDED.balance, lifetime_earned = a.lifetime_earned + EXCLUDED.lifetime_earned
+        RETURNING a.id, a.program_id, a.member_ref, a.balance, a.held
+    ), x AS MATERIALIZED (
+        SELECT e.*, acc.id AS acc_id, acc.held AS acc_held,
+               (acc.balance - sum(e.points) OVER (PARTITION BY acc.id)
+                            + sum(e.points) OVER (PARTITION BY acc.id ORDER BY e.i))::bigint AS bal
+        FROM earn_in e JOIN acc ON acc.program_id = e.program_id AND acc.member_ref = e.member_ref
+    ), ins AS (
+        INSERT INTO ledger.transactions AS t (id, program_id, type, account_id, member_ref, points, kind,
+                                              reference, metadata, merchant_id, rule_set_id, breakdown,
+                                              api_key_id, occurred_at, external_id, amount_minor)
+        SELECT x.txn_id, x.program_id, 'earn', x.acc_id, x.member_ref, x.points, x.kind, x.reference,
+               x.metadata, x.merchant_id, x.rule_set_id, x.breakdown, x.api_key_id, x.occurred_at,
+               x.external_id, x.amount_minor
+        FROM x ORDER BY x.i
+        RETURNING t
+    ), postings AS (
+        INSERT INTO ledger.postings (txn_id, account_id, amount)
+        SELECT x.txn_id, p.account_id, p.amount
+        FROM x JOIN ledger.programs g ON g.id = x.program_id,
+             LATERAL (VALUES (ledger.counter_account(g, x.clearing, g.issuance_account), -x.points),
+                             (x.acc_id, x.points)) AS p(account_id, amount)
+        WHERE x.points > 0
+        ORDER BY x.i
+    ), lots AS (
+        INSERT INTO ledger.lots (account_id, program_id, txn_id, points, remaining, expires_at)
+        SELECT x.acc_id, x.program_id, x.txn_id, l.points, l.points, ledger.lot_expiry(g, x.occurred_at)
+        FROM x JOIN ledger.programs g ON g.id = x.program_id,
+             LATERAL (SELECT ledger.lot_points(x.bal, x.points) AS points) l
+        WHERE x.points > 0 AND l.points > 0
+        ORDER BY x.i
+    )
+    UPDATE earn_in e SET posted = true, txn = ins.t, account_id = x.acc_id, balance_after = x.bal, held = x.acc_held
+    FROM x JOIN ins ON (ins.t).id = x.txn_id
+    WHERE e.i = x.i
+$$;
 
 -- Per-member caps per day and per month (UTC) of the rows of earn_in that carry them, with the same
 -- result as applying the rows one at a time in `i` order: each row gets what is left under each cap

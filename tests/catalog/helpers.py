@@ -14,7 +14,7 @@ import httpx
 
 from services.auth import create_api_key
 from services.db import Database
-from tests.conftest import assert_problem, new_key, unique_code
+from tests.conftest import assert_problem, move, new_key, post, unique_code
 
 __all__ = ["assert_problem", "new_key", "unique_code"]
 
@@ -59,21 +59,11 @@ async def new_program(ledger: httpx.AsyncClient) -> str:
 
 
 async def earn(ledger: httpx.AsyncClient, program: str, member: str, points: int) -> None:
-    r = await ledger.post(
-        "/v1/earn",
-        json={"program": program, "member_ref": member, "points": points, "reference": "catalog-test"},
-        headers={"Idempotency-Key": new_key()},
-    )
-    assert r.status_code == 201, r.text
+    await move(ledger, "earn", program, member, points)
 
 
 async def burn(ledger: httpx.AsyncClient, program: str, member: str, points: int) -> None:
-    r = await ledger.post(
-        "/v1/burn",
-        json={"program": program, "member_ref": member, "points": points, "reference": "catalog-test"},
-        headers={"Idempotency-Key": new_key()},
-    )
-    assert r.status_code == 201, r.text
+    await move(ledger, "burn", program, member, points)
 
 
 async def balance(ledger: httpx.AsyncClient, program: str, member: str) -> dict[str, Any]:
@@ -124,22 +114,15 @@ async def redeem(
     key: str | None = None,
     auth: str | None = None,
 ) -> httpx.Response:
-    headers = {"Idempotency-Key": key or new_key()}
-    if auth is not None:
-        headers["Authorization"] = f"Bearer {auth}"
     body = {"sku": sku, "program": program, "member_ref": member, "quantity": quantity}
-    return await catalog.post("/v1/redemptions", json=body, headers=headers)
+    return await post(catalog, "/v1/redemptions", body, key=key, auth=auth)
 
 
 async def cancel(
     catalog: httpx.AsyncClient, redemption_id: str, *, key: str | None = None, auth: str | None = None
 ) -> httpx.Response:
-    headers = {"Idempotency-Key": key or new_key()}
-    if auth is not None:
-        headers["Authorization"] = f"Bearer {auth}"
-    return await catalog.post(
-        f"/v1/redemptions/{redemption_id}/cancel", json={"reason": "test"}, headers=headers
-    )
+    path = f"/v1/redemptions/{redemption_id}/cancel"
+    return await post(catalog, path, {"reason": "test"}, key=key, auth=auth)
 
 
 async def get_reward(catalog: httpx.AsyncClient, sku: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import create_program, new_key, unique_code
+from tests.conftest import create_program, move, new_key, unique_code
 
 
 async def program(ledger: httpx.AsyncClient, points: int = 100, cash_minor: int = 100, **extra: Any) -> str:
@@ -22,12 +22,7 @@ async def program(ledger: httpx.AsyncClient, points: int = 100, cash_minor: int 
 
 
 async def fund(ledger: httpx.AsyncClient, program: str, member: str, points: int) -> None:
-    r = await ledger.post(
-        "/v1/earn",
-        json={"program": program, "member_ref": member, "points": points, "reference": "fund"},
-        headers={"Idempotency-Key": new_key()},
-    )
-    assert r.status_code == 201, r.text
+    await move(ledger, "earn", program, member, points, reference="fund")
 
 
 async def balance(ledger: httpx.AsyncClient, program: str, member: str) -> int:

@@ -1,0 +1,85 @@
+"""Finance routes: the liability roll-forward, its aging, and issuance cohorts (DESIGN §9)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+
+from ledger_service.finance import service
+from ledger_service.finance.schemas import Aging, Cohorts, Period, RollForward
+from ledger_service.schemas_common import ProgramCode
+from services.auth import Principal, require
+from services.errors import Unprocessable, error_responses
+
+router = APIRouter(tags=["finance"])
+
+Reader = Annotated[Principal, Depends(require("ledger:read"))]
+From = Annotated[date | None, Query(alias="from", description="First day (UTC) of the first period")]
+To = Annotated[date | None, Query(alias="to", description="Day (UTC) after the last period")]
+
+
+@router.get(
+    "/v1/programs/{code}/liability",
+    response_model=RollForward,
+    response_model_by_alias=True,
+    summary="The liability roll-forward: opening, issued, redeemed, expired, adjusted, closing per period",
+    description="One row per calendar month or day (UTC) covering [from, to), from postings on member "
+    "accounts. Every row closes (closing = opening + issued - redeemed - expired + adjusted), in points "
+    "and in cash; each closing is the next opening; the last closing is the outstanding points when `to` "
+    "is not in the past.",
+    responses=error_responses(401, 403, 404, 422),
+)
+async def liability(
+    request: Request,
+    code: Annotated[ProgramCode, Path()],
+    principal: Reader,
+    start: From = None,
+    end: To = None,
+    period: Period = "month",
+) -> RollForward:
+    principal.require_program(code)
+    return await service.roll_forward(request.app.state.db, code, start, end, period)
+
+
+@router.get(
+    "/v1/programs/{code}/liability/aging",
+    response_model=Aging,
+    summary="Outstanding points and cash by when they expire: 0-3m, 3-6m, 6-12m, 12m+, never",
+    description="Open lots bucketed by expiry counted from `as_of` (default now; not in the past). Lots "
+    "already due count in 0-3m. Members below zero hold no lots: their sum is `negative_balances`, so "
+    "the buckets plus it equal the outstanding points.",
+    responses=error_responses(401, 403, 404, 422),
+)
+async def aging(
+    request: Request,
+    code: Annotated[ProgramCode, Path()],
+    principal: Reader,
+    as_of: Annotated[datetime | None, Query(description="RFC 3339; default now")] = None,
+) -> Aging:
+    principal.require_program(code)
+    if as_of is not None and as_of.tzinfo is None:
+        raise Unprocessable("as_of needs a time zone (RFC 3339).", code="validation_error")
+    return await service.aging(request.app.state.db, code, as_of)
+
+
+@router.get(
+    "/v1/programs/{code}/cohorts",
+    response_model=Cohorts,
+    response_model_by_alias=True,
+    summary="Issuance cohorts by month: issued, redeemed, expired, outstanding and redemption curves",
+    description="The lots of earns issued in each month of [from, to), what became of their points, and "
+    "the share redeemed within 1, 3, 6 and 12 months of each lot's issue (from lot consumption, net of "
+    "refunds): the curves used to estimate breakage.",
+    responses=error_responses(401, 403, 404, 422),
+)
+async def cohorts(
+    request: Request,
+    code: Annotated[ProgramCode, Path()],
+    principal: Reader,
+    start: From = None,
+    end: To = None,
+) -> Cohorts:
+    principal.require_program(code)
+    return await service.cohorts(request.app.state.db, code, start, end)
