@@ -9,12 +9,13 @@ the tree: the page's Content-Security-Policy allows no inline script.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pygal
 from markupsafe import Markup
 from pygal.style import Style
 
-from ledger_service.reports.service import Daily
+from ledger_service.finance.schemas import Aging, Cohorts, RollForward
 
 SVG_NS = "{http://www.w3.org/2000/svg}"
 
@@ -30,6 +31,7 @@ STYLE = Style(
     legend_font_size=15,
     label_font_size=14,
     major_label_font_size=14,
+    no_data_font_size=18,
 )
 
 
@@ -69,20 +71,48 @@ def _base(
     return chart
 
 
-def flows_chart(daily: Daily) -> Markup:
-    """Issued, redeemed and expired points per day."""
-    labels = [d.day.strftime("%m-%d") for d in daily.days]
-    chart = _base(pygal.Bar, "Points per day", labels)
-    chart.add("issued", [d.issued for d in daily.days])
-    chart.add("redeemed", [d.redeemed for d in daily.days])
-    chart.add("expired", [d.expired for d in daily.days])
+def _day(d: Any) -> str:
+    return str(d.strftime("%m-%d"))
+
+
+def flows_chart(roll: RollForward) -> Markup:
+    """Issued, redeemed and expired points per day (the roll-forward's rows)."""
+    chart = _base(pygal.Bar, "Points per day", [_day(r.period_start) for r in roll.rows])
+    chart.add("issued", [r.issued for r in roll.rows])
+    chart.add("redeemed", [r.redeemed for r in roll.rows])
+    chart.add("expired", [r.expired for r in roll.rows])
     return _svg(chart)
 
 
-def liability_chart(daily: Daily) -> Markup:
+def liability_chart(roll: RollForward) -> Markup:
     """Liability in cash (major units) at the end of each day."""
-    labels = [d.day.strftime("%m-%d") for d in daily.days]
-    chart = _base(pygal.Line, f"Liability ({daily.currency}) at day end", labels)
+    chart = _base(
+        pygal.Line,
+        f"Liability ({roll.cash_value.currency}) at day end",
+        [_day(r.period_start) for r in roll.rows],
+    )
     chart.show_legend = False
-    chart.add("liability", [d.liability_cash_minor / 100 for d in daily.days])
+    chart.add("liability", [r.closing_cash_minor / 100 for r in roll.rows])
+    return _svg(chart)
+
+
+def aging_chart(aging: Aging) -> Markup:
+    """Outstanding points by when they expire."""
+    chart = _base(pygal.Bar, "Outstanding by expiry", [b.bucket for b in aging.buckets])
+    chart.x_labels_major_every = 1
+    chart.show_legend = False
+    chart.add("points", [b.points for b in aging.buckets])
+    return _svg(chart)
+
+
+def cohort_chart(cohorts: Cohorts) -> Markup:
+    """Each issuance month's share redeemed within 1, 3, 6 and 12 months (complete points only)."""
+    chart = _base(pygal.Line, "Redeemed within n months of issue (%)", ["1", "3", "6", "12"])
+    chart.x_labels_major_every = 1
+    chart.no_data_text = "No cohort is old enough for a point of its curve yet"
+    for c in cohorts.cohorts[-6:]:
+        chart.add(
+            c.month.strftime("%Y-%m"),
+            [None if (p.share_bps is None or not p.complete) else p.share_bps / 100 for p in c.curve],
+        )
     return _svg(chart)

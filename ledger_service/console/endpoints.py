@@ -272,7 +272,7 @@ async def overview(
     cursor: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
     data = await console.overview(request.app.state.db, user.principal, program, cursor)
-    return page(request, "overview.html", user, data=data, period=console.chart_period())
+    return page(request, "overview.html", user, data=data)
 
 
 @router.get("/lookup")
@@ -286,7 +286,7 @@ async def lookup(
 @router.get("/programs/{code}")
 async def program_page(request: Request, user: Reader, code: ProgramCode) -> Response:
     data = await console.program_page(request.app.state.db, request.app.state.rules, user.principal, code)
-    return page(request, "program.html", user, data=data, period=console.chart_period())
+    return page(request, "program.html", user, data=data)
 
 
 @router.get("/programs/{code}/members/{member_ref}")

@@ -5,7 +5,7 @@ feed like any API call)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -17,6 +17,8 @@ from ledger_service.batches.service import get_batch, to_out
 from ledger_service.console import charts
 from ledger_service.events import repository as events_repo
 from ledger_service.events.service import list_webhooks
+from ledger_service.finance import service as finance
+from ledger_service.finance.schemas import Aging, Cohorts, RollForward
 from ledger_service.jobs.service import ExpiryRun, run_expiry
 from ledger_service.members import repository as members_repo
 from ledger_service.members import service as members
@@ -31,7 +33,6 @@ from services.auth import Principal
 from services.db import Database
 from services.errors import NotFound
 
-CHART_DAYS = 30
 PROGRAMS_PER_PAGE = 100
 BATCHES_PER_PAGE = 50
 REJECTION_LINES = 100
@@ -39,16 +40,9 @@ FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
 NO_ID = UUID(int=2**128 - 1)
 
 
-def chart_period(now: datetime | None = None) -> tuple[datetime, datetime]:
-    """The last CHART_DAYS UTC days, today included: [start, end) on UTC midnights."""
-    now = now or datetime.now(UTC)
-    end = datetime(now.year, now.month, now.day, tzinfo=UTC) + timedelta(days=1)
-    return end - timedelta(days=CHART_DAYS), end
-
-
 @dataclass
 class ProgramCharts:
-    daily: reports.Daily
+    roll: RollForward  # the last 30 days, per UTC day: GET /v1/programs/{code}/liability?period=day
     flows: Markup
     liability: Markup
     issued: int
@@ -57,15 +51,14 @@ class ProgramCharts:
 
 
 async def program_charts(db: Database, code: str) -> ProgramCharts:
-    start, end = chart_period()
-    daily = await reports.daily(db, code, start, end)
+    roll = await finance.roll_forward(db, code, None, None, "day")
     return ProgramCharts(
-        daily=daily,
-        flows=charts.flows_chart(daily),
-        liability=charts.liability_chart(daily),
-        issued=sum(d.issued for d in daily.days),
-        redeemed=sum(d.redeemed for d in daily.days),
-        expired=sum(d.expired for d in daily.days),
+        roll=roll,
+        flows=charts.flows_chart(roll),
+        liability=charts.liability_chart(roll),
+        issued=sum(r.issued for r in roll.rows),
+        redeemed=sum(r.redeemed for r in roll.rows),
+        expired=sum(r.expired for r in roll.rows),
     )
 
 
@@ -103,18 +96,31 @@ class ProgramPage:
     report: reports.Report
     rules: list[Any]
     charts: ProgramCharts
+    aging: Aging
+    aging_chart: Markup
+    cohorts: Cohorts
+    cohort_chart: Markup
 
 
 async def program_page(db: Database, book: RuleBook, principal: Principal, code: str) -> ProgramPage:
     principal.require_program(code)
     program = await programs.get_program(db, code)
-    start, end = chart_period()
+    program_charts_ = await program_charts(db, code)
+    roll = program_charts_.roll
+    aging = await finance.aging(db, code, None)
+    cohorts = await finance.cohorts(db, code, None, None)
     return ProgramPage(
         program=program,
         summary=(await reports.summaries(db, [program]))[code],
-        report=await reports.report(db, code, start, end),
+        report=await reports.report(
+            db, code, finance.midnight(roll.period_from), finance.midnight(roll.period_to)
+        ),
         rules=list(reversed((await list_rule_sets(book, code)).data)),
-        charts=await program_charts(db, code),
+        charts=program_charts_,
+        aging=aging,
+        aging_chart=charts.aging_chart(aging),
+        cohorts=cohorts,
+        cohort_chart=charts.cohort_chart(cohorts),
     )
 
 

@@ -57,18 +57,6 @@ async def by_merchant(
     return list(await conn.fetch(_BY_MERCHANT, program_id, start, end, limit))
 
 
-# The same member-side flows as _FLOWS, bucketed by UTC day (programs have no time zone column yet).
-_DAILY_FLOWS = """
-SELECT (t.created_at AT TIME ZONE 'UTC')::date AS day, t.type, coalesce(t.kind, '') AS kind,
-       sum(po.amount)::bigint AS amount
-FROM ledger.transactions t
-JOIN ledger.postings po ON po.txn_id = t.id
-JOIN ledger.accounts a ON a.id = po.account_id AND a.kind = 'member'
-WHERE t.program_id = $1 AND t.created_at >= $2 AND t.created_at < $3
-GROUP BY 1, 2, 3
-ORDER BY 1
-"""
-
 # Outstanding from the accounts' running balances (equal to the postings' sum: an invariant the
 # ledger's tests check), and how many members hold an account, for many programs at once.
 _SUMMARIES = """
@@ -78,12 +66,6 @@ LEFT JOIN ledger.accounts a ON a.program_id = p.id AND a.kind = 'member'
 WHERE p.code = ANY ($1::text[])
 GROUP BY p.code
 """
-
-
-async def daily_flows(
-    conn: asyncpg.Connection, program_id: int, start: datetime, end: datetime
-) -> list[asyncpg.Record]:
-    return list(await conn.fetch(_DAILY_FLOWS, program_id, start, end))
 
 
 async def summaries(conn: asyncpg.Connection, codes: list[str]) -> dict[str, asyncpg.Record]:

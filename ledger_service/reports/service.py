@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import datetime
 
 from pydantic import BaseModel, Field
 
@@ -45,53 +44,8 @@ class Report(BaseModel):
     model_config = {"populate_by_name": True}
 
 
-class Flows:
-    """Member-side sums by (transaction type, kind): the one place that says which sum is which figure."""
-
-    def __init__(self, sums: dict[tuple[str, str], int]) -> None:
-        self.sums = sums
-
-    def total(self, type_: str, *kinds: str) -> int:
-        return sum(v for (t, k), v in self.sums.items() if t == type_ and (not kinds or k in kinds))
-
-    @property
-    def issued(self) -> int:
-        return self.total("earn")
-
-    @property
-    def redeemed(self) -> int:
-        return -(self.total("burn") + self.total("capture"))
-
-    @property
-    def expired(self) -> int:
-        return -self.total("expiry")
-
-    @property
-    def net(self) -> int:
-        return sum(self.sums.values())
-
-
 def liability(outstanding: int, cash_points: int, cash_minor: int) -> int:
     return max(outstanding, 0) * cash_minor // cash_points
-
-
-@dataclass(frozen=True)
-class Day:
-    day: date
-    issued: int
-    redeemed: int
-    expired: int
-    outstanding: int  # at the end of the day
-    liability_cash_minor: int
-
-
-@dataclass(frozen=True)
-class Daily:
-    program: str
-    start: datetime
-    end: datetime
-    currency: str
-    days: list[Day]
 
 
 @dataclass(frozen=True)
@@ -101,39 +55,8 @@ class Summary:
     liability_cash_minor: int
 
 
-async def daily(db: Database, code: str, start: datetime, end: datetime) -> Daily:
-    """Issued, redeemed and expired per UTC day in [start, end), and outstanding at each day's end;
-    `start` and `end` are UTC midnights. The days add up to the report of the same period."""
-    async with db.driver() as conn:
-        program = await repository.program(conn, code)
-        if program is None:
-            raise NotFound(f"No program with code {code}.", code="program_not_found")
-        rows = await repository.daily_flows(conn, program["id"], start, end)
-        outstanding = await repository.outstanding(conn, program["id"], start)
-    by_day: dict[date, dict[tuple[str, str], int]] = defaultdict(dict)
-    for r in rows:
-        by_day[r["day"]][(r["type"], r["kind"])] = r["amount"]
-    days = []
-    day = start.date()
-    while day < end.date():
-        flows = Flows(by_day.get(day, {}))
-        outstanding += flows.net
-        days.append(
-            Day(
-                day=day,
-                issued=flows.issued,
-                redeemed=flows.redeemed,
-                expired=flows.expired,
-                outstanding=outstanding,
-                liability_cash_minor=liability(outstanding, program["cash_points"], program["cash_minor"]),
-            )
-        )
-        day += timedelta(days=1)
-    return Daily(program=code, start=start, end=end, currency=program["currency"], days=days)
-
-
 async def summaries(db: Database, programs: list[ProgramOut]) -> dict[str, Summary]:
-    """Outstanding, members and liability in cash now, for each program."""
+    """Outstanding, members and liability in cash now, for each program (the ops console's overview)."""
     async with db.driver() as conn:
         rows = await repository.summaries(conn, [p.code for p in programs])
     out = {}
@@ -161,9 +84,14 @@ async def report(db: Database, code: str, start: datetime, end: datetime) -> Rep
         outstanding = await repository.outstanding(conn, program["id"], end)
         at_start = await repository.outstanding(conn, program["id"], start)
         merchants = await repository.by_merchant(conn, program["id"], start, end, MERCHANTS)
-    flows = Flows({(r["type"], r["kind"]): r["amount"] for r in rows})
-    total = flows.total
-    issued, redeemed, expired = flows.issued, flows.redeemed, flows.expired
+    sums: dict[tuple[str, str], int] = {(r["type"], r["kind"]): r["amount"] for r in rows}
+
+    def total(type_: str, *kinds: str) -> int:
+        return sum(v for (t, k), v in sums.items() if t == type_ and (not kinds or k in kinds))
+
+    issued = total("earn")
+    redeemed = -(total("burn") + total("capture"))
+    expired = -total("expiry")
     return Report(
         program=code,
         period_from=start,

@@ -88,29 +88,54 @@ async def test_overview_chart_matches_the_report(
         await expect(row.locator("[data-field=members]")).to_have_text("2")
         charts = page.locator(f".charts[data-program='{seeded}']")
         start, end = await charts.get_attribute("data-from"), await charts.get_attribute("data-to")
-        report = (await api.get(f"/v1/programs/{seeded}/report", params={"from": start, "to": end})).json()
+        roll = (
+            await api.get(
+                f"/v1/programs/{seeded}/liability", params={"period": "day", "from": start, "to": end}
+            )
+        ).json()
+        report = (
+            await api.get(
+                f"/v1/programs/{seeded}/report",
+                params={"from": f"{start}T00:00:00Z", "to": f"{end}T00:00:00Z"},
+            )
+        ).json()
         flows = charts.locator("figure[data-chart=flows] svg")
         await expect(flows).to_be_visible()
-        series = {}
+        drawn = {}
         for i, name in enumerate(("issued", "redeemed", "expired")):
             values = await flows.locator(f"g.serie-{i} desc.value").all_text_contents()
-            assert len(values) == 30
-            series[name] = sum(_number(v) for v in values)
-        assert series == {
-            "issued": report["issued"],
-            "redeemed": report["redeemed"],
-            "expired": report["expired"],
-        }
-        assert series["issued"] == 2200 and series["redeemed"] == 300
+            drawn[name] = [_number(v) for v in values]
+            assert drawn[name] == [row[name] for row in roll["rows"]]  # day by day, the API's roll-forward
+        assert len(drawn["issued"]) == 30
+        # and in total, the API's report of the same period (no clawbacks or refunds here)
+        assert (
+            (sum(drawn["issued"]), sum(drawn["redeemed"]), sum(drawn["expired"]))
+            == (
+                report["issued"],
+                report["redeemed"],
+                report["expired"],
+            )
+            == (2200, 300, 0)
+        )
         liability = await charts.locator(
             "figure[data-chart=liability] svg g.serie-0 desc.value"
         ).all_text_contents()
-        assert float(liability[-1]) * 100 == report["liability_cash_minor"] == 1900
+        assert [round(float(v) * 100) for v in liability] == [
+            row["closing_cash_minor"] for row in roll["rows"]
+        ]
+        assert roll["rows"][-1]["closing_cash_minor"] == report["liability_cash_minor"] == 1900
         await screenshots(page, "overview")
 
         await page.click(f"tr[data-program='{seeded}'] a[href='/console/programs/{seeded}']")
         await expect(page.locator("table.report [data-field=issued]")).to_have_text("2,200")
         await expect(page.locator("[data-test=run-expiry]")).to_have_count(0)  # a key limited to programs
+        aging = (await api.get(f"/v1/programs/{seeded}/liability/aging")).json()
+        drawn_aging = await page.locator(
+            "figure[data-chart=aging] svg g.serie-0 desc.value"
+        ).all_text_contents()
+        assert [_number(v) for v in drawn_aging] == [b["points"] for b in aging["buckets"]]
+        assert aging["buckets"][-1] == {"bucket": "never", "points": 1900, "cash_minor": 1900}
+        await expect(page.locator("figure[data-chart=cohorts] svg")).to_be_visible()
         await screenshots(page, "program")
 
         await page.goto(f"{stack.ledger.url}/console/sagas")
