@@ -142,8 +142,18 @@ async def test_overview_chart_matches_the_report(
         await expect(page.locator("section[data-service=conversion] h2")).to_be_visible()
         await expect(page.locator("[data-test=saga-problem]")).to_have_count(0)
         await screenshots(page, "sagas")
+        hook = await api.post(
+            "/v1/webhooks",
+            json={"url": "http://user:pw@127.0.0.1:9/hooks/jifen?token=s3cr3t-token", "programs": [seeded]},
+        )
+        assert hook.status_code == 201, hook.text
         await page.goto(f"{stack.ledger.url}/console/webhooks")
         await expect(page.locator("h1")).to_have_text("Webhook deliveries")
+        row = page.locator(f"tr[data-webhook='{hook.json()['id']}']")
+        await expect(row.locator("td").first).to_have_text("http://127.0.0.1:9/hooks/jifen")  # no credentials
+        html = await page.content()
+        assert "s3cr3t-token" not in html and "user:pw" not in html and hook.json()["secret"] not in html
+        assert (await api.delete(f"/v1/webhooks/{hook.json()['id']}")).status_code == 200
         await screenshots(page, "webhooks")
         watch.check()
     finally:
