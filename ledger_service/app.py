@@ -6,6 +6,8 @@ from fastapi import FastAPI
 
 from ledger_service.api_keys.endpoints import router as api_keys_router
 from ledger_service.batches.endpoints import router as batches_router
+from ledger_service.console.endpoints import install as install_console
+from ledger_service.console.session import SessionCodec
 from ledger_service.events.endpoints import router as events_router
 from ledger_service.finance.endpoints import router as finance_router
 from ledger_service.housekeeping import Housekeeper
@@ -20,7 +22,7 @@ from ledger_service.rules.endpoints import router as rules_router
 from ledger_service.rules.service import RuleBook
 from ledger_service.segments.endpoints import router as segments_router
 from services.app import build_app
-from services.keyfiles import pii_key
+from services.keyfiles import console_secret, pii_key
 from services.settings import Settings
 
 DESCRIPTION = """
@@ -43,13 +45,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.rules = RuleBook(app.state.db)
         app.state.pii_key = pii_key(settings)
+        app.state.console_sessions = SessionCodec(console_secret(settings), settings.console_session_ttl_s)
         app.state.housekeeper = Housekeeper(app.state.db, settings)
         app.state.housekeeper.start()
 
     async def stop(app: FastAPI) -> None:
         await app.state.housekeeper.stop()
 
-    return build_app(
+    app = build_app(
         service="ledger",
         title="Jifen ledger",
         description=DESCRIPTION,
@@ -86,3 +89,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "ops", "description": "Health, readiness, metrics"},
         ],
     )
+    install_console(app)  # the ops console at /console (DESIGN §11)
+    return app

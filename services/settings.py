@@ -24,6 +24,17 @@ class Settings(BaseSettings):
     conversion_port: int = Field(default=8002, ge=1, le=65535)
     catalog_port: int = Field(default=8003, ge=1, le=65535)
     ledger_url: str | None = None
+    conversion_url: str | None = Field(
+        default=None, description="The conversion API (the console reads its sagas)"
+    )
+    catalog_url: str | None = Field(default=None, description="The catalog API (the console reads its sagas)")
+    console_session_secret: SecretStr | None = Field(
+        default=None, description="Seals the console's session cookie; generated in the data dir when unset"
+    )
+    console_session_ttl_s: int = Field(default=8 * 3600, ge=60, le=7 * 86_400)
+    console_cookie_secure: bool = Field(
+        default=False, description="Mark the console's cookies Secure (set it when served over HTTPS)"
+    )
     admin_api_key: SecretStr | None = None
     ledger_api_key: SecretStr | None = Field(
         default=None, description="This service's own key for calling the ledger (conversion, catalog)"
@@ -61,6 +72,12 @@ class Settings(BaseSettings):
 
     def ledger_base_url(self) -> str:
         return self.ledger_url or f"http://{self.host}:{self.ledger_port}"
+
+    def conversion_base_url(self) -> str:
+        return self.conversion_url or f"http://{self.host}:{self.conversion_port}"
+
+    def catalog_base_url(self) -> str:
+        return self.catalog_url or f"http://{self.host}:{self.catalog_port}"
 
 
 @lru_cache
