@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from ledger_service.api_keys.endpoints import router as api_keys_router
 from ledger_service.batches.endpoints import router as batches_router
+from ledger_service.console.endpoints import install as install_console
+from ledger_service.console.session import SessionCodec
 from ledger_service.events.endpoints import router as events_router
 from ledger_service.finance.endpoints import router as finance_router
 from ledger_service.housekeeping import Housekeeper
@@ -13,12 +16,14 @@ from ledger_service.members.endpoints import router as members_router
 from ledger_service.partners.endpoints import router as partners_router
 from ledger_service.postings.endpoints import router as postings_router
 from ledger_service.postings.engine import PostingEngine
+from ledger_service.profiles.endpoints import router as profiles_router
 from ledger_service.programs.endpoints import router as programs_router
 from ledger_service.reports.endpoints import router as reports_router
 from ledger_service.rules.endpoints import router as rules_router
 from ledger_service.rules.service import RuleBook
+from ledger_service.segments.endpoints import router as segments_router
 from services.app import build_app
-from services.keyfiles import pii_key
+from services.keyfiles import console_secret, pii_key
 from services.settings import Settings
 
 DESCRIPTION = """
@@ -41,13 +46,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.rules = RuleBook(app.state.db)
         app.state.pii_key = pii_key(settings)
+        app.state.console_sessions = SessionCodec(console_secret(settings), settings.console_session_ttl_s)
         app.state.housekeeper = Housekeeper(app.state.db, settings)
         app.state.housekeeper.start()
 
     async def stop(app: FastAPI) -> None:
         await app.state.housekeeper.stop()
 
-    return build_app(
+    app = build_app(
         service="ledger",
         title="Jifen ledger",
         description=DESCRIPTION,
@@ -60,8 +66,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             reports_router,
             finance_router,
             partners_router,
+            profiles_router,
+            segments_router,
             batches_router,
             events_router,
+            api_keys_router,
             jobs_router,
         ],
         on_start=[start],
@@ -75,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "reports", "description": "Issued, redeemed, expired, outstanding, liability"},
             {"name": "partners", "description": "Coalition partners, their terms, fundings and settlement"},
             {"name": "events", "description": "The event feed and webhook subscriptions"},
+            {"name": "api keys", "description": "Create, list, revoke and rotate API keys (ledger:admin)"},
             {
                 "name": "jobs",
                 "description": "Expiry and tier review, on demand (they also run on a schedule)",
@@ -82,3 +92,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "ops", "description": "Health, readiness, metrics"},
         ],
     )
+    install_console(app)  # the ops console at /console (DESIGN §11)
+    return app

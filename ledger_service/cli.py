@@ -17,11 +17,15 @@ import httpx
 from rich.progress import (
     BarColumn,
     DownloadColumn,
+    MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.text import Text
 
 from services.settings import Settings
 
@@ -34,7 +38,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     out = sys.stdout if args.out == "-" else open(args.out, "w")  # noqa: SIM115
     try:
-        for line in rows(args.rows, program=args.program, members=args.members, seed=args.seed):
+        lines = rows(
+            args.rows, program=args.program, members=args.members, seed=args.seed, bad_share=args.bad_share
+        )
+        for line in lines:
             out.write(line + "\n")
     finally:
         if out is not sys.stdout:
@@ -42,6 +49,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.out != "-":
         print(f"wrote {args.rows:,} rows to {args.out}", file=sys.stderr)
     return 0
+
+
+class _PerUnit(ProgressColumn):
+    """The upload in bytes, the posting in rows: one column that renders each task in its unit."""
+
+    def __init__(self, by_bytes: ProgressColumn, by_rows: ProgressColumn) -> None:
+        super().__init__()
+        self.by_bytes, self.by_rows = by_bytes, by_rows
+
+    def render(self, task: Task) -> Text:
+        column = self.by_rows if task.fields.get("unit") == "rows" else self.by_bytes
+        rendered = column.render(task)
+        return rendered if isinstance(rendered, Text) else Text(str(rendered))
+
+
+class _RowSpeed(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:,.0f} rows/s", style="progress.data.speed")
 
 
 def _chunks(path: Path, progress: Progress, task: object) -> Iterator[bytes]:
@@ -61,15 +87,20 @@ def upload_file(
         "Idempotency-Key": idempotency_key or f"upload-{uuid.uuid4()}",
         "Content-Type": content_type,
     }
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-               TimeRemainingColumn())  # fmt: skip
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        _PerUnit(DownloadColumn(), MofNCompleteColumn()),
+        _PerUnit(TransferSpeedColumn(), _RowSpeed()),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, disable=quiet) as progress, httpx.Client(base_url=url, timeout=600) as http:
         task = progress.add_task("upload", total=path.stat().st_size)
         r = http.post("/v1/batches", content=_chunks(path, progress, task), headers=headers)
         if r.status_code != 202:
             raise SystemExit(f"upload refused: {r.status_code} {r.text}")
         batch = r.json()
-        posting = progress.add_task("posting", total=max(batch["rows"], 1))
+        posting = progress.add_task("posting", total=max(batch["rows"], 1), unit="rows")
         while batch["status"] not in ("completed", "failed"):
             time.sleep(0.5)
             batch = http.get(f"/v1/batches/{batch['id']}", headers={"Authorization": f"Bearer {key}"}).json()
@@ -91,18 +122,41 @@ def cmd_upload(args: argparse.Namespace) -> int:
         f"duplicates {batch['duplicates']:,}, rejected {batch['rejected']:,}, "
         f"points {batch['points_posted']:,}"
     )
-    return 0 if batch["status"] == "completed" else 1
+    if batch.get("error"):
+        print(f"error: {batch['error']}", file=sys.stderr)
+    reasons: dict[str, int] = batch.get("rejected_by_reason") or {}
+    if reasons:
+        print("rejected rows by reason:", file=sys.stderr)
+        for reason, count in reasons.items():
+            print(f"  {reason:<40} {count:>10,}", file=sys.stderr)
+        print(f"lines: GET /v1/batches/{batch['id']}/rejections?reason=...", file=sys.stderr)
+    # A script (or CI) must see a file that did not post whole: any rejected row is a failure.
+    return 0 if batch["status"] == "completed" and not batch["rejected"] else 1
 
 
 async def prepare_run(db: Database, *, demo: bool) -> list[str]:
-    """`jifen run`, after migrating and before starting the services: the demo programs, if asked for
-    and the ledger has none yet. Returns what to print once the services are up."""
+    """`jifen run`, after migrating and before starting the services: the demo programs and their
+    earning rules, if asked for and not loaded yet. Returns what to print once the services are up."""
     if not demo:
         return []
     from ledger_service.demo import load_demo
 
-    created = await load_demo(db)
-    return [f"Loaded demo programs: {', '.join(created)}"] if created else []
+    return await load_demo(db)
+
+
+async def unknown_programs(db: Database, codes: list[str]) -> list[str]:
+    """For `jifen create-api-key --programs`: the codes that name no ledger program."""
+    from ledger_service.programs.service import unknown_programs as unknown
+
+    return await unknown(db, codes)
+
+
+async def partner_exists(db: Database, code: str) -> bool:
+    """For `jifen create-api-key --partner`: whether the ledger knows the partner."""
+    async with db.driver() as conn:
+        return bool(
+            await conn.fetchval("SELECT EXISTS (SELECT 1 FROM ledger.partners WHERE code = $1)", code)
+        )
 
 
 def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -120,6 +174,9 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     gen.add_argument("--program", default="BOC")
     gen.add_argument("--members", type=int, default=200_000)
     gen.add_argument("--seed", type=int, default=1)
+    gen.add_argument(
+        "--bad-share", type=float, default=0.005, help="share of bad rows, rejected on upload (0: none)"
+    )
     gen.set_defaults(func=cmd_generate)
     up = batch.add_parser("upload", help="upload a file with a progress bar and print the final counts")
     up.add_argument("file")

@@ -49,13 +49,14 @@ def build_app(
 ) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        configure_logging(service, settings.log_level)
+        configure_logging(service, settings.log_level, settings.log_format)
         db = Database(
             resolve_database_url(settings), pool_size=settings.db_pool_size, application_name=service
         )
         app.state.settings = settings
         app.state.db = db
         app.state.keys = KeyStore(db)
+        await app.state.keys.start()
         for hook in on_start:
             await hook(app)
         # What start-up allocated lives as long as the process: out of the collector's way, so a full
@@ -68,6 +69,7 @@ def build_app(
         finally:
             for hook in reversed(on_stop):
                 await hook(app)
+            await app.state.keys.stop()
             await db.dispose()
             log.info("service stopped")
 

@@ -1,19 +1,29 @@
-"""API keys: stored hashed (SHA-256 of a 256-bit random secret), with scopes and program limits."""
+"""API keys: stored hashed (SHA-256 of a 256-bit random secret), with scopes and program limits.
+
+Every process caches the keys it has seen; a change of a key (revocation, rotation, new scopes) is
+announced with NOTIFY on CHANGES_CHANNEL in the transaction that makes it, and every process's
+KeyStore, LISTENing on its own connection, forgets the key as soon as the change commits.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import logging
 import secrets
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
+import asyncpg
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from services.db import Database
+from services.db import Database, asyncpg_dsn
 from services.errors import Forbidden, Unauthorized
+from services.logs import request_context
 
 SCOPES = (
     "ledger:read",
@@ -29,7 +39,14 @@ SCOPES = (
     "catalog:admin",
 )
 KEY_PREFIX = "jf_"
+# A backstop only: while a process listens for changes it forgets a changed key at once, and while it
+# does not (its listening connection is down) it does not cache at all.
 CACHE_TTL_S = 30.0
+CHANGES_CHANNEL = "jifen_api_keys"
+ALL_KEYS = "*"  # a NOTIFY payload: forget every cached key
+RECONNECT_S = 1.0
+
+log = logging.getLogger("jifen.auth")
 
 
 def hash_key(secret: str) -> bytes:
@@ -79,22 +96,91 @@ class Principal:
         return None if self.programs is None else sorted(self.programs)
 
 
-class KeyStore:
-    """Looks keys up by hash, caching hits briefly so the hot path makes no extra round trip.
+async def notify_change(conn: asyncpg.Connection, key_hash: bytes | None) -> None:
+    """Tells every process to forget a key (None: every key); delivered when the transaction commits."""
+    await conn.execute(
+        "SELECT pg_notify($1, $2)", CHANGES_CHANNEL, ALL_KEYS if key_hash is None else key_hash.hex()
+    )
 
-    A revoked key keeps working for at most CACHE_TTL_S seconds in a process that has cached it.
+
+class KeyStore:
+    """Looks keys up by hash, caching hits so the hot path makes no extra round trip.
+
+    `start()` listens for key changes on a connection of its own: a changed key is forgotten as soon
+    as its change commits. Until the listener is connected, and whenever it loses its connection,
+    nothing is cached, so a revoked key never outlives its revocation by more than a round trip.
     """
 
     def __init__(self, db: Database) -> None:
         self.db = db
         self._cache: dict[bytes, tuple[float, Principal]] = {}
+        self._listening = False
+        self._task: asyncio.Task[None] | None = None
+        self.changes = 0  # notifications handled, for tests and metrics
+        self.changed = asyncio.Event()
+
+    @property
+    def listening(self) -> bool:
+        """True while changes reach this process (and it caches keys)."""
+        return self._listening
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._listen(), name="api-key-changes")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._listening = False
+
+    def forget(self, key_hash: bytes) -> None:
+        """Forgets a key at once, in the process that changed it (the others hear of it by NOTIFY)."""
+        self._cache.pop(key_hash, None)
+        self.changes += 1
+
+    def _on_change(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        if payload == ALL_KEYS:
+            self._cache.clear()
+        else:
+            with contextlib.suppress(ValueError):
+                self._cache.pop(bytes.fromhex(payload), None)
+        self.changes += 1
+        self.changed.set()
+
+    async def _listen(self) -> None:
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(
+                    asyncpg_dsn(self.db.url), server_settings={"application_name": "jifen-key-changes"}
+                )
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+                await conn.add_listener(CHANGES_CHANNEL, self._on_change)
+                self._cache.clear()  # what changed while nobody listened
+                self._listening = True
+                await lost.wait()
+                log.warning("lost the connection that listens for API key changes; reconnecting")
+            except Exception as exc:  # whatever the failure, retry; meanwhile nothing is cached
+                log.warning("cannot listen for API key changes", extra={"error": repr(exc)})
+            finally:
+                self._listening = False
+                self._cache.clear()
+                if conn is not None and not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(conn.close(timeout=2))
+            await asyncio.sleep(RECONNECT_S)
 
     async def lookup(self, secret: str) -> Principal | None:
         digest = hash_key(secret)
         now = time.monotonic()
         hit = self._cache.get(digest)
         if hit is not None and hit[0] > now:
+            request_context()["api_key_id"] = hit[1].key_id
             return hit[1]
+        changes_before = self.changes  # a change that lands during the read must not be cached over
         async with self.db.driver() as conn:
             row = await conn.fetchrow(
                 "SELECT id, name, scopes, programs, partner FROM auth.api_keys"
@@ -111,6 +197,9 @@ class KeyStore:
             programs=None if row["programs"] is None else frozenset(row["programs"]),
             partner=row["partner"],
         )
+        request_context()["api_key_id"] = principal.key_id
+        if not self._listening or self.changes != changes_before:
+            return principal
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[digest] = (now + CACHE_TTL_S, principal)
@@ -136,7 +225,8 @@ async def create_api_key(
     if unknown:
         raise ValueError(f"unknown scopes: {', '.join(unknown)}")
     secret = secret or new_secret()
-    async with db.driver() as conn:
+    async with db.driver() as conn, conn.transaction():
+        await notify_change(conn, hash_key(secret))  # an existing key's scopes may have changed
         key_id = await conn.fetchval(
             "INSERT INTO auth.api_keys (name, prefix, key_hash, scopes, programs, partner)"
             " VALUES ($1, $2, $3, $4, $5, $7)"

@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 from services.settings import Settings
 
@@ -186,33 +186,119 @@ def cmd_migrate(_: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_create_api_key(args: argparse.Namespace) -> int:
-    from services.auth import create_api_key
+def _with_db(work: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Runs `work(db)` against DATABASE_URL or the embedded server."""
     from services.db import Database
 
     settings = Settings()
     url, server = _database_url(settings)
-    scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
-    programs = [p.strip() for p in args.programs.split(",")] if args.programs else None
 
-    async def go() -> tuple[int, str]:
+    async def go() -> Any:
         db = Database(url, pool_size=1)
         try:
-            return await create_api_key(
-                db, name=args.name, scopes=scopes, programs=programs, partner=args.partner
-            )
+            return await work(db)
         finally:
             await db.dispose()
 
     try:
-        key_id, secret = asyncio.run(go())
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return asyncio.run(go())
     finally:
         if server is not None:
             server.stop()  # type: ignore[attr-defined]
-    print(f"API key {key_id} ({args.name}); shown once, store it now:\n{secret}")
+
+
+def _split(value: str | None) -> list[str] | None:
+    return [p.strip() for p in value.split(",") if p.strip()] if value else None
+
+
+async def _unknown_programs(db: Any, codes: Sequence[str]) -> list[str]:
+    """Program codes no service knows (the service that owns programs answers, by its `cli` hook)."""
+    unknown: set[str] = set(codes)
+    hooks = _hooks("unknown_programs")
+    if not hooks:
+        return []
+    for hook in hooks:
+        unknown &= set(await hook(db, codes))
+    return sorted(unknown)
+
+
+def _print_key(key: Any) -> None:
+    programs = ",".join(key.programs) if key.programs is not None else "*"
+    revoked = f" revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else ""
+    print(
+        f"{key.id:>5}  {key.status:<8} {key.prefix:<11} {key.name:<24} "
+        f"{','.join(key.scopes)}  [{programs}]{revoked}"
+    )
+
+
+def cmd_create_api_key(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from services import apikeys
+
+    scopes = _split(args.scopes) or []
+    programs = _split(args.programs)
+    try:
+        body = apikeys.ApiKeyIn(name=args.name, scopes=scopes, programs=programs, partner=args.partner)
+    except ValidationError as exc:
+        print(
+            f"error: {'; '.join(str(e['msg']) + ' ' + str(e['input']) for e in exc.errors())}",
+            file=sys.stderr,
+        )
+        return 2
+
+    async def work(db: Any) -> Any:
+        if programs:
+            unknown = await _unknown_programs(db, programs)
+            if unknown:
+                return f"no program {', '.join(unknown)}"
+        if args.partner:
+            for hook in _hooks("partner_exists"):
+                if not await hook(db, args.partner):
+                    return f"no partner {args.partner}"
+        return await apikeys.create(db, None, body)
+
+    created = _with_db(work)
+    if isinstance(created, str):
+        print(f"error: {created}", file=sys.stderr)
+        return 2
+    print(f"API key {created.id} ({created.name}); shown once, store it now:\n{created.secret}")
+    return 0
+
+
+def cmd_api_keys(args: argparse.Namespace) -> int:
+    from services import apikeys
+    from services.errors import DomainError
+
+    async def work(db: Any) -> Any:
+        if args.keys_command == "list":
+            status: Literal["active"] | None = None if args.all else "active"
+            keys, cursor = [], None
+            while True:
+                page = await apikeys.list_keys(db, None, status=status, limit=500, cursor=cursor)
+                keys += page.data
+                if page.next_cursor is None:
+                    return keys
+                cursor = page.next_cursor
+        if args.keys_command == "revoke":
+            return await apikeys.revoke(db, None, args.id)
+        return await apikeys.rotate(db, None, args.id)
+
+    try:
+        result = _with_db(work)
+    except DomainError as exc:
+        print(f"error: {exc.detail}", file=sys.stderr)
+        return 1
+    if args.keys_command == "list":
+        print(f"{'id':>5}  {'status':<8} {'prefix':<11} {'name':<24} scopes  [programs]")
+        for key in result:
+            _print_key(key)
+    elif args.keys_command == "revoke":
+        _print_key(result)
+        print("revoked: every running service refuses it from now on")
+    else:
+        print(f"API key {args.id} is revoked; its replacement, {result.id} ({result.name}); shown once:")
+        print(result.secret)
     return 0
 
 
@@ -235,6 +321,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--partner", default=None, help="bind the key to a coalition partner (its earns and burns)"
     )
     key.set_defaults(func=cmd_create_api_key)
+
+    keys = sub.add_parser("api-keys", help="create, list, revoke and rotate API keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    create = keys.add_parser("create", help="create an API key (the same as create-api-key)")
+    create.add_argument("--name", default="cli")
+    create.add_argument("--scopes", required=True, help="comma-separated, e.g. ledger:read,ledger:earn")
+    create.add_argument("--programs", default=None, help="comma-separated program codes (default: all)")
+    create.add_argument("--partner", default=None, help="bind the key to a coalition partner")
+    create.set_defaults(func=cmd_create_api_key)
+    listing = keys.add_parser("list", help="the active keys (never their secrets)")
+    listing.add_argument("--all", action="store_true", help="revoked keys too")
+    listing.set_defaults(func=cmd_api_keys)
+    for name, text in (("revoke", "revoke a key: refused everywhere within a second"),
+                       ("rotate", "a new secret for a key; the old one is revoked")):  # fmt: skip
+        command = keys.add_parser(name, help=text)
+        command.add_argument("id", type=int)
+        command.set_defaults(func=cmd_api_keys)
 
     register: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]
     for register in _hooks("register_commands"):

@@ -33,6 +33,13 @@ def pii_key(settings: Settings) -> bytes:
     return _read_or_create(settings.data_dir / "pii-key", secrets.token_hex(32)).encode()
 
 
+def console_secret(settings: Settings) -> bytes:
+    """The secret that seals the ops console's session cookies."""
+    if settings.console_session_secret is not None:
+        return settings.console_session_secret.get_secret_value().encode()
+    return _read_or_create(settings.data_dir / "console-secret", secrets.token_hex(32)).encode()
+
+
 async def ensure_admin_key(db: Database, settings: Settings) -> str:
     secret = admin_secret(settings)
     await create_api_key(db, name="bootstrap-admin", scopes=SCOPES, secret=secret, keep_revoked=True)

@@ -1,6 +1,8 @@
 """One pure-ASGI middleware for every service: request id, body size limit, metrics, access log.
 
-Pure ASGI (not BaseHTTPMiddleware) because it wraps every request on the hot path.
+Pure ASGI (not BaseHTTPMiddleware) because it wraps every request on the hot path. The access log
+line carries the API key id (set by services/auth.py in the request's context) and, for an error,
+the problem `code`, read from the problem+json body however it was made (handler, fast lane, SQL).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.errors import PROBLEM_JSON, problem_body
-from services.logs import request_id_var
+from services.logs import end_request_context, new_request_context, request_id_var
 from services.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 access_log = logging.getLogger("jifen.access")
@@ -30,6 +32,15 @@ def replay(messages: list[Message], receive: Receive) -> Receive:
         return await receive()
 
     return receive_next
+
+
+def _problem_code(body: bytes) -> str | None:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    code = doc.get("code") if isinstance(doc, dict) else None
+    return code if isinstance(code, str) else None
 
 
 def _valid_request_id(value: str) -> bool:
@@ -69,18 +80,31 @@ class RequestContextMiddleware:
         raw_rid = headers.get(b"x-request-id", b"").decode("latin-1")
         rid = raw_rid if _valid_request_id(raw_rid) else os.urandom(16).hex()
         token = request_id_var.set(rid)
+        context, context_token = new_request_context()
         rid_header = (b"x-request-id", rid.encode())
         status_holder = [500]
         response_started = [False]
+        problem: list[bytes] | None = None  # the body parts of a problem+json answer
         limit = self.max_body_bytes
         if scope["path"].endswith("/batches"):
             limit = 1 << 40  # uploads are streamed by their own endpoint
 
         async def send_wrapper(message: Message) -> None:
+            nonlocal problem
             if message["type"] == "http.response.start":
                 response_started[0] = True
                 status_holder[0] = message["status"]
+                if message["status"] >= 400 and self.access_log_enabled:
+                    for name, value in message.get("headers", []):
+                        if name.lower() == b"content-type" and value.startswith(PROBLEM_JSON.encode()):
+                            problem = []
                 message["headers"] = [*message.get("headers", []), rid_header]
+            elif (
+                problem is not None
+                and message["type"] == "http.response.body"
+                and sum(map(len, problem)) < 65_536
+            ):
+                problem.append(message.get("body", b""))
             await send(message)
 
         try:
@@ -111,16 +135,20 @@ class RequestContextMiddleware:
             counter.inc()
             histogram.observe(elapsed)
             if self.access_log_enabled:
-                access_log.info(
-                    "request",
-                    extra={
-                        "method": method,
-                        "path": scope["path"],
-                        "route": route_path,
-                        "status": status_holder[0],
-                        "duration_ms": round(elapsed * 1000, 2),
-                    },
-                )
+                extra: dict[str, Any] = {
+                    "method": method,
+                    "path": scope["path"],
+                    "route": route_path,
+                    "status": status_holder[0],
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "api_key_id": context.get("api_key_id"),
+                }
+                if status_holder[0] == 413 and problem is None:
+                    extra["code"] = "payload_too_large"
+                elif problem:
+                    extra["code"] = _problem_code(b"".join(problem))
+                access_log.info("request", extra=extra)
+            end_request_context(context_token)
             request_id_var.reset(token)
 
     @staticmethod

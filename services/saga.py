@@ -287,6 +287,12 @@ WHERE id = $1 AND {due} AND next_attempt_at <= now() AND (lease_until IS NULL OR
 RETURNING *
 """
         self._leased = f"SELECT {due} AND lease_until > now() FROM {t} WHERE id = $1"
+        # An operator's "retry now": the next attempt made due at once, unless a driver holds the saga.
+        self._due_now = f"""
+UPDATE {t} SET next_attempt_at = now()
+WHERE id = $1 AND {due} AND (lease_until IS NULL OR lease_until <= now())
+RETURNING id
+"""
         self._due = f"""
 SELECT id FROM {t}
 WHERE {due} AND next_attempt_at <= now() AND (lease_until IS NULL OR lease_until <= now())
@@ -531,6 +537,17 @@ ORDER BY next_attempt_at LIMIT $1
             row = await conn.fetchrow(self._claim, saga_id, self.lease_s)
         if row is not None:
             await self.drive(saga_id, row)
+
+    async def retry_now(self, saga_id: UUID) -> bool:
+        """Makes an unfinished saga's next attempt due now and drives it, as recovery would when its
+        backoff ran out. Safe at any time: each step calls the ledger with the key it always uses, so a
+        step that had already been applied is answered by the ledger's replay. False if the saga is
+        finished or another driver holds it."""
+        async with self.db.driver() as conn:
+            if await conn.fetchval(self._due_now, saga_id) is None:
+                return False
+        await self.resume(saga_id)
+        return True
 
     def recovery(self) -> SagaRecovery[UUID]:
         """Resumes this runner's due sagas at start-up and every `timing.recovery_interval_s`."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -23,6 +24,17 @@ class Settings(BaseSettings):
     conversion_port: int = Field(default=8002, ge=1, le=65535)
     catalog_port: int = Field(default=8003, ge=1, le=65535)
     ledger_url: str | None = None
+    conversion_url: str | None = Field(
+        default=None, description="The conversion API (the console reads its sagas)"
+    )
+    catalog_url: str | None = Field(default=None, description="The catalog API (the console reads its sagas)")
+    console_session_secret: SecretStr | None = Field(
+        default=None, description="Seals the console's session cookie; generated in the data dir when unset"
+    )
+    console_session_ttl_s: int = Field(default=8 * 3600, ge=60, le=7 * 86_400)
+    console_cookie_secure: bool = Field(
+        default=False, description="Mark the console's cookies Secure (set it when served over HTTPS)"
+    )
     admin_api_key: SecretStr | None = None
     ledger_api_key: SecretStr | None = Field(
         default=None, description="This service's own key for calling the ledger (conversion, catalog)"
@@ -31,6 +43,11 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=64)
     db_pool_size: int = Field(default=16, ge=1, le=200)
     log_level: str = "INFO"
+    log_format: Literal["json", "text"] = Field(
+        default="json",
+        description="json: one object per line, for machines; text: one readable line per request "
+        "(coloured by status when stdout is a terminal)",
+    )
     access_log: bool = True
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     fast_lane: bool = Field(
@@ -44,6 +61,7 @@ class Settings(BaseSettings):
     webhook_interval_s: float = Field(default=0.5, gt=0)
     expiry_interval_s: float = Field(default=300.0, gt=0)
     tier_review_interval_s: float = Field(default=3600.0, gt=0)
+    profile_refresh_interval_s: float = Field(default=300.0, gt=0)
     batch_interval_s: float = Field(default=0.5, gt=0)
     batch_chunk_rows: int = Field(default=20_000, ge=100, le=1_000_000)
     idempotency_retention_days: int = Field(default=30, ge=30)
@@ -54,6 +72,12 @@ class Settings(BaseSettings):
 
     def ledger_base_url(self) -> str:
         return self.ledger_url or f"http://{self.host}:{self.ledger_port}"
+
+    def conversion_base_url(self) -> str:
+        return self.conversion_url or f"http://{self.host}:{self.conversion_port}"
+
+    def catalog_base_url(self) -> str:
+        return self.catalog_url or f"http://{self.host}:{self.catalog_port}"
 
 
 @lru_cache

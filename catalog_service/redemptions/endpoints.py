@@ -21,7 +21,7 @@ from catalog_service.redemptions.schemas import (
 from services.auth import Principal, require
 from services.conventions import MemberRef, ProgramCode
 from services.db import Database
-from services.errors import Problem, error_responses
+from services.errors import Problem, Unprocessable, error_responses
 from services.idempotency import idempotency_key
 from services.saga import SagaRunner
 
@@ -71,20 +71,24 @@ async def redeem(body: RedemptionIn, principal: Writer, key: Key, db: DB, saga: 
 @router.get(
     "",
     response_model=RedemptionList,
-    summary="A member's redemptions, newest first",
-    description="Voucher codes are shown only to the API key that redeemed them (or a catalog:admin key); "
+    summary="Redemptions, newest first: a member's (member_ref), or by status",
+    description="Without `member_ref`, every member's with the given `status` (one of the two is required; "
+    "the ops console lists unfinished sagas so). "
+    "Voucher codes are shown only to the API key that redeemed them (or a catalog:admin key); "
     "to others `voucher_codes` is null.",
     responses=error_responses(400, 401, 403, 422),
 )
 async def list_redemptions(
     principal: Reader,
     db: DB,
-    member_ref: Annotated[MemberRef, Query()],
+    member_ref: Annotated[MemberRef | None, Query()] = None,
     program: Annotated[ProgramCode | None, Query()] = None,
     status: Annotated[RedemptionStatus | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
 ) -> RedemptionList:
+    if member_ref is None and status is None:
+        raise Unprocessable("Give member_ref, status or both.", code="validation_error")
     return await service.list_for_member(
         db, principal, member_ref, program=program, status=status, limit=limit, cursor=cursor
     )
@@ -126,3 +130,22 @@ async def cancel_redemption(
     body: Annotated[CancelIn | None, Body()] = None,
 ) -> Response:
     return (await service.cancel(db, saga, principal, redemption_id, body or CancelIn(), key)).response()
+
+
+@router.post(
+    "/{redemption_id}/retry",
+    response_model=RedemptionDetail,
+    summary="Retry an unfinished redemption now (catalog:admin)",
+    description="For an operator (the ops console's saga page): the redemption's next attempt is made "
+    "due at once and driven, instead of waiting for its backoff. Each step calls the ledger with the key "
+    "it always uses, so nothing is applied twice; no Idempotency-Key is needed. **409 "
+    "saga_not_retryable**: the redemption is finished, or a driver holds it right now.",
+    responses=error_responses(401, 403, 404, 409),
+)
+async def retry_redemption(
+    redemption_id: UUID,
+    principal: Annotated[Principal, Depends(require("catalog:admin"))],
+    db: DB,
+    saga: Saga,
+) -> RedemptionDetail:
+    return await service.retry(db, saga, principal, redemption_id)

@@ -90,7 +90,7 @@ WHERE redemption_id = $1 ORDER BY id
 """
 _LIST = """
 SELECT * FROM catalog.redemptions
-WHERE member_ref = $1 AND seq < $2
+WHERE ($1::text IS NULL OR member_ref = $1) AND seq < $2
   AND ($3::text IS NULL OR program = $3)
   AND ($4::text IS NULL OR status = $4)
   AND ($5::text[] IS NULL OR program = ANY ($5::text[]))
@@ -201,7 +201,7 @@ async def events(conn: asyncpg.Connection, redemption_id: UUID) -> list[dict[str
 
 async def list_for_member(
     conn: asyncpg.Connection,
-    member_ref: str,
+    member_ref: str | None,
     *,
     before: int,
     limit: int,

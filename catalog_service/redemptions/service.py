@@ -211,10 +211,19 @@ async def get(db: Database, principal: Principal, redemption_id: UUID) -> Redemp
     return RedemptionDetail(**out.model_dump(), events=[RedemptionEvent.model_validate(e) for e in events])
 
 
+async def retry(
+    db: Database, saga: SagaRunner, principal: Principal, redemption_id: UUID
+) -> RedemptionDetail:
+    await get(db, principal, redemption_id)  # exists, and this key may see it
+    if not await saga.retry_now(redemption_id):
+        raise Conflict("The redemption is finished, or being driven right now.", code="saga_not_retryable")
+    return await get(db, principal, redemption_id)
+
+
 async def list_for_member(
     db: Database,
     principal: Principal,
-    member_ref: str,
+    member_ref: str | None,
     *,
     program: str | None,
     status: str | None,

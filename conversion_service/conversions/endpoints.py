@@ -91,3 +91,22 @@ async def list_conversions(
     return await service.list_conversions(
         ctx, principal, member_ref=member_ref, status=status, limit=limit, cursor=cursor
     )
+
+
+@router.post(
+    "/{conversion_id}/retry",
+    response_model=ConversionOut,
+    summary="Retry an unfinished conversion now (conversion:admin)",
+    description="For an operator (the ops console's saga page): the conversion's next attempt is made "
+    "due at once and driven, instead of waiting for its backoff. Each step calls the ledger with the key "
+    "it always uses, so nothing is applied twice; no Idempotency-Key is needed. **409 "
+    "saga_not_retryable**: the conversion is finished, or a driver holds it right now.",
+    responses=error_responses(401, 403, 404, 409),
+)
+async def retry_conversion(
+    conversion_id: UUID,
+    principal: Annotated[Principal, Depends(require("conversion:admin"))],
+    ctx: Ctx,
+    saga: Annotated[SagaRunner, Depends(_saga)],
+) -> ConversionOut:
+    return await service.retry_conversion(ctx, saga, principal, conversion_id)

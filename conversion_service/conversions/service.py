@@ -147,6 +147,15 @@ async def get_conversion(ctx: Context, principal: Principal, conversion_id: UUID
     return conversion
 
 
+async def retry_conversion(
+    ctx: Context, saga: SagaRunner, principal: Principal, conversion_id: UUID
+) -> ConversionOut:
+    await get_conversion(ctx, principal, conversion_id)  # exists, and this key may see it
+    if not await saga.retry_now(conversion_id):
+        raise Conflict("The conversion is finished, or being driven right now.", code="saga_not_retryable")
+    return await get_conversion(ctx, principal, conversion_id)
+
+
 async def list_conversions(
     ctx: Context,
     principal: Principal,

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from ledger_service.batches import service
-from ledger_service.batches.schemas import BatchOut, RejectionPage
+from ledger_service.batches.schemas import BatchList, BatchOut, BatchStatus, RejectionPage
 from services.auth import Principal, require
 from services.errors import error_responses
 from services.idempotency import REPLAYED_HEADER, idempotency_key
@@ -67,6 +67,25 @@ async def upload(
 
 
 @router.get(
+    "",
+    response_model=BatchList,
+    summary="Batches, newest first",
+    description="The batches this API key uploaded (an admin key: every batch), paginated; `status` filters.",
+    responses=error_responses(400, 401, 403, 422),
+)
+async def list_batches(
+    request: Request,
+    principal: Annotated[Principal, Depends(require("ledger:batch", "ledger:read"))],
+    status: Annotated[BatchStatus | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+) -> BatchList:
+    return await service.list_batches(
+        request.app.state.db, principal, status=status, limit=limit, cursor=cursor
+    )
+
+
+@router.get(
     "/{batch_id}",
     response_model=BatchOut,
     summary="A batch's status, counts and progress",
@@ -83,8 +102,10 @@ async def get_batch(
 @router.get(
     "/{batch_id}/rejections",
     response_model=RejectionPage,
-    summary="Rejected rows with their line number and reason",
-    responses=error_responses(400, 401, 403, 404),
+    summary="Rejected rows with their line number in the file and reason",
+    description="`reason` filters to one reason (an unknown reason is a 422); the counts per reason are "
+    "in the batch's `rejected_by_reason`.",
+    responses=error_responses(400, 401, 403, 404, 422),
 )
 async def get_rejections(
     request: Request,
@@ -92,5 +113,8 @@ async def get_rejections(
     principal: Annotated[Principal, Depends(require("ledger:batch", "ledger:read"))],
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
+    reason: Annotated[str | None, Query(max_length=64, examples=["no_earning_rules"])] = None,
 ) -> RejectionPage:
-    return await service.get_rejections(request.app.state.db, principal, batch_id, limit=limit, cursor=cursor)
+    return await service.get_rejections(
+        request.app.state.db, principal, batch_id, limit=limit, cursor=cursor, reason=reason
+    )

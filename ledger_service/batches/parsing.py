@@ -208,18 +208,20 @@ class FileParser:
         self.fmt = fmt
         self.tokens = tokens
         self.header: list[str] | None = None
-        self.line = 0  # data lines seen
+        self.line = 0  # lines of the file seen, blank ones and the header included: a row's `line`
+        self.data_rows = 0
 
     def rows(self, lines: list[bytes], now: datetime | None = None) -> Iterator[Row]:
         now = now or datetime.now(UTC)
         for line_bytes in lines:
+            self.line += 1
             raw = line_bytes[:-1] if line_bytes.endswith(b"\r") else line_bytes
             if not raw.strip():
                 continue
             if self.fmt == "csv" and self.header is None:
                 self.header = self._header(raw)
                 continue
-            self.line += 1
+            self.data_rows += 1
             fields = self._fields(raw)
             if fields is None:
                 yield Row(line=self.line, reject="malformed_line")

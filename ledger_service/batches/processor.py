@@ -19,6 +19,7 @@ log = logging.getLogger("jifen.ledger.batches")
 EARN_CHUNK = 20_000
 FOLLOW_INTERVAL_S = 0.1
 REVERSAL_CHUNK = 50  # each reversal is a subtransaction; stay under PostgreSQL's cache of 64
+_COUNTS = ("rows", "posted", "duplicates", "rejected", "points_posted")
 
 
 class BatchProcessor:
@@ -69,12 +70,17 @@ class BatchProcessor:
                     await repository.set_stage(conn, batch_id, "reversals")
                     continue
                 await repository.renew(conn, batch_id)
-                await self._reversals(conn, batch_id, b["reversals_after"], b["rows"])
+                await self._reversals(conn, batch_id, b["reversals_after"], b["last_line"])
                 if not await repository.complete(conn, batch_id):
                     # A second processor (this one's lease ran out during a stall) is on the reverse
                     # rows; the chunk functions apply each part once, so follow until it is done.
                     await asyncio.sleep(FOLLOW_INTERVAL_S)
                     continue
                 LEDGER_OPERATIONS.labels("batch", "completed").inc()
-                log.info("batch completed", extra={"batch": str(batch_id), "rows": b["rows"]})
+                done = await repository.progress(conn, batch_id)
+                log.info(
+                    f"batch completed: {done['rows']:,} rows, {done['posted']:,} posted, "
+                    f"{done['duplicates']:,} duplicates, {done['rejected']:,} rejected",
+                    extra={"batch": str(batch_id), **{k: done[k] for k in _COUNTS}},
+                )
                 return True

@@ -10,26 +10,31 @@ import asyncpg
 
 from ledger_service.batches.parsing import COPY_COLUMNS
 
-_COLUMNS = """id, status, format, rows, processed, posted, duplicates, rejected, points_posted, stage, error,
-    created_at, received_at, started_at, finished_at, api_key_id"""
+_COLUMNS = """id, seq, status, format, rows, last_line, processed, posted, duplicates, rejected,
+    points_posted, stage, error, created_at, received_at, started_at, finished_at, api_key_id"""
 
 _CREATE = "INSERT INTO ledger.batches (id, api_key_id, status, format) VALUES ($1, $2, 'receiving', $3)"
-_RECEIVED = f"""UPDATE ledger.batches SET status = 'received', rows = $2, sha256 = $3, received_at = now()
-               WHERE id = $1 RETURNING {_COLUMNS}"""
+_RECEIVED = f"""UPDATE ledger.batches SET status = 'received', rows = $2, last_line = $4, sha256 = $3,
+               received_at = now() WHERE id = $1 RETURNING {_COLUMNS}"""
 _FAIL_UPLOAD = "UPDATE ledger.batches SET status = 'failed', error = $2, finished_at = now() WHERE id = $1"
 _DROP_STAGING = "DELETE FROM ledger.batch_staging WHERE batch_id = $1"
 _GET = f"SELECT {_COLUMNS} FROM ledger.batches WHERE id = $1"
 _REJECTIONS = """SELECT line, external_id, reason FROM ledger.batch_rejections
-                 WHERE batch_id = $1 AND line > $2 ORDER BY line LIMIT $3"""
+                 WHERE batch_id = $1 AND line > $2 AND ($4::text IS NULL OR reason = $4)
+                 ORDER BY line LIMIT $3"""
+_BY_REASON = """SELECT batch_id, reason, count(*) AS n FROM ledger.batch_rejections
+                WHERE batch_id = ANY ($1::uuid[]) GROUP BY batch_id, reason
+                ORDER BY batch_id, n DESC, reason"""
+# Newest first; a key that is not an admin sees only its own uploads.
+_LIST = f"""SELECT {_COLUMNS} FROM ledger.batches
+            WHERE seq < $1 AND ($2::bigint IS NULL OR api_key_id = $2) AND ($3::text IS NULL OR status = $3)
+            ORDER BY seq DESC LIMIT $4"""
 _IDEM_GET = """SELECT request_hash, status, body::text AS body FROM ledger.idempotency_keys
                WHERE api_key_id = $1 AND key = $2"""
 _IDEM_PUT = """INSERT INTO ledger.idempotency_keys (api_key_id, key, request_hash, status, body)
                VALUES ($1, $2, $3, $4, $5::jsonb)"""
 _LOCK = "SELECT pg_try_advisory_lock(hashtextextended('idem:' || $1 || ':' || $2, 0))"
 _UNLOCK = "SELECT pg_advisory_unlock(hashtextextended('idem:' || $1 || ':' || $2, 0))"
-_TIERS = """SELECT a.member_ref, a.tier FROM ledger.accounts a JOIN ledger.programs p ON p.id = a.program_id
-            WHERE p.code = $1 AND a.kind = 'member' AND a.member_ref = ANY ($2::text[])"""
-
 # Rows are posted while the upload is still arriving (status receiving), up to what is staged.
 _CLAIM = """
 UPDATE ledger.batches SET status = CASE WHEN status = 'receiving' THEN status ELSE 'processing' END,
@@ -41,9 +46,8 @@ WHERE id = (SELECT id FROM ledger.batches
             ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
 RETURNING id
 """
-_PROGRESS = (
-    """SELECT status, rows, staged, next_line, reversals_after, stage FROM ledger.batches WHERE id = $1"""
-)
+_PROGRESS = """SELECT status, rows, last_line, staged, next_line, reversals_after, stage, posted, duplicates,
+                    rejected, points_posted FROM ledger.batches WHERE id = $1"""
 _RENEW = """UPDATE ledger.batches SET lease_until = now() + interval '60 seconds',
             status = CASE WHEN status = 'received' THEN 'processing' ELSE status END WHERE id = $1"""
 _STAGED = "UPDATE ledger.batches SET staged = $2 WHERE id = $1"
@@ -52,7 +56,7 @@ _REVERSALS = "SELECT * FROM ledger.process_batch_reversals($1, $2, $3, $4)"
 _STAGE = "UPDATE ledger.batches SET stage = $2 WHERE id = $1"
 # Only once every reverse row is done: a second processor (after a lease ran out) may still be on them.
 _DONE = """UPDATE ledger.batches SET status = 'completed', stage = 'done', finished_at = now(),
-           lease_until = NULL WHERE id = $1 AND stage = 'reversals' AND reversals_after >= rows"""
+           lease_until = NULL WHERE id = $1 AND stage = 'reversals' AND reversals_after >= last_line"""
 _STALE_UPLOADS = """UPDATE ledger.batches SET status = 'failed', error = 'upload interrupted',
                     finished_at = now()
                     WHERE status = 'receiving' AND created_at < now() - interval '6 hours' RETURNING id"""
@@ -68,8 +72,10 @@ async def stage(conn: asyncpg.Connection, records: Sequence[tuple[Any, ...]]) ->
     )
 
 
-async def mark_received(conn: asyncpg.Connection, batch_id: UUID, rows: int, sha256: str) -> asyncpg.Record:
-    row = await conn.fetchrow(_RECEIVED, batch_id, rows, sha256)
+async def mark_received(
+    conn: asyncpg.Connection, batch_id: UUID, rows: int, last_line: int, sha256: str
+) -> asyncpg.Record:
+    row = await conn.fetchrow(_RECEIVED, batch_id, rows, sha256, last_line)
     assert row is not None
     return row
 
@@ -86,9 +92,23 @@ async def get(conn: asyncpg.Connection, batch_id: UUID) -> asyncpg.Record | None
 
 
 async def rejections(
-    conn: asyncpg.Connection, batch_id: UUID, after: int, limit: int
+    conn: asyncpg.Connection, batch_id: UUID, after: int, limit: int, reason: str | None = None
 ) -> list[asyncpg.Record]:
-    return list(await conn.fetch(_REJECTIONS, batch_id, after, limit))
+    return list(await conn.fetch(_REJECTIONS, batch_id, after, limit, reason))
+
+
+async def rejected_by_reason(conn: asyncpg.Connection, batch_ids: list[UUID]) -> dict[UUID, dict[str, int]]:
+    """{batch id: {reason: rows}}, most frequent reason first."""
+    out: dict[UUID, dict[str, int]] = {}
+    for r in await conn.fetch(_BY_REASON, batch_ids):
+        out.setdefault(r["batch_id"], {})[r["reason"]] = r["n"]
+    return out
+
+
+async def list_batches(
+    conn: asyncpg.Connection, *, before: int, api_key_id: int | None, status: str | None, limit: int
+) -> list[asyncpg.Record]:
+    return list(await conn.fetch(_LIST, before, api_key_id, status, limit))
 
 
 async def idempotency_get(conn: asyncpg.Connection, api_key_id: int, key: str) -> asyncpg.Record | None:
@@ -107,10 +127,6 @@ async def lock_key(conn: asyncpg.Connection, api_key_id: int, key: str) -> bool:
 
 async def unlock_key(conn: asyncpg.Connection, api_key_id: int, key: str) -> None:
     await conn.fetchval(_UNLOCK, str(api_key_id), key)
-
-
-async def tiers(conn: asyncpg.Connection, program: str, members: list[str]) -> dict[str, str]:
-    return {r["member_ref"]: r["tier"] for r in await conn.fetch(_TIERS, program, members)}
 
 
 async def claim(conn: asyncpg.Connection) -> UUID | None:

@@ -15,14 +15,15 @@ import orjson
 
 from ledger_service.batches import repository
 from ledger_service.batches.parsing import CardTokenizer, FileParser, HeaderError, LineSplitter, Row
-from ledger_service.batches.schemas import BatchOut, Rejection, RejectionPage
+from ledger_service.batches.schemas import REJECTION_REASONS, BatchList, BatchOut, Rejection, RejectionPage
 from ledger_service.metrics import LEDGER_OPERATIONS
 from ledger_service.postings.schemas import Purchase
 from ledger_service.rules import engine
+from ledger_service.rules import repository as rules_repository
 from ledger_service.rules.service import ProgramRules, RuleBook
 from services.auth import Principal
 from services.db import Database
-from services.errors import BadRequest, DomainError, Forbidden, NotFound
+from services.errors import BadRequest, DomainError, Forbidden, NotFound, Unprocessable
 from services.idempotency import IdempotencyInUse, IdempotencyReused
 from services.pagination import decode_cursor, encode_cursor
 
@@ -45,8 +46,9 @@ def format_of(content_type: str | None) -> str:
     return fmt
 
 
-def to_out(row: Any) -> BatchOut:
+def to_out(row: Any, by_reason: dict[str, int] | None = None) -> BatchOut:
     data = dict(row)
+    data["rejected_by_reason"] = by_reason or {}
     rows = data["rows"] or 0
     data["progress"] = 1.0 if data["status"] == "completed" else (data["processed"] / rows if rows else 0.0)
     return BatchOut.model_validate(data)
@@ -83,14 +85,14 @@ class Pricer:
                 version = program.at(row.occurred_at or datetime.now(UTC))
                 if version is None:
                     row.reject = "no_earning_rules"
-                elif engine.needs_tier(version.rules):
+                elif engine.needs_member(version.rules):
                     tier_needed.setdefault(row.program, set()).add(row.member_ref or "")
-        tiers: dict[tuple[str, str], str] = {}
+        facts: dict[tuple[str, str], engine.Member] = {}
         if tier_needed:
             async with self.db.driver() as conn:
                 for code, members in tier_needed.items():
-                    for member, tier in (await repository.tiers(conn, code, sorted(members))).items():
-                        tiers[(code, member)] = tier
+                    for ref, member in (await rules_repository.members(conn, code, sorted(members))).items():
+                        facts[(code, ref)] = member
         for row in rows:
             if row.reject is not None or row.type != "earn" or row.points is not None:
                 continue
@@ -104,8 +106,8 @@ class Pricer:
                 amount_minor=row.amount_minor, currency=row.currency, merchant_id=row.merchant_id,
                 mcc=row.mcc, channel=row.channel,  # type: ignore[arg-type]  # validated by the parser
             )  # fmt: skip
-            tier = tiers.get((row.program, row.member_ref or ""), "basic")
-            row.points = engine.price(version.rules, version.version, purchase, tier, at).points
+            member = facts.get((row.program, row.member_ref or ""), engine.BASIC)
+            row.points = engine.price(version.rules, version.version, purchase, member, at).points
             row.rule_set_id = version.id
 
 
@@ -136,7 +138,9 @@ async def upload(
             batch_id = uuid.uuid4()
             await repository.create(conn, batch_id, principal.key_id, fmt)
             try:
-                rows = await _stage(conn, db, rules, pii_key, principal, batch_id, fmt, body, digest)
+                rows, last_line = await _stage(
+                    conn, db, rules, pii_key, principal, batch_id, fmt, body, digest
+                )
             except BaseException as exc:
                 reason = str(exc) if isinstance(exc, HeaderError) else "upload interrupted"
                 await repository.fail_upload(conn, batch_id, reason)
@@ -144,7 +148,7 @@ async def upload(
                     raise BadRequest(str(exc), code="invalid_batch_header") from None
                 raise
             async with conn.transaction():
-                row = await repository.mark_received(conn, batch_id, rows, digest.hexdigest())
+                row = await repository.mark_received(conn, batch_id, rows, last_line, digest.hexdigest())
                 out = to_out(row)
                 await repository.idempotency_put(
                     conn, principal.key_id, key, digest.digest(), 202, out.model_dump_json()
@@ -165,7 +169,8 @@ async def _stage(
     fmt: str,
     body: AsyncIterator[bytes],
     digest: Any,
-) -> int:
+) -> tuple[int, int]:
+    """Stages every line; returns (data rows, the file's last line number)."""
     parser = FileParser(fmt, CardTokenizer(pii_key))
     splitter = LineSplitter()
     pricer = Pricer(db, rules)
@@ -184,7 +189,7 @@ async def _stage(
         await pricer.price(pending)
         async with conn.transaction():  # staged lines become visible to the processor with their count
             await repository.stage(conn, [r.record(batch_id) for r in pending])
-            await repository.staged(conn, batch_id, pending[-1].line if pending else parser.line)
+            await repository.staged(conn, batch_id, parser.line)  # every line up to it is staged
         pending.clear()
 
     async for chunk in body:
@@ -196,14 +201,33 @@ async def _stage(
     if fmt == "csv" and parser.header is None:
         raise HeaderError("The file is empty: a CSV upload starts with a header line.")
     await flush()
-    return parser.line
+    return parser.data_rows, parser.line
 
 
 async def get_batch(db: Database, principal: Principal, batch_id: UUID) -> BatchOut:
     async with db.driver() as conn:
         row = await repository.get(conn, batch_id)
-    _visible(row, principal, batch_id)
-    return to_out(row)
+        _visible(row, principal, batch_id)
+        by_reason = await repository.rejected_by_reason(conn, [batch_id])
+    return to_out(row, by_reason.get(batch_id))
+
+
+async def list_batches(
+    db: Database, principal: Principal, *, status: str | None, limit: int, cursor: str | None
+) -> BatchList:
+    """Newest first. A key sees the batches it uploaded; an admin key sees all."""
+    before = decode_cursor(cursor) or 2**63 - 1
+    own = None if principal.has("ledger:admin") else principal.key_id
+    async with db.driver() as conn:
+        rows = await repository.list_batches(
+            conn, before=before, api_key_id=own, status=status, limit=limit + 1
+        )
+        page = rows[:limit]
+        by_reason = await repository.rejected_by_reason(conn, [r["id"] for r in page])
+    return BatchList(
+        data=[to_out(r, by_reason.get(r["id"])) for r in page],
+        next_cursor=encode_cursor(page[-1]["seq"]) if len(rows) > limit else None,
+    )
 
 
 def _visible(row: Any, principal: Principal, batch_id: UUID) -> None:
@@ -216,13 +240,25 @@ def _visible(row: Any, principal: Principal, batch_id: UUID) -> None:
 
 
 async def get_rejections(
-    db: Database, principal: Principal, batch_id: UUID, *, limit: int, cursor: str | None
+    db: Database,
+    principal: Principal,
+    batch_id: UUID,
+    *,
+    limit: int,
+    cursor: str | None,
+    reason: str | None = None,
 ) -> RejectionPage:
+    if reason is not None and reason not in REJECTION_REASONS:
+        raise Unprocessable(
+            f"reason: {reason!r} is not a rejection reason; one of: {', '.join(REJECTION_REASONS)}.",
+            code="validation_error",
+            extra={"errors": [{"field": "reason", "message": "not a rejection reason"}]},
+        )
     after = decode_cursor(cursor) or 0
     async with db.driver() as conn:
         row = await repository.get(conn, batch_id)
         _visible(row, principal, batch_id)
-        rows = await repository.rejections(conn, batch_id, after, limit + 1)
+        rows = await repository.rejections(conn, batch_id, after, limit + 1, reason)
     page = rows[:limit]
     return RejectionPage(
         data=[Rejection.model_validate(dict(r)) for r in page],

@@ -1,6 +1,6 @@
 """A realistic synthetic card-issuer file, for `jifen batch generate` and the batch benchmark:
 skewed members and merchants, a mix of card numbers and member ids, refunds of earlier rows,
-and a small share of bad rows."""
+and a small share of bad rows (none with bad_share=0: then every row posts on the demo programs)."""
 
 from __future__ import annotations
 
@@ -49,8 +49,10 @@ def rows(
             ))  # fmt: skip
             continue
         if roll < bad_share + refund_share and earns:
-            line, amount = earns[rng.randrange(len(earns))]
-            part = max(1, amount * rng.choice((25, 50, 100)) // 100)
+            # Each earn is refunded once at most, and a small one whole, so that every refund has
+            # points to reverse (a share of a 1-point earn rounds to nothing).
+            line, amount = earns.pop(rng.randrange(len(earns)))
+            part = amount if amount < 2000 else max(1, amount * rng.choice((25, 50, 100)) // 100)
             yield f"{ext},reverse,{prefix}-{seed}-{line:09d},{program},,,{part},CNY,,,,{at},"
             continue
         member = int(members * rng.random() ** 3)  # a few members make most purchases

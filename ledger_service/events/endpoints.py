@@ -8,7 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Query, Request
 
 from ledger_service.events import service
-from ledger_service.events.schemas import EventPage, WebhookIn, WebhookList, WebhookOut
+from ledger_service.events.schemas import EventPage, EventType, WebhookIn, WebhookList, WebhookOut
 from services.auth import Principal, require
 from services.errors import error_responses
 
@@ -19,8 +19,10 @@ Reader = Annotated[Principal, Depends(require("ledger:read"))]
 @router.get(
     "/v1/events",
     response_model=EventPage,
-    summary="The event feed: every committed transaction once, in commit order",
-    description="Poll with `after` = the last `next_cursor`. A key limited to programs sees only theirs.",
+    summary="The event feed: every committed transaction, and member events, once, in commit order",
+    description="Poll with `after` = the last `next_cursor`. A key limited to programs sees only theirs. "
+    "`type` (repeatable) keeps only those event types: transaction.earn, ..., points.expiring, "
+    "segment.entered, segment.left.",
     responses=error_responses(401, 403, 422),
 )
 async def events(
@@ -28,8 +30,10 @@ async def events(
     principal: Reader,
     after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    type: Annotated[list[EventType] | None, Query()] = None,
 ) -> EventPage:
-    return await service.feed(request.app.state.db, principal, after, limit)
+    types = [str(t) for t in type] if type else None
+    return await service.feed(request.app.state.db, principal, after, limit, types)
 
 
 @router.post(

@@ -12,13 +12,17 @@ SEQUENCE_BATCH = 10_000
 _SEQUENCE = "SELECT ledger.sequence_events($1)"
 _WAIT_FOR_SEQUENCER = "SELECT pg_advisory_xact_lock(hashtextextended('ledger.sequence_events', 0))"
 
+# A feed row is a transaction (txn_id) or an event of its own (type, payload: segment.entered, ...).
+# $4: only these event types (`transaction.earn`, `segment.entered`, ...), NULL for all.
 _FEED = """
-SELECT o.seq, t.id, t.type, p.code AS program, t.member_ref, t.counterparty_ref, t.points, t.kind,
-       t.reference, t.reason, t.original_id, t.hold_id, t.merchant_id, t.occurred_at, t.created_at
+SELECT o.seq, o.type AS event_type, o.payload::text AS payload, t.id, t.type, p.code AS program, t.member_ref,
+       t.counterparty_ref, t.points, t.kind, t.reference, t.reason, t.original_id, t.hold_id, t.merchant_id,
+       t.occurred_at, t.created_at
 FROM ledger.outbox o
-JOIN ledger.transactions t ON t.id = o.txn_id
-JOIN ledger.programs p ON p.id = t.program_id
+LEFT JOIN ledger.transactions t ON t.id = o.txn_id
+JOIN ledger.programs p ON p.id = coalesce(t.program_id, o.program_id)
 WHERE o.seq > $1 AND ($3::text[] IS NULL OR p.code = ANY ($3))
+  AND ($4::text[] IS NULL OR coalesce(o.type, 'transaction.' || t.type) = ANY ($4))
 ORDER BY o.seq LIMIT $2
 """
 
@@ -66,9 +70,13 @@ async def sequence_waiting(conn: asyncpg.Connection) -> int:
 
 
 async def feed(
-    conn: asyncpg.Connection, after: int, limit: int, programs: list[str] | None
+    conn: asyncpg.Connection,
+    after: int,
+    limit: int,
+    programs: list[str] | None,
+    types: list[str] | None = None,
 ) -> list[asyncpg.Record]:
-    return list(await conn.fetch(_FEED, after, limit, programs))
+    return list(await conn.fetch(_FEED, after, limit, programs, types))
 
 
 async def last_seq(conn: asyncpg.Connection) -> int:

@@ -11,12 +11,27 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints
 from ledger_service.schemas_common import ProgramCode
 
 TxnType = Literal["earn", "burn", "capture", "reversal", "transfer", "adjustment", "expiry"]
+# Events that are not transactions: their payload is `data`.
+OtherEventType = Literal["points.expiring", "segment.entered", "segment.left"]
+EventType = Literal[
+    "transaction.earn",
+    "transaction.burn",
+    "transaction.capture",
+    "transaction.reversal",
+    "transaction.transfer",
+    "transaction.adjustment",
+    "transaction.expiry",
+    "points.expiring",
+    "segment.entered",
+    "segment.left",
+]
 
 
 class Event(BaseModel):
     seq: int = Field(description="Position in the feed: consecutive, in commit order")
     type: str = Field(examples=["transaction.earn"])
-    transaction: dict[str, Any]
+    transaction: dict[str, Any] | None = Field(default=None, description="For transaction.* events")
+    data: dict[str, Any] | None = Field(default=None, description="For the other events: their payload")
 
 
 class EventPage(BaseModel):
@@ -36,8 +51,10 @@ class WebhookIn(BaseModel):
 
     url: AnyHttpUrl
     programs: list[ProgramCode] | None = Field(default=None, description="Only these programs (default all)")
-    types: list[TxnType] | None = Field(
-        default=None, description="Only these transaction types (default all)"
+    types: list[TxnType | OtherEventType] | None = Field(
+        default=None,
+        description="Only these: transaction types (earn, burn, ...) or other event types "
+        "(points.expiring, segment.entered, segment.left); default all",
     )
     secret: Annotated[str, StringConstraints(min_length=16, max_length=128)] | None = Field(
         default=None, description="HMAC-SHA256 signing secret; generated and returned once if omitted"

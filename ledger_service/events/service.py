@@ -29,7 +29,9 @@ MAX_BACKOFF_S = 3600.0
 
 def event_of(row: Any) -> Event:
     txn = dict(row)
-    seq = txn.pop("seq")
+    seq, event_type, payload = txn.pop("seq"), txn.pop("event_type"), txn.pop("payload")
+    if event_type is not None:
+        return Event(seq=seq, type=event_type, data=orjson.loads(payload))
     txn["to_member_ref"] = txn.pop("counterparty_ref")
     for key in ("occurred_at", "created_at"):
         txn[key] = txn[key].isoformat().replace("+00:00", "Z")
@@ -43,10 +45,17 @@ async def sequence(db: Database) -> int:
         return await repository.sequence(conn)
 
 
-async def feed(db: Database, principal: Principal, after: int, limit: int) -> EventPage:
+def kind_of(event: Event) -> str:
+    """What a webhook's `types` name: the transaction's type, or the event type itself."""
+    return str(event.transaction["type"]) if event.transaction is not None else event.type
+
+
+async def feed(
+    db: Database, principal: Principal, after: int, limit: int, types: list[str] | None = None
+) -> EventPage:
     async with db.driver() as conn:
         await repository.sequence_waiting(conn)  # so a reader never waits on the schedule
-        rows = await repository.feed(conn, after, limit, principal.program_list())
+        rows = await repository.feed(conn, after, limit, principal.program_list(), types)
     events = [event_of(r) for r in rows]
     return EventPage(data=events, next_cursor=events[-1].seq if events else after)
 
@@ -114,7 +123,7 @@ class WebhookDeliverer:
         after, sent = hook["after_seq"], 0
         for row in rows:
             event = event_of(row)
-            if hook["types"] is None or event.transaction["type"] in hook["types"]:
+            if hook["types"] is None or kind_of(event) in hook["types"]:
                 error = await self._post(hook, event)
                 if error is not None:
                     backoff = min(2.0 ** hook["failures"], MAX_BACKOFF_S)

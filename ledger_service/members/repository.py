@@ -99,3 +99,35 @@ async def transaction(conn: asyncpg.Connection, txn_id: UUID) -> tuple[Any, list
 
 async def hold(conn: asyncpg.Connection, hold_id: UUID) -> asyncpg.Record | None:
     return await conn.fetchrow(_HOLD, hold_id)
+
+
+_LOTS = """
+SELECT l.id, l.points, l.remaining, l.expires_at, l.created_at, l.txn_id
+FROM ledger.lots l
+JOIN ledger.accounts a ON a.id = l.account_id
+WHERE a.program_id = $1 AND a.kind = 'member' AND a.member_ref = $2 AND l.remaining > 0
+ORDER BY l.expires_at NULLS LAST, l.id
+LIMIT $3
+"""
+
+_ACTIVE_HOLDS = """
+SELECT h.id, h.points, h.reference, h.expires_at, h.created_at
+FROM ledger.holds h
+JOIN ledger.accounts a ON a.id = h.account_id
+WHERE a.program_id = $1 AND a.kind = 'member' AND a.member_ref = $2 AND h.status = 'held'
+ORDER BY h.created_at DESC
+LIMIT $3
+"""
+
+
+async def open_lots(
+    conn: asyncpg.Connection, program_id: int, member_ref: str, limit: int
+) -> list[asyncpg.Record]:
+    """A member's lots with points left, soonest expiry first (lots that never expire last)."""
+    return list(await conn.fetch(_LOTS, program_id, member_ref, limit))
+
+
+async def active_holds(
+    conn: asyncpg.Connection, program_id: int, member_ref: str, limit: int
+) -> list[asyncpg.Record]:
+    return list(await conn.fetch(_ACTIVE_HOLDS, program_id, member_ref, limit))

@@ -99,3 +99,6 @@ async def update_program(conn: AsyncConnection, code: str, changes: dict[str, An
         f" WHERE code = :code RETURNING {_COLUMNS}"
     )
     return (await conn.execute(sql, {**params, "code": code})).mappings().first()
+
+
+KNOWN_CODES = "SELECT code FROM ledger.programs WHERE code = ANY ($1::text[])"

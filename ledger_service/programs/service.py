@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.engine import RowMapping
@@ -64,3 +65,10 @@ async def update_program(db: Database, code: str, patch: ProgramPatch) -> Progra
     if row is None:
         raise NotFound(f"No program with code {code}.", code="program_not_found")
     return to_out(row)
+
+
+async def unknown_programs(db: Database, codes: Sequence[str]) -> list[str]:
+    """The codes among `codes` that name no program (for API keys limited to programs)."""
+    async with db.driver() as conn:
+        known = {r["code"] for r in await conn.fetch(repository.KNOWN_CODES, list(codes))}
+    return sorted(set(codes) - known)

@@ -55,3 +55,18 @@ async def by_merchant(
     conn: asyncpg.Connection, program_id: int, start: datetime, end: datetime, limit: int
 ) -> list[asyncpg.Record]:
     return list(await conn.fetch(_BY_MERCHANT, program_id, start, end, limit))
+
+
+# Outstanding from the accounts' running balances (equal to the postings' sum: an invariant the
+# ledger's tests check), and how many members hold an account, for many programs at once.
+_SUMMARIES = """
+SELECT p.code, coalesce(sum(a.balance), 0)::bigint AS outstanding, count(a.id) AS members
+FROM ledger.programs p
+LEFT JOIN ledger.accounts a ON a.program_id = p.id AND a.kind = 'member'
+WHERE p.code = ANY ($1::text[])
+GROUP BY p.code
+"""
+
+
+async def summaries(conn: asyncpg.Connection, codes: list[str]) -> dict[str, asyncpg.Record]:
+    return {r["code"]: r for r in await conn.fetch(_SUMMARIES, codes)}

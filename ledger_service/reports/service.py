@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+from ledger_service.programs.schemas import ProgramOut
 from ledger_service.reports import repository
 from services.db import Database
 from services.errors import NotFound
@@ -40,6 +42,33 @@ class Report(BaseModel):
     issued_by_merchant: list[MerchantIssued]
 
     model_config = {"populate_by_name": True}
+
+
+def liability(outstanding: int, cash_points: int, cash_minor: int) -> int:
+    return max(outstanding, 0) * cash_minor // cash_points
+
+
+@dataclass(frozen=True)
+class Summary:
+    outstanding: int
+    members: int
+    liability_cash_minor: int
+
+
+async def summaries(db: Database, programs: list[ProgramOut]) -> dict[str, Summary]:
+    """Outstanding, members and liability in cash now, for each program (the ops console's overview)."""
+    async with db.driver() as conn:
+        rows = await repository.summaries(conn, [p.code for p in programs])
+    out = {}
+    for p in programs:
+        row = rows.get(p.code)
+        outstanding = row["outstanding"] if row else 0
+        out[p.code] = Summary(
+            outstanding=outstanding,
+            members=row["members"] if row else 0,
+            liability_cash_minor=liability(outstanding, p.cash_value.points, p.cash_value.cash_minor),
+        )
+    return out
 
 
 def _rate(part: int, whole: int) -> int | None:
@@ -77,7 +106,7 @@ async def report(db: Database, code: str, start: datetime, end: datetime) -> Rep
         outstanding=outstanding,
         outstanding_at_start=at_start,
         currency=program["currency"],
-        liability_cash_minor=max(outstanding, 0) * program["cash_minor"] // program["cash_points"],
+        liability_cash_minor=liability(outstanding, program["cash_points"], program["cash_minor"]),
         redemption_rate_bps=_rate(redeemed, issued),
         breakage_rate_bps=_rate(expired, issued),
         transactions=sum(r["n"] for r in rows),

@@ -17,6 +17,17 @@ from ledger_service.rules.schemas import Match, Rule, RuleSetIn
 
 
 @dataclass(frozen=True)
+class Member:
+    """What rules may match about the member: their tier and the segments they are in."""
+
+    tier: str = "basic"
+    segments: frozenset[str] = frozenset()
+
+
+BASIC = Member()
+
+
+@dataclass(frozen=True)
 class Priced:
     points: int  # after the per-transaction cap, before per-member caps
     breakdown: dict[str, Any]
@@ -30,12 +41,17 @@ def _listed(wanted: object, actual: str | None) -> bool:
     return actual in wanted if isinstance(wanted, list) else actual == wanted
 
 
-def matches(match: Match, purchase: Purchase, tier: str) -> bool:
+def _wanted(value: str | list[str] | None) -> set[str]:
+    return set() if value is None else {value} if isinstance(value, str) else set(value)
+
+
+def matches(match: Match, purchase: Purchase, member: Member) -> bool:
     return (
         _listed(match.merchant_id, purchase.merchant_id)
         and _listed(match.mcc, purchase.mcc)
         and _listed(match.channel, purchase.channel)
-        and _listed(match.tier, tier)
+        and _listed(match.tier, member.tier)
+        and (match.segment is None or bool(_wanted(match.segment) & member.segments))
     )
 
 
@@ -58,15 +74,16 @@ def round_ratio(numerator: int, denominator: int, rounding: str) -> int:
     return numerator // denominator
 
 
-def needs_tier(rule_set: RuleSetIn) -> bool:
-    return any(r.match.tier is not None for r in rule_set.rules)
+def needs_member(rule_set: RuleSetIn) -> bool:
+    """Whether pricing needs the member's tier or segments (one lookup), or matches purchases only."""
+    return any(r.match.tier is not None or r.match.segment is not None for r in rule_set.rules)
 
 
-def price(rule_set: RuleSetIn, version: int, purchase: Purchase, tier: str, at: datetime) -> Priced:
+def price(rule_set: RuleSetIn, version: int, purchase: Purchase, member: Member, at: datetime) -> Priced:
     base = rule_set.base
     # Integer arithmetic only: amount * points * multiplier / per_amount, rounded once.
     raw = purchase.amount_minor * base.points
-    hits = [r for r in rule_set.rules if active(r, at) and matches(r.match, purchase, tier)]
+    hits = [r for r in rule_set.rules if active(r, at) and matches(r.match, purchase, member)]
     best = max((r for r in hits if r.multiplier is not None), key=lambda r: r.multiplier or 0, default=None)
     num, den = (1, 1)
     if best is not None and best.multiplier is not None:
@@ -90,7 +107,8 @@ def price(rule_set: RuleSetIn, version: int, purchase: Purchase, tier: str, at: 
         "multiplied_points": multiplied,
         "bonuses": bonuses,
         "matched_rules": [r.name for r in hits],
-        "tier": tier,
+        "tier": member.tier,
+        "matched_segments": sorted(set().union(*(_wanted(r.match.segment) for r in hits)) & member.segments),
         "caps_applied": caps_applied,
         "points": total,
     }

@@ -15,6 +15,7 @@ Text = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 Channel = Literal["pos", "online", "app"]
 Mcc = Annotated[str, StringConstraints(pattern=r"^[0-9]{4}$")]
 TierCode = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,32}$")]
+SegmentRef = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
 
 
 class Strict(BaseModel):
@@ -28,11 +29,15 @@ class Match(Strict):
     mcc: Mcc | list[Mcc] | None = None
     channel: Channel | list[Channel] | None = None
     tier: TierCode | list[TierCode] | None = None
+    segment: SegmentRef | list[SegmentRef] | None = Field(
+        default=None, description="The member is in this segment (or any of these): a targeted campaign"
+    )
 
     @model_validator(mode="after")
     def _something(self) -> Match:
-        if not any(v is not None for v in (self.merchant_id, self.mcc, self.channel, self.tier)):
-            raise ValueError("match needs at least one of merchant_id, mcc, channel, tier")
+        keys = (self.merchant_id, self.mcc, self.channel, self.tier, self.segment)
+        if not any(v is not None for v in keys):
+            raise ValueError("match needs at least one of merchant_id, mcc, channel, tier, segment")
         return self
 
 

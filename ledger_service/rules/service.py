@@ -103,11 +103,11 @@ class RuleBook:
                 f"Program {code} prices purchases in {rules.currency}, not {purchase.currency}.",
                 code="currency_mismatch",
             )
-        tier = "basic"
-        if engine.needs_tier(version.rules):
+        member = engine.BASIC
+        if engine.needs_member(version.rules):
             async with self.db.driver() as conn:
-                tier = await repository.member_tier(conn, code, member_ref)
-        priced = engine.price(version.rules, version.version, purchase, tier, when)
+                member = (await repository.members(conn, code, [member_ref])).get(member_ref, engine.BASIC)
+        priced = engine.price(version.rules, version.version, purchase, member, when)
         caps = version.rules.caps
         member_caps = {
             k: v

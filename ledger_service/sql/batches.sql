@@ -31,11 +31,11 @@ BEGIN
     -- through the one earn (ledger.post_earns), like every API earn: kind purchase, the program's
     -- issuance account on the other side, the caps of the rule set that priced the row.
     PERFORM ledger.earn_rows();
-    INSERT INTO earn_in (i, program_id, account_id, member_ref, points, kind, reference, merchant_id,
-                         rule_set_id, caps, api_key_id, occurred_at, external_id, amount_minor, partner_id,
+    INSERT INTO earn_in (i, program_id, account_id, member_ref, points, kind, reference, merchant_id, mcc,
+                         channel, rule_set_id, caps, api_key_id, occurred_at, external_id, amount_minor, partner_id,
                          partner_account)
     SELECT DISTINCT ON (s.external_id) s.line, p.id, ledger.member_id(p.id, s.member_ref), s.member_ref, s.points, 'purchase', s.external_id,
-           s.merchant_id, s.rule_set_id,
+           s.merchant_id, nullif(s.mcc, ''), nullif(s.channel, ''), s.rule_set_id,
            CASE WHEN jsonb_typeof(rs.body->'caps'->'per_member_per_day') = 'number'
                   OR jsonb_typeof(rs.body->'caps'->'per_member_per_month') = 'number' THEN rs.body->'caps' END,
            b.api_key_id, s.occurred_at, s.external_id, s.amount_minor, (pp.r).partner_id, (pp.r).issued_account
@@ -62,15 +62,19 @@ BEGIN
         duplicates = ledger.batches.duplicates + process_batch_earns.duplicates,
         rejected = ledger.batches.rejected + process_batch_earns.rejected,
         points_posted = points_posted + process_batch_earns.points,
+        -- Every line but the valid reverse rows, which process_batch_reversals counts.
         processed = processed + (SELECT count(*) FROM ledger.batch_staging
-                                 WHERE batch_id = p_batch AND line > p_from AND line <= p_to AND type IS DISTINCT FROM 'reverse'),
+                                 WHERE batch_id = p_batch AND line > p_from AND line <= p_to
+                                   AND (type IS DISTINCT FROM 'reverse' OR reject IS NOT NULL)),
         next_line = p_to, lease_until = now() + interval '60 seconds'
     WHERE id = p_batch;
 END $$;
 
 -- Reversal rows up to line p_until, once the earns before them are posted (while their pages are
 -- still in memory): each through ledger.execute (the same write path as the API), keyed by the
--- row's external_id, so a re-sent refund replays instead of applying.
+-- row's external_id, so a re-sent refund replays instead of applying. A row whose key already holds
+-- a posted reversal is a duplicate before anything is computed: on a re-send, what is left of the
+-- original (nothing, after a whole reversal) no longer gives the first request's points.
 CREATE OR REPLACE FUNCTION ledger.process_batch_reversals(p_batch uuid, p_after bigint, p_until bigint, p_limit int,
     OUT next_after bigint, OUT rows_done int, OUT posted bigint, OUT duplicates bigint, OUT rejected bigint,
     OUT points bigint)
@@ -78,6 +82,7 @@ LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
     b ledger.batches; r record; o ledger.transactions; res record; pts bigint; remaining bigint; reason text;
+    rkey text;
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtextextended('batch:' || p_batch, 0));
     SELECT * INTO b FROM ledger.batches WHERE id = p_batch;
@@ -95,6 +100,12 @@ BEGIN
         ORDER BY line LIMIT p_limit
     LOOP
         next_after := r.line; rows_done := rows_done + 1; reason := NULL;
+        rkey := chr(31) || 'batch-reverse:' || r.external_id;
+        IF EXISTS (SELECT 1 FROM ledger.idempotency_keys
+                   WHERE api_key_id = b.api_key_id AND key = rkey AND status = 201) THEN
+            duplicates := duplicates + 1;
+            CONTINUE;
+        END IF;
         SELECT * INTO o FROM ledger.transactions
         WHERE api_key_id = b.api_key_id AND type = 'earn' AND external_id = coalesce(r.original_external_id, r.external_id);
         IF NOT FOUND THEN
@@ -112,7 +123,7 @@ BEGIN
                 -- Two uploads of one file may reach the same refund at once: wait for the other.
                 FOR attempt IN 1..200 LOOP
                     SELECT * INTO res FROM ledger.execute(
-                        b.api_key_id, chr(31) || 'batch-reverse:' || r.external_id,
+                        b.api_key_id, rkey,
                         sha256(convert_to(o.id::text || ':' || pts, 'UTF8')), 'reverse',
                         jsonb_build_object('transaction_id', o.id, 'points', pts,
                                            'reason', 'card refund ' || r.external_id),
@@ -128,6 +139,13 @@ BEGIN
                     reason := res.body->>'code';
                 END IF;
             END IF;
+        END IF;
+        IF reason IN ('nothing_to_reverse', 'idempotency_key_reused') AND EXISTS (
+                SELECT 1 FROM ledger.idempotency_keys
+                WHERE api_key_id = b.api_key_id AND key = rkey AND status = 201) THEN
+            -- Another upload of the file posted this row after the check above.
+            reason := NULL;
+            duplicates := duplicates + 1;
         END IF;
         IF reason IS NOT NULL THEN
             INSERT INTO ledger.batch_rejections (batch_id, line, external_id, reason)

@@ -7,6 +7,11 @@
 CREATE OR REPLACE FUNCTION ledger.earn_rows() RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
+    -- A connection opened before a migration changed the table's shape holds the old one: made again.
+    IF to_regclass('pg_temp.earn_in') IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('pg_temp.earn_in') AND attname = 'channel') THEN
+        DROP TABLE pg_temp.earn_in;
+    END IF;
     IF to_regclass('pg_temp.earn_in') IS NULL THEN
         CREATE TEMP TABLE earn_in (
             i bigint NOT NULL,
@@ -18,6 +23,8 @@ BEGIN
             reference text,
             metadata jsonb,
             merchant_id text,
+            mcc text,                      -- the purchase's, kept for member profiles
+            channel text,
             rule_set_id bigint,
             breakdown jsonb,
             caps jsonb,                    -- per-member caps of the rule set that priced it
@@ -62,10 +69,11 @@ $$;
 CREATE OR REPLACE FUNCTION ledger.stage_earns(p_requests jsonb, p_checked boolean) RETURNS void
 LANGUAGE sql AS $$
     INSERT INTO earn_in (i, program_id, account_id, member_ref, points, kind, clearing, reference, metadata,
-                         merchant_id, rule_set_id, breakdown, caps, api_key_id, occurred_at, idem_key,
-                         request_hash, partner_id, partner_account)
+                         merchant_id, mcc, channel, rule_set_id, breakdown, caps, api_key_id, occurred_at,
+                         idem_key, request_hash, partner_id, partner_account)
     SELECT f.i, g.id, ledger.member_id(g.id, f.a->>'member_ref'), f.a->>'member_ref', (f.a->>'points')::bigint, coalesce(f.a->>'kind', 'purchase'),
            f.a->>'clearing', f.a->>'reference', f.a->'metadata', f.a->'purchase'->>'merchant_id',
+           f.a->'purchase'->>'mcc', f.a->'purchase'->>'channel',
            (f.a->>'rule_set_id')::bigint, f.a->'breakdown', f.a->'caps', f.api_key,
            f.occ, f.key, f.h, (pp.r).partner_id, (pp.r).issued_account
     FROM (
@@ -171,11 +179,12 @@ BEGIN
 
     WITH ins AS (
         INSERT INTO ledger.transactions AS t (id, program_id, type, account_id, member_ref, points, kind,
-                                              reference, metadata, merchant_id, rule_set_id, breakdown,
-                                              api_key_id, occurred_at, external_id, amount_minor, partner_id)
+                                              reference, metadata, merchant_id, mcc, channel, rule_set_id,
+                                              breakdown, api_key_id, occurred_at, external_id, amount_minor,
+                                              partner_id)
         SELECT e.txn_id, e.program_id, 'earn', e.account_id, e.member_ref, e.points, e.kind, e.reference,
-               e.metadata, e.merchant_id, e.rule_set_id, e.breakdown, e.api_key_id, e.occurred_at,
-               e.external_id, e.amount_minor, e.partner_id
+               e.metadata, e.merchant_id, e.mcc, e.channel, e.rule_set_id, e.breakdown, e.api_key_id,
+               e.occurred_at, e.external_id, e.amount_minor, e.partner_id
         FROM earn_in e WHERE e.refused IS NULL ORDER BY e.i
         ON CONFLICT (api_key_id, external_id) WHERE type = 'earn' AND external_id IS NOT NULL DO NOTHING
         RETURNING t
@@ -237,11 +246,11 @@ LANGUAGE sql AS $$
         FROM earn_in e JOIN acc ON acc.program_id = e.program_id AND acc.member_ref = e.member_ref
     ), ins AS (
         INSERT INTO ledger.transactions AS t (id, program_id, type, account_id, member_ref, points, kind,
-                                              reference, metadata, merchant_id, rule_set_id, breakdown,
-                                              api_key_id, occurred_at, external_id, amount_minor)
+                                              reference, metadata, merchant_id, mcc, channel, rule_set_id,
+                                              breakdown, api_key_id, occurred_at, external_id, amount_minor)
         SELECT x.txn_id, x.program_id, 'earn', x.acc_id, x.member_ref, x.points, x.kind, x.reference,
-               x.metadata, x.merchant_id, x.rule_set_id, x.breakdown, x.api_key_id, x.occurred_at,
-               x.external_id, x.amount_minor
+               x.metadata, x.merchant_id, x.mcc, x.channel, x.rule_set_id, x.breakdown, x.api_key_id,
+               x.occurred_at, x.external_id, x.amount_minor
         FROM x ORDER BY x.i
         RETURNING t
     ), postings AS (

@@ -9,13 +9,13 @@
 - API keys may be bound to a partner.
 
 Revision ID: 0011_partners
-Revises: 0009_saga_status
+Revises: 0012_member_insights
 """
 
 from migrations.script_sql import run_script
 
 revision = "0011_partners"
-down_revision = "0009_saga_status"
+down_revision = "0012_member_insights"
 branch_labels = None
 depends_on = None
 

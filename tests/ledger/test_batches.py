@@ -90,13 +90,13 @@ async def test_a_file_gives_exact_counts_balances_and_rejections(
     assert (done["posted"], done["duplicates"], done["rejected"]) == (4, 1, 6)
     assert done["points_posted"] == 123 + 5000 + 70 - 2000
     rejections = (await client.get(f"/v1/batches/{batch['id']}/rejections")).json()["data"]
-    assert [(x["line"], x["reason"]) for x in rejections] == [
-        (4, "unknown_program"),
-        (6, "malformed_line"),
-        (8, "bad_amount"),
-        (9, "unknown_original"),
-        (10, "currency_mismatch"),
-        (11, "occurred_in_future"),
+    assert [(x["line"], x["reason"]) for x in rejections] == [  # lines of the file: the header is 1
+        (5, "unknown_program"),
+        (7, "malformed_line"),
+        (9, "bad_amount"),
+        (10, "unknown_original"),
+        (11, "currency_mismatch"),
+        (12, "occurred_in_future"),
     ]
     assert (await member(client, program, "alice"))["balance"] == 3000
     assert (await member(client, program, "bob"))["balance"] == 70
@@ -288,9 +288,9 @@ async def test_two_processors_on_one_batch_apply_each_chunk_once(
 async def test_a_stale_processor_never_takes_refunds_past_the_posted_earns(
     client: httpx.AsyncClient, ledger_app
 ) -> None:
-    """Processor A read the batch before B posted lines 1-2; A's earn chunk (0, 4] is skipped by the
-    guard, and its reverse rows must stop at the posted earns: the refund on line 4 of the earn on
-    line 3 is applied once B has posted line 3, not rejected as unknown_original."""
+    """Processor A read the batch before B posted lines 2-3 (the header is line 1); A's earn chunk
+    (0, 5] is skipped by the guard, and its reverse rows must stop at the posted earns: the refund on
+    line 5 of the earn on line 4 is applied once B has posted line 4, not rejected as unknown_original."""
     program = await _program(client)
     rows = (
         [HEADER]
@@ -304,17 +304,17 @@ async def test_a_stale_processor_never_takes_refunds_past_the_posted_earns(
         await conn.execute(
             "UPDATE ledger.batches SET lease_until = now() + interval '1 hour' WHERE id = $1::uuid", batch_id
         )
-        await conn.fetchrow("SELECT * FROM ledger.process_batch_earns($1::uuid, 0, 2)", batch_id)  # B
+        await conn.fetchrow("SELECT * FROM ledger.process_batch_earns($1::uuid, 0, 3)", batch_id)  # B
         await conn.fetchrow(
-            "SELECT * FROM ledger.process_batch_earns($1::uuid, 0, 4)", batch_id
+            "SELECT * FROM ledger.process_batch_earns($1::uuid, 0, 5)", batch_id
         )  # A: skipped
-        await conn.fetchrow("SELECT * FROM ledger.process_batch_reversals($1::uuid, 0, 4, 50)", batch_id)  # A
-        await conn.fetchrow("SELECT * FROM ledger.process_batch_earns($1::uuid, 2, 4)", batch_id)  # B
+        await conn.fetchrow("SELECT * FROM ledger.process_batch_reversals($1::uuid, 0, 5, 50)", batch_id)  # A
+        await conn.fetchrow("SELECT * FROM ledger.process_batch_earns($1::uuid, 3, 5)", batch_id)  # B
         after = await conn.fetchval(
             "SELECT reversals_after FROM ledger.batches WHERE id = $1::uuid", batch_id
         )
         await conn.fetchrow(
-            "SELECT * FROM ledger.process_batch_reversals($1::uuid, $2, 4, 50)", batch_id, after
+            "SELECT * FROM ledger.process_batch_reversals($1::uuid, $2, 5, 50)", batch_id, after
         )
     rejections = (await client.get(f"/v1/batches/{batch_id}/rejections")).json()["data"]
     assert rejections == []

@@ -25,12 +25,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _readme_example() -> str:
+def _readme_examples() -> str:
+    """Every shell block of the README between `readme-example` markers, in order, as one script (a
+    later block uses what an earlier one exported)."""
     text = (ROOT / "README.md").read_text()
-    block = text.split("<!-- readme-example:start -->", 1)[1].split("<!-- readme-example:end -->", 1)[0]
-    match = re.search(r"```bash\n(.*?)```", block, re.S)
-    assert match
-    return match.group(1)
+    blocks = re.findall(r"<!-- readme-example:start -->(.*?)<!-- readme-example:end -->", text, re.S)
+    scripts = [re.search(r"```bash\n(.*?)```", block, re.S) for block in blocks]
+    assert len(scripts) >= 5 and all(scripts), "the README's walkthrough lost its examples"
+    return "\n".join(m.group(1) for m in scripts if m)
 
 
 def _start(env: dict[str, str]) -> subprocess.Popen[str]:
@@ -73,8 +75,10 @@ def test_make_run_then_readme_examples(tmp_path: Path) -> None:
         JIFEN_CATALOG_PORT=str(ports["catalog"]),
         JIFEN_ACCESS_LOG="false",
     )
-    script = _readme_example().replace(".jifen/", f"{tmp_path / 'data'}/")
-    script = script.replace("127.0.0.1:8001", f"127.0.0.1:{ports['ledger']}")
+    script = _readme_examples().replace(".jifen/", f"{tmp_path / 'data'}/")
+    for service, default in (("ledger", 8001), ("conversion", 8002), ("catalog", 8003)):
+        script = script.replace(f"127.0.0.1:{default}", f"127.0.0.1:{ports[service]}")
+    script = script.replace(".venv/bin/jifen", f"{sys.executable} -m services.cli")
     base = f"http://127.0.0.1:{ports['ledger']}"
 
     proc = _start(env)
@@ -91,26 +95,52 @@ def test_make_run_then_readme_examples(tmp_path: Path) -> None:
         assert {p["code"] for p in partners} == {"ICBC", "CEA", "LUCKIN"}
         terms = httpx.get(f"{base}/v1/partners/LUCKIN/terms", headers=auth).json()["data"]
         assert {t["program"] for t in terms} == {"WLT", "JFB"}
-        for _ in range(2):  # the second pass is all replays
+        for attempt in range(2):  # the second pass is all replays, and the batch all duplicates
             done = subprocess.run(
                 ["bash", "-euo", "pipefail", "-c", script],
                 check=False,
                 capture_output=True,
                 text=True,
-                timeout=60,
+                timeout=240,
+                cwd=ROOT,
+                env=env,
             )
-            assert done.returncode == 0, done.stdout + done.stderr
-            assert '"available":400' in done.stdout.replace(" ", "")
+            assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
+            out = done.stdout.replace(" ", "")
+            assert '"points":2469' in out  # the earn priced by WLT's rules and its campaign
+            assert "20.00 CNY is 10000 WLT points" in done.stdout
+            assert '"type":"capture"' in out
+            assert '"to_points":980' in out and '"balance":980' in out  # the conversion
+            assert '"voucher_codes":["SBX-DEMO-0001"]' in out
+            assert '"available":4969' in out
+            upload = [line for line in done.stdout.splitlines() if line.startswith("batch ")]
+            assert upload and "completed" in upload[-1] and "rejected 0" in upload[-1], done.stdout[-3000:]
+            if attempt == 0:
+                assert "posted 0" not in upload[-1]
+            else:
+                assert "posted 0" in upload[-1] and "duplicates 5,000" in upload[-1], upload
+        batch = httpx.get(f"{base}/v1/batches", headers=auth).json()["data"][0]
+        assert batch["points_posted"] == 0 and batch["rejected_by_reason"] == {}
         metrics = httpx.get(f"{base}/metrics").text
         assert "jifen_ledger_operations_total" in metrics
+        for service in ("conversion", "catalog"):  # no empty series of the ledger's (fast lane)
+            other = httpx.get(f"http://127.0.0.1:{ports[service]}/metrics").text
+            assert "jifen_fast_lane" not in other and "jifen_ledger" not in other
     finally:
         _stop(proc)
 
     proc = _start(env)  # the data survives a restart, and the demo is not loaded twice
     try:
         view = httpx.get(f"{base}/v1/programs/WLT/members/m-10001", headers=auth).json()
-        assert (view["balance"], view["available"]) == (400, 400)
+        assert (view["balance"], view["available"]) == (4969, 4969)
         assert len(httpx.get(f"{base}/v1/programs", headers=auth).json()["data"]) == 5
+        assert len(httpx.get(f"{base}/v1/programs/BOC/rules", headers=auth).json()["data"]) == 1
+        rates = httpx.get(f"http://127.0.0.1:{ports['conversion']}/v1/rates", headers=auth).json()["data"]
+        assert len(rates) == 6
+        reward = httpx.get(
+            f"http://127.0.0.1:{ports['catalog']}/v1/rewards/STARBUCKS-TALL", headers=auth
+        ).json()
+        assert (reward["stock"], reward["codes_available"]) == (49, 49)
     finally:
         _stop(proc)
 

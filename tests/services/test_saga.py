@@ -267,6 +267,29 @@ async def test_unreachable_ledger_waits_for_the_backoff_then_recovery_completes(
     assert await _events(db, item_id) == ["retry_scheduled", "done"]
 
 
+async def test_retry_now_drives_a_waiting_saga_before_its_backoff_and_never_a_finished_one(
+    db: Database, ledger: tuple[Ledger, LedgerClient]
+) -> None:
+    fake, client = ledger
+    runner = _runner(db, client)
+    runner.timing = SagaTiming(
+        lease_s=30.0, retry_base_s=3600.0, retry_max_s=3600.0, recovery_interval_s=3600
+    )
+    fake.answer = down
+    key = uuid.uuid4().hex
+    answer, item_id = await _start(runner, key)
+    assert (answer.status, answer.body["status"]) == (202, "pending")
+    assert item_id not in await runner.find_due(100)  # its retry is an hour away
+    fake.answer = fake.posted
+    assert await runner.retry_now(item_id)  # an operator's retry: driven now
+    final = await runner.replay_known(1, key, b"hash")
+    assert final is not None and final.status == 201 and final.body["status"] == "done"
+    calls = fake.calls
+    assert not await runner.retry_now(item_id)  # finished: nothing to retry, the ledger is not called
+    assert fake.calls == calls
+    assert await _events(db, item_id) == ["retry_scheduled", "done"]
+
+
 async def test_a_replay_while_the_saga_is_driven_is_in_use(
     db: Database, ledger: tuple[Ledger, LedgerClient]
 ) -> None:

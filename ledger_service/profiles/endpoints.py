@@ -1,0 +1,57 @@
+"""Routes for member profiles and their refresh job."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+
+from ledger_service.profiles import service
+from ledger_service.profiles.schemas import Profile, ProfileRun
+from ledger_service.schemas_common import MemberRef, ProgramCode
+from services.auth import Principal, require
+from services.errors import Forbidden, error_responses
+
+router = APIRouter(tags=["members"])
+
+
+@router.get(
+    "/v1/programs/{code}/members/{member_ref}/profile",
+    response_model=Profile,
+    summary="A member's behaviour profile and tags, computed from the ledger",
+    description="Recency, frequency and points over 30 / 90 / 365 days, lifetime figures, top merchant "
+    "categories and channels, expiring points and tags; recomputed for the member on each read "
+    "(`high_value` as of the last program-wide refresh). No personal data: member_ref only.",
+    responses=error_responses(401, 403, 404, 422),
+)
+async def profile(
+    request: Request,
+    code: Annotated[ProgramCode, Path()],
+    member_ref: Annotated[MemberRef, Path()],
+    principal: Annotated[Principal, Depends(require("ledger:read"))],
+) -> Profile:
+    principal.require_program(code)
+    return await service.profile(request.app.state.db, code, member_ref)
+
+
+@router.post(
+    "/v1/jobs/profiles",
+    response_model=ProfileRun,
+    tags=["jobs"],
+    summary="Refresh member profiles (one program or all), then re-evaluate their segments",
+    description="Runs on a schedule too (JIFEN_PROFILE_REFRESH_INTERVAL_S). A key limited to programs "
+    "must name one of them.",
+    responses=error_responses(401, 403, 404, 422),
+)
+async def refresh_profiles(
+    request: Request,
+    principal: Annotated[Principal, Depends(require("ledger:admin"))],
+    program: Annotated[ProgramCode | None, Query()] = None,
+) -> ProfileRun:
+    if program is None and principal.program_list() is not None:
+        raise Forbidden(
+            "This API key is limited to programs: name one with ?program=.", code="program_forbidden"
+        )
+    if program is not None:
+        principal.require_program(program)
+    return await service.run_profiles(request.app.state.db, program)

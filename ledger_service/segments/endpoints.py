@@ -1,0 +1,104 @@
+"""Routes for segments (ledger:admin: they list members)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import StreamingResponse
+
+from ledger_service.schemas_common import ProgramCode
+from ledger_service.segments import service
+from ledger_service.segments.schemas import (
+    SegmentCode,
+    SegmentIn,
+    SegmentMemberPage,
+    SegmentOut,
+    SegmentPage,
+    SegmentRefresh,
+)
+from services.auth import Principal, require
+from services.errors import error_responses
+
+router = APIRouter(tags=["segments"])
+Admin = Annotated[Principal, Depends(require("ledger:admin"))]
+Program = Annotated[ProgramCode, Path()]
+Segment = Annotated[SegmentCode, Path()]
+Limit = Annotated[int, Query(ge=1, le=1000)]
+Cursor = Annotated[str | None, Query(max_length=64)]
+
+
+@router.post(
+    "/v1/programs/{code}/segments",
+    status_code=201,
+    response_model=SegmentOut,
+    summary="Create a segment from criteria; it is evaluated at once on the current profiles",
+    responses=error_responses(401, 403, 404, 409, 422),
+)
+async def create_segment(request: Request, code: Program, body: SegmentIn, principal: Admin) -> SegmentOut:
+    principal.require_program(code)
+    return await service.create(request.app.state.db, code, body)
+
+
+@router.get(
+    "/v1/programs/{code}/segments",
+    response_model=SegmentPage,
+    summary="A program's segments with their member counts",
+    responses=error_responses(401, 403, 422),
+)
+async def list_segments(
+    request: Request, code: Program, principal: Admin, limit: Limit = 100, cursor: Cursor = None
+) -> SegmentPage:
+    principal.require_program(code)
+    return await service.list_segments(request.app.state.db, code, limit, cursor)
+
+
+@router.get(
+    "/v1/programs/{code}/segments/{segment}",
+    response_model=SegmentOut,
+    summary="One segment: criteria, member_count, refreshed_at",
+    responses=error_responses(401, 403, 404, 422),
+)
+async def get_segment(request: Request, code: Program, segment: Segment, principal: Admin) -> SegmentOut:
+    principal.require_program(code)
+    return await service.get(request.app.state.db, code, segment)
+
+
+@router.get(
+    "/v1/programs/{code}/segments/{segment}/members",
+    response_model=SegmentMemberPage,
+    summary="A segment's members, paginated; `Accept: text/csv` exports them all",
+    responses={
+        **error_responses(401, 403, 404, 422),
+        200: {"content": {"text/csv": {"schema": {"type": "string"}}}},
+    },
+)
+async def segment_members(
+    request: Request,
+    code: Program,
+    segment: Segment,
+    principal: Admin,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> SegmentMemberPage | StreamingResponse:
+    principal.require_program(code)
+    db = request.app.state.db
+    if "text/csv" in request.headers.get("accept", ""):
+        lines = await service.members_csv(db, code, segment)
+        filename = f"{code}-{segment}.csv"
+        headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
+        return StreamingResponse(lines, media_type="text/csv", headers=headers)
+    return await service.members(db, code, segment, limit, cursor)
+
+
+@router.post(
+    "/v1/programs/{code}/segments/{segment}/refresh",
+    response_model=SegmentRefresh,
+    summary="Recompute the program's profiles, then re-evaluate this segment on them",
+    responses=error_responses(401, 403, 404, 422),
+)
+async def refresh_segment(
+    request: Request, code: Program, segment: Segment, principal: Admin
+) -> SegmentRefresh:
+    principal.require_program(code)
+    return await service.refresh(request.app.state.db, code, segment)
