@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test bench bench-expiry bench-batch lint typecheck migrate check clean
+.PHONY: install run test bench bench-expiry bench-batch bench-settlement lint typecheck migrate check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ bench-batch: install
 
 bench-expiry: install
 	$(BIN)/python bench/bench_expiry.py
+
+bench-settlement: install
+	$(BIN)/python bench/bench_settlement.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -6,6 +6,10 @@ Run with `make bench` or `.venv/bin/python bench/bench_ledger.py --help`. Cases 
 
   healthz       GET /healthz of the ledger processes: the HTTP ceiling (FastAPI + uvicorn, no database)
   earn          POST /v1/earn, members spread over --members (default 10,000)
+  earn-partner  the same earns funded by a postpaid coalition partner (`partner` in the body): the other
+                side is the partner's issued account, and the earns take the checked earn path
+  earn-prepaid  the same at a prepaid partner funded for every earn of the run: each coalesced batch
+                also checks and updates the partner's counters under their row lock
   burn          POST /v1/burn over as many members, pre-funded by one set-based SQL statement
   hold+capture  POST /v1/holds, then POST /v1/holds/{id}/capture; one completed pair is one operation
   hot           POST /v1/earn, every request for one member (they queue on one account row)
@@ -46,9 +50,11 @@ FUND = POINTS * 1_000_000  # pre-funded points per member for burn and hold+capt
 HTTP_TIMEOUT_S = 30.0
 PGBENCH_THREADS = 2
 COALESCE_ENV = "JIFEN_LEDGER_COALESCE"
-CASE_ORDER = ("healthz", "earn", "burn", "hold+capture", "hot", "pgbench")
+CASE_ORDER = ("healthz", "earn", "earn-partner", "earn-prepaid", "burn", "hold+capture", "hot", "pgbench")
 CASE_ALIASES = {"hold": "hold+capture", "hold_capture": "hold+capture", "ceiling": "healthz"}
-LEDGER_CASES = ("healthz", "earn", "burn", "hold+capture", "hot")
+LEDGER_CASES = ("healthz", "earn", "earn-partner", "earn-prepaid", "burn", "hold+capture", "hot")
+PARTNER_CASES = ("earn-partner", "earn-prepaid")
+PREPAID_POINTS = 10**15  # funds for far more earns than any run makes
 
 
 # --------------------------------------------------------------------------------------------------
@@ -85,11 +91,12 @@ async def _drive(cfg: dict[str, Any], t0: float) -> dict[str, Any]:
                 hold_id = orjson.loads(result[1])["id"]
                 path = f"/v1/holds/{hold_id}/capture"
                 result = await call("capture", "POST", path, f"{key}-c", b"{}")
-        else:  # earn, hot, burn
+        else:  # earn, earn-partner, earn-prepaid, hot, burn
             label = "burn" if case == "burn" else "earn"
-            body = orjson.dumps(
-                {"program": program, "member_ref": member, "points": POINTS, "reference": "r"}
-            )
+            fields = {"program": program, "member_ref": member, "points": POINTS, "reference": "r"}
+            if case in PARTNER_CASES:
+                fields["partner"] = program  # each partner case has a partner named like its program
+            body = orjson.dumps(fields)
             result = await call(label, "POST", f"/v1/{label}", key, body)
         return None if result is None else result[0]
 
@@ -182,6 +189,36 @@ def _create_program(base_url: str, secret: str, code: str) -> None:
     )
     if r.status_code != 201:
         raise RuntimeError(f"creating program {code} failed: {r.status_code} {r.text}")
+
+
+def _create_partner(base_url: str, secret: str, program: str, prepaid: bool) -> None:
+    """A partner coded like the program, issuing it at 100 points for 80 fen; a prepaid one is funded for
+    every earn the run can make."""
+    import httpx
+
+    terms = {
+        "issue_price": {"points": 100, "cash_minor": 80},
+        "accept_price": {"points": 100, "cash_minor": 70},
+        "currency": "CNY",
+        "period": "monthly",
+        "funding": "prepaid" if prepaid else "postpaid",
+        "effective_from": "2020-01-01T00:00:00Z",
+    }
+    steps: list[tuple[str, str, dict[str, Any], dict[str, str]]] = [
+        ("POST", "/v1/partners", {"code": program, "name": f"Benchmark {program}", "roles": ["issuer"]}, {}),
+        ("PUT", f"/v1/partners/{program}/terms/{program}", terms, {}),
+    ]
+    if prepaid:
+        fund = {"program": program, "points": PREPAID_POINTS, "cash_minor": 0, "reference": "bench"}
+        steps.append(
+            ("POST", f"/v1/partners/{program}/fundings", fund, {"Idempotency-Key": f"fund-{program}"})
+        )
+    auth = {"Authorization": f"Bearer {secret}"}
+    with httpx.Client(base_url=base_url, headers=auth, timeout=30) as http:
+        for method, path, body, headers in steps:
+            r = http.request(method, path, json=body, headers=headers)
+            if r.status_code != 201:
+                raise RuntimeError(f"{method} {path} failed: {r.status_code} {r.text}")
 
 
 def _start_ledger(env: Env, workers: int, mode: str | None) -> None:
@@ -378,7 +415,11 @@ async def _books(url: str, program: str) -> dict[str, Any]:
               (SELECT coalesce(sum(p.amount), 0) FROM ledger.postings p
                  JOIN ledger.accounts a ON a.id = p.account_id WHERE a.program_id = $1) AS net,
               (SELECT coalesce(sum(amount), 0) FROM ledger.postings WHERE account_id = $2) AS issuance,
-              (SELECT coalesce(sum(amount), 0) FROM ledger.postings WHERE account_id = $3) AS redemption
+              (SELECT coalesce(sum(amount), 0) FROM ledger.postings WHERE account_id = $3) AS redemption,
+              (SELECT coalesce(sum(p.amount), 0) FROM ledger.postings p JOIN ledger.accounts a ON a.id = p.account_id
+                 WHERE a.program_id = $1 AND a.kind = 'partner_issued') AS partner_issued,
+              (SELECT coalesce(sum(issued_points), 0) FROM ledger.partner_programs WHERE program_id = $1)
+                 AS partner_counter
             """,
             prog["id"],
             prog["issuance_account"],
@@ -396,6 +437,8 @@ async def _books(url: str, program: str) -> dict[str, Any]:
         "postings_net": int(row["net"]),
         "issuance_account": int(row["issuance"]),
         "redemption_account": int(row["redemption"]),
+        "partner_issued_account": int(row["partner_issued"]),
+        "partner_issued_counter": int(row["partner_counter"]),
     }
 
 
@@ -446,6 +489,20 @@ def _verify(env: Env, case: Case, load: dict[str, Any], funded: int) -> dict[str
             == books["member_balance_sum"],
         }
         summary = f"member balances {books['member_balance_sum']} = {POINTS} x {ok['earn']} earn 201s"
+    elif case.kind in PARTNER_CASES:
+        checks |= {
+            f"member balances == {POINTS} x earn 201s": books["member_balance_sum"] == POINTS * ok["earn"],
+            "earn transactions == earn 201s": txns.get("earn", 0) == ok["earn"],
+            "partner issued account == -(member balances)": -books["partner_issued_account"]
+            == books["member_balance_sum"],
+            "issuance account untouched": books["issuance_account"] == 0,
+            "partner's issued counter == member balances": books["partner_issued_counter"]
+            == books["member_balance_sum"],
+        }
+        summary = (
+            f"member balances {books['member_balance_sum']} = {POINTS} x {ok['earn']} earn 201s"
+            f" = -partner:{case.program}:issued"
+        )
     elif case.kind == "burn":
         checks |= {
             f"member balances == pre-funded - {POINTS} x burn 201s": books["member_balance_sum"]
@@ -907,6 +964,15 @@ def _notes(args: argparse.Namespace, rows: list[dict[str, Any]], server: dict[st
                 f" {_fmt(off['latency_ms']['p99'])} ms; requests per WAL fsync"
                 f" {_fmt(on['requests_per_wal_fsync'], 1)} vs {_fmt(off['requests_per_wal_fsync'], 1)}"
             )
+    plain = next((r for r in rows if r["kind"] == "earn" and r.get("ops_per_s")), None)
+    for kind in PARTNER_CASES:
+        other = next((r for r in rows if r["kind"] == kind and "ops_per_s" in r), None)
+        if plain and other:
+            notes.append(
+                f"{kind} vs earn in this run: {other['ops_per_s']:.1f} / {plain['ops_per_s']:.1f} req/s"
+                f" = {other['ops_per_s'] / plain['ops_per_s']:.3f}; p99 {_fmt(other['latency_ms']['p99'])}"
+                f" vs {_fmt(plain['latency_ms']['p99'])} ms"
+            )
     pgb = next((r for r in rows if r["kind"] == "pgbench" and "ops_per_s" in r), None)
     if pgb:
         notes.append(
@@ -939,10 +1005,10 @@ def _plan(args: argparse.Namespace, cases: list[str]) -> list[tuple[str | None, 
 
     def case(kind: str, mode: str | None) -> Case:
         suffix = {None: "", "false": "_C0", "true": "_C1"}[mode]
-        program = {"earn": "EARN", "burn": "BURN", "hold+capture": "HOLD", "hot": "HOT"}.get(kind, "")
-        members = {"earn": args.members, "burn": args.members, "hold+capture": args.members, "hot": 1}.get(
-            kind, 0
-        )
+        program = {"earn": "EARN", "earn-partner": "EARNP", "earn-prepaid": "EARNPP", "burn": "BURN",
+                   "hold+capture": "HOLD", "hot": "HOT"}.get(kind, "")  # fmt: skip
+        members = {"earn": args.members, "earn-partner": args.members, "earn-prepaid": args.members,
+                   "burn": args.members, "hold+capture": args.members, "hot": 1}.get(kind, 0)  # fmt: skip
         return Case(kind, mode, program + suffix if program else "", members)
 
     compared = ("earn", "hot") if args.compare_coalesce else ()
@@ -1015,6 +1081,8 @@ def main(argv: list[str] | None = None) -> int:
                 for c in phase:
                     if c.program:
                         _create_program(env.base_url, env.secret, c.program)
+                    if c.kind in PARTNER_CASES:
+                        _create_partner(env.base_url, env.secret, c.program, c.kind == "earn-prepaid")
                 for c in phase:
                     rows.append(_run_ledger_case(args, env, c))
             common.stop_process(env.ledger, "ledger")
