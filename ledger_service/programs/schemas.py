@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from ledger_service.schemas_common import Currency, PointKind, ProgramCode
 
@@ -67,6 +67,22 @@ def _check_tiers(tiers: list[Tier] | None) -> None:
         raise ValueError("tiers must be listed by strictly increasing min_points")
 
 
+TierDowngrade = Literal["to_qualified", "one_down"]
+
+
+def _distinct_days(days: list[int]) -> list[int]:
+    if len(set(days)) != len(days):
+        raise ValueError("expiry_notices_days must not repeat")
+    return sorted(days, reverse=True)
+
+
+NoticeDays = Annotated[
+    list[Annotated[int, Field(strict=True, ge=1, le=3650)]],
+    Field(max_length=5, description="Send points.expiring this many days before a lot expires, e.g. [30, 7]"),
+    AfterValidator(_distinct_days),
+]
+
+
 def _default_kinds() -> list[PointKind]:
     return ["purchase"]
 
@@ -83,6 +99,8 @@ class ProgramIn(Strict):
     tier_window_months: int = Field(default=12, strict=True, ge=1, le=120)
     qualifying_kinds: list[PointKind] = Field(default_factory=_default_kinds, min_length=1)
     allow_negative: bool = Field(default=False, strict=True)
+    tier_downgrade: TierDowngrade = "to_qualified"
+    expiry_notices_days: NoticeDays = Field(default_factory=list)
 
     model_config = ConfigDict(
         extra="forbid",
@@ -98,6 +116,8 @@ class ProgramIn(Strict):
                     "tier_window_months": 12,
                     "qualifying_kinds": ["purchase"],
                     "allow_negative": False,
+                    "tier_downgrade": "one_down",
+                    "expiry_notices_days": [30, 7],
                 }
             ]
         },
@@ -120,6 +140,8 @@ class ProgramPatch(Strict):
     tier_window_months: int | None = Field(default=None, strict=True, ge=1, le=120)
     qualifying_kinds: list[PointKind] | None = Field(default=None, min_length=1)
     allow_negative: bool | None = Field(default=None, strict=True)
+    tier_downgrade: TierDowngrade | None = None
+    expiry_notices_days: NoticeDays | None = None
 
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"name": "Wanlitong", "rollover_bps": 2000}]}
@@ -146,6 +168,8 @@ class ProgramOut(BaseModel):
     tier_window_months: int
     qualifying_kinds: list[str]
     allow_negative: bool
+    tier_downgrade: str
+    expiry_notices_days: list[int]
     created_at: datetime
     updated_at: datetime
 
