@@ -13,6 +13,7 @@ from ledger_service.finance.endpoints import router as finance_router
 from ledger_service.housekeeping import Housekeeper
 from ledger_service.jobs.endpoints import router as jobs_router
 from ledger_service.members.endpoints import router as members_router
+from ledger_service.notices.endpoints import router as notices_router
 from ledger_service.partners.endpoints import router as partners_router
 from ledger_service.postings.endpoints import router as postings_router
 from ledger_service.postings.engine import PostingEngine
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             finance_router,
             partners_router,
             profiles_router,
+            notices_router,
             segments_router,
             batches_router,
             events_router,

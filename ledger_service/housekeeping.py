@@ -13,6 +13,7 @@ import logging
 from ledger_service.batches.processor import BatchProcessor
 from ledger_service.events.service import WebhookDeliverer, sequence
 from ledger_service.jobs.service import run_expiry, run_tier_review
+from ledger_service.notices.service import run_notices
 from ledger_service.profiles.service import run_profiles
 from services.db import Database
 from services.idempotency import purge_expired_keys
@@ -47,6 +48,7 @@ class Housekeeper(Periodic):
                 ("expiry", settings.expiry_interval_s, lambda: run_expiry(db)),
                 ("tiers", settings.tier_review_interval_s, lambda: run_tier_review(db)),
                 ("profiles", settings.profile_refresh_interval_s, lambda: run_profiles(db)),
+                ("notices", settings.notice_interval_s, lambda: run_notices(db)),
                 (
                     "batches",
                     settings.batch_interval_s,

@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     expiry_interval_s: float = Field(default=300.0, gt=0)
     tier_review_interval_s: float = Field(default=3600.0, gt=0)
     profile_refresh_interval_s: float = Field(default=300.0, gt=0)
+    notice_interval_s: float = Field(default=900.0, gt=0)
     batch_interval_s: float = Field(default=0.5, gt=0)
     batch_chunk_rows: int = Field(default=20_000, ge=100, le=1_000_000)
     idempotency_retention_days: int = Field(default=30, ge=30)

@@ -13,14 +13,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 SYSTEM_ACCOUNTS = ("issuance", "redemption", "breakage", "conversion", "merchant", "adjustment")
 
 _COLUMNS = """code, name, cash_points, cash_minor, currency, expiry, rollover_bps, tiers,
-    tier_window_months, qualifying_kinds, allow_negative, timezone, created_at, updated_at, id"""
+    tier_window_months, qualifying_kinds, allow_negative, tier_downgrade, expiry_notices_days, timezone,
+    created_at,
+    updated_at, id"""
 
 _INSERT = text(
     """
     INSERT INTO ledger.programs (code, name, cash_points, cash_minor, currency, expiry, rollover_bps,
-        tiers, tier_window_months, qualifying_kinds, allow_negative, timezone)
+        tiers, tier_window_months, qualifying_kinds, allow_negative, tier_downgrade, expiry_notices_days,
+        timezone)
     VALUES (:code, :name, :cash_points, :cash_minor, :currency, CAST(:expiry AS jsonb), :rollover_bps,
-        CAST(:tiers AS jsonb), :tier_window_months, :qualifying_kinds, :allow_negative, :timezone)
+        CAST(:tiers AS jsonb), :tier_window_months, :qualifying_kinds, :allow_negative, :tier_downgrade,
+        :expiry_notices_days, :timezone)
     RETURNING id
     """
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from ledger_service.schemas_common import Currency, PointKind, ProgramCode, TimeZone
 
@@ -67,6 +67,22 @@ def _check_tiers(tiers: list[Tier] | None) -> None:
         raise ValueError("tiers must be listed by strictly increasing min_points")
 
 
+TierDowngrade = Literal["to_qualified", "one_down"]
+
+
+def _distinct_days(days: list[int]) -> list[int]:
+    if len(set(days)) != len(days):
+        raise ValueError("expiry_notices_days must not repeat")
+    return sorted(days, reverse=True)
+
+
+NoticeDays = Annotated[
+    list[Annotated[int, Field(strict=True, ge=1, le=3650)]],
+    Field(max_length=5, description="Send points.expiring this many days before a lot expires, e.g. [30, 7]"),
+    AfterValidator(_distinct_days),
+]
+
+
 def _default_kinds() -> list[PointKind]:
     return ["purchase"]
 
@@ -84,6 +100,8 @@ class ProgramIn(Strict):
     qualifying_kinds: list[PointKind] = Field(default_factory=_default_kinds, min_length=1)
     allow_negative: bool = Field(default=False, strict=True)
     timezone: TimeZone = "UTC"
+    tier_downgrade: TierDowngrade = "to_qualified"
+    expiry_notices_days: NoticeDays = Field(default_factory=list)
 
     model_config = ConfigDict(
         extra="forbid",
@@ -100,6 +118,8 @@ class ProgramIn(Strict):
                     "qualifying_kinds": ["purchase"],
                     "allow_negative": False,
                     "timezone": "Asia/Shanghai",
+                    "tier_downgrade": "one_down",
+                    "expiry_notices_days": [30, 7],
                 }
             ]
         },
@@ -123,6 +143,8 @@ class ProgramPatch(Strict):
     qualifying_kinds: list[PointKind] | None = Field(default=None, min_length=1)
     allow_negative: bool | None = Field(default=None, strict=True)
     timezone: TimeZone | None = None
+    tier_downgrade: TierDowngrade | None = None
+    expiry_notices_days: NoticeDays | None = None
 
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"name": "Wanlitong", "rollover_bps": 2000}]}
@@ -150,6 +172,8 @@ class ProgramOut(BaseModel):
     qualifying_kinds: list[str]
     allow_negative: bool
     timezone: str
+    tier_downgrade: str
+    expiry_notices_days: list[int]
     created_at: datetime
     updated_at: datetime
 

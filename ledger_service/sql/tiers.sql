@@ -12,6 +12,24 @@ LANGUAGE sql IMMUTABLE AS $$
                      WHERE t->>'code' = p_tier), 0)
 $$;
 
+-- The tier at a rank: 0 is basic, 1 the first of `tiers`.
+CREATE OR REPLACE FUNCTION ledger.tier_at(p_tiers jsonb, p_rank int) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN p_rank <= 0 THEN 'basic' ELSE coalesce(p_tiers->(p_rank - 1)->>'code', 'basic') END
+$$;
+
+-- The tier a review gives: the qualified one, except that a program with tier_downgrade one_down
+-- moves a member down at most one tier per review.
+CREATE OR REPLACE FUNCTION ledger.reviewed_tier(p_tiers jsonb, p_policy text, p_current text, p_points bigint)
+RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN p_policy = 'one_down'
+                     AND ledger.tier_rank(p_tiers, q.tier) < ledger.tier_rank(p_tiers, p_current) - 1
+                THEN ledger.tier_at(p_tiers, ledger.tier_rank(p_tiers, p_current) - 1)
+                ELSE q.tier END
+    FROM (SELECT ledger.tier_for(p_tiers, p_points) AS tier) q
+$$;
+
 -- Qualifying points in the window: this calendar month (in the program's time zone) and the months
 -- before it.
 CREATE OR REPLACE FUNCTION ledger.qualifying_points(prog ledger.programs, p_account bigint) RETURNS bigint
@@ -32,8 +50,8 @@ BEGIN
         ON COMMIT DELETE ROWS;
     TRUNCATE tier_review;
     INSERT INTO tier_review
-    SELECT c.id, c.tier, ledger.tier_for(c.tiers, c.points), c.points FROM (
-        SELECT a.id, a.tier, p.tiers, ledger.qualifying_points(p, a.id) AS points
+    SELECT c.id, c.tier, ledger.reviewed_tier(c.tiers, c.tier_downgrade, c.tier, c.points), c.points FROM (
+        SELECT a.id, a.tier, p.tiers, p.tier_downgrade, ledger.qualifying_points(p, a.id) AS points
         FROM ledger.accounts a JOIN ledger.programs p ON p.id = a.program_id
         WHERE a.kind = 'member' AND a.id > p_after AND (jsonb_array_length(p.tiers) > 0 OR a.tier <> 'basic')
         ORDER BY a.id LIMIT p_limit

@@ -9,13 +9,13 @@
 - API keys may be bound to a partner.
 
 Revision ID: 0011_partners
-Revises: 0012_member_insights
+Revises: 0013_member_policies
 """
 
 from migrations.script_sql import run_script
 
 revision = "0011_partners"
-down_revision = "0012_member_insights"
+down_revision = "0013_member_policies"
 branch_labels = None
 depends_on = None
 

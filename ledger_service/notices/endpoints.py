@@ -1,0 +1,42 @@
+"""The expiry notice job's route."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from ledger_service.notices import service
+from ledger_service.notices.service import NoticeRun
+from ledger_service.schemas_common import ProgramCode
+from services.auth import Principal, require
+from services.errors import Forbidden, Unprocessable, error_responses
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+@router.post(
+    "/notices",
+    response_model=NoticeRun,
+    summary="Send points.expiring events for lots within the programs' expiry_notices_days",
+    description="Once per lot and threshold, whoever runs it and however often (it also runs on a "
+    "schedule, JIFEN_NOTICE_INTERVAL_S). A key limited to programs must name one of them.",
+    responses=error_responses(401, 403, 404, 422),
+)
+async def notices(
+    request: Request,
+    principal: Annotated[Principal, Depends(require("ledger:admin"))],
+    as_of: Annotated[datetime | None, Query(description="RFC 3339; default now")] = None,
+    program: Annotated[ProgramCode | None, Query()] = None,
+) -> NoticeRun:
+    if program is None and principal.program_list() is not None:
+        detail = "This API key is limited to programs: name one with ?program=."
+        raise Forbidden(detail, code="program_forbidden")
+    if program is not None:
+        principal.require_program(program)
+    if as_of is not None and as_of.tzinfo is None:
+        raise Unprocessable("as_of needs a time zone (RFC 3339).", code="validation_error")
+    if as_of is not None and as_of > datetime.now(UTC) + timedelta(seconds=5):
+        raise Unprocessable("as_of cannot be in the future.", code="as_of_in_future")
+    return await service.run_notices(request.app.state.db, program, as_of)
