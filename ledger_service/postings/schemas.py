@@ -78,6 +78,10 @@ class EarnIn(Strict):
     def _points_or_purchase(self) -> EarnIn:
         if self.points is None and self.purchase is None:
             raise ValueError("send points, or a purchase for the program's earning rules to price")
+        if self.partner is not None and self.clearing is not None:
+            raise ValueError(
+                "an earn at a partner posts against the partner's account: send partner or clearing"
+            )
         return self
 
 
@@ -109,6 +113,12 @@ class BurnIn(Strict):
             ]
         },
     )
+
+    @model_validator(mode="after")
+    def _one_counterpart(self) -> BurnIn:
+        if self.partner is not None and self.clearing is not None:
+            raise ValueError("a burn at a partner posts to the partner's account: send partner or clearing")
+        return self
 
 
 class HoldIn(Strict):

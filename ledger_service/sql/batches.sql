@@ -41,7 +41,9 @@ BEGIN
            b.api_key_id, s.occurred_at, s.external_id, s.amount_minor, (pp.r).partner_id, (pp.r).issued_account
     FROM ledger.batch_staging s JOIN ledger.programs p ON p.code = s.program
     LEFT JOIN ledger.rule_sets rs ON rs.id = s.rule_set_id
-    CROSS JOIN LATERAL (SELECT ledger.partner_row(s.partner, p.id, 'issuer', s.occurred_at, false) AS r OFFSET 0) pp
+    CROSS JOIN LATERAL (SELECT CASE WHEN s.partner IS NOT NULL
+                                    THEN ledger.partner_row(s.partner, p.id, 'issuer', s.occurred_at, false) END AS r
+                        OFFSET 0) pp
     WHERE s.batch_id = p_batch AND s.line > p_from AND s.line <= p_to AND s.reject IS NULL AND s.type = 'earn'
       AND (s.partner IS NULL OR (pp.r).partner_id IS NOT NULL)
     ORDER BY s.external_id, s.line;

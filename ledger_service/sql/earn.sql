@@ -85,8 +85,10 @@ LANGUAGE sql AS $$
         ORDER BY r.api_key, r.key, r.i
     ) f
     JOIN ledger.programs g ON g.code = f.a->>'program'
-    CROSS JOIN LATERAL (SELECT ledger.partner_row(f.a->>'partner', g.id, 'issuer', f.occ, p_checked) AS r
-                        OFFSET 0) pp  -- OFFSET 0: one call per row, not one per field read
+    -- One call per partner row (OFFSET 0: not one per field read), none for the others.
+    CROSS JOIN LATERAL (SELECT CASE WHEN f.a ? 'partner'
+                                    THEN ledger.partner_row(f.a->>'partner', g.id, 'issuer', f.occ, p_checked) END AS r
+                        OFFSET 0) pp
     WHERE p_checked
        OR ((f.a->>'points')::numeric >= 0
            AND (f.a->>'partner' IS NULL OR (pp.r).partner_id IS NOT NULL)

@@ -50,6 +50,8 @@ async def test_refusals_suspended_role_terms_and_unknown(client: httpx.AsyncClie
     assert_problem(await post(client, "/v1/earn", {**body, "partner": issuer}), 422, "partner_suspended")
     await client.patch(f"/v1/partners/{issuer}", json={"status": "active"})
     await earn(client, program, "r1", 10, partner=issuer)
+    both = {**body, "partner": issuer, "clearing": "merchant"}
+    assert_problem(await post(client, "/v1/earn", both), 422, "validation_error")
 
 
 async def test_reversals_follow_their_originals_accounts(
