@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -266,7 +267,7 @@ async def position(db: Database, principal: Principal, code: str) -> Position:
                 issued_points=r["issued_points"],
                 prepaid_points=r["funded_points"] - r["issued_points"] if prepaid else None,
                 credit_limit_minor=r["credit_limit_minor"],
-                credit_used_minor=int((r["open_cash"] + Decimal("0.5")).__floor__()),
+                credit_used_minor=math.floor(r["open_cash"] + Decimal("0.5")),  # half up, as lines
                 open_periods=periods,
             )
         )
