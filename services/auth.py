@@ -77,6 +77,14 @@ class Principal:
         if self.programs is not None and code not in self.programs:
             raise Forbidden(f"This API key may not act on program {code}.", code="program_forbidden")
 
+    def require_job_scope(self, program: str | None) -> None:
+        """A job runs for one program or for all; a key limited to programs must name one of them."""
+        if program is not None:
+            self.require_program(program)
+        elif self.programs is not None:
+            detail = "This API key is limited to programs: name one with ?program=."
+            raise Forbidden(detail, code="program_forbidden")
+
     def require_partner(self, code: str) -> None:
         if self.partner is not None and code != self.partner:
             raise Forbidden(

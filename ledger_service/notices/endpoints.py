@@ -11,7 +11,7 @@ from ledger_service.notices import service
 from ledger_service.notices.service import NoticeRun
 from ledger_service.schemas_common import ProgramCode
 from services.auth import Principal, require
-from services.errors import Forbidden, Unprocessable, error_responses
+from services.errors import Unprocessable, error_responses
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -30,11 +30,7 @@ async def notices(
     as_of: Annotated[datetime | None, Query(description="RFC 3339; default now")] = None,
     program: Annotated[ProgramCode | None, Query()] = None,
 ) -> NoticeRun:
-    if program is None and principal.program_list() is not None:
-        detail = "This API key is limited to programs: name one with ?program=."
-        raise Forbidden(detail, code="program_forbidden")
-    if program is not None:
-        principal.require_program(program)
+    principal.require_job_scope(program)
     if as_of is not None and as_of.tzinfo is None:
         raise Unprocessable("as_of needs a time zone (RFC 3339).", code="validation_error")
     if as_of is not None and as_of > datetime.now(UTC) + timedelta(seconds=5):

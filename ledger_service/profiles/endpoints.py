@@ -10,7 +10,7 @@ from ledger_service.profiles import service
 from ledger_service.profiles.schemas import Profile, ProfileRun
 from ledger_service.schemas_common import MemberRef, ProgramCode
 from services.auth import Principal, require
-from services.errors import Forbidden, error_responses
+from services.errors import error_responses
 
 router = APIRouter(tags=["members"])
 
@@ -48,10 +48,5 @@ async def refresh_profiles(
     principal: Annotated[Principal, Depends(require("ledger:admin"))],
     program: Annotated[ProgramCode | None, Query()] = None,
 ) -> ProfileRun:
-    if program is None and principal.program_list() is not None:
-        raise Forbidden(
-            "This API key is limited to programs: name one with ?program=.", code="program_forbidden"
-        )
-    if program is not None:
-        principal.require_program(program)
+    principal.require_job_scope(program)
     return await service.run_profiles(request.app.state.db, program)
