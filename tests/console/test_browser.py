@@ -138,9 +138,16 @@ async def test_overview_chart_matches_the_report(
         await expect(page.locator("figure[data-chart=cohorts] svg")).to_be_visible()
         await screenshots(page, "program")
 
-        await page.goto(f"{stack.ledger.url}/console/sagas")
-        await expect(page.locator("section[data-service=conversion] h2")).to_be_visible()
-        await expect(page.locator("[data-test=saga-problem]")).to_have_count(0)
+        # the page reads both services with a 3 s timeout: on a loaded CI machine one may be slow to
+        # answer once, so a page showing a problem is loaded again (twice at most) before failing
+        problems: list[str] = []
+        for _ in range(3):
+            await page.goto(f"{stack.ledger.url}/console/sagas")
+            await expect(page.locator("section[data-service=conversion] h2")).to_be_visible()
+            problems = await page.locator("[data-test=saga-problem]").all_text_contents()
+            if not problems:
+                break
+        assert problems == [], problems
         await screenshots(page, "sagas")
         hook = await api.post(
             "/v1/webhooks",
