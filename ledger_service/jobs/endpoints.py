@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from ledger_service.jobs import service
 from ledger_service.jobs.service import ExpiryRun, TierReview
+from ledger_service.schemas_common import ProgramCode
 from services.auth import Principal, require
 from services.errors import Unprocessable, error_responses
 
@@ -22,28 +23,35 @@ Admin = Annotated[Principal, Depends(require("ledger:admin"))]
     summary="Expire every lot due up to as_of (default now)",
     description="Unconsumed points of lots past their expiry go to the program's breakage account, or "
     "`rollover_bps` of them into a new lot for the next period. Safe to run twice or from two processes "
-    "at once. `as_of` cannot be in the future.",
-    responses=error_responses(401, 403, 422),
+    "at once; a second run with the same `as_of` changes nothing. `as_of` cannot be in the future. "
+    "`program` runs it for one program; a key limited to programs must name one of them.",
+    responses=error_responses(401, 403, 404, 422),
 )
 async def expire(
     request: Request,
-    _: Admin,
+    principal: Admin,
     as_of: Annotated[datetime | None, Query(description="RFC 3339; default now")] = None,
+    program: Annotated[ProgramCode | None, Query()] = None,
 ) -> ExpiryRun:
+    principal.require_job_scope(program)
     if as_of is not None and as_of.tzinfo is None:
         raise Unprocessable("as_of needs a time zone (RFC 3339).", code="validation_error")
     if as_of is not None and as_of > datetime.now(UTC) + timedelta(seconds=5):
         raise Unprocessable(
             "as_of cannot be in the future: points would expire early.", code="as_of_in_future"
         )
-    return await service.run_expiry(request.app.state.db, as_of)
+    return await service.run_expiry(request.app.state.db, as_of, program=program)
 
 
 @router.post(
     "/tier-review",
     response_model=TierReview,
     summary="Recompute every member's tier (upgrades and downgrades)",
-    responses=error_responses(401, 403),
+    description="`program` runs it for one program; a key limited to programs must name one of them.",
+    responses=error_responses(401, 403, 404, 422),
 )
-async def tier_review(request: Request, _: Admin) -> TierReview:
-    return await service.run_tier_review(request.app.state.db)
+async def tier_review(
+    request: Request, principal: Admin, program: Annotated[ProgramCode | None, Query()] = None
+) -> TierReview:
+    principal.require_job_scope(program)
+    return await service.run_tier_review(request.app.state.db, program=program)

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from ledger_service.jobs import repository
 from services.db import Database
+from services.errors import NotFound
 
 EXPIRY_BATCH = 10_000
 REVIEW_BATCH = 10_000
@@ -31,15 +32,28 @@ class TierReview(BaseModel):
     duration_ms: int
 
 
-async def run_expiry(db: Database, as_of: datetime | None = None, batch: int = EXPIRY_BATCH) -> ExpiryRun:
-    """Expires every lot due at `as_of` (default: now), batch after batch."""
+async def _program_id(db: Database, code: str | None) -> int | None:
+    if code is None:
+        return None
+    async with db.driver() as conn:
+        found = await repository.program_id(conn, code)
+    if found is None:
+        raise NotFound(f"No program with code {code}.", code="program_not_found")
+    return found
+
+
+async def run_expiry(
+    db: Database, as_of: datetime | None = None, batch: int = EXPIRY_BATCH, program: str | None = None
+) -> ExpiryRun:
+    """Expires every lot due at `as_of` (default: now), batch after batch, of one program or all."""
     as_of = as_of or datetime.now(UTC)
     started = time.perf_counter()
+    program_id = await _program_id(db, program)
     after_at, after_id = repository.EPOCH, 0
     batches = lots = expired = rolled = txns = 0
     while True:
         async with db.driver() as conn:
-            row = await repository.expire_batch(conn, as_of, batch, after_at, after_id)
+            row = await repository.expire_batch(conn, as_of, batch, after_at, after_id, program_id)
         if row["lots"] == 0:
             break
         batches += 1
@@ -61,13 +75,15 @@ async def run_expiry(db: Database, as_of: datetime | None = None, batch: int = E
     )
 
 
-async def run_tier_review(db: Database, batch: int = REVIEW_BATCH) -> TierReview:
-    """Recomputes every member's tier from the qualifying window; this is where downgrades happen."""
+async def run_tier_review(db: Database, batch: int = REVIEW_BATCH, program: str | None = None) -> TierReview:
+    """Recomputes every member's tier from the qualifying window, of one program or all; this is
+    where downgrades happen."""
     started = time.perf_counter()
+    program_id = await _program_id(db, program)
     after = reviewed = changed = 0
     while True:
         async with db.driver() as conn:
-            row = await repository.review_batch(conn, after, batch)
+            row = await repository.review_batch(conn, after, batch, program_id)
         reviewed += row["reviewed"]
         changed += row["changed"]
         if row["reviewed"] < batch or row["next_after"] is None:

@@ -147,14 +147,16 @@ async def fund(
     summary="Close every partner period that ended by as_of into statement lines",
     description="Idempotent and safe from two processes at once: a period closes once; run again, it "
     "closes nothing (`lines: []`). Periods are in each program's time zone. A transaction belongs to "
-    "the period of its occurred_at, or to the first open period when that one is closed.",
+    "the period of its occurred_at, or to the first open period when that one is closed. A run spans "
+    "every program, so a key limited to programs may not start it (403 program_forbidden).",
     responses=error_responses(401, 403, 422),
 )
 async def settle(
     request: Request,
-    _: Admin,
+    principal: Admin,
     as_of: Annotated[datetime | None, Query(description="RFC 3339; default now; not in the future")] = None,
 ) -> Settlement:
+    principal.require_job_scope(None)
     if as_of is not None and as_of.tzinfo is None:
         raise Unprocessable("as_of needs a time zone (RFC 3339).", code="validation_error")
     return await service.settle(_db(request), as_of)

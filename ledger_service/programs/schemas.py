@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from ledger_service.schemas_common import Currency, PointKind, ProgramCode, TimeZone
+from ledger_service.schemas_common import MAX_POINTS, Currency, PointKind, ProgramCode, TimeZone
 
 _MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
@@ -87,6 +87,20 @@ def _default_kinds() -> list[PointKind]:
     return ["purchase"]
 
 
+DEFAULT_MAX_POINTS_PER_TRANSACTION = 100_000_000
+MaxPointsPerTransaction = Annotated[
+    int,
+    Field(
+        strict=True,
+        gt=0,
+        le=MAX_POINTS,
+        description="The most points one earn, burn, hold, transfer, adjustment or batch row may move "
+        "(422 points_limit_exceeded above it)",
+        examples=[DEFAULT_MAX_POINTS_PER_TRANSACTION],
+    ),
+]
+
+
 class ProgramIn(Strict):
     code: ProgramCode
     name: Annotated[str, StringConstraints(min_length=1, max_length=200)] = Field(
@@ -102,6 +116,7 @@ class ProgramIn(Strict):
     timezone: TimeZone = "UTC"
     tier_downgrade: TierDowngrade = "to_qualified"
     expiry_notices_days: NoticeDays = Field(default_factory=list)
+    max_points_per_transaction: MaxPointsPerTransaction = DEFAULT_MAX_POINTS_PER_TRANSACTION
 
     model_config = ConfigDict(
         extra="forbid",
@@ -145,6 +160,7 @@ class ProgramPatch(Strict):
     timezone: TimeZone | None = None
     tier_downgrade: TierDowngrade | None = None
     expiry_notices_days: NoticeDays | None = None
+    max_points_per_transaction: MaxPointsPerTransaction | None = None
 
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"name": "Wanlitong", "rollover_bps": 2000}]}
@@ -174,6 +190,7 @@ class ProgramOut(BaseModel):
     timezone: str
     tier_downgrade: str
     expiry_notices_days: list[int]
+    max_points_per_transaction: int
     created_at: datetime
     updated_at: datetime
 

@@ -16,13 +16,17 @@ BEGIN
     WHERE batch_id = p_batch AND line > p_from AND line <= p_to AND reject IS NOT NULL
     ON CONFLICT DO NOTHING;
     GET DIAGNOSTICS rejected = ROW_COUNT;
-    -- Earn rows naming a partner that may not fund them (unknown, suspended, no issuer, no terms).
+    -- Earn rows above the program's max_points_per_transaction, or naming a partner that may not
+    -- fund them (unknown, suspended, no issuer, no terms).
     INSERT INTO ledger.batch_rejections (batch_id, line, external_id, reason)
     SELECT x.batch_id, x.line, x.external_id, x.why FROM (
-        SELECT s.batch_id, s.line, s.external_id, ledger.partner_refusal(s.partner, p.id, 'issuer', s.occurred_at) AS why
+        SELECT s.batch_id, s.line, s.external_id,
+               CASE WHEN s.points > p.max_points_per_transaction THEN 'points_limit_exceeded'
+                    WHEN s.partner IS NOT NULL THEN ledger.partner_refusal(s.partner, p.id, 'issuer', s.occurred_at)
+               END AS why
         FROM ledger.batch_staging s JOIN ledger.programs p ON p.code = s.program
         WHERE s.batch_id = p_batch AND s.line > p_from AND s.line <= p_to AND s.reject IS NULL AND s.type = 'earn'
-          AND s.partner IS NOT NULL) x
+          AND (s.partner IS NOT NULL OR s.points > p.max_points_per_transaction)) x
     WHERE x.why IS NOT NULL
     ON CONFLICT DO NOTHING;
     GET DIAGNOSTICS partner_rejected = ROW_COUNT;
@@ -45,7 +49,7 @@ BEGIN
                                     THEN ledger.partner_row(s.partner, p.id, 'issuer', s.occurred_at, false) END AS r
                         OFFSET 0) pp
     WHERE s.batch_id = p_batch AND s.line > p_from AND s.line <= p_to AND s.reject IS NULL AND s.type = 'earn'
-      AND (s.partner IS NULL OR (pp.r).partner_id IS NOT NULL)
+      AND s.points <= p.max_points_per_transaction AND (s.partner IS NULL OR (pp.r).partner_id IS NOT NULL)
     ORDER BY s.external_id, s.line;
     SELECT count(*) INTO candidates FROM ledger.batch_staging
     WHERE batch_id = p_batch AND line > p_from AND line <= p_to AND reject IS NULL AND type = 'earn';

@@ -36,6 +36,24 @@ BEGIN
     RETURN prog;
 END $$;
 
+-- The program's max_points_per_transaction (DESIGN §4) for a request naming `program` and `points`
+-- (an adjustment's are signed). An unknown or forbidden program is left to the operation's own
+-- lookup, so its refusal stays what it was.
+CREATE OR REPLACE FUNCTION ledger.check_points_limit(a jsonb, p_programs text[]) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE lim bigint;
+BEGIN
+    IF jsonb_typeof(a->'points') IS DISTINCT FROM 'number' OR a->>'program' IS NULL
+       OR (p_programs IS NOT NULL AND NOT (a->>'program' = ANY (p_programs))) THEN
+        RETURN;
+    END IF;
+    SELECT max_points_per_transaction INTO lim FROM ledger.programs WHERE code = a->>'program';
+    IF FOUND AND abs((a->>'points')::numeric) > lim THEN
+        PERFORM ledger.fail('points_limit_exceeded', 422,
+            format('Program %s takes at most %s points in one transaction.', a->>'program', lim));
+    END IF;
+END $$;
+
 CREATE OR REPLACE FUNCTION ledger.program_by_id(p_id int, p_programs text[]) RETURNS ledger.programs
 LANGUAGE plpgsql STABLE AS $$
 DECLARE prog ledger.programs;

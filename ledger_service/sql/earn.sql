@@ -64,8 +64,9 @@ $$;
 -- With p_checked false (a coalesced batch), only the requests that are safe to apply set-based are
 -- taken: the first use of their key in the batch and in the database, on a program the key may act
 -- on, whose key's advisory lock this transaction gets. The others are left to ledger.execute,
--- which answers them one by one (replay, key reuse or in use, unknown or forbidden program, a
--- partner that is unknown, suspended, no issuer or without terms).
+-- which answers them one by one (replay, key reuse or in use, unknown or forbidden program, points
+-- above the program's max_points_per_transaction, a partner that is unknown, suspended, no issuer or
+-- without terms).
 CREATE OR REPLACE FUNCTION ledger.stage_earns(p_requests jsonb, p_checked boolean) RETURNS void
 LANGUAGE sql AS $$
     INSERT INTO earn_in (i, program_id, account_id, member_ref, points, kind, clearing, reference, metadata,
@@ -90,7 +91,7 @@ LANGUAGE sql AS $$
                                     THEN ledger.partner_row(f.a->>'partner', g.id, 'issuer', f.occ, p_checked) END AS r
                         OFFSET 0) pp
     WHERE p_checked
-       OR ((f.a->>'points')::numeric >= 0
+       OR ((f.a->>'points')::numeric BETWEEN 0 AND g.max_points_per_transaction
            AND (f.a->>'partner' IS NULL OR (pp.r).partner_id IS NOT NULL)
            AND (jsonb_typeof(f.p) IS DISTINCT FROM 'array' OR g.code IN (SELECT jsonb_array_elements_text(f.p)))
            AND NOT EXISTS (SELECT 1 FROM ledger.idempotency_keys k WHERE k.api_key_id = f.api_key AND k.key = f.key)

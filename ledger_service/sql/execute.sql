@@ -28,6 +28,9 @@ BEGIN
     END IF;
     BEGIN
         status := 201;
+        IF p_op IN ('earn', 'burn', 'hold', 'transfer', 'adjust') THEN
+            PERFORM ledger.check_points_limit(p_args, p_programs);
+        END IF;
         CASE p_op
             WHEN 'earn' THEN body := ledger.op_earn(p_args, p_api_key, p_programs);
             WHEN 'burn' THEN body := ledger.op_burn(p_args, p_api_key, p_programs);

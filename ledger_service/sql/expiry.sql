@@ -4,7 +4,12 @@
 -- the hold ends. Each account's expired points go to breakage in one `expiry` transaction, or
 -- rollover_bps of them into a new lot for the next period. Running twice, or from two processes
 -- at once, expires nothing twice: `remaining` is re-read under the account lock.
+-- A run is a fixed point (DESIGN §4): rolled-over points roll once (a rolled lot, the only kind with
+-- no txn_id, goes all to breakage when it is due), and points whose rolled lot would itself be due
+-- by p_as_of go to breakage at once, so a run as of T leaves no unheld lot due at T and a second
+-- run with the same T changes nothing. p_program limits the run to one program (NULL: all).
 CREATE OR REPLACE FUNCTION ledger.expire_lots(p_as_of timestamptz, p_limit int, p_after_at timestamptz, p_after_id bigint,
+    p_program int,
     OUT next_at timestamptz, OUT next_id bigint, OUT lots int, OUT expired bigint, OUT rolled bigint,
     OUT transactions int)
 LANGUAGE plpgsql AS $$
@@ -21,7 +26,7 @@ BEGIN
     INSERT INTO expiry_due
     SELECT id, account_id, expires_at FROM ledger.lots
     WHERE remaining > 0 AND expires_at IS NOT NULL AND expires_at <= p_as_of
-      AND (expires_at, id) > (p_after_at, p_after_id)
+      AND (expires_at, id) > (p_after_at, p_after_id) AND (p_program IS NULL OR program_id = p_program)
     ORDER BY expires_at, id LIMIT p_limit;
     GET DIAGNOSTICS lots = ROW_COUNT;
     SELECT d.expires_at, d.lot_id INTO next_at, next_id FROM expiry_due d ORDER BY d.expires_at DESC, d.lot_id DESC LIMIT 1;
@@ -38,9 +43,11 @@ BEGIN
     INSERT INTO expiry_acc SELECT * FROM locked;
 
     INSERT INTO expiry_take
-    SELECT x.lot_id, x.account_id, x.expires_at, x.take, x.take * p.rollover_bps / 10000
+    SELECT x.lot_id, x.account_id, x.expires_at, x.take,
+           CASE WHEN x.is_rolled OR NOT coalesce(ledger.next_period(p, x.expires_at) > p_as_of, false) THEN 0
+                ELSE x.take * p.rollover_bps / 10000 END
     FROM (
-        SELECT d.lot_id, d.account_id, d.expires_at, a.program_id,
+        SELECT d.lot_id, d.account_id, d.expires_at, a.program_id, l.txn_id IS NULL AS is_rolled,
                least(l.remaining, greatest(a.cap - coalesce(sum(l.remaining) OVER w, 0), 0)) AS take
         FROM expiry_due d
         JOIN expiry_acc a ON a.account_id = d.account_id

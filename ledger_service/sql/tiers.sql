@@ -42,8 +42,8 @@ $$;
 
 -- Tier review: recomputes members' tiers from their qualifying points (up and down), in batches
 -- by account id. Downgrades happen only here.
-CREATE OR REPLACE FUNCTION ledger.review_tiers(p_after bigint, p_limit int, OUT next_after bigint, OUT reviewed int,
-                                    OUT changed int)
+CREATE OR REPLACE FUNCTION ledger.review_tiers(p_after bigint, p_limit int, p_program int, OUT next_after bigint,
+                                    OUT reviewed int, OUT changed int)
 LANGUAGE plpgsql AS $$
 BEGIN
     CREATE TEMP TABLE IF NOT EXISTS tier_review (account_id bigint, old_tier text, new_tier text, points bigint)
@@ -54,6 +54,7 @@ BEGIN
         SELECT a.id, a.tier, p.tiers, p.tier_downgrade, ledger.qualifying_points(p, a.id) AS points
         FROM ledger.accounts a JOIN ledger.programs p ON p.id = a.program_id
         WHERE a.kind = 'member' AND a.id > p_after AND (jsonb_array_length(p.tiers) > 0 OR a.tier <> 'basic')
+          AND (p_program IS NULL OR a.program_id = p_program)
         ORDER BY a.id LIMIT p_limit
     ) c;
     GET DIAGNOSTICS reviewed = ROW_COUNT;

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
-from tests.conftest import assert_problem, create_program, earn, member, post
+from tests.conftest import assert_problem, create_program, earn, make_key, member, post
 from tests.ledger.invariants import check_ledger_invariants
 
 
@@ -145,3 +145,65 @@ async def test_expiry_as_of_cannot_be_in_the_future(client: httpx.AsyncClient) -
     assert_problem(r, 422, "as_of_in_future")
     past = await _expire(client, as_of="2000-01-01T00:00:00Z")
     assert past["lots"] == 0 or past["expired_points"] >= 0
+
+
+async def _report(client: httpx.AsyncClient, program: str) -> dict:
+    r = await client.get(f"/v1/programs/{program}/report", params={"from": "2025-01-01T00:00:00Z"})
+    assert r.status_code == 200, r.text
+    return {k: v for k, v in r.json().items() if k != "to"}  # `to` defaults to now
+
+
+async def test_expiry_is_a_fixed_point(client: httpx.AsyncClient, ledger_app) -> None:
+    """Issue 12 item 3: the first run left a rolled-over lot already due at as_of, and the second run
+    expired half of it and rolled the rest again (balance 800, then 550)."""
+    program = await create_program(client, expiry={"policy": "rolling", "months": 1}, rollover_bps=5000)
+    await earn(client, program, "fix", 1000, occurred_at="2026-01-01T00:00:00Z")
+    await earn(client, program, "fix", 300)
+    as_of = "2026-03-01T00:00:00Z"
+    first = await _expire(client, as_of=as_of, program=program)
+    assert first["expired_points"] == 1000 and first["rolled_over_points"] == 0, first
+    after_first = (await member(client, program, "fix"), await _report(client, program))
+    assert after_first[0]["balance"] == 300
+    due = [lot for lot in await _lots(ledger_app, program, "fix") if lot[1] > 0 and lot[2] is not None]
+    assert all(lot[2] > datetime.fromisoformat(as_of) for lot in due), due
+    second = await _expire(client, as_of=as_of, program=program)
+    assert second["expired_points"] == 0 and second["rolled_over_points"] == 0, second
+    assert (await member(client, program, "fix"), await _report(client, program)) == after_first
+    await check_ledger_invariants(ledger_app.state.db, program)
+
+
+async def test_rolled_over_points_roll_once(client: httpx.AsyncClient, ledger_app) -> None:
+    program = await create_program(client, expiry={"policy": "rolling", "months": 1}, rollover_bps=5000)
+    await earn(client, program, "once", 1000, occurred_at="2026-01-01T00:00:00Z")
+    first = await _expire(client, as_of="2026-02-15T00:00:00Z", program=program)
+    assert (first["expired_points"], first["rolled_over_points"]) == (500, 500)
+    second = await _expire(client, as_of="2026-03-15T00:00:00Z", program=program)
+    assert (second["expired_points"], second["rolled_over_points"]) == (500, 0)
+    assert (await member(client, program, "once"))["balance"] == 0
+    await check_ledger_invariants(ledger_app.state.db, program)
+
+
+async def test_jobs_respect_a_keys_programs(client: httpx.AsyncClient, raw_client, ledger_app) -> None:
+    """Issue 12 item 4: an admin key limited to one program could run every job for every program."""
+    mine = await create_program(client, expiry={"policy": "rolling", "months": 1})
+    other = await create_program(client, expiry={"policy": "rolling", "months": 1})
+    await earn(client, mine, "job", 100, occurred_at=ago(days=40))
+    await earn(client, other, "job", 100, occurred_at=ago(days=40))
+    limited = await make_key(ledger_app, ["ledger:admin", "ledger:read"], [mine])
+    auth = {"Authorization": f"Bearer {limited}"}
+    for path in ("/v1/jobs/expire", "/v1/jobs/tier-review", "/v1/jobs/notices", "/v1/jobs/profiles"):
+        assert_problem(await raw_client.post(path, headers=auth), 403, "program_forbidden")
+        assert_problem(
+            await raw_client.post(path, params={"program": other}, headers=auth), 403, "program_forbidden"
+        )
+    assert_problem(await raw_client.post("/v1/settlements", headers=auth), 403, "program_forbidden")
+    r = await raw_client.post("/v1/jobs/expire", params={"program": mine}, headers=auth)
+    assert r.status_code == 200, r.text
+    assert r.json()["expired_points"] == 100
+    r = await raw_client.post("/v1/jobs/tier-review", params={"program": mine}, headers=auth)
+    assert r.status_code == 200, r.text
+    assert (await member(client, mine, "job"))["balance"] == 0
+    assert (await member(client, other, "job"))["balance"] == 100  # not this key's program
+    assert_problem(
+        await client.post("/v1/jobs/expire", params={"program": "NOPE_NOPE"}), 404, "program_not_found"
+    )
