@@ -16,6 +16,7 @@ from services.conventions import ProgramCode
 from services.db import Database
 from services.errors import Conflict, Forbidden, NotFound
 from services.pagination import decode_cursor, encode_cursor
+from services.validation import StrictBody
 
 Scope = Literal[
     "ledger:read", "ledger:earn", "ledger:burn", "ledger:batch", "ledger:admin",
@@ -35,7 +36,7 @@ _REVOKE = f"""UPDATE auth.api_keys SET revoked_at = coalesce(revoked_at, now()) 
               RETURNING {_COLUMNS}"""
 
 
-class ApiKeyIn(BaseModel):
+class ApiKeyIn(StrictBody):
     name: KeyName = Field(default="api", examples=["pos-terminals-shanghai"])
     scopes: list[Scope] = Field(
         min_length=1, max_length=len(SCOPES), examples=[["ledger:read", "ledger:earn"]]

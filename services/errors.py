@@ -14,6 +14,8 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from services.validation import CODES as VALIDATION_CODES
+
 log = logging.getLogger("jifen.errors")
 
 PROBLEM_JSON = "application/problem+json"
@@ -150,6 +152,13 @@ def _field(loc: Sequence[Any]) -> str:
     return ".".join(parts) or "body"
 
 
+def _field_error(error: Mapping[str, Any]) -> dict[str, Any]:
+    out = {"field": _field(error.get("loc", ())), "message": str(error.get("msg", ""))}
+    if error.get("type") in VALIDATION_CODES:
+        out["code"] = error["type"]
+    return out
+
+
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -172,9 +181,13 @@ def install_error_handlers(app: FastAPI) -> None:
         errs = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errs):
             return problem_response(400, "malformed_json", "The request body is not valid JSON.")
-        errors = [{"field": _field(e.get("loc", ())), "message": str(e.get("msg", ""))} for e in errs]
+        errors = [_field_error(e) for e in errs]
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
-        return problem_response(422, "validation_error", detail or "Invalid request.", errors=errors)
+        # One of the codes DESIGN §4 names (invalid_text, occurred_at_out_of_range, ...) when every
+        # error is of that one kind; validation_error otherwise.
+        codes = {e.get("code") for e in errors}
+        code = codes.pop() if len(codes) == 1 and None not in codes else "validation_error"
+        return problem_response(422, str(code), detail or "Invalid request.", errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> Response:
@@ -194,6 +207,7 @@ def install_error_handlers(app: FastAPI) -> None:
 class FieldError(BaseModel):
     field: str
     message: str
+    code: str | None = Field(default=None, examples=["invalid_text"])
 
 
 class Problem(BaseModel):

@@ -20,6 +20,7 @@ documented API (/docs) and the reference behaviour; the fast lane must answer as
 from __future__ import annotations
 
 import inspect
+import logging
 import types
 import typing
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -39,6 +40,8 @@ from services.errors import DomainError, problem_response
 from services.idempotency import idempotency_key, valid_key
 from services.metrics import FAST_LANE
 from services.middleware import replay
+
+log = logging.getLogger("jifen.fastlane")
 
 Endpoint = Callable[..., Awaitable[Response]]
 E = TypeVar("E", bound=Endpoint)
@@ -292,6 +295,12 @@ class FastLane:
             return await route.endpoint(**kwargs)
         except DomainError as exc:
             return problem_response(exc.status, exc.code, exc.detail, headers=exc.headers, extra=exc.extra)
+        except Exception:
+            # As FastAPI's handler answers it (services/errors.py): a 500 the client reads, not a
+            # connection dropped by the server under it.
+            log.exception("unhandled error on the fast lane", extra={"path": route.path})
+            detail = "An unexpected error occurred; it has been logged."
+            return problem_response(500, "internal_error", detail)
 
 
 def _headers(scope: Scope) -> tuple[bytes, str]:

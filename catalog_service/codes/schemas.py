@@ -6,6 +6,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from services.validation import StrictBody
+
 MAX_CODES_PER_UPLOAD = 10_000
 
 VoucherCode = Annotated[
@@ -15,7 +17,7 @@ VoucherCode = Annotated[
 ]
 
 
-class CodesIn(BaseModel):
+class CodesIn(StrictBody):
     codes: list[VoucherCode] = Field(min_length=1, max_length=MAX_CODES_PER_UPLOAD)
 
     model_config = ConfigDict(

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from catalog_service.common import Sku
 from services.conventions import MemberRef, ProgramCode
+from services.validation import StrictBody
 
 MAX_QUANTITY = 100
 
@@ -25,7 +26,7 @@ Reason = Annotated[
 ]
 
 
-class RedemptionIn(BaseModel):
+class RedemptionIn(StrictBody):
     sku: Sku
     program: ProgramCode = Field(description="Must be the reward's program")
     member_ref: MemberRef
@@ -39,7 +40,7 @@ class RedemptionIn(BaseModel):
     )
 
 
-class CancelIn(BaseModel):
+class CancelIn(StrictBody):
     reason: Reason | None = None
 
     model_config = ConfigDict(

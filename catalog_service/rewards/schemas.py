@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from catalog_service.common import Sku
 from services.conventions import Currency, ProgramCode
+from services.validation import StrictBody, Timestamp
 
 RewardType = Literal["physical", "voucher", "service"]
 MAX_PRICE = 10**12
@@ -45,7 +46,7 @@ Limit = Annotated[
 ]
 
 
-class Strict(BaseModel):
+class Strict(StrictBody):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -62,8 +63,8 @@ class RewardIn(Strict):
     )
     stock: Stock | None = Field(default=None, description="Units left to redeem; null (default) is unlimited")
     per_member_limit: Limit | None = None
-    active_from: AwareDatetime | None = None
-    active_to: AwareDatetime | None = None
+    active_from: Timestamp | None = None
+    active_to: Timestamp | None = None
     category: Label | None = None
     merchant: Label | None = None
 
@@ -131,8 +132,8 @@ class RewardPatch(Strict):
         default=None, description="Set the units left to redeem; null makes the reward unlimited"
     )
     per_member_limit: Limit | None = None
-    active_from: AwareDatetime | None = None
-    active_to: AwareDatetime | None = None
+    active_from: Timestamp | None = None
+    active_to: Timestamp | None = None
     category: Label | None = None
     merchant: Label | None = None
 

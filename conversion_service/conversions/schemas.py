@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from conversion_service.quotes.schemas import AppliedRate
 from conversion_service.schemas_common import MemberRef, Points, ProgramCode
+from services.validation import StrictBody
 
 Status = Literal[
     "created",
@@ -27,7 +28,7 @@ UNFINISHED: tuple[str, ...] = ("created", "debiting", "debited", "crediting", "c
 FINAL: frozenset[str] = frozenset({"completed", "rejected", "compensated", "failed"})
 
 
-class ConversionIn(BaseModel):
+class ConversionIn(StrictBody):
     """Either `quote_id` alone (the quote's amounts and rate, before it expires), or the quote fields
     (priced now at the rate in force)."""
 

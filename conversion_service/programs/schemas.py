@@ -6,8 +6,10 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.validation import StrictBody
 
-class ProgramSettingsIn(BaseModel):
+
+class ProgramSettingsIn(StrictBody):
     allow_derived_rates: bool = Field(
         strict=True,
         description="May rates from or to this program be derived from the programs' cash values when "

@@ -10,6 +10,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from conversion_service.schemas_common import MemberRef, Points, ProgramCode
+from services.validation import StrictBody
 
 
 class Pricing(BaseModel):
@@ -31,7 +32,7 @@ class Pricing(BaseModel):
             raise ValueError("send exactly one of from_points and to_points")
 
 
-class QuoteIn(Pricing):
+class QuoteIn(Pricing, StrictBody):
     expires_in_s: int | None = Field(
         default=None,
         strict=True,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
-from pydantic import AwareDatetime
 
 from conversion_service.deps import Ctx
 from conversion_service.rates import service
@@ -13,6 +12,7 @@ from conversion_service.rates.schemas import RateIn, RateList, RateOut
 from conversion_service.schemas_common import ProgramCode
 from services.auth import Principal, require
 from services.errors import error_responses
+from services.validation import Timestamp
 
 router = APIRouter(prefix="/v1/rates", tags=["rates"])
 
@@ -20,7 +20,7 @@ From = Annotated[ProgramCode, Path(description="Source program code")]
 To = Annotated[ProgramCode, Path(description="Target program code")]
 Reader = Annotated[Principal, Depends(require("conversion:read"))]
 At = Annotated[
-    AwareDatetime | None,
+    Timestamp | None,
     Query(
         description="The rates in force at this time (RFC 3339); default now",
         examples=["2030-01-01T00:00:00Z"],

@@ -5,13 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from conversion_service.arithmetic import Terms
 from conversion_service.schemas_common import Currency, Points
+from services.validation import StrictBody, Timestamp
 
 
-class RateIn(BaseModel):
+class RateIn(StrictBody):
     """`from_points` source points buy `to_points` target points, before the fee."""
 
     from_points: Points = Field(examples=[5])
@@ -23,7 +24,7 @@ class RateIn(BaseModel):
         description="At most this many source points per member per UTC day for this pair; null: none",
         examples=[200000],
     )
-    effective_from: AwareDatetime | None = Field(
+    effective_from: Timestamp | None = Field(
         default=None,
         description="When this version takes effect (RFC 3339); omitted: now. Not in the past: rates "
         "already in force are never rewritten.",

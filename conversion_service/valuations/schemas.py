@@ -8,11 +8,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from conversion_service.rates.schemas import CashValue
 from conversion_service.schemas_common import Currency, Points, ProgramCode
+from services.validation import StrictBody
 
 MAX_CASH_MINOR = 10**15
 
 
-class ValuationIn(BaseModel):
+class ValuationIn(StrictBody):
     """`points` (-> their cash value), or `cash_minor` and `currency` (-> the points needed to pay it)."""
 
     program: ProgramCode

@@ -18,6 +18,8 @@ from typing import Any
 
 import orjson
 
+from services.validation import EARLIEST, LATEST, storable_text
+
 FIELDS = (
     "external_id", "type", "original_external_id", "program", "member_ref", "card_number", "amount_minor",
     "currency", "merchant_id", "mcc", "channel", "occurred_at", "points", "partner",
@@ -101,6 +103,8 @@ def parse_fields(line: int, f: dict[str, str], tokens: CardTokenizer, now: datet
         row.reject = reason
         return row
 
+    if not all(storable_text(v) for v in f.values()):  # an NDJSON line's \u0000 or lone \ud800
+        return bad("invalid_text")
     row.external_id = f.get("external_id") or None
     if row.external_id is None or not _TEXT.match(row.external_id):
         row.external_id = None
@@ -164,6 +168,8 @@ def parse_fields(line: int, f: dict[str, str], tokens: CardTokenizer, now: datet
             return bad("malformed_occurred_at")
         if at.tzinfo is None:
             return bad("malformed_occurred_at")
+        if not EARLIEST <= at < LATEST:
+            return bad("occurred_at_out_of_range")
         if at > now + FUTURE_SKEW:
             return bad("occurred_in_future")
         row.occurred_at = at

@@ -9,6 +9,7 @@ from uuid import UUID
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints
 
 from ledger_service.schemas_common import ProgramCode
+from services.validation import StrictBody
 
 TxnType = Literal["earn", "burn", "capture", "reversal", "transfer", "adjustment", "expiry"]
 # Events that are not transactions: their payload is `data`.
@@ -39,7 +40,7 @@ class EventPage(BaseModel):
     next_cursor: int = Field(description="Pass as `after` to continue; equals `after` when nothing is new")
 
 
-class WebhookIn(BaseModel):
+class WebhookIn(StrictBody):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={

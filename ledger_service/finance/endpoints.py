@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -12,6 +12,7 @@ from ledger_service.finance.schemas import Aging, Cohorts, Period, RollForward
 from ledger_service.schemas_common import ProgramCode
 from services.auth import Principal, require
 from services.errors import Unprocessable, error_responses
+from services.validation import Timestamp
 
 router = APIRouter(tags=["finance"])
 
@@ -60,7 +61,7 @@ async def aging(
     request: Request,
     code: Annotated[ProgramCode, Path()],
     principal: Reader,
-    as_of: Annotated[datetime | None, Query(description="RFC 3339; default now")] = None,
+    as_of: Annotated[Timestamp | None, Query(description="RFC 3339; default now")] = None,
 ) -> Aging:
     principal.require_program(code)
     if as_of is not None and as_of.tzinfo is None:

@@ -12,6 +12,7 @@ from ledger_service.jobs.service import ExpiryRun, TierReview
 from ledger_service.schemas_common import ProgramCode
 from services.auth import Principal, require
 from services.errors import Unprocessable, error_responses
+from services.validation import Timestamp
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 Admin = Annotated[Principal, Depends(require("ledger:admin"))]
@@ -30,7 +31,7 @@ Admin = Annotated[Principal, Depends(require("ledger:admin"))]
 async def expire(
     request: Request,
     principal: Admin,
-    as_of: Annotated[datetime | None, Query(description="RFC 3339; default now")] = None,
+    as_of: Annotated[Timestamp | None, Query(description="RFC 3339; default now")] = None,
     program: Annotated[ProgramCode | None, Query()] = None,
 ) -> ExpiryRun:
     principal.require_job_scope(program)

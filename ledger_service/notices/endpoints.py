@@ -12,6 +12,7 @@ from ledger_service.notices.service import NoticeRun
 from ledger_service.schemas_common import ProgramCode
 from services.auth import Principal, require
 from services.errors import Unprocessable, error_responses
+from services.validation import Timestamp
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -27,7 +28,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 async def notices(
     request: Request,
     principal: Annotated[Principal, Depends(require("ledger:admin"))],
-    as_of: Annotated[datetime | None, Query(description="RFC 3339; default now")] = None,
+    as_of: Annotated[Timestamp | None, Query(description="RFC 3339; default now")] = None,
     program: Annotated[ProgramCode | None, Query()] = None,
 ) -> NoticeRun:
     principal.require_job_scope(program)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -30,6 +29,7 @@ from services.auth import Principal, require
 from services.db import Database
 from services.errors import Unprocessable, error_responses
 from services.idempotency import idempotency_key
+from services.validation import Timestamp
 
 router = APIRouter(tags=["partners"])
 
@@ -154,7 +154,7 @@ async def fund(
 async def settle(
     request: Request,
     principal: Admin,
-    as_of: Annotated[datetime | None, Query(description="RFC 3339; default now; not in the future")] = None,
+    as_of: Annotated[Timestamp | None, Query(description="RFC 3339; default now; not in the future")] = None,
 ) -> Settlement:
     principal.require_job_scope(None)
     if as_of is not None and as_of.tzinfo is None:

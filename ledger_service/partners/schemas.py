@@ -6,9 +6,10 @@ from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from ledger_service.schemas_common import Currency, PartnerCode, Points, ProgramCode, Reference
+from services.validation import StrictBody, Timestamp
 
 Role = Literal["issuer", "acceptor"]
 Status = Literal["active", "suspended"]
@@ -17,7 +18,7 @@ Funding = Literal["postpaid", "prepaid"]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
-class Strict(BaseModel):
+class Strict(StrictBody):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -95,7 +96,7 @@ class TermsIn(Strict):
         le=10**15,
         description="Postpaid only: the most the partner may owe for issued points of its open period",
     )
-    effective_from: AwareDatetime | None = Field(default=None, description="Default now")
+    effective_from: Timestamp | None = Field(default=None, description="Default now")
 
     model_config = ConfigDict(
         extra="forbid",

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from ledger_service.schemas_common import (
     MAX_POINTS,
@@ -20,13 +20,14 @@ from ledger_service.schemas_common import (
     Reason,
     Reference,
 )
+from services.validation import OccurredAt, StrictBody
 
 Clearing = Literal["conversion", "merchant"]
 HOLD_DEFAULT_S = 86_400
 HOLD_MAX_S = 30 * 86_400
 
 
-class Strict(BaseModel):
+class Strict(StrictBody):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -45,7 +46,7 @@ class EarnIn(Strict):
     purchase: Purchase | None = None
     kind: PointKind = "purchase"
     reference: Reference
-    occurred_at: AwareDatetime | None = None
+    occurred_at: OccurredAt | None = None
     metadata: Metadata = None
     clearing: Clearing | None = Field(
         default=None,
@@ -100,7 +101,7 @@ class BurnIn(Strict):
     partner: PartnerCode | None = Field(
         default=None, description="The acceptor partner the points are spent at (DESIGN §8)"
     )
-    occurred_at: AwareDatetime | None = Field(
+    occurred_at: OccurredAt | None = Field(
         default=None,
         description="When it happened (default now; at most 30 days back, for offline terminals)",
     )
@@ -149,7 +150,7 @@ class HoldIn(Strict):
 
 class CaptureIn(Strict):
     points: Points | None = Field(default=None, description="Capture this much; omit to capture it all")
-    occurred_at: AwareDatetime | None = Field(
+    occurred_at: OccurredAt | None = Field(
         default=None, description="When it happened (default now; at most 30 days back)"
     )
 

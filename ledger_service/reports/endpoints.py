@@ -12,6 +12,7 @@ from ledger_service.reports.service import Report
 from ledger_service.schemas_common import ProgramCode
 from services.auth import Principal, require
 from services.errors import Unprocessable, error_responses
+from services.validation import Timestamp
 
 router = APIRouter(tags=["reports"])
 
@@ -31,9 +32,9 @@ async def report(
     code: Annotated[ProgramCode, Path()],
     principal: Annotated[Principal, Depends(require("ledger:read"))],
     start: Annotated[
-        datetime | None, Query(alias="from", description="RFC 3339; default: the beginning")
+        Timestamp | None, Query(alias="from", description="RFC 3339; default: the beginning")
     ] = None,
-    end: Annotated[datetime | None, Query(alias="to", description="RFC 3339; default: now")] = None,
+    end: Annotated[Timestamp | None, Query(alias="to", description="RFC 3339; default: now")] = None,
 ) -> Report:
     principal.require_program(code)
     start = start or datetime(1970, 1, 1, tzinfo=UTC)

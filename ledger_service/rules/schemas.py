@@ -6,10 +6,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from ledger_service.postings.schemas import Purchase
 from ledger_service.schemas_common import MemberRef, PointKind
+from services.validation import OccurredAt, StrictBody, Timestamp
 
 Text = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 Channel = Literal["pos", "online", "app"]
@@ -18,7 +19,7 @@ TierCode = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,32}$")]
 SegmentRef = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
 
 
-class Strict(BaseModel):
+class Strict(StrictBody):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -48,8 +49,8 @@ class Rule(Strict):
         default=None, gt=0, le=1000, max_digits=9, decimal_places=4, examples=["10"]
     )
     bonus_points: int | None = Field(default=None, strict=True, gt=0, le=10**12, examples=[50])
-    active_from: AwareDatetime | None = None
-    active_to: AwareDatetime | None = None
+    active_from: Timestamp | None = None
+    active_to: Timestamp | None = None
 
     @model_validator(mode="after")
     def _valid(self) -> Rule:
@@ -96,7 +97,7 @@ EXAMPLE_RULE_SET: dict[str, Any] = {
 
 
 class RuleSetIn(Strict):
-    effective_from: AwareDatetime
+    effective_from: Timestamp
     base: Base
     rules: list[Rule] = Field(default_factory=list, max_length=200)
     caps: Caps = Field(default_factory=Caps)
@@ -129,7 +130,7 @@ class EvaluateIn(Strict):
     member_ref: MemberRef
     purchase: Purchase
     kind: PointKind = "purchase"
-    occurred_at: AwareDatetime | None = None
+    occurred_at: OccurredAt | None = None
 
     model_config = ConfigDict(
         extra="forbid",

@@ -7,10 +7,12 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from services.validation import StrictBody
+
 SegmentCode = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
 
 
-class SegmentIn(BaseModel):
+class SegmentIn(StrictBody):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.conftest import assert_problem, earn, make_key, member, new_key, post
+from tests.conftest import assert_problem, create_program, earn, make_key, member, new_key, post
 
 MAX = 2**63 - 1
 
@@ -56,7 +56,8 @@ async def test_bad_earn(client: httpx.AsyncClient, program: str, name, make, sta
     assert (await member(client, program, "victim"))["balance"] == 100
 
 
-async def test_overflow_of_a_balance_is_a_4xx(client: httpx.AsyncClient, program: str) -> None:
+async def test_overflow_of_a_balance_is_a_4xx(client: httpx.AsyncClient) -> None:
+    program = await create_program(client, max_points_per_transaction=MAX)
     await earn(client, program, "rich", MAX)
     r = await post(client, "/v1/earn", _earn(program, member_ref="rich", points=1))
     assert_problem(r, 422, "points_out_of_range")
