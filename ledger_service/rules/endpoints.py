@@ -12,7 +12,7 @@ from ledger_service.rules.service import RuleBook
 from ledger_service.schemas_common import ProgramCode
 from services.auth import Principal, require
 from services.db import Database
-from services.errors import error_responses
+from services.errors import Unprocessable, error_responses
 
 router = APIRouter(prefix="/v1/programs/{code}/rules", tags=["rules"])
 Code = Annotated[ProgramCode, Path()]
@@ -68,8 +68,9 @@ async def list_rules(
     "/evaluate",
     response_model=Evaluation,
     summary="Price a purchase under the rules in force, without posting",
-    description="Returns the points and the breakdown an earn would get, before the per-member caps "
-    "(those depend on what the member has earned when the earn is posted).",
+    description="Takes the body of `POST /v1/earn` (`program`, if sent, must be the path's; `reference` "
+    "may be left out). Returns the points and the breakdown the earn would get, before the per-member "
+    "caps (those depend on what the member has earned when the earn is posted).",
     responses=error_responses(401, 403, 404, 422),
 )
 async def evaluate(
@@ -79,6 +80,13 @@ async def evaluate(
     book: Annotated[RuleBook, Depends(_book)],
 ) -> Evaluation:
     principal.require_program(code)
+    if body.program is not None and body.program != code:
+        raise Unprocessable(
+            f"The body names program {body.program}, the path {code}.", code="program_mismatch"
+        )
+    if body.purchase is None:  # explicit points: what the earn would post, as given
+        assert body.points is not None
+        return Evaluation(program=code, member_ref=body.member_ref, points=body.points, breakdown={})
     priced = await book.price(code, body.member_ref, body.purchase, body.occurred_at)
     breakdown = dict(priced.breakdown)
     if priced.member_caps:

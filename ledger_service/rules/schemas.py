@@ -8,9 +8,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from ledger_service.postings.schemas import Purchase
-from ledger_service.schemas_common import MemberRef, PointKind
-from services.validation import OccurredAt, StrictBody, Timestamp
+from ledger_service.postings.schemas import EarnIn
+from ledger_service.schemas_common import ProgramCode, Reference
+from services.validation import StrictBody, Timestamp
 
 Text = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 Channel = Literal["pos", "online", "app"]
@@ -124,20 +124,23 @@ class RuleSetList(BaseModel):
     data: list[RuleSetOut]
 
 
-class EvaluateIn(Strict):
-    """The body of an earn, priced without posting anything."""
+class EvaluateIn(EarnIn):
+    """The body of an earn (DESIGN §4), priced without posting anything. `program` may be left out
+    (the path names it; if sent it must be the same), and so may `reference`; `metadata`, `clearing`
+    and `partner` are accepted and do not change the price. Explicit `points` are what the earn
+    would post; a purchase alone is priced by the rules in force at `occurred_at`."""
 
-    member_ref: MemberRef
-    purchase: Purchase
-    kind: PointKind = "purchase"
-    occurred_at: OccurredAt | None = None
+    program: ProgramCode | None = None  # type: ignore[assignment]
+    reference: Reference | None = None  # type: ignore[assignment]
 
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
             "examples": [
                 {
+                    "program": "WLT",
                     "member_ref": "m-10001",
+                    "reference": "order-7781",
                     "purchase": {
                         "amount_minor": 12345,
                         "currency": "CNY",

@@ -166,3 +166,25 @@ async def test_rules_need_admin(client: httpx.AsyncClient, program: str, ledger_
         client, program, {"effective_from": START, "base": {"points": 0, "per_amount_minor": 100}}
     )
     assert_problem(r, 422, "validation_error")
+
+
+async def test_evaluate_takes_the_body_of_an_earn(client: httpx.AsyncClient, program: str) -> None:
+    """Issue 12 item 7: the earn body was refused (`program`, `reference`: extra inputs)."""
+    r = await _rules(
+        client, program, {"effective_from": START, "base": {"points": 1, "per_amount_minor": 100}}
+    )
+    assert r.status_code == 201, r.text
+    body = {**_earn_body(program, "eva", 12345, merchant_id="M1"), "metadata": {"store": "SH-1"}}
+    path = f"/v1/programs/{program}/rules/evaluate"
+    dry = await client.post(path, json=body)
+    assert dry.status_code == 200, dry.text
+    assert dry.json()["points"] == 123
+    posted = await post(client, "/v1/earn", body)
+    assert posted.status_code == 201 and posted.json()["points"] == dry.json()["points"]
+    given = await client.post(
+        path, json={"program": program, "member_ref": "eva", "points": 70, "reference": "x"}
+    )
+    assert given.status_code == 200 and given.json()["points"] == 70
+    assert_problem(await client.post(path, json={**body, "program": "OTHER"}), 422, "program_mismatch")
+    assert_problem(await client.post(path, json={**body, "surprise": 1}), 422, "validation_error")
+    assert_problem(await client.post(path, json={"member_ref": "eva"}), 422, "validation_error")
