@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from services.validation import CODES as VALIDATION_CODES
+from services.validation import INVALID_TEXT, storable_text
 
 log = logging.getLogger("jifen.errors")
 
@@ -154,8 +155,13 @@ def _field(loc: Sequence[Any]) -> str:
 
 def _field_error(error: Mapping[str, Any]) -> dict[str, Any]:
     out = {"field": _field(error.get("loc", ())), "message": str(error.get("msg", ""))}
+    value = error.get("input")
     if error.get("type") in VALIDATION_CODES:
         out["code"] = error["type"]
+    elif isinstance(value, str) and not storable_text(value):
+        # A field with a pattern, or pydantic's own refusal of a lone surrogate in a str, met first.
+        out["code"] = INVALID_TEXT
+        out["message"] = "text must not hold a NUL character or an unpaired surrogate"
     return out
 
 
