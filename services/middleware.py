@@ -7,6 +7,7 @@ the problem `code`, read from the problem+json body however it was made (handler
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -110,7 +111,7 @@ class RequestContextMiddleware:
         try:
             declared = headers.get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > limit:
-                await self._too_large(send, rid_header, limit)
+                await self._too_large(send, receive, rid_header, limit)
                 status_holder[0] = 413
                 return
             if (
@@ -119,9 +120,10 @@ class RequestContextMiddleware:
                 and limit == self.max_body_bytes
             ):
                 # Chunked body of unknown length: read it up to the limit before the app sees it.
-                buffered = await self._buffer(receive, limit)
-                if buffered is None:
-                    await self._too_large(send, rid_header, limit)
+                buffered, over = await self._buffer(receive, limit)
+                if over:
+                    ended = not buffered[-1].get("more_body", False) or buffered[-1]["type"] != "http.request"
+                    await self._too_large(send, None if ended else receive, rid_header, limit)
                     status_holder[0] = 413
                     return
                 receive = replay(buffered, receive)
@@ -152,21 +154,28 @@ class RequestContextMiddleware:
             request_id_var.reset(token)
 
     @staticmethod
-    async def _buffer(receive: Receive, limit: int) -> list[Message] | None:
+    async def _buffer(receive: Receive, limit: int) -> tuple[list[Message], bool]:
+        """The body's messages up to the limit, and whether it went over."""
         messages: list[Message] = []
         size = 0
         while True:
             message = await receive()
             messages.append(message)
             if message["type"] != "http.request":
-                return messages
+                return messages, False
             size += len(message.get("body", b""))
             if size > limit:
-                return None
+                return messages, True
             if not message.get("more_body", False):
-                return messages
+                return messages, False
 
-    async def _too_large(self, send: Send, rid_header: tuple[bytes, bytes], limit: int) -> None:
+    async def _too_large(
+        self, send: Send, receive: Receive | None, rid_header: tuple[bytes, bytes], limit: int
+    ) -> None:
+        """The 413, then (with `receive`: the client is still sending) a lingering close: the rest of
+        the body is read and dropped, up to LINGER_BYTES and LINGER_S, before the response ends and
+        the server closes. A socket closed with unread data in it is reset, and a client still
+        sending would see the reset instead of the 413 (nginx's lingering_close does the same)."""
         body = orjson.dumps(
             problem_body(413, "payload_too_large", f"The request body exceeds {limit} bytes.")
         )
@@ -182,4 +191,31 @@ class RequestContextMiddleware:
                 ],
             }
         )
-        await send({"type": "http.response.body", "body": body})
+        if receive is None:
+            await send({"type": "http.response.body", "body": body})
+            return
+        # The whole answer is on the wire now (its length is declared); the response stays open only
+        # so the server keeps reading.
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+        await _discard(receive, LINGER_BYTES, LINGER_S)
+        await send({"type": "http.response.body", "body": b""})
+
+
+# Bounds of the lingering close after a 413: enough for a client that sends a body several times the
+# limit to finish and read the answer, not enough to hold a connection for long.
+LINGER_BYTES = 64 * 1024 * 1024
+LINGER_S = 5.0
+
+
+async def _discard(receive: Receive, max_bytes: int, max_s: float) -> None:
+    """Reads and drops the request body until it ends, the client leaves, or a bound is reached."""
+    read = 0
+    try:
+        async with asyncio.timeout(max_s):
+            while read <= max_bytes:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return
+                read += len(message.get("body", b""))
+    except TimeoutError:
+        return
