@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test bench bench-expiry bench-batch bench-settlement lint typecheck migrate check clean
+.PHONY: install run test fuzz bench bench-expiry bench-batch bench-settlement lint typecheck migrate check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,13 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# Schemathesis over the three services, longer than the bounded pass in `make test` (tests/fuzzing.py):
+# every phase, FUZZ_EXAMPLES examples per operation; prints cases and failures per service.
+FUZZ_EXAMPLES ?= 100
+fuzz: install
+	JIFEN_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) JIFEN_FUZZ_PHASES=examples,coverage,fuzzing,stateful \
+		$(BIN)/python -m pytest tests/services/test_openapi_fuzz.py -s -q
 
 bench: install
 	$(BIN)/python bench/bench_ledger.py

@@ -3,18 +3,41 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass, field
 
 import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests import strategies
 from tests.conftest import create_program, member, new_key, post
 from tests.ledger.invariants import check_ledger_invariants
 
 MEMBERS = ["m0", "m1", "m2"]
+LIMIT = 100_000  # the program's max_points_per_transaction
 member_st = st.sampled_from(MEMBERS)
 points_st = st.integers(min_value=1, max_value=400)
+
+# A request body change that must be refused: (path, changes to a valid body).
+refused_st = st.one_of(
+    st.tuples(st.just("/v1/earn"), st.fixed_dictionaries({"metadata": strategies.bad_metadata})),
+    st.tuples(
+        st.sampled_from(["/v1/earn", "/v1/burn"]),
+        st.fixed_dictionaries({"reference": strategies.unstorable_text}),
+    ),
+    st.tuples(st.just("/v1/burn"), st.fixed_dictionaries({"reason": strategies.unstorable_text})),
+    st.tuples(
+        st.sampled_from(["/v1/earn", "/v1/burn"]),
+        st.fixed_dictionaries(
+            {"occurred_at": strategies.out_of_range_instant.map(lambda at: at.isoformat())}
+        ),
+    ),
+    st.tuples(
+        st.sampled_from(["/v1/earn", "/v1/burn", "/v1/holds"]),
+        st.fixed_dictionaries({"points": st.integers(LIMIT + 1, 2**63 - 1)}),
+    ),
+)
 
 ops = st.one_of(
     st.tuples(st.just("earn"), member_st, points_st),
@@ -26,6 +49,14 @@ ops = st.one_of(
     st.tuples(st.just("transfer"), st.tuples(member_st, member_st), points_st),
     st.tuples(st.just("replay"), st.integers(0, 50), st.just(0)),
     st.tuples(st.just("concurrent_burns"), member_st, st.integers(1, 60)),
+    # The input classes of issue 12 (tests/strategies.py): each refused with a 4xx, nothing booked.
+    st.tuples(st.just("refused"), member_st, refused_st),
+    # Unusual but storable text and metadata: booked like any earn.
+    st.tuples(
+        st.just("odd_earn"),
+        member_st,
+        st.tuples(points_st, strategies.printable_text, strategies.storable_metadata),
+    ),
 )
 
 
@@ -109,6 +140,30 @@ async def _apply(client: httpx.AsyncClient, program: str, model: Model, op) -> N
         path, body, key, status = model.sent[a % len(model.sent)]
         r = await post(client, path, body, key=key)
         assert r.status_code == status and r.headers.get("Idempotent-Replayed") == "true"
+    elif name == "refused":
+        path, changes = b
+        body = {"program": program, "member_ref": a, "points": 1, "reference": "x", **changes}
+        # json.dumps writes NUL as \\u0000, a lone surrogate as \\ud800 and NaN, as a client could.
+        r = await client.post(
+            path,
+            content=json.dumps(body).encode(),
+            headers={"Idempotency-Key": new_key(), "Content-Type": "application/json"},
+        )
+        assert 400 <= r.status_code < 500 and r.status_code != 404, r.text  # never applied, never a 500
+    elif name == "odd_earn":
+        pts, reference, metadata = b
+        body = {
+            "program": program,
+            "member_ref": a,
+            "points": pts,
+            "reference": reference,
+            "metadata": metadata,
+        }
+        r = await send("/v1/earn", body)
+        assert r.status_code == 201, r.text
+        assert r.json()["reference"] == reference and (r.json()["metadata"] or {}) == metadata
+        model.balance[a] += pts
+        model.reversible.append((r.json()["id"], "earn", a, pts))
     elif name == "concurrent_burns":
         body = {"program": program, "member_ref": a, "points": b, "reference": "c"}
         responses = await asyncio.gather(*(post(client, "/v1/burn", body) for _ in range(8)))
@@ -123,7 +178,7 @@ async def _apply(client: httpx.AsyncClient, program: str, model: Model, op) -> N
 @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
 @given(sequence=st.lists(ops, min_size=40, max_size=120))
 async def test_random_sequences_keep_the_invariants(client: httpx.AsyncClient, ledger_app, sequence) -> None:
-    program = await create_program(client)
+    program = await create_program(client, max_points_per_transaction=LIMIT)
     model = Model()
     for op in sequence:
         await _apply(client, program, model, op)
