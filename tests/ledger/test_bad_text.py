@@ -132,3 +132,34 @@ async def test_a_nul_in_metadata_is_answered_by_a_real_server(live_ledger, admin
         assert_problem(
             await http.post("/v1/earn", content=raw.encode(), headers=_headers()), 422, "invalid_text"
         )
+
+
+async def test_batch_rows_with_bad_text_or_timestamps_are_rejected(
+    client: httpx.AsyncClient, ledger_app
+) -> None:
+    from tests.ledger.test_batches import _program, upload, wait_done
+
+    program = await _program(client)
+    rows = [
+        {"external_id": "BT-1", "program": program, "member_ref": "bt", "points": "10"},
+        {
+            "external_id": "BT-2",
+            "program": program,
+            "member_ref": "bt",
+            "points": "10",
+            "merchant_id": "M\x00",
+        },
+        {
+            "external_id": "BT-3",
+            "program": program,
+            "member_ref": "bt",
+            "points": "10",
+            "occurred_at": OLD_AT,
+        },
+    ]
+    content = "\n".join(json.dumps(r) for r in rows).encode() + b"\n"
+    batch = (await upload(client, content, content_type="application/x-ndjson")).json()
+    done = await wait_done(client, batch["id"], drive=ledger_app)
+    assert done["posted"] == 1, done
+    assert done["rejected_by_reason"] == {"invalid_text": 1, "occurred_at_out_of_range": 1}
+    assert (await member(client, program, "bt"))["balance"] == 10
