@@ -220,7 +220,7 @@ async def test_daily_limit_per_member(conv_http: httpx.AsyncClient, ledger_http:
 async def test_credit_rejected_for_good_is_compensated(
     conv_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient, db
 ) -> None:
-    src, dst = await program(ledger_http), await program(ledger_http)
+    src, dst = await program(ledger_http), await program(ledger_http, max_points_per_transaction=MAX_POINTS)
     await put_rate(conv_http, src, dst, from_points=5, to_points=1, fee_bps=200, min_from_points=1)
     await fund(ledger_http, src, "m-x", 5000)
     # the member's target balance is so high that any credit would overflow it: the ledger refuses the
