@@ -166,6 +166,8 @@ async def current_user(request: Request) -> User:
 
 
 Reader = Annotated[User, Depends(current_user)]
+ProgramFilter = Annotated[ProgramCode | None, Query()]
+Cursor = Annotated[str | None, Query(max_length=64)]
 
 
 async def posted_by(request: Request, user: Reader, csrf: Annotated[str | None, Form()] = None) -> User:
@@ -269,8 +271,8 @@ async def logout(request: Request, _: Poster) -> Response:
 async def overview(
     request: Request,
     user: Reader,
-    program: Annotated[ProgramCode | None, Query()] = None,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    program: ProgramFilter = None,
+    cursor: Cursor = None,
 ) -> Response:
     data = await console.overview(request.app.state.db, user.principal, program, cursor)
     return page(request, "overview.html", user, data=data)
@@ -379,9 +381,6 @@ async def webhooks(request: Request, user: Reader) -> Response:
     return page(request, "webhooks.html", user, data=data)
 
 
-Cursor = Annotated[str | None, Query(max_length=64)]
-
-
 def _attachment(filename: str) -> dict[str, str]:
     return {**SECURITY_HEADERS, "Content-Disposition": f'attachment; filename="{filename}"'}
 
@@ -394,7 +393,7 @@ def _csv(body: str, filename: str) -> Response:
 async def partners(
     request: Request,
     user: Reader,
-    program: Annotated[ProgramCode | None, Query()] = None,
+    program: ProgramFilter = None,
     cursor: Cursor = None,
 ) -> Response:
     data = await console.partner_list(request.app.state.db, user.principal, program, cursor)
@@ -438,7 +437,7 @@ async def settlement_csv(request: Request, user: Reader, settlement_id: UUID) ->
 async def segments(
     request: Request,
     user: Reader,
-    program: Annotated[ProgramCode | None, Query()] = None,
+    program: ProgramFilter = None,
     cursor: Cursor = None,
 ) -> Response:
     data = await console.segment_list(request.app.state.db, user.principal, program, cursor)

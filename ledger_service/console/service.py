@@ -87,15 +87,20 @@ class Overview:
     charts: ProgramCharts | None
 
 
+async def _chosen(
+    db: Database, principal: Principal, asked: str | None, listed: list[ProgramOut]
+) -> ProgramOut | None:
+    """The program a page shows: the one asked for (if the key may see it), else the first listed."""
+    if asked is not None:
+        principal.require_program(asked)
+        return await programs.get_program(db, asked)
+    return listed[0] if listed else None
+
+
 async def overview(db: Database, principal: Principal, selected: str | None, cursor: str | None) -> Overview:
     page = await programs.list_programs(db, principal, limit=PROGRAMS_PER_PAGE, cursor=cursor)
     summaries = await reports.summaries(db, page.data)
-    chosen = None
-    if selected is not None:
-        principal.require_program(selected)
-        chosen = await programs.get_program(db, selected)
-    elif page.data:
-        chosen = page.data[0]
+    chosen = await _chosen(db, principal, selected, page.data)
     return Overview(
         programs=page.data,
         summaries=summaries,
@@ -293,12 +298,7 @@ async def segment_list(
 ) -> SegmentList:
     """One program's segments with their sizes (the programs the key sees to choose from)."""
     page = await programs.list_programs(db, principal, limit=PROGRAMS_PER_PAGE, cursor=None)
-    chosen = None
-    if program is not None:
-        principal.require_program(program)
-        chosen = await programs.get_program(db, program)
-    elif page.data:
-        chosen = page.data[0]
+    chosen = await _chosen(db, principal, program, page.data)
     return SegmentList(
         programs=page.data,
         selected=chosen,

@@ -16,8 +16,10 @@ from playwright.async_api import expect
 from ledger_service.batches.processor import BatchProcessor
 from services.auth import SCOPES, hash_key
 from tests.browser import screenshots, watched_page
-from tests.conftest import create_program, make_key, new_key
+from tests.conftest import create_program, earn, make_key, member, move, new_key
 from tests.console.conftest import Stack
+from tests.console.forms import browser_sign_in as sign_in
+from tests.console.forms import number
 from tests.harness import ServiceProcess, free_port
 
 HEADER = (
@@ -32,48 +34,13 @@ def _ignore_refusals(watch: Any) -> None:
     watch.errors[:] = [e for e in watch.errors if not REFUSED_LOAD.search(e)]
 
 
-async def sign_in(page: Any, base: str, key: str) -> None:
-    await page.goto(f"{base}/console/")
-    await expect(page).to_have_url(re.compile(r"/console/login"))
-    await page.fill("input[name=api_key]", key)
-    await page.click("form[action='/console/login'] button[type=submit]")
-    await expect(page.locator("h1")).to_have_text("Overview")
-
-
-async def _earn(api: httpx.AsyncClient, program: str, member_ref: str, points: int) -> dict[str, Any]:
-    r = await api.post(
-        "/v1/earn",
-        json={"program": program, "member_ref": member_ref, "points": points, "reference": "shop"},
-        headers={"Idempotency-Key": new_key()},
-    )
-    assert r.status_code == 201, r.text
-    data: dict[str, Any] = r.json()
-    return data
-
-
-async def _balance(api: httpx.AsyncClient, program: str, member_ref: str) -> dict[str, Any]:
-    r = await api.get(f"/v1/programs/{program}/members/{member_ref}")
-    assert r.status_code == 200, r.text
-    data: dict[str, Any] = r.json()
-    return data
-
-
 @pytest.fixture
 async def seeded(api: httpx.AsyncClient) -> str:
     program = await create_program(api, tiers=[{"code": "silver", "min_points": 1000}])
-    await _earn(api, program, "m-1", 1500)
-    await _earn(api, program, "m-2", 700)
-    r = await api.post(
-        "/v1/burn",
-        json={"program": program, "member_ref": "m-1", "points": 300, "reference": "checkout"},
-        headers={"Idempotency-Key": new_key()},
-    )
-    assert r.status_code == 201, r.text
+    await earn(api, program, "m-1", 1500)
+    await earn(api, program, "m-2", 700)
+    await move(api, "burn", program, "m-1", 300)
     return program
-
-
-def _number(text: str) -> int:
-    return int(re.sub(r"[^0-9-]", "", text))
 
 
 async def test_overview_chart_matches_the_report(
@@ -104,7 +71,7 @@ async def test_overview_chart_matches_the_report(
         drawn = {}
         for i, name in enumerate(("issued", "redeemed", "expired")):
             values = await flows.locator(f"g.serie-{i} desc.value").all_text_contents()
-            drawn[name] = [_number(v) for v in values]
+            drawn[name] = [number(v) for v in values]
             assert drawn[name] == [row[name] for row in roll["rows"]]  # day by day, the API's roll-forward
         assert len(drawn["issued"]) == 30
         # and in total, the API's report of the same period (no clawbacks or refunds here)
@@ -133,7 +100,7 @@ async def test_overview_chart_matches_the_report(
         drawn_aging = await page.locator(
             "figure[data-chart=aging] svg g.serie-0 desc.value"
         ).all_text_contents()
-        assert [_number(v) for v in drawn_aging] == [b["points"] for b in aging["buckets"]]
+        assert [number(v) for v in drawn_aging] == [b["points"] for b in aging["buckets"]]
         assert aging["buckets"][-1] == {"bucket": "never", "points": 1900, "cash_minor": 1900}
         await expect(page.locator("figure[data-chart=cohorts] svg")).to_be_visible()
         await screenshots(page, "program")
@@ -201,7 +168,7 @@ async def test_member_lookup_void_and_reverse(
         await expect(page.locator("[data-test=notice]")).to_have_text("Reversed.")
         await expect(page.locator("[data-field=balance]")).to_have_text("700")
         await expect(page.locator("table.statement tr[data-type=reversal]")).to_have_count(1)
-        after = await _balance(api, seeded, "m-1")
+        after = await member(api, seeded, "m-1")
         assert (after["balance"], after["held"]) == (700, 0)
         watch.check()
     finally:
@@ -279,10 +246,10 @@ async def test_batch_followed_to_completion(
         await page.reload()
         reasons = page.locator("a[data-reason]")
         await expect(reasons).to_have_count(2)
-        counts = [_number(t) for t in await reasons.locator(".count").all_text_contents()]
+        counts = [number(t) for t in await reasons.locator(".count").all_text_contents()]
         assert sum(counts) == 2
         await expect(page.locator("table.rejections tbody tr")).to_have_count(1)
-        line = _number(await page.locator("table.rejections tbody tr td").first.text_content() or "")
+        line = number(await page.locator("table.rejections tbody tr td").first.text_content() or "")
         assert line in (5, 6)  # the header is line 1
         await screenshots(page, "batch")
         watch.check()
@@ -323,7 +290,7 @@ async def test_read_only_key_sees_no_action_and_is_refused_one(
         )
         assert status == 403
         _ignore_refusals(watch)
-        assert (await _balance(api, seeded, "m-1"))["balance"] == 1200
+        assert (await member(api, seeded, "m-1"))["balance"] == 1200
         await page.goto(f"{stack.ledger.url}/console/sagas")
         await expect(page.locator("[data-test=saga-problem]")).to_have_count(
             2
@@ -359,7 +326,7 @@ async def test_cross_site_form_is_refused(
             await page.goto(evil)
         assert (await answer.value).status in (401, 403)  # the Strict cookie stays home: no session
         _ignore_refusals(watch)
-        assert (await _balance(api, seeded, "m-2"))["balance"] == 700
+        assert (await member(api, seeded, "m-2"))["balance"] == 700
         watch.check()
     finally:
         await context.close()
@@ -388,7 +355,7 @@ async def test_a_stuck_conversion_is_retried_from_the_console(
 ) -> None:
     src = await create_program(api)
     dst = await create_program(api)
-    fund = await _earn(api, src, "m-conv", 6000)
+    fund = await earn(api, src, "m-conv", 6000)
     assert fund["balance_after"]["balance"] == 6000
     auth = {"Authorization": f"Bearer {console_admin_key}"}
     async with httpx.AsyncClient(base_url=stack.conversion.url, headers=auth, timeout=30) as conv:
@@ -439,8 +406,8 @@ async def test_a_stuck_conversion_is_retried_from_the_console(
         await row.locator("[data-test=retry]").click()  # through the conversion service's API
         await expect(page.locator("[data-test=notice]")).to_have_text("Retried: now completed.")
         await expect(row).to_have_count(0)
-        assert (await _balance(api, src, "m-conv"))["balance"] == 1000
-        assert (await _balance(api, dst, "m-conv"))["balance"] == 980
+        assert (await member(api, src, "m-conv"))["balance"] == 1000
+        assert (await member(api, dst, "m-conv"))["balance"] == 980
         watch.check()
     finally:
         await context.close()
