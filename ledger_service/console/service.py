@@ -117,6 +117,7 @@ class ProgramPage:
     report: reports.Report
     rules: list[Any]
     charts: ProgramCharts
+    monthly: RollForward  # GET /v1/programs/{code}/liability?period=month, its default 12 months
     aging: Aging
     aging_chart: Markup
     cohorts: Cohorts
@@ -141,6 +142,7 @@ async def program_page(db: Database, book: RuleBook, principal: Principal, code:
         ),
         rules=list(reversed((await list_rule_sets(book, code)).data)),
         charts=program_charts_,
+        monthly=await finance.roll_forward(db, code, None, None, "month"),
         aging=aging,
         aging_chart=charts.aging_chart(aging),
         cohorts=cohorts,

@@ -103,6 +103,22 @@ async def test_overview_chart_matches_the_report(
         assert [number(v) for v in drawn_aging] == [b["points"] for b in aging["buckets"]]
         assert aging["buckets"][-1] == {"bucket": "never", "points": 1900, "cash_minor": 1900}
         await expect(page.locator("figure[data-chart=cohorts] svg")).to_be_visible()
+        monthly = page.locator("table.monthly")
+        months = (
+            await api.get(
+                f"/v1/programs/{seeded}/liability",
+                params={
+                    "period": "month",
+                    "from": await monthly.get_attribute("data-from"),
+                    "to": await monthly.get_attribute("data-to"),
+                },
+            )
+        ).json()["rows"]
+        await expect(monthly.locator("tbody tr")).to_have_count(len(months))
+        for name in ("issued", "redeemed", "closing"):
+            shown = [number(v) for v in await monthly.locator(f"[data-field={name}]").all_text_contents()]
+            assert shown == [m[name] for m in months]
+        assert months[-1]["closing"] == 1900 and len(months) == 12
         await screenshots(page, "program")
 
         # the page reads both services with a 3 s timeout: on a loaded CI machine one may be slow to
