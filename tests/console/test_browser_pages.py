@@ -12,7 +12,7 @@ import httpx
 from playwright.async_api import expect
 
 from services.auth import KEY_PREFIX, SCOPES
-from tests.browser import screenshots, watched_page
+from tests.browser import screenshots, watching
 from tests.conftest import create_program, earn, make_key, move
 from tests.console.conftest import Stack
 from tests.console.forms import browser_sign_in as sign_in
@@ -53,8 +53,7 @@ async def test_partners_position_statements_and_settlement(
     w = await partners_world(api)
     program, bank, air = w["program"], w["bank"], w["air"]
     key = await make_key(ledger_app, list(SCOPES), programs=[program])
-    context, page, watch = await watched_page(browser)
-    try:
+    async with watching(browser) as page:
         await sign_in(page, stack.ledger.url, key)
         await page.click("nav a[href='/console/partners']")
         await page.click(f"p.filters a[href='/console/partners?program={program}']")
@@ -115,9 +114,6 @@ async def test_partners_position_statements_and_settlement(
         await expect(page.locator(f"tr[data-settlement='{settled['settlement_id']}']")).to_have_count(1)
         await screenshots(page, "settlements")
         assert key not in await page.content()
-        watch.check()
-    finally:
-        await context.close()
 
 
 async def _segmented(api: httpx.AsyncClient) -> str:
@@ -138,8 +134,7 @@ async def test_segments_sizes_members_and_refresh(
     browser: Any, stack: Stack, api: httpx.AsyncClient, console_admin_key: str
 ) -> None:
     program = await _segmented(api)
-    context, page, watch = await watched_page(browser)
-    try:
+    async with watching(browser) as page:
         await sign_in(page, stack.ledger.url, console_admin_key)
         await page.goto(f"{stack.ledger.url}/console/segments?program={program}")
         listed = (await _json(api, f"/v1/programs/{program}/segments"))["data"]
@@ -172,9 +167,6 @@ async def test_segments_sizes_members_and_refresh(
         )
         assert saved is not None and saved.read_bytes().decode() == api_csv.text
         await screenshots(page, "segment")
-        watch.check()
-    finally:
-        await context.close()
 
 
 async def test_member_profile_matches_the_api(
@@ -197,8 +189,7 @@ async def test_member_profile_matches_the_api(
             occurred_at=(now - timedelta(days=days)).isoformat(),
         )
     await move(api, "burn", program, "pf-1", 120)
-    context, page, watch = await watched_page(browser)
-    try:
+    async with watching(browser) as page:
         await sign_in(page, stack.ledger.url, console_admin_key)
         await page.goto(f"{stack.ledger.url}/console/programs/{program}/members/pf-1")
         profile = await _json(api, f"/v1/programs/{program}/members/pf-1/profile")
@@ -216,9 +207,6 @@ async def test_member_profile_matches_the_api(
         tags = await card.locator("[data-field=tags] .tag").all_text_contents()
         assert tags == profile["tags"] and "active" in tags  # an earn within 90 days
         await screenshots(page, "member-profile")
-        watch.check()
-    finally:
-        await context.close()
 
 
 async def test_read_only_key_sees_no_action_on_the_new_pages(
@@ -227,8 +215,7 @@ async def test_read_only_key_sees_no_action_on_the_new_pages(
     w = await partners_world(api)
     program = await _segmented(api)
     reader = await make_key(ledger_app, ["ledger:read"], programs=[program, w["program"]])
-    context, page, watch = await watched_page(browser)
-    try:
+    async with watching(browser) as page:
         await sign_in(page, stack.ledger.url, reader)
         for path in (
             f"/console/partners?program={w['program']}",
@@ -250,6 +237,3 @@ async def test_read_only_key_sees_no_action_on_the_new_pages(
         await expect(page.locator("[data-test=members-hidden]")).to_have_count(1)
         await expect(page.locator("dd[data-field=member_count]")).to_have_text("3")
         await screenshots(page, "segment-read-only")
-        watch.check()
-    finally:
-        await context.close()
