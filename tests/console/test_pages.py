@@ -3,11 +3,15 @@ downloads against the API's own, and the segment refresh as an action (CSRF, led
 
 from __future__ import annotations
 
+import html
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 
+from ledger_service.console import service as console_service
 from services.auth import create_api_key
 from tests.conftest import create_program, earn, make_key, move
 from tests.console.forms import BASE, hidden, sign_in
@@ -118,10 +122,23 @@ async def test_segments_read_only_sees_sizes_not_members_nor_actions(
 
 
 async def test_segment_refresh_and_export_as_the_api(
-    console: httpx.AsyncClient, client: httpx.AsyncClient, ledger_app: Any, admin_key: str
+    console: httpx.AsyncClient,
+    client: httpx.AsyncClient,
+    ledger_app: Any,
+    admin_key: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     program = await _segment_world(client)
     await sign_in(console, admin_key)
+    monkeypatch.setattr(console_service, "SEGMENT_MEMBERS", 1)  # a page of one: g-1, then g-2
+    first = await console.get(f"/console/programs/{program}/segments/big")
+    assert 'data-member="g-1"' in first.text and 'data-member="g-2"' not in first.text
+    more = re.search(r'href="([^"]+)" data-test="next-members"', first.text)
+    assert more is not None
+    second = await console.get(html.unescape(more.group(1)))
+    assert 'data-member="g-2"' in second.text and 'data-member="g-1"' not in second.text
+    assert 'data-test="next-members"' not in second.text
+    monkeypatch.undo()
     page = await console.get(f"/console/programs/{program}/segments/big")
     assert 'data-member="g-1"' in page.text and 'data-member="g-2"' in page.text
     export = await console.get(f"/console/programs/{program}/segments/big/members.csv")
