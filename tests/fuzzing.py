@@ -78,7 +78,10 @@ def run_schemathesis(service: str, base_url: str, key: str, report_dir: Path) ->
     if MAX_TIME:
         cmd += ["--max-time", MAX_TIME]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "", "NO_COLOR": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800, check=False)
+    # In the report folder: schemathesis keeps a cache in its working directory, not in the checkout.
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, env=env, timeout=1800, check=False, cwd=report_dir
+    )
     output = done.stdout + done.stderr
     report = junit.read_text() if junit.exists() else ""
     return FuzzRun(
