@@ -39,7 +39,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 typecheck: install
-	$(BIN)/mypy services ledger_service conversion_service catalog_service bench
+	$(BIN)/mypy services ledger_service conversion_service catalog_service bench tools
 
 migrate: install
 	$(BIN)/jifen migrate

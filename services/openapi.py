@@ -181,9 +181,9 @@ def _add_codes(responses: dict[str, Any], codes: Iterable[str]) -> None:
 
 def _finish_operation(path: str, op: dict[str, Any]) -> None:
     responses: dict[str, Any] = op.setdefault("responses", {})
-    default_422 = responses.get("422", {})
-    if "HTTPValidationError" in json.dumps(default_422):
+    if "HTTPValidationError" in json.dumps(responses.get("422", {})):
         del responses["422"]  # FastAPI's own; the API answers problem+json `validation_error` instead
+    if op.get("parameters") or "requestBody" in op:
         _add_codes(responses, ["validation_error"])
     if "requestBody" in op:
         _add_codes(responses, BODY_CODES)
