@@ -221,7 +221,7 @@ def _finish_operation(path: str, op: dict[str, Any]) -> None:
 
 
 def _add_examples(spec: dict[str, Any], examples: dict[str, Any]) -> None:
-    """Each recorded example (see tests/openapi_examples.py): its request body on the request, its
+    """Each recorded example (see tests/openapi.py): its request body on the request, its
     answer on the response of its status."""
     for name, ex in examples.items():
         method, path = name.split(" ", 1)

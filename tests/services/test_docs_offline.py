@@ -17,11 +17,15 @@ from services.settings import Settings
 SERVICES = ("ledger", "conversion", "catalog")
 BASE = "http://service.test"
 # src= / href= in the HTML, url(...) in CSS, and the JS that points Swagger UI or ReDoc at a document.
-REFS = re.compile(r"""(?:src|href|spec-url)\s*=\s*["']([^"']+)["']|url\(\s*["']?([^"')]+)["']?\s*\)|url:\s*'([^']+)'""")
+REFS = re.compile(
+    r"""(?:src|href|spec-url)\s*=\s*["']([^"']+)["']|url\(\s*["']?([^"')]+)["']?\s*\)|url:\s*'([^']+)'"""
+)
 
 
 @pytest.fixture(params=SERVICES)
-async def docs_client(request: pytest.FixtureRequest, test_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+async def docs_client(
+    request: pytest.FixtureRequest, test_settings: Settings
+) -> AsyncIterator[httpx.AsyncClient]:
     module: Any = __import__(f"{request.param}_service.app", fromlist=["create_app"])
     app = module.create_app(test_settings)  # no lifespan: the docs need no database
     transport = httpx.ASGITransport(app=app)
