@@ -155,15 +155,15 @@ def _response(status: int, codes: Iterable[str]) -> dict[str, Any]:
     }
 
 
-def problems(*codes: str, **extra: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
-    """`responses=` for an operation that can answer with these problem codes (grouped by status).
-    `extra` holds other responses by status (e.g. a CSV variant), passed through as given."""
+def problems(*codes: str | tuple[str, int]) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for an operation that can answer with these problem codes, grouped by status. A
+    code answered with another status than its usual one here is given as (code, status)."""
     by_status: dict[int, list[str]] = {}
-    for code in codes:
-        by_status.setdefault(PROBLEMS[code][0], []).append(code)  # KeyError: add the code to PROBLEMS
-    out: dict[int | str, dict[str, Any]] = {s: _response(s, cs) for s, cs in by_status.items()}
-    out.update(extra)
-    return out
+    for entry in codes:
+        code, status = entry if isinstance(entry, tuple) else (entry, PROBLEMS[entry][0])
+        assert code in PROBLEMS, f"add {code} to services.openapi.PROBLEMS"
+        by_status.setdefault(status, []).append(code)
+    return {s: _response(s, cs) for s, cs in by_status.items()}
 
 
 def _add_codes(responses: dict[str, Any], codes: Iterable[str]) -> None:

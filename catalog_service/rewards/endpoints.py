@@ -32,7 +32,11 @@ Reader = Annotated[Principal, Depends(require("catalog:read"))]
     description="The program must exist in the ledger. `stock` null (or absent) is unlimited; a voucher "
     "reward is also limited by its uploaded codes.",
     responses=problems(
-        "program_not_found", "program_forbidden", "reward_exists", "ledger_rejected", "ledger_unavailable"
+        ("program_not_found", 422),
+        "program_forbidden",
+        "reward_exists",
+        "ledger_rejected",
+        "ledger_unavailable",
     ),
 )
 async def create_reward(body: RewardIn, principal: Admin, db: DB, ledger: Ledger) -> RewardOut:

@@ -28,7 +28,7 @@ KeyId = Annotated[int, Path(ge=1, le=2**63 - 1)]
     description="A caller grants only scopes it holds, and a key limited to programs creates keys "
     "limited to some of them (`403 insufficient_scope`, `403 program_forbidden`). Every program named "
     "must exist (`422 program_not_found`).",
-    responses=problems("program_not_found", "partner_not_found"),
+    responses=problems(("program_not_found", 422), "program_forbidden", "partner_forbidden"),
 )
 async def create_key(request: Request, body: ApiKeyIn, principal: Admin) -> ApiKeyCreated:
     apikeys.check_grant(principal, body.scopes, body.programs)
