@@ -49,7 +49,6 @@ REDEEM_RESPONSES: dict[int | str, dict[str, Any]] = {
         "out_of_stock",
         "limit_exceeded",
         "insufficient_points",
-        "points_limit_exceeded",
         "ledger_rejected",
         "ledger_unavailable",
     ),

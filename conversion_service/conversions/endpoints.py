@@ -46,7 +46,6 @@ _POST_RESPONSES = {
         "points_out_of_range",
         "amount_too_small",
         "insufficient_points",
-        "points_limit_exceeded",
         "conversion_failed",
         "ledger_rejected",
         "ledger_unavailable",

@@ -143,8 +143,6 @@ async def list_terms(request: Request, code: Code, principal: Reader) -> TermsLi
         "program_forbidden",
         "partner_suspended",
         "partner_terms_missing",
-        "points_limit_exceeded",
-        "invalid_text",
         "ledger_busy",
     ),
 )

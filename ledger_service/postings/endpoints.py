@@ -44,9 +44,7 @@ EARN_PROBLEMS = problems(
     "partner_credit_exceeded",
     "no_earning_rules",
     "currency_mismatch",
-    "points_limit_exceeded",
-    "occurred_at_out_of_range",
-    "invalid_text",
+    "occurred_in_future",
     "ledger_busy",
 )
 BURN_PROBLEMS = problems(
@@ -59,9 +57,7 @@ BURN_PROBLEMS = problems(
     "partner_funds_exhausted",
     "partner_credit_exceeded",
     "insufficient_points",
-    "points_limit_exceeded",
     "occurred_at_out_of_range",
-    "invalid_text",
     "ledger_busy",
 )
 HOLD_PROBLEMS = problems(
@@ -74,9 +70,7 @@ HOLD_PROBLEMS = problems(
     "partner_funds_exhausted",
     "partner_credit_exceeded",
     "insufficient_points",
-    "points_limit_exceeded",
     "occurred_at_out_of_range",
-    "invalid_text",
     "ledger_busy",
 )
 CAPTURE_PROBLEMS = problems(
@@ -92,7 +86,6 @@ CAPTURE_PROBLEMS = problems(
     "hold_not_active",
     "capture_exceeds_hold",
     "occurred_at_out_of_range",
-    "invalid_text",
     "ledger_busy",
 )
 VOID_PROBLEMS = problems(
@@ -100,7 +93,6 @@ VOID_PROBLEMS = problems(
     "program_forbidden",
     "hold_expired",
     "hold_not_active",
-    "invalid_text",
     "ledger_busy",
 )
 REVERSE_PROBLEMS = problems(
@@ -110,7 +102,6 @@ REVERSE_PROBLEMS = problems(
     "not_reversible",
     "reversal_exceeds_original",
     "insufficient_points",
-    "invalid_text",
     "ledger_busy",
 )
 TRANSFER_PROBLEMS = problems(
@@ -118,16 +109,12 @@ TRANSFER_PROBLEMS = problems(
     "program_forbidden",
     "insufficient_points",
     "same_member",
-    "points_limit_exceeded",
-    "invalid_text",
     "ledger_busy",
 )
 ADJUST_PROBLEMS = problems(
     "program_not_found",
     "program_forbidden",
     "insufficient_points",
-    "points_limit_exceeded",
-    "invalid_text",
     "ledger_busy",
 )
 

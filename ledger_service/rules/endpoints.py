@@ -82,7 +82,6 @@ async def list_rules(
         "program_forbidden",
         "currency_mismatch",
         "no_earning_rules",
-        "occurred_at_out_of_range",
     ),
 )
 async def evaluate(
