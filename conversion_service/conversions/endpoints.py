@@ -11,6 +11,7 @@ from starlette.responses import Response
 from conversion_service.conversions import service
 from conversion_service.conversions.schemas import ConversionIn, ConversionList, ConversionOut, Status
 from conversion_service.deps import Ctx
+from conversion_service.quotes.endpoints import PRICING
 from conversion_service.schemas_common import MemberRef
 from services.auth import Principal, require
 from services.idempotency import idempotency_key
@@ -34,21 +35,7 @@ _POST_RESPONSES = {
         "model": ConversionOut,
     },
     **problems(
-        "quote_not_found",
-        "quote_used",
-        "quote_expired",
-        "program_not_found",
-        "program_forbidden",
-        "same_program",
-        "no_rate",
-        "below_minimum",
-        "daily_limit_exceeded",
-        "points_out_of_range",
-        "amount_too_small",
-        "insufficient_points",
-        "conversion_failed",
-        "ledger_rejected",
-        "ledger_unavailable",
+        *PRICING, "quote_not_found", "quote_used", "quote_expired", "insufficient_points", "conversion_failed"
     ),
 }
 

@@ -15,6 +15,20 @@ from services.openapi import problems
 
 router = APIRouter(prefix="/v1/quotes", tags=["quotes"])
 
+# What pricing a conversion can answer with: a quote's, and a conversion's from the quote fields.
+PRICING = (
+    "program_not_found",
+    "program_forbidden",
+    "same_program",
+    "no_rate",
+    "below_minimum",
+    "daily_limit_exceeded",
+    "points_out_of_range",
+    "amount_too_small",
+    "ledger_rejected",
+    "ledger_unavailable",
+)
+
 
 @router.post(
     "",
@@ -26,18 +40,7 @@ router = APIRouter(prefix="/v1/quotes", tags=["quotes"])
     "the rate allows. By `to_points`, the quote takes the smallest `from_points` that yields at least "
     "that many. A quote moves no points, so it needs no Idempotency-Key; use it once with "
     '`POST /v1/conversions {"quote_id"}`.',
-    responses=problems(
-        "program_not_found",
-        "program_forbidden",
-        "same_program",
-        "no_rate",
-        "below_minimum",
-        "daily_limit_exceeded",
-        "points_out_of_range",
-        "amount_too_small",
-        "ledger_rejected",
-        "ledger_unavailable",
-    ),
+    responses=problems(*PRICING),
 )
 async def create_quote(
     body: QuoteIn, principal: Annotated[Principal, Depends(require("conversion:write"))], ctx: Ctx

@@ -33,67 +33,24 @@ from services.openapi import problems
 router = APIRouter(tags=["points"])
 
 Key = Annotated[str, Depends(idempotency_key)]
-EARN_PROBLEMS = problems(
-    "program_not_found",
-    "program_forbidden",
+# The codes each write can answer with, besides auth, validation and idempotency (services/openapi.py).
+PROGRAM = ("program_not_found", "program_forbidden", "ledger_busy")
+PARTNER = (
     "partner_not_found",
     "partner_forbidden",
     "partner_suspended",
     "partner_terms_missing",
     "partner_funds_exhausted",
     "partner_credit_exceeded",
-    "no_earning_rules",
-    "currency_mismatch",
-    "occurred_in_future",
-    "ledger_busy",
 )
-BURN_PROBLEMS = problems(
-    "program_not_found",
-    "program_forbidden",
-    "partner_not_found",
-    "partner_forbidden",
-    "partner_suspended",
-    "partner_terms_missing",
-    "partner_funds_exhausted",
-    "partner_credit_exceeded",
-    "insufficient_points",
-    "occurred_at_out_of_range",
-    "ledger_busy",
-)
-HOLD_PROBLEMS = problems(
-    "program_not_found",
-    "program_forbidden",
-    "partner_not_found",
-    "partner_forbidden",
-    "partner_suspended",
-    "partner_terms_missing",
-    "partner_funds_exhausted",
-    "partner_credit_exceeded",
-    "insufficient_points",
-    "occurred_at_out_of_range",
-    "ledger_busy",
-)
+DEBIT = (*PROGRAM, *PARTNER, "insufficient_points", "occurred_at_out_of_range")
+EARN_PROBLEMS = problems(*PROGRAM, *PARTNER, "no_earning_rules", "currency_mismatch", "occurred_in_future")
+BURN_PROBLEMS = HOLD_PROBLEMS = problems(*DEBIT)
 CAPTURE_PROBLEMS = problems(
-    "hold_not_found",
-    "program_forbidden",
-    "partner_not_found",
-    "partner_forbidden",
-    "partner_suspended",
-    "partner_terms_missing",
-    "partner_funds_exhausted",
-    "partner_credit_exceeded",
-    "hold_expired",
-    "hold_not_active",
-    "capture_exceeds_hold",
-    "occurred_at_out_of_range",
-    "ledger_busy",
+    *DEBIT, "hold_not_found", "hold_expired", "hold_not_active", "capture_exceeds_hold"
 )
 VOID_PROBLEMS = problems(
-    "hold_not_found",
-    "program_forbidden",
-    "hold_expired",
-    "hold_not_active",
-    "ledger_busy",
+    "hold_not_found", "program_forbidden", "hold_expired", "hold_not_active", "ledger_busy"
 )
 REVERSE_PROBLEMS = problems(
     "transaction_not_found",
@@ -104,19 +61,8 @@ REVERSE_PROBLEMS = problems(
     "insufficient_points",
     "ledger_busy",
 )
-TRANSFER_PROBLEMS = problems(
-    "program_not_found",
-    "program_forbidden",
-    "insufficient_points",
-    "same_member",
-    "ledger_busy",
-)
-ADJUST_PROBLEMS = problems(
-    "program_not_found",
-    "program_forbidden",
-    "insufficient_points",
-    "ledger_busy",
-)
+TRANSFER_PROBLEMS = problems(*PROGRAM, "insufficient_points", "same_member")
+ADJUST_PROBLEMS = problems(*PROGRAM, "insufficient_points")
 
 
 @router.post(
