@@ -197,25 +197,18 @@ def _finish_operation(path: str, op: dict[str, Any]) -> None:
                 "pattern": IDEMPOTENCY_PATTERN,
             }
             _add_codes(responses, IDEMPOTENCY_CODES)
-            if "200" in responses or "201" in responses:
-                for status in ("200", "201", "202"):
-                    if status in responses:
-                        responses[status].setdefault("headers", {})["Idempotent-Replayed"] = {
-                            "description": "`true` when this is the recorded answer to an earlier request "
-                            "with the same key and body",
-                            "schema": {"type": "string", "enum": ["true"]},
-                        }
-    for status in ("503",):
-        if status in responses and set(responses[status].get(CODES_KEY, [])) & {
-            "ledger_unavailable",
-            "ledger_busy",
-        }:
-            responses[status]["headers"] = {
-                "Retry-After": {
-                    "description": "Seconds to wait before retrying",
-                    "schema": {"type": "string"},
-                }
-            }
+            for status in ("200", "201", "202"):
+                if status in responses:
+                    responses[status].setdefault("headers", {})["Idempotent-Replayed"] = {
+                        "description": "`true` when this is the recorded answer to an earlier request "
+                        "with the same key and body",
+                        "schema": {"type": "string", "enum": ["true"]},
+                    }
+    unavailable = responses.get("503")
+    if unavailable and {"ledger_unavailable", "ledger_busy"} & set(unavailable.get(CODES_KEY, [])):
+        unavailable["headers"] = {
+            "Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "string"}}
+        }
 
 
 def _add_examples(spec: dict[str, Any], examples: dict[str, Any]) -> None:
