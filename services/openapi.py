@@ -116,6 +116,8 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "duplicate_codes": (422, "The upload repeats a voucher code"),
     "not_a_voucher": (422, "Voucher codes are only for voucher rewards"),
     "limit_exceeded": (422, "The member's per_member_limit would be exceeded"),
+    "reward_not_active": (422, "The reward is outside its active window"),
+    "program_mismatch": (422, "The reward is redeemed with another program's points"),
     "not_redeemer": (403, "Only the API key that redeemed may cancel"),
 }
 

@@ -571,9 +571,16 @@ CHECKS = (
 )
 
 
+# Left out of every schemathesis run: a webhook it subscribed would have the ledger POST events to
+# whatever URL it generated (requests must not leave the machine), and revoking or rotating small key
+# ids would revoke the keys of the services and tests sharing the database.
+# tests/services/test_openapi_examples.py checks these operations' answers against their schemas.
+NOT_FUZZED = r"^/v1/webhooks$|^/v1/api-keys/\{key_id\}/(revoke|rotate)$"
+
+
 def schemathesis_run(url: str, key: str, *, max_examples: int, workdir: Path) -> dict[str, Any]:
-    """A bounded, seeded schemathesis run against one service: its unique failures, by kind, and
-    where they were found (the full text is in `workdir`)."""
+    """A bounded, seeded schemathesis run against one service (but NOT_FUZZED): its unique failures,
+    by kind, and where they were found (the full text is in `workdir`)."""
     workdir.mkdir(parents=True, exist_ok=True)
     report = workdir / f"st-{secrets.token_hex(4)}.json"
     cmd = [
@@ -582,6 +589,7 @@ def schemathesis_run(url: str, key: str, *, max_examples: int, workdir: Path) ->
         "--phases", "examples,coverage,fuzzing", "--seed", "1", "--workers", "1", "--no-shrink",
         "--continue-on-failure", "-H", f"Authorization: Bearer {key}",
         "--report", "json", "--report-json-path", str(report),
+        "--exclude-path-regex", NOT_FUZZED,
     ]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
     output = workdir / f"{report.stem}.txt"

@@ -48,6 +48,8 @@ REDEEM_RESPONSES: dict[int | str, dict[str, Any]] = {
         "program_forbidden",
         "out_of_stock",
         "limit_exceeded",
+        "reward_not_active",
+        "program_mismatch",
         "insufficient_points",
         "ledger_rejected",
         "ledger_unavailable",

@@ -21,7 +21,11 @@ MAX_EXAMPLES = 5  # per operation and phase: a bounded run for `make test`
 async def test_schema_conformance(service: str, stack: Stack, admin_key: str, tmp_path: Path) -> None:
     url = getattr(stack, service).url
     found = await asyncio.to_thread(
-        schemathesis_run, url, admin_key, max_examples=MAX_EXAMPLES, workdir=tmp_path
+        schemathesis_run,
+        url,
+        admin_key,
+        max_examples=MAX_EXAMPLES,
+        workdir=tmp_path,
     )
     assert found["operations_tested"] > 10, found
     report = Path(found["output"]).read_text()
