@@ -52,27 +52,20 @@ def stack(
             "JIFEN_CATALOG_URL": f"http://127.0.0.1:{ports['catalog']}",
         },
     )
-    conversion = ServiceProcess(
-        "conversion",
-        database_url,
-        port=ports["conversion"],
-        env={
-            **common,
-            "JIFEN_LEDGER_URL": ledger_url,
-            "JIFEN_LEDGER_API_KEY": service_keys["conversion"],
-            "JIFEN_CONVERSION_RECOVERY_INTERVAL_S": "3600",
-        },
-    )
-    catalog = ServiceProcess(
-        "catalog",
-        database_url,
-        port=ports["catalog"],
-        env={
-            **common,
-            "JIFEN_LEDGER_URL": ledger_url,
-            "JIFEN_LEDGER_API_KEY": service_keys["catalog"],
-            "JIFEN_CATALOG_RECOVERY_INTERVAL_S": "3600",
-        },
+    # the services whose sagas the console reads: their recovery loops wait for the tests
+    conversion, catalog = (
+        ServiceProcess(
+            name,
+            database_url,
+            port=ports[name],
+            env={
+                **common,
+                "JIFEN_LEDGER_URL": ledger_url,
+                "JIFEN_LEDGER_API_KEY": service_keys[name],
+                f"JIFEN_{name.upper()}_RECOVERY_INTERVAL_S": "3600",
+            },
+        )
+        for name in ("conversion", "catalog")
     )
     started: list[ServiceProcess] = []
     try:

@@ -11,6 +11,7 @@ import pytest
 
 from services.auth import SCOPES, create_api_key
 from tests.browser import browser  # noqa: F401 (the session's one browser)
+from tests.console.forms import BASE
 from tests.stack import Stack
 
 
@@ -18,6 +19,14 @@ from tests.stack import Stack
 async def console_admin_key(ledger_app: Any) -> str:
     _, secret = await create_api_key(ledger_app.state.db, name="console-admin", scopes=SCOPES)
     return secret
+
+
+@pytest.fixture
+async def console(ledger_app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The console over HTTP, in process (no browser); its cookies are the session."""
+    transport = httpx.ASGITransport(app=ledger_app)
+    async with httpx.AsyncClient(transport=transport, base_url=BASE, timeout=30) as c:
+        yield c
 
 
 @pytest.fixture
