@@ -210,8 +210,3 @@ class Problem(BaseModel):
     detail: str = Field(examples=["available 120 < 500 points requested"])
     code: str = Field(examples=["insufficient_points"])
     errors: list[FieldError] | None = None
-
-
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses=` entries so /docs shows each route's problem+json errors."""
-    return {s: {"description": HTTPStatus(s).phrase, "model": Problem} for s in statuses}

@@ -591,7 +591,8 @@ def schemathesis_run(url: str, key: str, *, max_examples: int, workdir: Path) ->
         "--report", "json", "--report-json-path", str(report),
         "--exclude-path-regex", NOT_FUZZED,
     ]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
+    # in workdir: schemathesis keeps a cache folder where it runs
+    done = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=1800, check=False)
     output = workdir / f"{report.stem}.txt"
     output.write_text(done.stdout + done.stderr)
     if not report.exists():
