@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test fuzz bench bench-expiry bench-batch bench-settlement lint typecheck migrate check clean
+.PHONY: install run test fuzz examples openapi-report bench bench-expiry bench-batch bench-settlement lint typecheck migrate check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,14 @@ fuzz: install
 	JIFEN_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) JIFEN_FUZZ_PHASES=examples,coverage,fuzzing,stateful \
 		$(BIN)/python -m pytest tests/services/test_openapi_fuzz.py -s -q
 
+# Records the OpenAPI examples from real answers ({service}_service/openapi_examples.json).
+examples: install
+	$(BIN)/python -m tests.openapi
+
+# Counts examples and problem+json errors in the OpenAPI, and schemathesis' conformance failures.
+openapi-report: install
+	$(BIN)/python tools/openapi_report.py --schemathesis
+
 bench: install
 	$(BIN)/python bench/bench_ledger.py
 	$(BIN)/python bench/bench_catalog.py
@@ -46,7 +54,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 typecheck: install
-	$(BIN)/mypy services ledger_service conversion_service catalog_service bench
+	$(BIN)/mypy services ledger_service conversion_service catalog_service bench tools
 
 migrate: install
 	$(BIN)/jifen migrate

@@ -11,7 +11,8 @@ from ledger_service.jobs import service
 from ledger_service.jobs.service import ExpiryRun, TierReview
 from ledger_service.schemas_common import ProgramCode
 from services.auth import Principal, require
-from services.errors import Unprocessable, error_responses
+from services.errors import Unprocessable
+from services.openapi import problems
 from services.validation import Timestamp
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -26,7 +27,7 @@ Admin = Annotated[Principal, Depends(require("ledger:admin"))]
     "`rollover_bps` of them into a new lot for the next period. Safe to run twice or from two processes "
     "at once; a second run with the same `as_of` changes nothing. `as_of` cannot be in the future. "
     "`program` runs it for one program; a key limited to programs must name one of them.",
-    responses=error_responses(401, 403, 404, 422),
+    responses=problems("program_not_found", "program_forbidden", "program_required", "as_of_in_future"),
 )
 async def expire(
     request: Request,
@@ -49,7 +50,7 @@ async def expire(
     response_model=TierReview,
     summary="Recompute every member's tier (upgrades and downgrades)",
     description="`program` runs it for one program; a key limited to programs must name one of them.",
-    responses=error_responses(401, 403, 404, 422),
+    responses=problems("program_not_found", "program_forbidden", "program_required"),
 )
 async def tier_review(
     request: Request, principal: Admin, program: Annotated[ProgramCode | None, Query()] = None

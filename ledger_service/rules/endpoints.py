@@ -12,7 +12,8 @@ from ledger_service.rules.service import RuleBook
 from ledger_service.schemas_common import ProgramCode
 from services.auth import Principal, require
 from services.db import Database
-from services.errors import Unprocessable, error_responses
+from services.errors import Unprocessable
+from services.openapi import problems
 
 router = APIRouter(prefix="/v1/programs/{code}/rules", tags=["rules"])
 Code = Annotated[ProgramCode, Path()]
@@ -36,7 +37,14 @@ async def _db(request: Request) -> Database:
     description="Versions are never edited; each new one must start after the latest. Matching "
     "multipliers do not stack (the highest applies); bonus points add; rounding happens once, after "
     "the multiplier; caps apply last.",
-    responses=error_responses(401, 403, 404, 409, 422),
+    responses=problems(
+        "program_not_found",
+        "program_forbidden",
+        "rule_version_overlap",
+        "effective_from_in_past",
+        "currency_mismatch",
+        "segment_not_found",
+    ),
 )
 async def create_rules(
     code: Code,
@@ -53,7 +61,7 @@ async def create_rules(
     "",
     response_model=RuleSetList,
     summary="All versions of the earning rules",
-    responses=error_responses(401, 403, 404),
+    responses=problems("program_not_found", "program_forbidden"),
 )
 async def list_rules(
     code: Code,
@@ -71,7 +79,14 @@ async def list_rules(
     description="Takes the body of `POST /v1/earn` (`program`, if sent, must be the path's; `reference` "
     "may be left out). Returns the points and the breakdown the earn would get, before the per-member "
     "caps (those depend on what the member has earned when the earn is posted).",
-    responses=error_responses(401, 403, 404, 422),
+    responses=problems(
+        "program_not_found",
+        "program_forbidden",
+        "program_mismatch",
+        "currency_mismatch",
+        "no_earning_rules",
+        "occurred_at_out_of_range",
+    ),
 )
 async def evaluate(
     code: Code,
