@@ -133,7 +133,7 @@ async def _wait_settled(url: str, timeout_s: float = 60.0) -> int:
             n = int(
                 await conn.fetchval(
                     "SELECT count(*) FROM conversion.conversions"
-                    " WHERE state NOT IN ('completed', 'rejected', 'compensated', 'failed')"
+                    " WHERE status NOT IN ('completed', 'rejected', 'compensated', 'failed')"
                 )
             )
             if n == 0 or time.monotonic() > deadline:
@@ -153,7 +153,7 @@ async def _verify(url: str, observed_201: int, members: int) -> dict[str, Any]:
         states = {
             r["state"]: r["n"]
             for r in await conn.fetch(
-                "SELECT state, count(*) AS n FROM conversion.conversions GROUP BY state"
+                "SELECT status AS state, count(*) AS n FROM conversion.conversions GROUP BY status"
             )
         }
         completed = states.get("completed", 0)
@@ -173,7 +173,7 @@ async def _verify(url: str, observed_201: int, members: int) -> dict[str, Any]:
             """SELECT count(*) FILTER (WHERE t.type = 'burn') AS burns,
                       count(*) FILTER (WHERE t.type = 'earn' AND t.kind = 'bonus') AS earns
                FROM ledger.transactions t JOIN conversion.conversions c ON t.reference = c.id::text
-               WHERE c.state = 'completed'"""
+               WHERE c.status = 'completed'"""
         )
     finally:
         await conn.close()
