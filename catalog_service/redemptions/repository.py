@@ -1,9 +1,11 @@
 """SQL for redemptions: reservation, saga steps, voucher code allocation, reads.
 
-Locks are always taken in the same order, so no two of these transactions can deadlock:
-redemption row, then member usage row (allowance), then reward row (stock), then voucher codes.
-A new redemption takes no existing redemption row. The reward row is the one hot lock (every
-redemption of a limited reward decrements it), so a reservation takes it last, just before COMMIT.
+Locks are taken in this order: redemption row, then member usage row (allowance), then reward row
+(stock), then voucher codes. A new redemption takes no existing redemption row, and its codes before the
+reward row: codes it claims are available ones, which no other transaction waits for (claims skip locked
+codes, and a release or void touches only codes of its own redemption), so that cannot deadlock. The
+reward row is the one hot lock (every redemption of a limited reward decrements it), so a reservation
+takes it last, just before COMMIT.
 """
 
 from __future__ import annotations

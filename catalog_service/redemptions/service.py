@@ -64,8 +64,10 @@ async def _reserve(
     """Every reservation of a redemption, in the transaction that records its Idempotency-Key pending.
 
     The reward's row (the hot lock of a limited reward) is taken last, so it is held only for the stock
-    decrement, the code claim and the COMMIT. Codes are claimed after the stock is taken: a request that
-    loses on stock never holds a code another request could have had."""
+    decrement and the COMMIT: every statement sent while it is held waits for this process's event loop
+    as well as for PostgreSQL, and in a flash sale the requests queued on that lock were the whole
+    latency. Codes are claimed just before, with SKIP LOCKED, so concurrent claims never wait for each
+    other; a request that then loses on stock gives its codes back at the savepoint's rollback."""
     reward = await repository.reward_for_redemption(conn, body.sku)
     if reward is None:
         raise _refusal(404, "reward_not_found", f"No reward with sku {body.sku}.")
@@ -112,14 +114,14 @@ async def _reserve(
         },
         lease_s=lease_s,
     )
-    if limited and not await repository.take_stock(conn, reward["id"], body.quantity):
-        raise _refusal(409, "out_of_stock", f"Reward {body.sku} has fewer than {body.quantity} left.")
     if reward["type"] == "voucher":
         claimed = await repository.claim_codes(conn, reward["id"], body.quantity, redemption_id)
         if claimed < body.quantity:
             raise _refusal(
                 409, "out_of_stock", f"Reward {body.sku} has fewer than {body.quantity} codes left."
             )
+    if limited and not await repository.take_stock(conn, reward["id"], body.quantity):
+        raise _refusal(409, "out_of_stock", f"Reward {body.sku} has fewer than {body.quantity} left.")
     return row
 
 

@@ -3,7 +3,8 @@ and reverse the debit if the credit can never succeed. Only the domain steps liv
 status before its step, keys, retries, leases, recovery and the Idempotency-Key's answer are the shared
 runner's (services/saga.py).
 
-Statuses, each stored (with a history event) before the step it announces:
+Statuses, each stored (with a history event) before the step it announces (a new conversion is stored
+`debiting` at once, its history `created`, `debiting`; `created` is still driven for rows stored so):
 
     created -> debiting -> debited -> crediting -> completed
                   |                       |
