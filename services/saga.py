@@ -332,10 +332,11 @@ ORDER BY next_attempt_at LIMIT $1
         inline; the answer is the one its settling transition recorded, or where it stands (recorded
         too with `keep_interim`: the first answer then stays the key's answer)."""
         async with self.db.driver() as conn, conn.transaction():
-            stored = await self.store.claim(conn, op.api_key_id, op.key, op.request_hash)
+            pending = {self.pointer: str(op.saga_id)}
+            stored = await self.store.claim_new(
+                conn, op.api_key_id, op.key, op.request_hash, PENDING, pending
+            )
             if stored is None:
-                pending = {self.pointer: str(op.saga_id)}
-                await self.store.record(conn, op.api_key_id, op.key, op.request_hash, PENDING, pending)
                 if savepoint:  # never released: COMMIT does that, one round trip fewer
                     await conn.execute("SAVEPOINT saga_start")
                 try:
