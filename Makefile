@@ -20,10 +20,18 @@ run: install
 test: install
 	$(BIN)/python -m pytest
 
+BENCH_OUT ?= .jifen/bench
+
+# Each script writes its result; the ratios against earn of this one run are printed last, even when a
+# script failed its checks (make then fails too).
 bench: install
-	$(BIN)/python bench/bench_ledger.py
-	$(BIN)/python bench/bench_catalog.py
-	$(BIN)/python bench/bench_conversion.py
+	@mkdir -p $(BENCH_OUT) && rm -f $(BENCH_OUT)/*.json
+	@ok=0; \
+	$(BIN)/python bench/bench_ledger.py --result $(BENCH_OUT)/ledger.json || ok=1; \
+	$(BIN)/python bench/bench_catalog.py --result $(BENCH_OUT)/catalog.json || ok=1; \
+	$(BIN)/python bench/bench_conversion.py --result $(BENCH_OUT)/conversion.json || ok=1; \
+	$(BIN)/python bench/ratios.py $(BENCH_OUT); \
+	exit $$ok
 
 bench-batch: install
 	$(BIN)/python bench/bench_batch.py
