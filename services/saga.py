@@ -193,6 +193,20 @@ class SagaTiming:
 
 
 @dataclass(frozen=True)
+class CommitWith:
+    """The last statement of the transaction that starts a saga, sent in one message with its COMMIT.
+
+    For a hot row (a reward's stock): its lock is then held from the UPDATE to the end of the COMMIT with
+    no round trip to this process in between, so the next request waiting for it never waits for this
+    process's event loop too. `sql` has no parameters (literals only); if it fails, nothing of the
+    transaction is kept, and `refusal` says whether the error is the operation's refusal (recorded as
+    the key's answer) or not (raised)."""
+
+    sql: str
+    refusal: Callable[[asyncpg.PostgresError], DomainError | None]
+
+
+@dataclass(frozen=True)
 class Operation:
     """A request that starts or continues a saga, with its Idempotency-Key."""
 
@@ -315,6 +329,25 @@ ORDER BY next_attempt_at LIMIT $1
             stored = await self.store.lookup(conn, api_key_id, key, request_hash)
         return None if stored is None else await self._replay(stored, api_key_id, key)
 
+    async def refuse(self, op: Operation, refusal: DomainError) -> Answer:
+        """An operation refused before anything was written for it: the refusal is recorded as the key's
+        answer in one statement, as `start` would have recorded it; a known key answers as in `start`
+        (its replay, or 409 in use / reused)."""
+        async with self.db.driver() as conn:
+            answer, stored = await self._record_refusal(conn, op, refusal)
+        return answer if stored is None else await self._replay(stored, op.api_key_id, op.key)
+
+    async def _record_refusal(
+        self, conn: asyncpg.Connection, op: Operation, refusal: DomainError
+    ) -> tuple[Answer, StoredResponse | None]:
+        """The refusal recorded as the key's answer (in autocommit: one statement); or what the key
+        already had (then the answer is not recorded)."""
+        refused = Answer.problem(refusal)
+        stored = await self.store.claim_new(
+            conn, op.api_key_id, op.key, op.request_hash, refused.status, refused.body
+        )
+        return self._out(refused), stored
+
     async def start(
         self,
         op: Operation,
@@ -322,31 +355,52 @@ ORDER BY next_attempt_at LIMIT $1
         *,
         savepoint: bool = False,
         keep_interim: bool = False,
+        last: Callable[[asyncpg.Record], CommitWith | None] | None = None,
     ) -> Answer:
         """Runs an operation on saga `op.saga_id` exactly once per Idempotency-Key, and answers it.
 
         One transaction claims the key, records it PENDING (pointing at the saga) and runs `create`,
         which writes the saga's row in an unfinished status, leased to this request (`self.lease_s`),
         and returns it; a DomainError it raises is the operation's refusal, recorded as its answer
-        (with `savepoint`, whatever `create` wrote is rolled back first). The saga is then driven
-        inline; the answer is the one its settling transition recorded, or where it stands (recorded
-        too with `keep_interim`: the first answer then stays the key's answer)."""
-        async with self.db.driver() as conn, conn.transaction():
-            pending = {self.pointer: str(op.saga_id)}
-            stored = await self.store.claim_new(
-                conn, op.api_key_id, op.key, op.request_hash, PENDING, pending
-            )
-            if stored is None:
-                if savepoint:  # never released: COMMIT does that, one round trip fewer
-                    await conn.execute("SAVEPOINT saga_start")
-                try:
-                    row = await create(conn)
-                except DomainError as refusal:
-                    if savepoint:
-                        await conn.execute("ROLLBACK TO SAVEPOINT saga_start")
-                    refused = Answer.problem(refusal)
-                    await self.store.finish(conn, op.api_key_id, op.key, refused.status, refused.body)
-                    return self._out(refused)
+        (with `savepoint`, whatever `create` wrote is rolled back first). `last(row)` may name one more
+        statement, sent with the COMMIT (CommitWith). The saga is then driven inline; the answer is the
+        one its settling transition recorded, or where it stands (recorded too with `keep_interim`: the
+        first answer then stays the key's answer)."""
+        pending = {self.pointer: str(op.saga_id)}
+        async with self.db.driver() as conn:
+            await conn.execute("BEGIN")
+            try:
+                stored = await self.store.claim_new(
+                    conn, op.api_key_id, op.key, op.request_hash, PENDING, pending
+                )
+                tail = None
+                if stored is None:
+                    if savepoint:  # never released: COMMIT does that, one round trip fewer
+                        await conn.execute("SAVEPOINT saga_start")
+                    try:
+                        row = await create(conn)
+                    except DomainError as refusal:
+                        if savepoint:
+                            await conn.execute("ROLLBACK TO SAVEPOINT saga_start")
+                        refused = Answer.problem(refusal)
+                        await self.store.finish(conn, op.api_key_id, op.key, refused.status, refused.body)
+                        await conn.execute("COMMIT")
+                        return self._out(refused)
+                    tail = None if last is None else last(row)
+                await conn.execute("COMMIT" if tail is None else f"{tail.sql};\nCOMMIT")
+            except asyncpg.PostgresError as exc:
+                await conn.execute("ROLLBACK")
+                refused_by = None if tail is None else tail.refusal(exc)
+                if refused_by is None:
+                    raise
+                # Nothing of the transaction is left: the refusal is the key's answer, recorded alone.
+                answer, stored = await self._record_refusal(conn, op, refused_by)
+                if stored is None:
+                    return answer
+            except BaseException:
+                if not conn.is_closed() and conn.is_in_transaction():
+                    await conn.execute("ROLLBACK")
+                raise
         if stored is not None:
             return await self._replay(stored, op.api_key_id, op.key)
         recorded = await self.drive(op.saga_id, row)
