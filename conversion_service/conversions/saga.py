@@ -295,9 +295,11 @@ async def _reversal_refused(_: asyncpg.Connection, row: asyncpg.Record, outcome:
     return Transition("failed", _refusal(outcome), answer=answer)
 
 
+# The debit is `pure` (services/saga.py, Step): its posted or unanswered outcome is stored by one
+# conditional statement. The credit's outcome settles the request, so it is stored with its answer.
 STEPS: Mapping[str, Step] = {
     "created": Step("begin", _to_debiting),
-    "debiting": Step("debit", _debited, call=debit, refused=_debit_refused),
+    "debiting": Step("debit", _debited, call=debit, refused=_debit_refused, pure=True),
     # The debit's status is stored (recovery starts from it), but `crediting` would only announce the
     # credit, whose ledger key is the same whenever it is sent: a credit goes out from `debited` at once,
     # and its outcome records `crediting` before its own status, so the history reads as it always did.
