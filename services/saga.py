@@ -9,8 +9,9 @@ events. The service's `SagaDefinition.step(row)` says what the row's status call
 does to the row and to the service's own data. The runner:
 
 - stores every transition, with its history events, under the row lock, in one transaction with the
-  step's own writes; a step's outcome is stored only if the row is still at the step it started from, so
-  two drivers of one saga (a live request, and recovery after a lease ran out) never both apply it;
+  step's own writes (a `pure` step's outcome that settles nothing: one conditional statement instead); a
+  step's outcome is stored only if the row is still at the step it started from, so two drivers of one
+  saga (a live request, and recovery after a lease ran out) never both apply it;
 - sends each ledger call with a key derived from the saga id (`{kind}:{id}:{call key}`), so a repeated
   step is replayed by the ledger, never applied twice;
 - sorts the ledger's replies: accepted, refused for good (LedgerRejected: the step's `refused`), or no
