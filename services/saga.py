@@ -336,14 +336,6 @@ ORDER BY next_attempt_at LIMIT $1
             stored = await self.store.lookup(conn, api_key_id, key, request_hash)
         return None if stored is None else await self._replay(stored, api_key_id, key)
 
-    async def refuse(self, op: Operation, refusal: DomainError) -> Answer:
-        """An operation refused before anything was written for it: the refusal is recorded as the key's
-        answer in one statement, as `start` would have recorded it; a known key answers as in `start`
-        (its replay, or 409 in use / reused)."""
-        async with self.db.driver() as conn:
-            answer, stored = await self._record_refusal(conn, op, refusal)
-        return answer if stored is None else await self._replay(stored, op.api_key_id, op.key)
-
     async def _record_refusal(
         self, conn: asyncpg.Connection, op: Operation, refusal: DomainError
     ) -> tuple[Answer, StoredResponse | None]:
@@ -363,6 +355,7 @@ ORDER BY next_attempt_at LIMIT $1
         savepoint: bool = False,
         keep_interim: bool = False,
         last: Callable[[asyncpg.Record], CommitWith | None] | None = None,
+        screen: Callable[[asyncpg.Connection], Awaitable[DomainError | None]] | None = None,
     ) -> Answer:
         """Runs an operation on saga `op.saga_id` exactly once per Idempotency-Key, and answers it.
 
@@ -372,42 +365,54 @@ ORDER BY next_attempt_at LIMIT $1
         (with `savepoint`, whatever `create` wrote is rolled back first). `last(row)` may name one more
         statement, sent with the COMMIT (CommitWith). The saga is then driven inline; the answer is the
         one its settling transition recorded, or where it stands (recorded too with `keep_interim`: the
-        first answer then stays the key's answer)."""
+        first answer then stays the key's answer).
+
+        `screen(conn)` reads first, on the same connection, outside the transaction: a refusal it returns
+        is recorded as the key's answer in one statement and nothing else is written (a known key still
+        answers as it would: its replay, or 409 in use / reused). One connection for the whole start
+        matters when every request of a flash sale wants one at the same moment."""
         pending = {self.pointer: str(op.saga_id)}
+        stored: StoredResponse | None = None
         async with self.db.driver() as conn:
-            await conn.execute("BEGIN")
-            try:
-                stored = await self.store.claim_new(
-                    conn, op.api_key_id, op.key, op.request_hash, PENDING, pending
-                )
-                tail = None
-                if stored is None:
-                    if savepoint:  # never released: COMMIT does that, one round trip fewer
-                        await conn.execute("SAVEPOINT saga_start")
-                    try:
-                        row = await create(conn)
-                    except DomainError as refusal:
-                        if savepoint:
-                            await conn.execute("ROLLBACK TO SAVEPOINT saga_start")
-                        refused = Answer.problem(refusal)
-                        await self.store.finish(conn, op.api_key_id, op.key, refused.status, refused.body)
-                        await conn.execute("COMMIT")
-                        return self._out(refused)
-                    tail = None if last is None else last(row)
-                await conn.execute("COMMIT" if tail is None else f"{tail.sql};\nCOMMIT")
-            except asyncpg.PostgresError as exc:
-                await conn.execute("ROLLBACK")
-                refused_by = None if tail is None else tail.refusal(exc)
-                if refused_by is None:
-                    raise
-                # Nothing of the transaction is left: the refusal is the key's answer, recorded alone.
-                answer, stored = await self._record_refusal(conn, op, refused_by)
+            screened = None if screen is None else await screen(conn)
+            if screened is not None:
+                answer, stored = await self._record_refusal(conn, op, screened)
                 if stored is None:
                     return answer
-            except BaseException:
-                if not conn.is_closed() and conn.is_in_transaction():
+            else:
+                tail: CommitWith | None = None
+                await conn.execute("BEGIN")
+                try:
+                    stored = await self.store.claim_new(
+                        conn, op.api_key_id, op.key, op.request_hash, PENDING, pending
+                    )
+                    if stored is None:
+                        if savepoint:  # never released: COMMIT does that, one round trip fewer
+                            await conn.execute("SAVEPOINT saga_start")
+                        try:
+                            row = await create(conn)
+                        except DomainError as refusal:
+                            if savepoint:
+                                await conn.execute("ROLLBACK TO SAVEPOINT saga_start")
+                            refused = Answer.problem(refusal)
+                            await self.store.finish(conn, op.api_key_id, op.key, refused.status, refused.body)
+                            await conn.execute("COMMIT")
+                            return self._out(refused)
+                        tail = None if last is None else last(row)
+                    await conn.execute("COMMIT" if tail is None else f"{tail.sql};\nCOMMIT")
+                except asyncpg.PostgresError as exc:
                     await conn.execute("ROLLBACK")
-                raise
+                    refused_by = None if tail is None else tail.refusal(exc)
+                    if refused_by is None:
+                        raise
+                    # Nothing of the transaction is left: the refusal is the key's answer, recorded alone.
+                    answer, stored = await self._record_refusal(conn, op, refused_by)
+                    if stored is None:
+                        return answer
+                except BaseException:
+                    if not conn.is_closed() and conn.is_in_transaction():
+                        await conn.execute("ROLLBACK")
+                    raise
         if stored is not None:
             return await self._replay(stored, op.api_key_id, op.key)
         recorded = await self.drive(op.saga_id, row)

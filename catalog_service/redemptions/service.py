@@ -57,8 +57,9 @@ def _not_found(redemption_id: UUID) -> NotFound:
 
 def _refused_at_sight(reward: asyncpg.Record | None, body: RedemptionIn) -> DomainError | None:
     """What the reward alone refuses, read without a lock before anything is written: the refusal is
-    then recorded with the key in one statement (SagaRunner.refuse). When a flash sale has sold out, the
-    requests that come too late cost two statements, and none of them reaches the reward's row lock."""
+    then recorded with the key in one statement (SagaRunner.start's `screen`), on one connection. When a
+    flash sale has sold out, a request that comes too late costs two statements and never reaches the
+    reward's row lock."""
     if reward is None:
         return _refusal(404, "reward_not_found", f"No reward with sku {body.sku}.")
     if reward["program"] != body.program:
@@ -161,20 +162,20 @@ async def redeem(
     request_hash = fingerprint("redemption", canonical_json(body.model_dump(mode="json")))
     redemption_id = uuid4()
 
-    async with db.driver() as conn:
+    reward: asyncpg.Record | None = None
+
+    async def screen(conn: asyncpg.Connection) -> DomainError | None:
+        nonlocal reward
         reward = await repository.reward_for_redemption(conn, body.sku)
-    op = Operation(principal.key_id, key, request_hash, redemption_id)
-    refusal = _refused_at_sight(reward, body)
-    if refusal is not None:
-        answer = await saga.refuse(op, refusal)
-    else:
+        return _refused_at_sight(reward, body)
+
+    async def reserve(conn: asyncpg.Connection) -> asyncpg.Record:
         assert reward is not None  # _refused_at_sight refuses an unknown reward
-        found = reward
+        return await _reserve(conn, reward, redemption_id, body, principal, key, saga.lease_s)
 
-        async def reserve(conn: asyncpg.Connection) -> asyncpg.Record:
-            return await _reserve(conn, found, redemption_id, body, principal, key, saga.lease_s)
-
-        answer = await saga.start(op, reserve, savepoint=True, last=_take_stock)  # a refusal undoes them all
+    op = Operation(principal.key_id, key, request_hash, redemption_id)
+    # a refusal undoes every reservation
+    answer = await saga.start(op, reserve, savepoint=True, last=_take_stock, screen=screen)
     if not answer.replayed:
         REDEMPTIONS.labels(_outcome(answer)).inc()
     return answer
