@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test bench bench-expiry bench-batch bench-settlement lint typecheck migrate check clean
+.PHONY: install run test examples openapi-report bench bench-expiry bench-batch bench-settlement lint typecheck migrate check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,14 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# Records the OpenAPI examples from real answers ({service}_service/openapi_examples.json).
+examples: install
+	$(BIN)/python -m tests.openapi
+
+# Counts examples and problem+json errors in the OpenAPI, and schemathesis' conformance failures.
+openapi-report: install
+	$(BIN)/python tools/openapi_report.py --schemathesis
 
 BENCH_OUT ?= .jifen/bench
 
@@ -47,7 +55,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 typecheck: install
-	$(BIN)/mypy services ledger_service conversion_service catalog_service bench
+	$(BIN)/mypy services ledger_service conversion_service catalog_service bench tools
 
 migrate: install
 	$(BIN)/jifen migrate
