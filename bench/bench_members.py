@@ -69,7 +69,7 @@ SELECT md5('t' || g)::uuid, p.id, CASE WHEN g % 7 = 0 THEN 'burn' ELSE 'earn' EN
        -- every tenth member has done nothing for 200 days or more (dormant)
        now() - ((g * 37) % (400 * 1440)) * interval '1 minute'
              - CASE WHEN b.n % 10 = 0 THEN interval '200 days' ELSE interval '0' END, now()
-FROM generate_series(1, {transactions}) g
+FROM generate_series(1::bigint, {transactions}) g
 JOIN ledger.programs p ON p.code = 'MEMB'
 JOIN bench_acc b ON b.n = (g * 7919) % {members} + 1;
 INSERT INTO ledger.postings (txn_id, account_id, amount)
@@ -173,7 +173,9 @@ async def main(args: argparse.Namespace) -> None:
             await segments.create(db, PROGRAM, SegmentIn.model_validate(body))
         started = time.perf_counter()
         async with db.driver() as conn:
-            sql = LOAD.replace("{members}", str(args.members)).replace("{transactions}", str(args.postings // 2))
+            sql = LOAD.replace("{members}", str(args.members)).replace(
+                "{transactions}", str(args.postings // 2)
+            )
             await conn.execute(sql)
             postings = await conn.fetchval(
                 "SELECT count(*) FROM ledger.postings po JOIN ledger.accounts a ON a.id = po.account_id"
@@ -213,8 +215,12 @@ async def main(args: argparse.Namespace) -> None:
             f" {sum(e.entered for e in evaluated):,} segment entries"
         )
         print("segments: " + ", ".join(f"{r['code']} {r['member_count']:,}" for r in sizes))
-        print(f"peak RSS of this process: {rss_before / 1024:.0f} MiB before, {rss_after / 1024:.0f} MiB after")
-        print(f"peak heap memory (RssAnon) of one PostgreSQL process during the refresh: {sampler.peak / 2**20:.0f} MiB")
+        print(
+            f"peak RSS of this process: {rss_before / 1024:.0f} MiB before, {rss_after / 1024:.0f} MiB after"
+        )
+        print(
+            f"peak heap memory (RssAnon) of one PostgreSQL process during the refresh: {sampler.peak / 2**20:.0f} MiB"
+        )
 
         # Earn throughput: the same members in both programs, members of the campaign's segment.
         async with db.driver() as conn:

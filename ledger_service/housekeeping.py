@@ -1,6 +1,6 @@
 """Background work inside every ledger process, each on its own period:
-release expired holds and due pending points, sequence the event feed, deliver webhooks, expire lots, review tiers,
-drop old idempotency keys.
+release expired holds and due pending points, sequence the event feed, deliver webhooks, expire
+lots, review tiers, drop old idempotency keys.
 
 Safe with several processes: holds and webhooks are claimed with SKIP LOCKED, the sequencer is
 a single advisory-lock holder, expiry locks accounts, and each batch is one transaction.

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import create_program, member, new_key, post
 from tests.ledger.invariants import check_ledger_invariants
+from tests.ledger.test_pending import travel
 
 MEMBERS = ["m0", "m1", "m2"]
 member_st = st.sampled_from(MEMBERS)
@@ -150,9 +151,11 @@ async def check_flows(db, program: str) -> None:
         row = await conn.fetchrow(
             """SELECT coalesce(sum(t.points) FILTER (WHERE t.type = 'earn'), 0) AS earned,
                       coalesce(sum(t.points) FILTER (WHERE t.type IN ('burn', 'capture')), 0)
-                      - coalesce(sum(t.points) FILTER (WHERE t.type = 'reversal' AND t.kind <> 'earn'), 0) AS spent,
+                      - coalesce(sum(t.points) FILTER (WHERE t.type = 'reversal' AND t.kind <> 'earn'), 0)
+                          AS spent,
                       coalesce(sum(t.points) FILTER (WHERE t.type = 'expiry'), 0) AS expired,
-                      coalesce(sum(t.points) FILTER (WHERE t.type = 'reversal' AND t.kind = 'earn'), 0) AS reversed,
+                      coalesce(sum(t.points) FILTER (WHERE t.type = 'reversal' AND t.kind = 'earn'), 0)
+                          AS reversed,
                       (SELECT coalesce(sum(a.balance), 0) FROM ledger.accounts a
                        WHERE a.program_id = p.id AND a.kind = 'member') AS outstanding
                FROM ledger.programs p LEFT JOIN ledger.transactions t ON t.program_id = p.id
@@ -160,17 +163,6 @@ async def check_flows(db, program: str) -> None:
             program,
         )
     assert row["earned"] == row["spent"] + row["expired"] + row["reversed"] + row["outstanding"], dict(row)
-
-
-async def travel(db, program: str, days: int) -> None:
-    """The clock `days` ahead for the program's pending points (their release times come closer)."""
-    async with db.driver() as conn:
-        await conn.execute(
-            """UPDATE ledger.lots l SET pending_until = l.pending_until - make_interval(days => $2)
-               FROM ledger.programs p WHERE p.id = l.program_id AND p.code = $1 AND l.pending_until IS NOT NULL""",
-            program,
-            days,
-        )
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))

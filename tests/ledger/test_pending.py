@@ -33,7 +33,8 @@ async def travel(db: Any, program: str, days: float) -> None:
     async with db.driver() as conn:
         await conn.execute(
             """UPDATE ledger.lots l SET pending_until = l.pending_until - make_interval(secs => $2)
-               FROM ledger.programs p WHERE p.id = l.program_id AND p.code = $1 AND l.pending_until IS NOT NULL""",
+               FROM ledger.programs p
+               WHERE p.id = l.program_id AND p.code = $1 AND l.pending_until IS NOT NULL""",
             program,
             days * 86400,
         )
@@ -61,7 +62,9 @@ async def reverse(client: httpx.AsyncClient, txn: str, points: int | None = None
     return await post(client, f"/v1/transactions/{txn}/reverse", body)
 
 
-async def test_pending_points_cannot_be_burnt_held_or_transferred(client: httpx.AsyncClient, ledger_app) -> None:
+async def test_pending_points_cannot_be_burnt_held_or_transferred(
+    client: httpx.AsyncClient, ledger_app
+) -> None:
     program = await pending_program(client, 7)
     e = await earn(client, program, "ann", 100)
     assert e["balance_after"] == {"balance": 100, "held": 0, "pending": 100, "available": 0}
@@ -80,15 +83,21 @@ async def test_pending_points_cannot_be_burnt_held_or_transferred(client: httpx.
     old = (datetime.now(UTC) - timedelta(days=8)).isoformat()
     e2 = await earn(client, program, "ann", 40, occurred_at=old)  # its 7 days are over already
     assert e2["balance_after"] == {"balance": 140, "held": 0, "pending": 100, "available": 40}
-    assert (await send(client, "burn", {"program": program, "member_ref": "ann", "points": 40})).status_code == 201
+    assert (
+        await send(client, "burn", {"program": program, "member_ref": "ann", "points": 40})
+    ).status_code == 201
     assert_problem(
-        await send(client, "burn", {"program": program, "member_ref": "ann", "points": 1}), 422, "insufficient_points"
+        await send(client, "burn", {"program": program, "member_ref": "ann", "points": 1}),
+        422,
+        "insufficient_points",
     )
     assert (await member(client, program, "ann"))["available"] == 0
     await check_ledger_invariants(ledger_app.state.db, program)
 
 
-async def test_pending_points_are_released_on_time_without_a_job(client: httpx.AsyncClient, ledger_app) -> None:
+async def test_pending_points_are_released_on_time_without_a_job(
+    client: httpx.AsyncClient, ledger_app
+) -> None:
     program = await pending_program(client, 1)
     soon = (datetime.now(UTC) - timedelta(days=1) + timedelta(seconds=1.5)).isoformat()
     await earn(client, program, "ben", 100, occurred_at=soon)
@@ -106,7 +115,9 @@ async def test_pending_points_are_released_on_time_without_a_job(client: httpx.A
     await check_ledger_invariants(ledger_app.state.db, program)
 
 
-async def test_the_release_job_releases_once_from_two_processes(client: httpx.AsyncClient, ledger_app) -> None:
+async def test_the_release_job_releases_once_from_two_processes(
+    client: httpx.AsyncClient, ledger_app
+) -> None:
     program = await pending_program(client, 10)
     for who in ("c1", "c2", "c3"):
         await earn(client, program, who, 50)
@@ -182,7 +193,9 @@ async def test_within_balance_clawback(client: httpx.AsyncClient, ledger_app) ->
     assert r.status_code == 201, r.text
     assert r.json()["balance_after"] == {"balance": 40, "held": 0, "pending": 40, "available": 0}
     await travel(ledger_app.state.db, program, 8)
-    assert (await send(client, "burn", {"program": program, "member_ref": "dan", "points": 30})).status_code == 201
+    assert (
+        await send(client, "burn", {"program": program, "member_ref": "dan", "points": 30})
+    ).status_code == 201
     body = assert_problem(await reverse(client, e["id"], 40), 422, "insufficient_points")
     assert "10" in body["detail"]
     r = await reverse(client, e["id"], 10)
@@ -195,9 +208,13 @@ async def test_within_balance_clawback_counts_other_pending_points_as_unavailabl
     client: httpx.AsyncClient, ledger_app
 ) -> None:
     program = await pending_program(client, 7)
-    old = await earn(client, program, "eve", 100, occurred_at=(datetime.now(UTC) - timedelta(days=8)).isoformat())
+    old = await earn(
+        client, program, "eve", 100, occurred_at=(datetime.now(UTC) - timedelta(days=8)).isoformat()
+    )
     await earn(client, program, "eve", 500)  # pending
-    assert (await send(client, "burn", {"program": program, "member_ref": "eve", "points": 90})).status_code == 201
+    assert (
+        await send(client, "burn", {"program": program, "member_ref": "eve", "points": 90})
+    ).status_code == 201
     # 10 available, 500 pending: the released earn's clawback of 100 may not take the pending ones.
     assert_problem(await reverse(client, old["id"]), 422, "insufficient_points")
     assert (await member(client, program, "eve"))["balance"] == 510
@@ -228,7 +245,9 @@ async def test_allow_negative_clawback(client: httpx.AsyncClient, ledger_app) ->
     await earn(client, program, "gus", 30)  # pending, untouched by the clawback below
     await travel(ledger_app.state.db, program, 8)
     await earn(client, program, "gus", 20)  # pending again
-    assert (await send(client, "burn", {"program": program, "member_ref": "gus", "points": 130})).status_code == 201
+    assert (
+        await send(client, "burn", {"program": program, "member_ref": "gus", "points": 130})
+    ).status_code == 201
     r = await reverse(client, e["id"])  # the 100 are spent: the balance goes to 20 - 100
     assert r.status_code == 201, r.text
     assert r.json()["balance_after"] == {"balance": -80, "held": 0, "pending": 0, "available": -80}
@@ -236,7 +255,9 @@ async def test_allow_negative_clawback(client: httpx.AsyncClient, ledger_app) ->
     await check_ledger_invariants(ledger_app.state.db, program)
 
 
-async def test_a_pending_lot_past_its_expiry_expires_from_occurred_at(client: httpx.AsyncClient, ledger_app) -> None:
+async def test_a_pending_lot_past_its_expiry_expires_from_occurred_at(
+    client: httpx.AsyncClient, ledger_app
+) -> None:
     program = await pending_program(client, 60, expiry={"policy": "rolling", "months": 1})
     now = datetime.now(UTC)
     await earn(client, program, "hal", 100, occurred_at=(now - timedelta(days=40)).isoformat())  # expired
@@ -258,25 +279,39 @@ async def test_partner_prepaid_earns_go_pending_and_clawbacks_give_funds_back(
     await fund(client, partner, program, 300, 240)
     e = await earn(client, program, "ida", 200, partner=partner)
     assert e["balance_after"]["pending"] == 200
-    assert_problem(await send(client, "earn", {"program": program, "member_ref": "ida", "points": 101,
-                                               "partner": partner}), 422, "partner_funds_exhausted")  # fmt: skip
+    over = {"program": program, "member_ref": "ida", "points": 101, "partner": partner}
+    assert_problem(await send(client, "earn", over), 422, "partner_funds_exhausted")
     assert (await reverse(client, e["id"], 50)).status_code == 201  # pending points, funds back to 150
     assert (await earn(client, program, "ida", 150, partner=partner))["balance_after"]["pending"] == 300
     assert_problem(
-        await send(client, "burn", {"program": program, "member_ref": "ida", "points": 1}), 422, "insufficient_points"
+        await send(client, "burn", {"program": program, "member_ref": "ida", "points": 1}),
+        422,
+        "insufficient_points",
     )
     await check_ledger_invariants(ledger_app.state.db, program)
 
 
 async def test_program_fields_are_validated(client: httpx.AsyncClient) -> None:
-    for bad in ({"pending_days": -1}, {"pending_days": 366}, {"returns_policy": "never"}, {"pending_days": "7"}):
+    for bad in (
+        {"pending_days": -1},
+        {"pending_days": 366},
+        {"returns_policy": "never"},
+        {"pending_days": "7"},
+    ):
         r = await client.post(
             "/v1/programs",
-            json={"code": "PBAD", "name": "x", "cash_value": {"points": 1, "cash_minor": 1, "currency": "CNY"}, **bad},
+            json={
+                "code": "PBAD",
+                "name": "x",
+                "cash_value": {"points": 1, "cash_minor": 1, "currency": "CNY"},
+                **bad,
+            },
         )
         assert r.status_code == 422, (bad, r.text)
     program = await pending_program(client, 3)
-    r = await client.patch(f"/v1/programs/{program}", json={"pending_days": 0, "returns_policy": "only_pending"})
+    r = await client.patch(
+        f"/v1/programs/{program}", json={"pending_days": 0, "returns_policy": "only_pending"}
+    )
     assert r.status_code == 200, r.text
     assert (r.json()["pending_days"], r.json()["returns_policy"]) == (0, "only_pending")
     assert (await earn(client, program, "jo", 10))["balance_after"]["pending"] == 0
