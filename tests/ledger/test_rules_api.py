@@ -152,7 +152,9 @@ async def test_tier_rules_use_the_members_tier(client: httpx.AsyncClient) -> Non
     assert (await post(client, "/v1/earn", _earn_body(program, "eve", 1000))).json()["points"] == 20
 
 
-async def test_concurrent_earns_share_member_lookups(client: httpx.AsyncClient, ledger_app, monkeypatch) -> None:
+async def test_concurrent_earns_share_member_lookups(
+    client: httpx.AsyncClient, ledger_app, monkeypatch
+) -> None:
     """Earns priced by a tier rule at the same time read their members' tiers together (and each
     still gets its own member's tier), so the lookup costs no pooled connection per earn."""
     from ledger_service.rules import service
