@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test examples openapi-report bench bench-expiry bench-batch bench-settlement lint typecheck migrate check clean
+.PHONY: install run test examples openapi-report bench bench-expiry bench-batch bench-settlement bench-members lint typecheck migrate check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ bench-expiry: install
 
 bench-settlement: install
 	$(BIN)/python bench/bench_settlement.py
+
+# Sizes are flags: make bench-members BENCH_MEMBERS_ARGS="--members 100000 --postings 1000000"
+bench-members: install
+	$(BIN)/python bench/bench_members.py $(BENCH_MEMBERS_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
