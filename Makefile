@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test fuzz examples openapi-report bench bench-expiry bench-batch bench-settlement lint typecheck migrate check clean
+.PHONY: install run test fuzz examples openapi-report bench bench-expiry bench-batch bench-settlement bench-members lint typecheck migrate check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,10 +35,18 @@ examples: install
 openapi-report: install
 	$(BIN)/python tools/openapi_report.py --schemathesis
 
+BENCH_OUT ?= .jifen/bench
+
+# Each script writes its result; the ratios against earn of this one run are printed last, even when a
+# script failed its checks (make then fails too).
 bench: install
-	$(BIN)/python bench/bench_ledger.py
-	$(BIN)/python bench/bench_catalog.py
-	$(BIN)/python bench/bench_conversion.py
+	@mkdir -p $(BENCH_OUT) && rm -f $(BENCH_OUT)/*.json
+	@ok=0; \
+	$(BIN)/python bench/bench_ledger.py --result $(BENCH_OUT)/ledger.json || ok=1; \
+	$(BIN)/python bench/bench_catalog.py --result $(BENCH_OUT)/catalog.json || ok=1; \
+	$(BIN)/python bench/bench_conversion.py --result $(BENCH_OUT)/conversion.json || ok=1; \
+	$(BIN)/python bench/ratios.py $(BENCH_OUT); \
+	exit $$ok
 
 bench-batch: install
 	$(BIN)/python bench/bench_batch.py
@@ -48,6 +56,10 @@ bench-expiry: install
 
 bench-settlement: install
 	$(BIN)/python bench/bench_settlement.py
+
+# Sizes are flags: make bench-members BENCH_MEMBERS_ARGS="--members 100000 --postings 1000000"
+bench-members: install
+	$(BIN)/python bench/bench_members.py $(BENCH_MEMBERS_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

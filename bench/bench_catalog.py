@@ -7,6 +7,12 @@ in a separate load-generator process. Every redemption is a full saga: reserve s
 code, burn the points over HTTP at the ledger, issue the code. It prints redemptions per second and
 latency, then checks the books: every 201 is one fulfilled redemption with one burn in the ledger and
 distinct codes, and stock + fulfilled = initial stock.
+
+Then a flash sale: 2,000 funded members (`--flash-members`), each on a connection opened beforehand,
+redeem one unit of a voucher reward with 500 codes and 500 in stock (`--flash-codes`) at the same moment.
+It prints how long the answers took from that moment (p50, p99) and checks that exactly 500 were
+fulfilled with 500 distinct codes and their burns, the other 1,500 answered `409 out_of_stock`, nothing
+else, and no saga is left open.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import os
 import subprocess
 import time
 import uuid
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import common
@@ -47,6 +55,143 @@ async def _drive(cfg: dict[str, Any], t0: float) -> dict[str, Any]:
         return None if result is None else result[0]
 
     return await common.drive_clients(cfg, t0, body, redeem, timeout_s=HTTP_TIMEOUT_S)
+
+
+# --------------------------------------------------------------------------------------------------
+# Flash sale: every member at once, for fewer codes than members
+# --------------------------------------------------------------------------------------------------
+
+FLASH_SKU = "BENCH-FLASH"
+
+
+async def _flash_setup(ledger_url: str, catalog_url: str, secret: str, members: int, codes: int) -> None:
+    """The flash-sale reward (a voucher, `codes` in stock and as codes) and its funded members."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {secret}"}
+    async with (
+        httpx.AsyncClient(base_url=ledger_url, headers=headers, timeout=60) as ledger,
+        httpx.AsyncClient(base_url=catalog_url, headers=headers, timeout=60) as catalog,
+    ):
+        sem = asyncio.Semaphore(32)
+
+        async def fund(i: int) -> None:
+            async with sem:
+                body = {"program": PROGRAM, "member_ref": f"flash-{i}", "points": PRICE, "reference": "flash"}
+                r = await ledger.post("/v1/earn", json=body, headers={"Idempotency-Key": f"flash-fund-{i}"})
+                r.raise_for_status()
+
+        await asyncio.gather(*(fund(i) for i in range(members)))
+        reward = {"sku": FLASH_SKU, "name": "Flash sale coupon", "type": "voucher", "program": PROGRAM,
+                  "price_points": PRICE, "stock": codes}  # fmt: skip
+        (await catalog.post("/v1/rewards", json=reward)).raise_for_status()
+        run = uuid.uuid4().hex[:8]
+        batch = [f"F{run}-{i:06d}" for i in range(codes)]
+        (await catalog.post(f"/v1/rewards/{FLASH_SKU}/codes", json={"codes": batch})).raise_for_status()
+
+
+async def _flash_sale(host: str, port: int, secret: str, members: int) -> dict[str, Any]:
+    """One connection per member, opened (and used once) before the sale opens; then every member sends
+    one redemption at the same moment. Latency counts from that moment."""
+    import orjson
+
+    conns = [common.RawConnection(host, port, secret, HTTP_TIMEOUT_S) for _ in range(members)]
+    try:
+        for i in range(0, members, 200):
+            await asyncio.gather(*(c.request("GET", "/healthz", None, None) for c in conns[i : i + 200]))
+        gate = asyncio.Event()
+        statuses: Counter[str] = Counter()
+        codes: list[str] = []
+        latencies: list[float] = []
+        opened = 0.0
+
+        async def member(i: int, conn: common.RawConnection) -> None:
+            body = orjson.dumps(
+                {"sku": FLASH_SKU, "program": PROGRAM, "member_ref": f"flash-{i}", "quantity": 1}
+            )
+            await gate.wait()
+            try:
+                status, _, data = await conn.request("POST", "/v1/redemptions", f"flash-{i}", body)
+            except common.TransportError as exc:
+                statuses[f"no response ({exc})"] += 1
+                return
+            latencies.append(time.monotonic() - opened)
+            answer = orjson.loads(data)
+            if status == 201:
+                codes.extend(answer["voucher_codes"])
+            statuses[f"{status} {answer.get('code') or answer.get('status')}"] += 1
+
+        tasks = [asyncio.create_task(member(i, c)) for i, c in enumerate(conns)]
+        await asyncio.sleep(0.2)  # every task is waiting at the gate
+        opened = time.monotonic()
+        gate.set()
+        await asyncio.gather(*tasks)
+        makespan = time.monotonic() - opened
+    finally:
+        for c in conns:
+            c.close()
+    latencies.sort()
+    return {"statuses": dict(statuses), "codes": codes, "makespan_s": makespan,
+            "latency_ms": common.latency_ms(latencies, "p50", "p99")}  # fmt: skip
+
+
+async def _flash_verify(url: str, sale: dict[str, Any], members: int, stock: int) -> dict[str, Any]:
+    import asyncpg
+
+    from services.db import asyncpg_dsn
+
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        red = await conn.fetchrow(
+            "SELECT count(*) FILTER (WHERE status = 'fulfilled') AS fulfilled, count(*) AS total,"
+            " count(*) FILTER (WHERE status IN ('debiting', 'refunding', 'cancelling')) AS open"
+            " FROM catalog.redemptions WHERE sku = $1",
+            FLASH_SKU,
+        )
+        reward = await conn.fetchrow(
+            "SELECT r.stock, (SELECT count(*) FROM catalog.voucher_codes c WHERE c.reward_id = r.id"
+            " AND c.status = 'issued') AS issued FROM catalog.rewards r WHERE r.sku = $1",
+            FLASH_SKU,
+        )
+        burns = await conn.fetchval(
+            "SELECT count(*) FROM ledger.transactions t JOIN catalog.redemptions r ON t.reference = r.id::text"
+            " WHERE r.sku = $1 AND t.type = 'burn' AND t.reversed_points = 0",
+            FLASH_SKU,
+        )
+    finally:
+        await conn.close()
+    st = sale["statuses"]
+    checks = {
+        f"{stock} fulfilled (201), {members - stock} 409 out_of_stock, nothing else": st
+        == {"201 fulfilled": stock, "409 out_of_stock": members - stock},
+        f"{stock} distinct codes answered": len(sale["codes"]) == len(set(sale["codes"])) == stock,
+        "one redemption per fulfilled answer, none left open": (red["fulfilled"], red["total"], red["open"])
+        == (stock, stock, 0),
+        "one kept burn per fulfilled redemption": int(burns) == stock,
+        "stock 0, every code issued": (reward["stock"], reward["issued"]) == (0, stock),
+    }
+    return {"ok": all(checks.values()), "checks": checks}
+
+
+def _run_flash(
+    args: argparse.Namespace, urls: dict[str, str], host: str, port: int, secret: str, url: str
+) -> dict[str, Any]:
+    print(f"flash sale: funding {args.flash_members} members, {args.flash_codes} codes", flush=True)
+    asyncio.run(_flash_setup(urls["ledger"], urls["catalog"], secret, args.flash_members, args.flash_codes))
+    sale = asyncio.run(_flash_sale(host, port, secret, args.flash_members))
+    verify = asyncio.run(_flash_verify(url, sale, args.flash_members, args.flash_codes))
+    lm = sale["latency_ms"]
+    print()
+    print(f"flash sale  {args.flash_members} members at once for {args.flash_codes} voucher codes")
+    print(
+        f"  answered in   {sale['makespan_s']:.2f}s  ({args.flash_members / sale['makespan_s']:.0f} answers/s)"
+    )
+    print(f"  latency ms    p50 {lm['p50']:.2f}  p99 {lm['p99']:.2f}  (from the moment the sale opened)")
+    print(f"  answers       {sale['statuses']}")
+    print(f"  verify        {'OK' if verify['ok'] else 'FAILED'}")
+    common.print_failed_checks(verify["checks"])
+    return {"members": args.flash_members, "codes": args.flash_codes, "makespan_s": sale["makespan_s"],
+            "latency_ms": lm, "statuses": sale["statuses"], "verify": verify}  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
@@ -210,14 +355,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--type", choices=("voucher", "physical", "service"), default="voucher")
     parser.add_argument("--stock", type=int, default=1_000_000, help="initial stock; -1 for unlimited")
     parser.add_argument("--codes", type=int, default=30_000, help="voucher codes to upload (default 30000)")
-    parser.add_argument("--catalog-workers", type=int, default=1, help="uvicorn workers for the catalog")
-    parser.add_argument("--ledger-workers", type=int, default=1, help="uvicorn workers for the ledger")
+    parser.add_argument(
+        "--catalog-workers",
+        type=int,
+        default=None,
+        help="uvicorn workers for the catalog (default: as jifen run)",
+    )
+    parser.add_argument(
+        "--ledger-workers",
+        type=int,
+        default=None,
+        help="uvicorn workers for the ledger (default: as jifen run)",
+    )
+    parser.add_argument(
+        "--flash-members", type=int, default=2000, help="flash sale: members at once (0: none)"
+    )
+    parser.add_argument("--flash-codes", type=int, default=500, help="flash sale: codes (and stock)")
+    parser.add_argument("--result", type=Path, default=None, help="write the result as JSON to this file")
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.clients < 1 or args.members < 1:
         parser.error("--duration must be > 0, --clients and --members >= 1")
 
     from services.migrate import upgrade
+    from services.settings import Settings
 
+    args.catalog_workers = args.catalog_workers or Settings().service_workers("catalog")
+    args.ledger_workers = args.ledger_workers or Settings().service_workers("ledger")
     procs: dict[str, subprocess.Popen[bytes]] = {}
     with common.throwaway_postgres("jifen-bench-catalog-") as (pg, data_dir, url):
         try:
@@ -244,9 +407,15 @@ def main(argv: list[str] | None = None) -> int:
             observed_201 = load["everything"].get(201, 0)
             verify = asyncio.run(_verify(url, observed_201, len(load["unknown_keys"]), stock))
             result = _report(args, load, verify)
+            ok = verify["ok"] and observed_201 > 0
+            if args.flash_members > 0:
+                result["flash_sale"] = _run_flash(args, urls, host, ports["catalog"], admin, url)
+                ok = ok and result["flash_sale"]["verify"]["ok"]
             if args.json:
                 print(json.dumps({"bench_catalog": result}, sort_keys=True, default=str))
-            return 0 if verify["ok"] and observed_201 > 0 else 1
+            if args.result is not None:
+                args.result.write_text(json.dumps({"bench_catalog": result}, sort_keys=True, default=str))
+            return 0 if ok else 1
         finally:
             for name in ("catalog", "ledger"):
                 common.stop_process(procs.get(name))

@@ -7,6 +7,7 @@ database, the ledger and the conversion service (uvicorn processes),
 creates two programs and a rate, funds the members, drives POST /v1/conversions from C concurrent
 keep-alive clients in separate load-generator processes, prints conversions per second and latency, then
 checks the books: every 201 is a completed conversion with its two ledger legs, and nothing else moved.
+Then it drives POST /v1/valuations (points -> cash and cash -> points) from the same number of clients.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import common
@@ -67,6 +69,51 @@ async def _drive(cfg: dict[str, Any], t0: float) -> dict[str, Any]:
     return await common.drive_clients(
         cfg, t0, body, convert, timeout_s=HTTP_TIMEOUT_S, problem_code=problem, latency_status=201
     )
+
+
+async def _drive_valuations(cfg: dict[str, Any], t0: float) -> dict[str, Any]:
+    import orjson
+
+    def body(i: int) -> bytes:  # both directions, as a checkout asks them
+        if i % 2:
+            return orjson.dumps({"program": SRC, "points": 500 + i % 1000})
+        return orjson.dumps({"program": SRC, "cash_minor": 100 + i % 1000, "currency": "CNY"})
+
+    async def value(call: common.Call, _: str, body: bytes) -> int | None:
+        result = await call(None, "POST", "/v1/valuations", None, body)
+        return None if result is None else result[0]
+
+    return await common.drive_clients(cfg, t0, body, value, timeout_s=HTTP_TIMEOUT_S, latency_status=200)
+
+
+def _run_valuations(args: argparse.Namespace, host: str, port: int, secret: str) -> dict[str, Any]:
+    cfg = {"members": args.members, "host": host, "port": port, "secret": secret}
+    _, gathered, window = common.run_load(
+        _drive_valuations, cfg, clients=args.clients, procs=args.procs, warmup=args.warmup,
+        duration=args.duration, timeout_s=HTTP_TIMEOUT_S, pids=args.pids,
+    )  # fmt: skip
+    load = common.merge_results(gathered)
+    ok = load["measured"].get(200, 0)
+    result = {
+        "valuations_per_s": ok / args.duration,
+        "latency_ms": common.latency_ms(load["latencies"], "p50", "p99"),
+        "non_200_whole_run": dict(load["problems"]),
+        "transport_errors_whole_run": dict(load["transport"]),
+        "cpu_pct": window["cpu_pct"],
+    }
+    lm = result["latency_ms"]
+    print()
+    print(f"POST /v1/valuations  clients={args.clients} workers={args.workers} duration={args.duration}s")
+    print(f"  valuations/s  {result['valuations_per_s']:.1f}")
+    print(
+        f"  latency ms    p50 {lm['p50']:.2f}  p99 {lm['p99']:.2f}  (mean {lm['mean']:.2f}, max {lm['max']:.2f})"
+    )
+    if result["non_200_whole_run"] or result["transport_errors_whole_run"]:
+        print(
+            f"  non-200       {result['non_200_whole_run']}  transport {result['transport_errors_whole_run']}"
+        )
+    print(f"  CPU           {common.cpu_text(window['cpu_pct'])}  (% of one core)")
+    return result
 
 
 # --------------------------------------------------------------------------------------------------
@@ -133,7 +180,7 @@ async def _wait_settled(url: str, timeout_s: float = 60.0) -> int:
             n = int(
                 await conn.fetchval(
                     "SELECT count(*) FROM conversion.conversions"
-                    " WHERE state NOT IN ('completed', 'rejected', 'compensated', 'failed')"
+                    " WHERE status NOT IN ('completed', 'rejected', 'compensated', 'failed')"
                 )
             )
             if n == 0 or time.monotonic() > deadline:
@@ -153,7 +200,7 @@ async def _verify(url: str, observed_201: int, members: int) -> dict[str, Any]:
         states = {
             r["state"]: r["n"]
             for r in await conn.fetch(
-                "SELECT state, count(*) AS n FROM conversion.conversions GROUP BY state"
+                "SELECT status AS state, count(*) AS n FROM conversion.conversions GROUP BY status"
             )
         }
         completed = states.get("completed", 0)
@@ -173,7 +220,7 @@ async def _verify(url: str, observed_201: int, members: int) -> dict[str, Any]:
             """SELECT count(*) FILTER (WHERE t.type = 'burn') AS burns,
                       count(*) FILTER (WHERE t.type = 'earn' AND t.kind = 'bonus') AS earns
                FROM ledger.transactions t JOIN conversion.conversions c ON t.reference = c.id::text
-               WHERE c.state = 'completed'"""
+               WHERE c.status = 'completed'"""
         )
     finally:
         await conn.close()
@@ -243,9 +290,17 @@ def _report(args: argparse.Namespace, load: dict[str, Any], verify: dict[str, An
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Benchmark POST /v1/conversions end to end")
-    common.add_load_arguments(parser, clients=16, members=500, procs=1)
-    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers per service (default 1)")
+    common.add_load_arguments(parser, clients=32, members=500, procs=1)
+    parser.add_argument(
+        "--workers", type=int, default=None, help="uvicorn workers per service (default: as jifen run)"
+    )
+    parser.add_argument("--no-valuations", action="store_true", help="skip the POST /v1/valuations load")
+    parser.add_argument("--result", type=Path, default=None, help="write the result as JSON to this file")
     args = parser.parse_args(argv)
+    from services.settings import Settings
+
+    workers = {name: args.workers or Settings().service_workers(name) for name in ("ledger", "conversion")}
+    args.workers = args.workers or workers["conversion"]
     if args.duration <= 0 or args.warmup < 0 or min(args.clients, args.members, args.workers) < 1:
         parser.error("--duration must be > 0, --warmup >= 0, --clients/--members/--workers >= 1")
 
@@ -262,9 +317,9 @@ def main(argv: list[str] | None = None) -> int:
             settings = common.service_settings(data_dir, host, ports)
             urls = {name: f"http://{host}:{port}" for name, port in ports.items()}
             for name in ("ledger", "conversion"):
-                print(f"starting the {name} on {urls[name]} with {args.workers} worker(s)", flush=True)
+                print(f"starting the {name} on {urls[name]} with {workers[name]} worker(s)", flush=True)
                 key = service_key if name == "conversion" else None
-                procs[name] = common.start_service(name, settings, url, workers=args.workers, ledger_key=key)
+                procs[name] = common.start_service(name, settings, url, workers=workers[name], ledger_key=key)
             print(f"creating programs {SRC} -> {DST}, a rate, and {args.members} funded members", flush=True)
             asyncio.run(_setup(urls["ledger"], urls["conversion"], secret, args.members))
             args.pids = {
@@ -283,8 +338,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"warning: {unsettled} conversions still unfinished after 60s", file=sys.stderr)
             verify = asyncio.run(_verify(url, load["everything"].get(201, 0), args.members))
             result = _report(args, load, verify)
+            result["settings"]["ledger_workers"] = workers["ledger"]
+            if not args.no_valuations:
+                print(f"driving POST /v1/valuations: {args.clients} clients", flush=True)
+                result["valuations"] = _run_valuations(args, host, ports["conversion"], secret)
             if args.json:
                 print(json.dumps({"bench_conversion": result}, sort_keys=True, default=str))
+            if args.result is not None:
+                args.result.write_text(json.dumps({"bench_conversion": result}, sort_keys=True, default=str))
             return 0 if verify["ok"] and result["conversions"] > 0 else 1
         finally:
             for proc in procs.values():

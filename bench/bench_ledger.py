@@ -1043,6 +1043,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help=f"run earn and hot twice, with {COALESCE_ENV}=false and =true (ledger restarted in between)",
     )
+    parser.add_argument("--result", type=Path, default=None, help="write the result as JSON to this file")
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.warmup < 0 or args.clients < 1 or args.members < 1 or args.workers < 1:
         parser.error("--duration must be > 0, --warmup >= 0, --clients/--members/--workers >= 1")
@@ -1107,7 +1108,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"\nwhole run: {elapsed:.0f}s;"
                 + (f" FAILED: {', '.join(failed + empty)}" if failed or empty else " every check passed")
             )
-            if args.json:
+            if args.json or args.result is not None:
                 for r in rows:
                     r.pop("output", None)
                 result = {
@@ -1127,7 +1128,10 @@ def main(argv: list[str] | None = None) -> int:
                     "cases": rows,
                     "elapsed_s": elapsed,
                 }
-                print(json.dumps({"bench_ledger": result}, sort_keys=True, default=str))
+                if args.json:
+                    print(json.dumps({"bench_ledger": result}, sort_keys=True, default=str))
+                if args.result is not None:
+                    args.result.write_text(json.dumps({"bench_ledger": result}, sort_keys=True, default=str))
             return 1 if failed or empty else 0
         finally:
             if env is not None:

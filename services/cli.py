@@ -133,8 +133,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         url, server = _database_url(settings)
         upgrade(url)
         secret, service_keys, messages = asyncio.run(_bootstrap(url, settings, demo=not args.no_demo))
-        workers = args.workers or settings.workers
         for s in SERVICES:
+            workers = args.workers or settings.service_workers(s)
             procs[s] = spawn_service(s, settings, url, workers=workers, ledger_key=service_keys.get(s))
         for service in SERVICES:
             if not _wait_ready(
@@ -307,7 +307,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="start PostgreSQL (embedded unless DATABASE_URL), migrate, serve all")
-    run.add_argument("--workers", type=int, default=None, help="uvicorn workers per service")
+    run.add_argument(
+        "--workers", type=int, default=None, help="uvicorn workers per service (default: from the CPU count)"
+    )
     run.add_argument("--no-demo", action="store_true", help="do not load the demo programs")
     run.set_defaults(func=cmd_run)
 

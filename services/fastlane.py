@@ -1,6 +1,6 @@
-"""A fast lane for the hottest JSON write routes: served without FastAPI's routing and dependency
+"""A fast lane for the hottest JSON POST routes: served without FastAPI's routing and dependency
 resolution, which cost more CPU per request than the rest of an earn (a py-spy profile of the
-ledger under load: about 40% of its Python time).
+ledger under load: about 40% of its Python time), and most of a valuation's.
 
 The lane has no route list of its own. A FastAPI endpoint marked `@fast_lane` is put on it: when the app
 is built, `lane_routes(routers)` reads each marked route's path, body model, path parameters and scope
@@ -10,7 +10,8 @@ cannot serve exactly as FastAPI would (another dependency, a query or header par
 than POST) is refused at start-up, not served differently.
 
 Only the plain success-shaped request is served here: a POST to a lane path with a Bearer key that
-is known and holds the scope, a well-formed Idempotency-Key, a JSON body that parses and validates.
+is known and holds the scope, a well-formed Idempotency-Key (for an endpoint that takes one), a JSON
+body that parses and validates.
 Anything else (no or bad key, missing scope, missing header, other content type, malformed JSON, a
 validation error) falls through, body and all, to the FastAPI route of the same path, so every error
 response keeps exactly the shape FastAPI and our handlers give it. The FastAPI routes stay the
@@ -52,7 +53,8 @@ _MARKED: set[Callable[..., Any]] = set()
 def fast_lane(endpoint: E) -> E:
     """Puts a FastAPI endpoint on the fast lane (below its `@router.post`). Its parameters may be only
     path parameters, one JSON body (a model, optionally `| None`), one `require(...)` principal, the
-    Idempotency-Key and `AppState`; it must return a Response."""
+    Idempotency-Key (optional: a read such as a valuation takes none) and `AppState`; it must return a
+    Response."""
     _MARKED.add(endpoint)
     return endpoint
 
@@ -81,7 +83,7 @@ class FastRoute:
     endpoint: Endpoint
     state_arg: str
     principal_arg: str
-    key_arg: str
+    key_arg: str | None
     body_arg: str | None
     model: type[BaseModel] | None
     body_optional: bool
@@ -149,8 +151,8 @@ def _derive(route: APIRoute) -> FastRoute:
             state_arg = dep.name
         else:
             raise refuse(f"the fast lane cannot give the dependency {dep.name or dep.call!r}")
-    if requirement is None or principal_arg is None or key_arg is None or state_arg is None:
-        raise refuse("the endpoint needs a require(...) principal, the Idempotency-Key and AppState")
+    if requirement is None or principal_arg is None or state_arg is None:
+        raise refuse("the endpoint needs a require(...) principal and AppState")
 
     params: list[tuple[str, Callable[[str], Any]]] = []
     for field in dependant.path_params:
@@ -251,7 +253,7 @@ class FastLane:
         route, raw_params = matched
         messages: list[Message] = []
         try:
-            auth, key = _headers(scope)
+            auth, key = _headers(scope, keyed=route.key_arg is not None)
             body = await _read(receive, messages)
             try:  # the endpoint's keyword arguments, starting with its path parameters
                 kwargs = (
@@ -278,7 +280,8 @@ class FastLane:
             raise _Fallthrough
         kwargs[route.state_arg] = state
         kwargs[route.principal_arg] = principal
-        kwargs[route.key_arg] = key
+        if route.key_arg is not None:
+            kwargs[route.key_arg] = key
         if route.body_arg is not None:
             assert route.model is not None
             if body:  # whitespace is a body too: FastAPI answers it 400 malformed_json
@@ -303,10 +306,11 @@ class FastLane:
             return problem_response(500, "internal_error", detail)
 
 
-def _headers(scope: Scope) -> tuple[bytes, str]:
-    """The Bearer credentials and the Idempotency-Key, if both are there and well-formed, and the
-    body is JSON as FastAPI reads it: it needs a content type (strict_content_type), of type
-    application and subtype json or *+json, parsed as email.message would (one slash)."""
+def _headers(scope: Scope, *, keyed: bool) -> tuple[bytes, str]:
+    """The Bearer credentials and (if `keyed`) the Idempotency-Key, if they are there and well-formed
+    ("" when not keyed: an endpoint without one ignores the header, as FastAPI does), and the body is
+    JSON as FastAPI reads it: it needs a content type (strict_content_type), of type application and
+    subtype json or *+json, parsed as email.message would (one slash)."""
     auth = idem = ctype = None
     for name, value in scope["headers"]:
         if name == b"authorization" and auth is None:
@@ -315,7 +319,7 @@ def _headers(scope: Scope) -> tuple[bytes, str]:
             idem = value
         elif name == b"content-type" and ctype is None:
             ctype = value
-    if auth is None or idem is None:
+    if auth is None or (keyed and idem is None):
         raise _Fallthrough
     scheme, _, credentials = auth.partition(b" ")
     if scheme.lower() != b"bearer" or not credentials or b" " in credentials:
@@ -327,6 +331,9 @@ def _headers(scope: Scope) -> tuple[bytes, str]:
         media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
     ):
         raise _Fallthrough
+    if not keyed:
+        return credentials, ""
+    assert idem is not None
     key = idem.decode("latin-1")
     if not valid_key(key):
         raise _Fallthrough

@@ -111,10 +111,10 @@ PENDING = 0
 
 class IdempotencyStore:
     """DESIGN §3 semantics inside the caller's database transaction (an asyncpg connection with a
-    transaction open): `claim` takes a transaction-scoped advisory lock on the key (so a concurrent
-    duplicate gets 409 in use at once) and returns the stored response if there is one; `record`
-    writes the response (or a PENDING record) in the same transaction as the effect it answers for;
-    `finish` turns a PENDING record into the final answer, in the transaction that ends the operation."""
+    transaction open): `claim_new` takes a transaction-scoped advisory lock on the key (so a concurrent
+    duplicate gets 409 in use at once) and returns the stored response if there is one, or records the
+    response (or a PENDING record) in the same transaction as the effect it answers for; `finish` turns
+    a PENDING record into the final answer, in the transaction that ends the operation."""
 
     def __init__(self, schema: str) -> None:
         self.schema = schema
@@ -122,25 +122,46 @@ class IdempotencyStore:
             f"SELECT request_hash, status, body::text AS body FROM {schema}.idempotency_keys"
             " WHERE api_key_id = $1 AND key = $2"
         )
-        self._insert = (
-            f"INSERT INTO {schema}.idempotency_keys (api_key_id, key, request_hash, status, body)"
-            " VALUES ($1, $2, $3, $4, $5::jsonb)"
-        )
+        # The insert conflicts (does nothing) when the key is known: only committed records can be there,
+        # since whoever writes one holds the key's lock until its COMMIT.
+        self._claim_new = f"""
+WITH l AS (SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0)) AS got),
+i AS (
+    INSERT INTO {schema}.idempotency_keys (api_key_id, key, request_hash, status, body)
+    SELECT $2, $3, $4, $5, $6::jsonb FROM l WHERE l.got
+    ON CONFLICT (api_key_id, key) DO NOTHING
+    RETURNING 1
+)
+SELECT l.got, EXISTS (SELECT 1 FROM i) AS inserted FROM l
+"""
         self._finish = (
             f"UPDATE {schema}.idempotency_keys SET status = $3, body = $4::jsonb"
             f" WHERE api_key_id = $1 AND key = $2 AND status = {PENDING}"
         )
 
-    async def claim(
-        self, conn: asyncpg.Connection, api_key_id: int, key: str, request_hash: bytes
+    def _lock_id(self, api_key_id: int, key: str) -> str:
+        return f"idem:{self.schema}:{api_key_id}:{key}"
+
+    async def claim_new(
+        self, conn: asyncpg.Connection, api_key_id: int, key: str, request_hash: bytes, status: int, body: Any
     ) -> StoredResponse | None:
-        lock_id = f"idem:{self.schema}:{api_key_id}:{key}"
-        got = await conn.fetchval("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))", lock_id)
+        """Claims the key and, if it is new, records (status, body) for it: one round trip when it is new
+        (the common case). A transaction-scoped advisory lock on the key answers a concurrent duplicate
+        409 in use at once; the insert reads the lock's result, so it runs only once the lock is held.
+        Returns None when it recorded; the stored response when the key was known (IdempotencyReused if
+        for another request)."""
+        got, inserted = await conn.fetchrow(
+            self._claim_new, self._lock_id(api_key_id, key), api_key_id, key, request_hash, status,
+            orjson.dumps(body).decode(),
+        )  # fmt: skip
         if not got:
             raise IdempotencyInUse()
-        row = await conn.fetchrow(self._select, api_key_id, key)
-        if row is None:
+        if inserted:
             return None
+        # Known: read it in a statement of its own, whose snapshot is taken after the lock was (one
+        # statement's snapshot predates its lock, and could miss a record committed just before).
+        row = await conn.fetchrow(self._select, api_key_id, key)
+        assert row is not None, "a conflicting idempotency record vanished under its lock"
         if bytes(row["request_hash"]) != request_hash:
             raise IdempotencyReused()
         return StoredResponse(row["status"], orjson.loads(row["body"]))
@@ -156,11 +177,6 @@ class IdempotencyStore:
         if request_hash is not None and bytes(row["request_hash"]) != request_hash:
             raise IdempotencyReused()
         return StoredResponse(row["status"], orjson.loads(row["body"]))
-
-    async def record(
-        self, conn: asyncpg.Connection, api_key_id: int, key: str, request_hash: bytes, status: int, body: Any
-    ) -> None:
-        await conn.execute(self._insert, api_key_id, key, request_hash, status, orjson.dumps(body).decode())
 
     async def finish(
         self, conn: asyncpg.Connection, api_key_id: int, key: str, status: int, body: Any

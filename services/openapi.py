@@ -63,6 +63,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "capture_exceeds_hold": (422, "The capture asks for more than the hold"),
     "not_reversible": (422, "Only earns, burns and captures can be reversed"),
     "reversal_exceeds_original": (422, "Reversals would exceed the original transaction's points"),
+    "clawback_not_pending": (422, "Returns policy only_pending: the earn's points are released already"),
     "same_member": (422, "A transfer needs two different members"),
     "occurred_at_out_of_range": (
         422,

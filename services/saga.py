@@ -9,8 +9,9 @@ events. The service's `SagaDefinition.step(row)` says what the row's status call
 does to the row and to the service's own data. The runner:
 
 - stores every transition, with its history events, under the row lock, in one transaction with the
-  step's own writes; a step's outcome is stored only if the row is still at the step it started from, so
-  two drivers of one saga (a live request, and recovery after a lease ran out) never both apply it;
+  step's own writes (a `pure` step's outcome that settles nothing: one conditional statement instead); a
+  step's outcome is stored only if the row is still at the step it started from, so two drivers of one
+  saga (a live request, and recovery after a lease ran out) never both apply it;
 - sends each ledger call with a key derived from the saga id (`{kind}:{id}:{call key}`), so a repeated
   step is replayed by the ledger, never applied twice;
 - sorts the ledger's replies: accepted, refused for good (LedgerRejected: the step's `refused`), or no
@@ -157,6 +158,10 @@ class Step:
     call: Callable[[asyncpg.Record], LedgerCall] | None = None
     refused: Handler | None = None  # the ledger refused for good (required with a call)
     unreachable: Handler = retry_later  # no answer, after the client's own retries
+    # `done` and `unreachable` only read the row and the outcome (no SQL, no other effect), and the status
+    # alone says which step it is: such an outcome that settles no operation is then stored by one
+    # conditional statement, without a transaction and the row lock (SagaRunner._apply).
+    pure: bool = False
 
 
 @dataclass(frozen=True)
@@ -190,6 +195,20 @@ class SagaTiming:
     retry_base_s: float
     retry_max_s: float
     recovery_interval_s: float
+
+
+@dataclass(frozen=True)
+class CommitWith:
+    """The last statement of the transaction that starts a saga, sent in one message with its COMMIT.
+
+    For a hot row (a reward's stock): its lock is then held from the UPDATE to the end of the COMMIT with
+    no round trip to this process in between, so the next request waiting for it never waits for this
+    process's event loop too. `sql` has no parameters (literals only); if it fails, nothing of the
+    transaction is kept, and `refusal` says whether the error is the operation's refusal (recorded as
+    the key's answer) or not (raised)."""
+
+    sql: str
+    refusal: Callable[[asyncpg.PostgresError], DomainError | None]
 
 
 @dataclass(frozen=True)
@@ -254,13 +273,15 @@ class SagaRunner:
             f",\n        {c} = CASE WHEN ${i}::boolean THEN now() ELSE {c} END"
             if t == "now"
             else f",\n        {c} = coalesce(${i}::{t}, {c})"
-            for i, (c, t) in enumerate(table.columns.items(), start=8)
+            for i, (c, t) in enumerate(table.columns.items(), start=9)
         )
         t, due = table.table, table.unfinished_sql()
         self._get = f"SELECT * FROM {t} WHERE id = $1"
         self._lock = f"SELECT * FROM {t} WHERE id = $1 FOR UPDATE"
         # Every transition, retry and wait in one statement: status, lease ($3 s, or none), next attempt
-        # ($4 s from now, counting an attempt), finished, the service's columns, and the history events.
+        # ($4 s from now, counting an attempt), finished, the service's columns, and the history events;
+        # with $8, only if the status still is $8 (a pure step's outcome, stored without the row lock:
+        # the UPDATE waits for any other driver's lock and checks the status again after it).
         self._advance = f"""
 WITH s AS (
     UPDATE {t} SET
@@ -271,7 +292,7 @@ WITH s AS (
         attempts = attempts + CASE WHEN $4::float8 IS NULL THEN 0 ELSE 1 END,
         finished_at = CASE WHEN $5 THEN now() ELSE finished_at END,
         updated_at = now(){sets}
-    WHERE id = $1
+    WHERE id = $1 AND ($8::text IS NULL OR status = $8::text)
     RETURNING *
 ), e AS (
     INSERT INTO {table.events} ({table.event_fk}, status, event, detail)
@@ -315,6 +336,17 @@ ORDER BY next_attempt_at LIMIT $1
             stored = await self.store.lookup(conn, api_key_id, key, request_hash)
         return None if stored is None else await self._replay(stored, api_key_id, key)
 
+    async def _record_refusal(
+        self, conn: asyncpg.Connection, op: Operation, refusal: DomainError
+    ) -> tuple[Answer, StoredResponse | None]:
+        """The refusal recorded as the key's answer (in autocommit: one statement); or what the key
+        already had (then the answer is not recorded)."""
+        refused = Answer.problem(refusal)
+        stored = await self.store.claim_new(
+            conn, op.api_key_id, op.key, op.request_hash, refused.status, refused.body
+        )
+        return self._out(refused), stored
+
     async def start(
         self,
         op: Operation,
@@ -322,30 +354,65 @@ ORDER BY next_attempt_at LIMIT $1
         *,
         savepoint: bool = False,
         keep_interim: bool = False,
+        last: Callable[[asyncpg.Record], CommitWith | None] | None = None,
+        screen: Callable[[asyncpg.Connection], Awaitable[DomainError | None]] | None = None,
     ) -> Answer:
         """Runs an operation on saga `op.saga_id` exactly once per Idempotency-Key, and answers it.
 
         One transaction claims the key, records it PENDING (pointing at the saga) and runs `create`,
         which writes the saga's row in an unfinished status, leased to this request (`self.lease_s`),
         and returns it; a DomainError it raises is the operation's refusal, recorded as its answer
-        (with `savepoint`, whatever `create` wrote is rolled back first). The saga is then driven
-        inline; the answer is the one its settling transition recorded, or where it stands (recorded
-        too with `keep_interim`: the first answer then stays the key's answer)."""
-        async with self.db.driver() as conn, conn.transaction():
-            stored = await self.store.claim(conn, op.api_key_id, op.key, op.request_hash)
-            if stored is None:
-                pending = {self.pointer: str(op.saga_id)}
-                await self.store.record(conn, op.api_key_id, op.key, op.request_hash, PENDING, pending)
-                if savepoint:  # never released: COMMIT does that, one round trip fewer
-                    await conn.execute("SAVEPOINT saga_start")
+        (with `savepoint`, whatever `create` wrote is rolled back first). `last(row)` may name one more
+        statement, sent with the COMMIT (CommitWith). The saga is then driven inline; the answer is the
+        one its settling transition recorded, or where it stands (recorded too with `keep_interim`: the
+        first answer then stays the key's answer).
+
+        `screen(conn)` reads first, on the same connection, outside the transaction: a refusal it returns
+        is recorded as the key's answer in one statement and nothing else is written (a known key still
+        answers as it would: its replay, or 409 in use / reused). One connection for the whole start
+        matters when every request of a flash sale wants one at the same moment."""
+        pending = {self.pointer: str(op.saga_id)}
+        stored: StoredResponse | None = None
+        async with self.db.driver() as conn:
+            screened = None if screen is None else await screen(conn)
+            if screened is not None:
+                answer, stored = await self._record_refusal(conn, op, screened)
+                if stored is None:
+                    return answer
+            else:
+                tail: CommitWith | None = None
+                await conn.execute("BEGIN")
                 try:
-                    row = await create(conn)
-                except DomainError as refusal:
-                    if savepoint:
-                        await conn.execute("ROLLBACK TO SAVEPOINT saga_start")
-                    refused = Answer.problem(refusal)
-                    await self.store.finish(conn, op.api_key_id, op.key, refused.status, refused.body)
-                    return self._out(refused)
+                    stored = await self.store.claim_new(
+                        conn, op.api_key_id, op.key, op.request_hash, PENDING, pending
+                    )
+                    if stored is None:
+                        if savepoint:  # never released: COMMIT does that, one round trip fewer
+                            await conn.execute("SAVEPOINT saga_start")
+                        try:
+                            row = await create(conn)
+                        except DomainError as refusal:
+                            if savepoint:
+                                await conn.execute("ROLLBACK TO SAVEPOINT saga_start")
+                            refused = Answer.problem(refusal)
+                            await self.store.finish(conn, op.api_key_id, op.key, refused.status, refused.body)
+                            await conn.execute("COMMIT")
+                            return self._out(refused)
+                        tail = None if last is None else last(row)
+                    await conn.execute("COMMIT" if tail is None else f"{tail.sql};\nCOMMIT")
+                except asyncpg.PostgresError as exc:
+                    await conn.execute("ROLLBACK")
+                    refused_by = None if tail is None else tail.refusal(exc)
+                    if refused_by is None:
+                        raise
+                    # Nothing of the transaction is left: the refusal is the key's answer, recorded alone.
+                    answer, stored = await self._record_refusal(conn, op, refused_by)
+                    if stored is None:
+                        return answer
+                except BaseException:
+                    if not conn.is_closed() and conn.is_in_transaction():
+                        await conn.execute("ROLLBACK")
+                    raise
         if stored is not None:
             return await self._replay(stored, op.api_key_id, op.key)
         recorded = await self.drive(op.saga_id, row)
@@ -408,7 +475,7 @@ ORDER BY next_attempt_at LIMIT $1
             if step is None:
                 return answer
             outcome = await self._call(step, row)
-            applied = await self._apply(saga_id, row["status"], step, outcome)
+            applied = await self._apply(saga_id, row["status"], step, outcome, row)
             if applied is None:
                 return answer
             row, recorded, go_on, moved = applied
@@ -438,65 +505,109 @@ ORDER BY next_attempt_at LIMIT $1
         return Outcome(reply=reply)
 
     async def _apply(
-        self, saga_id: UUID, status: str, step: Step, outcome: Outcome
+        self, saga_id: UUID, status: str, step: Step, outcome: Outcome, seen: asyncpg.Record
     ) -> tuple[asyncpg.Record, Answer | None, bool, bool] | None:
-        """Stores the step's outcome under the row lock if the saga is still at that step. Returns the
-        stored row, the answer recorded, whether to go on, and whether the status moved; None if another
-        driver moved the saga first."""
+        """Stores the step's outcome if the saga is still at that step. Returns the stored row, the answer
+        recorded, whether to go on, and whether the status moved; None if another driver moved the saga
+        first. `seen`: the row the step was taken from.
+
+        A `pure` step's accepted or unanswered call that settles no operation is one conditional
+        statement (the status must still be the one the step was taken from), no transaction; anything
+        else is stored under the row lock, in one transaction with the handler's writes and the answer
+        it records."""
+        if step.pure and outcome.refused is None:
+            async with self.db.driver() as conn:
+                result = await self._handle(conn, seen, step, outcome)
+                if isinstance(result, Retry) or result.answer is None:
+                    stored = await self._store_result(conn, saga_id, seen, step, result, expect=status)
+                    if stored is None:
+                        self._skipped(saga_id, step)
+                        return None
+                    return stored[0], None, stored[1], stored[2]
+            # it settles an operation: stored with the answer, below (a pure handler may run again)
         async with self.db.driver() as conn, conn.transaction():
             row = await conn.fetchrow(self._lock, saga_id)
             now = None if row is None or row["status"] != status else self.definition.step(row)
             if row is None or now is None or now.name != step.name:
-                log.info(
-                    "saga step skipped: another driver moved it",
-                    extra={"saga": self.kind, "id": str(saga_id), "step": step.name},
-                )
+                self._skipped(saga_id, step)
                 return None
-            if outcome.refused is not None:
-                assert step.refused is not None, f"step {step.name} calls the ledger without `refused`"
-                result = await step.refused(conn, row, outcome)
-            elif outcome.unreachable is not None:
-                result = await step.unreachable(conn, row, outcome)
-            else:
-                result = await step.done(conn, row, outcome)
-            if isinstance(result, Retry):
-                delay = result.delay_s if result.delay_s is not None else self.backoff(row["attempts"])
-                detail = {"step": step.name, "error": result.error[:500], "retry_in_s": round(delay, 3)}
-                detail.update(result.detail or {})
-                new = await self._store(
-                    conn, saga_id, row["status"], None, delay, False, [(result.event, detail)], {}
-                )
-                log.warning(
-                    "saga step will be retried",
-                    extra={
-                        "saga": self.kind,
-                        "id": str(saga_id),
-                        "step": step.name,
-                        "retry_in_s": detail["retry_in_s"],
-                    },
-                )
-                return new, None, False, False
-            ended = result.status not in self.table.unfinished
-            go_on = not (ended or result.wait)
-            events = [*result.before, (result.event or result.status, result.detail)]
-            new = await self._store(
-                conn,
-                saga_id,
-                result.status,
-                self.lease_s if go_on else None,
-                self.backoff(row["attempts"]) if result.wait else None,
-                result.status in self.table.final,
-                events,
-                result.values,
-            )
-            TRANSITIONS.labels(self.kind, result.status).inc()
+            result = await self._handle(conn, row, step, outcome)
+            stored = await self._store_result(conn, saga_id, row, step, result)
+            assert stored is not None  # under the row lock, nobody else moved it
+            new, go_on, moved = stored
             recorded = None
-            if result.answer is not None:
+            if isinstance(result, Transition) and result.answer is not None:
                 answer = await result.answer(conn, new)
                 op = self.definition.operation(new)
                 if op is not None and await self.store.finish(conn, *op, answer.status, answer.body):
                     recorded = answer
-        return new, recorded, go_on, True
+        return new, recorded, go_on, moved
+
+    def _skipped(self, saga_id: UUID, step: Step) -> None:
+        log.info(
+            "saga step skipped: another driver moved it",
+            extra={"saga": self.kind, "id": str(saga_id), "step": step.name},
+        )
+
+    async def _handle(
+        self, conn: asyncpg.Connection, row: asyncpg.Record, step: Step, outcome: Outcome
+    ) -> Transition | Retry:
+        if outcome.refused is not None:
+            assert step.refused is not None, f"step {step.name} calls the ledger without `refused`"
+            return await step.refused(conn, row, outcome)
+        if outcome.unreachable is not None:
+            return await step.unreachable(conn, row, outcome)
+        return await step.done(conn, row, outcome)
+
+    async def _store_result(
+        self,
+        conn: asyncpg.Connection,
+        saga_id: UUID,
+        row: asyncpg.Record,
+        step: Step,
+        result: Transition | Retry,
+        *,
+        expect: str | None = None,
+    ) -> tuple[asyncpg.Record, bool, bool] | None:
+        """Stores a handler's result: (the stored row, whether to go on, whether the status moved); None
+        if the saga's status was no longer `expect`."""
+        if isinstance(result, Retry):
+            delay = result.delay_s if result.delay_s is not None else self.backoff(row["attempts"])
+            detail = {"step": step.name, "error": result.error[:500], "retry_in_s": round(delay, 3)}
+            detail.update(result.detail or {})
+            new = await self._store(
+                conn, saga_id, row["status"], None, delay, False, [(result.event, detail)], {}, expect
+            )
+            if new is None:
+                return None
+            log.warning(
+                "saga step will be retried",
+                extra={
+                    "saga": self.kind,
+                    "id": str(saga_id),
+                    "step": step.name,
+                    "retry_in_s": detail["retry_in_s"],
+                },
+            )
+            return new, False, False
+        ended = result.status not in self.table.unfinished
+        go_on = not (ended or result.wait)
+        events = [*result.before, (result.event or result.status, result.detail)]
+        new = await self._store(
+            conn,
+            saga_id,
+            result.status,
+            self.lease_s if go_on else None,
+            self.backoff(row["attempts"]) if result.wait else None,
+            result.status in self.table.final,
+            events,
+            result.values,
+            expect,
+        )
+        if new is None:
+            return None
+        TRANSITIONS.labels(self.kind, result.status).inc()
+        return new, go_on, True
 
     async def _store(
         self,
@@ -508,10 +619,12 @@ ORDER BY next_attempt_at LIMIT $1
         finished: bool,
         events: Sequence[Event],
         values: Mapping[str, Any],
-    ) -> asyncpg.Record:
+        expect: str | None = None,
+    ) -> asyncpg.Record | None:
+        """The advance; None if `expect` is given and the saga's status is another."""
         unknown = set(values) - set(self._columns)
         assert not unknown, f"not columns of {self.table.table}: {unknown}"
-        row: asyncpg.Record = await conn.fetchrow(
+        row: asyncpg.Record | None = await conn.fetchrow(
             self._advance,
             saga_id,
             status,
@@ -520,6 +633,7 @@ ORDER BY next_attempt_at LIMIT $1
             finished,
             [e[0] for e in events],
             [None if e[1] is None else orjson.dumps(e[1]).decode() for e in events],
+            expect,
             *(values.get(c) for c in self._columns),
         )
         return row

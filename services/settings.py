@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -40,7 +41,9 @@ class Settings(BaseSettings):
         default=None, description="This service's own key for calling the ledger (conversion, catalog)"
     )
     pii_key: SecretStr | None = None
-    workers: int = Field(default=1, ge=1, le=64)
+    workers: int | None = Field(
+        default=None, ge=1, le=64, description="uvicorn workers of every service; unset: service_workers()"
+    )
     db_pool_size: int = Field(default=16, ge=1, le=200)
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = Field(
@@ -57,6 +60,7 @@ class Settings(BaseSettings):
     ledger_coalesce_window_ms: float = Field(default=1.0, ge=0, le=50)
     ledger_coalesce_max_batch: int = Field(default=48, ge=1, le=60)
     hold_sweep_interval_s: float = Field(default=1.0, gt=0)
+    pending_release_interval_s: float = Field(default=60.0, gt=0)  # ledger: release due pending points
     event_sequence_interval_s: float = Field(default=0.2, gt=0)
     webhook_interval_s: float = Field(default=0.5, gt=0)
     expiry_interval_s: float = Field(default=300.0, gt=0)
@@ -66,6 +70,18 @@ class Settings(BaseSettings):
     batch_interval_s: float = Field(default=0.5, gt=0)
     batch_chunk_rows: int = Field(default=20_000, ge=100, le=1_000_000)
     idempotency_retention_days: int = Field(default=30, ge=30)
+
+    def service_workers(self, service: str) -> int:
+        """Worker processes for `service`: JIFEN_WORKERS when set, else sized from the CPU count. The ledger
+        takes one per core: every earn and every saga step of the other two lands there, and its group
+        commit needs a process per core to keep PostgreSQL's cores busy. The conversion and catalog
+        services take one per two cores (at least one): with aiohttp their CPU per request is a small
+        share of the ledger's and PostgreSQL's, and more processes on the same cores only add context
+        switches and per-process pools (measured: README, Sizing)."""
+        if self.workers is not None:
+            return self.workers
+        cpus = os.cpu_count() or 1
+        return cpus if service == "ledger" else max(1, cpus // 2)
 
     def service_port(self, service: str) -> int:
         port: int = getattr(self, f"{service}_port")

@@ -1,9 +1,11 @@
 """SQL for redemptions: reservation, saga steps, voucher code allocation, reads.
 
-Locks are always taken in the same order, so no two of these transactions can deadlock:
-redemption row, then member usage row (allowance), then reward row (stock), then voucher codes.
-A new redemption takes no existing redemption row. The reward row is the one hot lock (every
-redemption of a limited reward decrements it), so a reservation takes it last, just before COMMIT.
+Locks are taken in this order: redemption row, then member usage row (allowance), then reward row
+(stock), then voucher codes. A new redemption takes no existing redemption row, and its codes before the
+reward row: codes it claims are available ones, which no other transaction waits for (claims skip locked
+codes, and a release or void touches only codes of its own redemption), so that cannot deadlock. The
+reward row is the one hot lock (every redemption of a limited reward decrements it), so a reservation
+takes it last, just before COMMIT.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ SELECT id, sku, type, program, price_points, cash_price_minor, currency, stock, 
        (coalesce(active_from <= now(), true) AND coalesce(now() < active_to, true)) AS active
 FROM catalog.rewards WHERE sku = $1
 """
-# Stock: a conditional decrement under the reward's row lock; never below zero.
-_TAKE_STOCK = "UPDATE catalog.rewards SET stock = stock - $2 WHERE id = $1 AND stock >= $2 RETURNING stock"
+# Stock: a decrement under the reward's row lock, never below zero: the column's CHECK refuses it.
+_TAKE_STOCK = "UPDATE catalog.rewards SET stock = stock - {quantity:d} WHERE id = {reward_id:d}"
+_STOCK_CHECK = "rewards_stock_check"
 # Allowance: the member's usage row, incremented only while it stays within the limit (NULL: none).
 _TAKE_ALLOWANCE = """
 INSERT INTO catalog.member_usage AS u (reward_id, member_ref, used) VALUES ($1, $2, $3)
@@ -110,8 +113,14 @@ async def reward_for_redemption(conn: asyncpg.Connection, sku: str) -> asyncpg.R
     return await conn.fetchrow(_REWARD, sku)
 
 
-async def take_stock(conn: asyncpg.Connection, reward_id: int, quantity: int) -> bool:
-    return await conn.fetchval(_TAKE_STOCK, reward_id, quantity) is not None
+def take_stock_sql(reward_id: int, quantity: int) -> str:
+    """The decrement as one statement without parameters (integers only), to be sent with a COMMIT."""
+    return _TAKE_STOCK.format(reward_id=int(reward_id), quantity=int(quantity))
+
+
+def is_stock_exhausted(exc: asyncpg.PostgresError) -> bool:
+    """The decrement was refused: fewer units were left than it takes."""
+    return isinstance(exc, asyncpg.CheckViolationError) and exc.constraint_name == _STOCK_CHECK
 
 
 async def take_allowance(

@@ -105,10 +105,6 @@ async def _with_codes(conn: asyncpg.Connection, row: asyncpg.Record, status: int
     return Answer(status, redemption_json(row, codes))
 
 
-async def _fulfilled(conn: asyncpg.Connection, row: asyncpg.Record) -> Answer:
-    return await _with_codes(conn, row, 201)
-
-
 async def _cancelled_answer(conn: asyncpg.Connection, row: asyncpg.Record) -> Answer:
     return await _with_codes(conn, row, 200)
 
@@ -125,12 +121,16 @@ async def _release(conn: asyncpg.Connection, row: asyncpg.Record) -> None:
 async def _fulfil(conn: asyncpg.Connection, row: asyncpg.Record, outcome: Outcome) -> Transition:
     codes = await repository.issue_codes(conn, row["id"])
     debited = {"burn_transaction_id": str(outcome.txn_id), "replayed": outcome.replayed}
+
+    async def fulfilled(_: asyncpg.Connection, new: asyncpg.Record) -> Answer:
+        return Answer(201, redemption_json(new, codes))  # the codes just issued: no read of them again
+
     return Transition(
         "fulfilled",
         {"voucher_codes": len(codes)},
         before=[("debited", debited)],
         values={"burn_txn_id": outcome.txn_id, "fulfilled_at": True},
-        answer=_fulfilled,
+        answer=fulfilled,
     )
 
 

@@ -5,8 +5,10 @@ Both operations go through the shared saga runner (services/saga.py): the key is
 the transaction that reserves the redemption (or starts the cancel), and the saga writes the final
 answer into that record in the transaction that settles it. A replay returns the final answer; a
 replay of a pending record whose saga lost its process drives the saga first; one whose saga is still
-being driven gets `409 idempotency_key_in_use`. A refusal (unknown or inactive reward, out of stock,
-over the limit) rolls the reservation back to a savepoint and is recorded and replayed like a success.
+being driven gets `409 idempotency_key_in_use`. A refusal is recorded and replayed like a success: one the
+reward alone shows (unknown or inactive, sold out, more than a member may hold) before anything is
+reserved, in one statement with the key; one found while reserving (the member's allowance, the last
+codes or units taken meanwhile) rolls the reservation back and is recorded then.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from services.db import Database
 from services.errors import Conflict, DomainError, Forbidden, NotFound
 from services.idempotency import canonical_json, fingerprint
 from services.pagination import decode_cursor, encode_cursor
-from services.saga import Answer, Operation, SagaRunner
+from services.saga import Answer, CommitWith, Operation, SagaRunner
 
 NO_CURSOR = 2**63 - 1
 
@@ -53,37 +55,50 @@ def _not_found(redemption_id: UUID) -> NotFound:
 # --- redeem -------------------------------------------------------------------------------------------
 
 
+def _refused_at_sight(reward: asyncpg.Record | None, body: RedemptionIn) -> DomainError | None:
+    """What the reward alone refuses, read without a lock before anything is written: the refusal is
+    then recorded with the key in one statement (SagaRunner.start's `screen`), on one connection. When a
+    flash sale has sold out, a request that comes too late costs two statements and never reaches the
+    reward's row lock."""
+    if reward is None:
+        return _refusal(404, "reward_not_found", f"No reward with sku {body.sku}.")
+    if reward["program"] != body.program:
+        return _refusal(
+            422,
+            "program_mismatch",
+            f"Reward {body.sku} is redeemed with {reward['program']} points, not {body.program}.",
+        )
+    if not reward["active"]:
+        return _refusal(422, "reward_not_active", f"Reward {body.sku} is outside its active window.")
+    limit: int | None = reward["per_member_limit"]
+    if limit is not None and body.quantity > limit:
+        return _refusal(
+            422, "limit_exceeded", f"Reward {body.sku} allows {limit} per member; {body.quantity} requested."
+        )
+    if reward["stock"] is not None and reward["stock"] < body.quantity:
+        return _out_of_stock(body.sku, body.quantity)
+    return None
+
+
 async def _reserve(
     conn: asyncpg.Connection,
+    reward: asyncpg.Record,
     redemption_id: UUID,
     body: RedemptionIn,
     principal: Principal,
     key: str,
     lease_s: float,
 ) -> asyncpg.Record:
-    """Every reservation of a redemption, in the transaction that records its Idempotency-Key pending.
+    """Every reservation of a redemption, in the transaction that records its Idempotency-Key pending
+    (the reward as read just before it, outside: nothing here depends on reading it again inside).
 
-    The reward's row (the hot lock of a limited reward) is taken last, so it is held only for the stock
-    decrement, the code claim and the COMMIT. Codes are claimed after the stock is taken: a request that
-    loses on stock never holds a code another request could have had."""
-    reward = await repository.reward_for_redemption(conn, body.sku)
-    if reward is None:
-        raise _refusal(404, "reward_not_found", f"No reward with sku {body.sku}.")
-    if reward["program"] != body.program:
-        raise _refusal(
-            422,
-            "program_mismatch",
-            f"Reward {body.sku} is redeemed with {reward['program']} points, not {body.program}.",
-        )
-    if not reward["active"]:
-        raise _refusal(422, "reward_not_active", f"Reward {body.sku} is outside its active window.")
+    The reward's row (the hot lock of a limited reward) is taken last, by the statement sent with the
+    COMMIT (_take_stock), so it is held for no round trip to this process: a statement sent while it is
+    held would wait for this process's event loop as well as for PostgreSQL, and in a flash sale the
+    requests queued on that lock were the whole latency. Codes are claimed before, with SKIP LOCKED, so
+    concurrent claims never wait for each other; a request that then loses on stock gives them back
+    with its rollback."""
     limit: int | None = reward["per_member_limit"]
-    if limit is not None and body.quantity > limit:
-        raise _refusal(
-            422, "limit_exceeded", f"Reward {body.sku} allows {limit} per member; {body.quantity} requested."
-        )
-    if reward["stock"] is not None and reward["stock"] < body.quantity:  # no lock needed to see it is short
-        raise _refusal(409, "out_of_stock", f"Reward {body.sku} has fewer than {body.quantity} left.")
     if not await repository.take_allowance(conn, reward["id"], body.member_ref, body.quantity, limit):
         raise _refusal(
             422,
@@ -112,15 +127,32 @@ async def _reserve(
         },
         lease_s=lease_s,
     )
-    if limited and not await repository.take_stock(conn, reward["id"], body.quantity):
-        raise _refusal(409, "out_of_stock", f"Reward {body.sku} has fewer than {body.quantity} left.")
     if reward["type"] == "voucher":
         claimed = await repository.claim_codes(conn, reward["id"], body.quantity, redemption_id)
         if claimed < body.quantity:
             raise _refusal(
                 409, "out_of_stock", f"Reward {body.sku} has fewer than {body.quantity} codes left."
             )
-    return row
+    return row  # the stock itself is taken by the statement sent with the COMMIT (_take_stock)
+
+
+def _out_of_stock(sku: str, quantity: int) -> DomainError:
+    return _refusal(409, "out_of_stock", f"Reward {sku} has fewer than {quantity} left.")
+
+
+def _take_stock(row: asyncpg.Record) -> CommitWith | None:
+    """A limited reward's units, taken by the reservation's last statement, sent with its COMMIT: the
+    reward's row (every redemption of the reward wants its lock) is then held for no round trip to this
+    process. Stock never goes below zero (a CHECK): a request that finds too little is refused."""
+    if not row["stock_taken"]:
+        return None
+
+    def refusal(exc: asyncpg.PostgresError) -> DomainError | None:
+        if repository.is_stock_exhausted(exc):
+            return _out_of_stock(row["sku"], row["quantity"])
+        return None
+
+    return CommitWith(repository.take_stock_sql(row["reward_id"], row["stock_taken"]), refusal)
 
 
 async def redeem(
@@ -130,11 +162,20 @@ async def redeem(
     request_hash = fingerprint("redemption", canonical_json(body.model_dump(mode="json")))
     redemption_id = uuid4()
 
+    reward: asyncpg.Record | None = None
+
+    async def screen(conn: asyncpg.Connection) -> DomainError | None:
+        nonlocal reward
+        reward = await repository.reward_for_redemption(conn, body.sku)
+        return _refused_at_sight(reward, body)
+
     async def reserve(conn: asyncpg.Connection) -> asyncpg.Record:
-        return await _reserve(conn, redemption_id, body, principal, key, saga.lease_s)
+        assert reward is not None  # _refused_at_sight refuses an unknown reward
+        return await _reserve(conn, reward, redemption_id, body, principal, key, saga.lease_s)
 
     op = Operation(principal.key_id, key, request_hash, redemption_id)
-    answer = await saga.start(op, reserve, savepoint=True)  # a refusal undoes every reservation
+    # a refusal undoes every reservation
+    answer = await saga.start(op, reserve, savepoint=True, last=_take_stock, screen=screen)
     if not answer.replayed:
         REDEMPTIONS.labels(_outcome(answer)).inc()
     return answer

@@ -14,18 +14,22 @@ _COLUMNS = """id, seq, status, quote_id, from_program, to_program, member_ref, f
     credit_txn_id, compensation_txn_id, error_status, error_code, error_detail, attempts, next_attempt_at,
     lease_until, api_key_id, idempotency_key, created_at, updated_at, finished_at"""
 
-# The conversion (leased to the request creating it) and its first history event, in one statement.
+# The conversion (leased to the request creating it) and its first history events, in one statement. It
+# is stored `debiting` at once: `created` would only announce the debit, and the debit's ledger key is the
+# same whenever it is sent, so recovery of a `debiting` conversion does what recovery of a `created` one
+# did, one transaction sooner. The history still reads `created`, `debiting`.
 _INSERT = f"""
 WITH c AS (
     INSERT INTO conversion.conversions (id, status, quote_id, from_program, to_program, member_ref,
         from_points, fee_points, to_points, rate_source, rate_version, rate_from_points, rate_to_points,
         fee_bps, limit_day, api_key_id, idempotency_key, lease_until)
-    VALUES ($1, 'created', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+    VALUES ($1, 'debiting', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
             now() + make_interval(secs => $17))
     RETURNING {_COLUMNS}
 ), e AS (
     INSERT INTO conversion.conversion_events (conversion_id, event, status)
-    SELECT id, 'created', status FROM c
+    SELECT c.id, x.status, x.status FROM c, (VALUES (1, 'created'), (2, 'debiting')) AS x (n, status)
+    ORDER BY x.n
 )
 SELECT * FROM c
 """

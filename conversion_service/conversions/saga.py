@@ -3,7 +3,10 @@ and reverse the debit if the credit can never succeed. Only the domain steps liv
 status before its step, keys, retries, leases, recovery and the Idempotency-Key's answer are the shared
 runner's (services/saga.py).
 
-Statuses, each stored (with a history event) before the step it announces:
+Statuses, each recorded (with a history event) before the step it announces. Two are only events, never
+a transaction of their own: a new conversion is stored `debiting` at once (history `created`, `debiting`),
+and the credit is sent from `debited`, its outcome recording `crediting` first (rows stored `created` or
+`crediting` are still driven):
 
     created -> debiting -> debited -> crediting -> completed
                   |                       |
@@ -15,8 +18,8 @@ Statuses, each stored (with a history event) before the step it announces:
 
 Ledger keys: `conversion:{id}:debit`, `conversion:{id}:credit`, `conversion:{id}:compensate`; each body is
 built from the stored row only. A refusal is final: a refused debit ends in `rejected`, a refused credit
-compensates. No answer from the ledger leaves the status as it is and the runner retries with backoff: a
-debited conversion is always carried forward, never abandoned.
+compensates. No answer from the ledger leaves the status as it is (an unanswered credit stores `crediting`)
+and the runner retries with backoff: a debited conversion is always carried forward, never abandoned.
 """
 
 from __future__ import annotations
@@ -44,12 +47,15 @@ from conversion_service.settings import ConversionSettings
 from services.errors import DomainError, ledger_refusal
 from services.saga import (
     Answer,
+    Event,
     LedgerCall,
     Outcome,
+    Retry,
     SagaDefinition,
     SagaTable,
     Step,
     Transition,
+    retry_later,
 )
 
 log = logging.getLogger("jifen.conversion.saga")
@@ -238,16 +244,39 @@ async def _debit_refused(conn: asyncpg.Connection, row: asyncpg.Record, outcome:
     return Transition("rejected", _refusal(outcome), values=_error(outcome), answer=answer)
 
 
-async def _to_crediting(_: asyncpg.Connection, __: asyncpg.Record, ___: Outcome) -> Transition:
-    return Transition("crediting")
+def _crediting(row: asyncpg.Record) -> list[Event]:
+    """The `crediting` event a credit sent from `debited` records first (the status it skipped)."""
+    return [("crediting", None)] if row["status"] == "debited" else []
 
 
-async def _completed(_: asyncpg.Connection, __: asyncpg.Record, outcome: Outcome) -> Transition:
-    return Transition("completed", _posted(outcome), values={"credit_txn_id": outcome.txn_id}, answer=answer)
+async def _completed(_: asyncpg.Connection, row: asyncpg.Record, outcome: Outcome) -> Transition:
+    return Transition(
+        "completed",
+        _posted(outcome),
+        before=_crediting(row),
+        values={"credit_txn_id": outcome.txn_id},
+        answer=answer,
+    )
 
 
-async def _credit_refused(_: asyncpg.Connection, __: asyncpg.Record, outcome: Outcome) -> Transition:
-    return Transition("compensating", _refusal(outcome), values=_error(outcome))
+async def _credit_refused(_: asyncpg.Connection, row: asyncpg.Record, outcome: Outcome) -> Transition:
+    return Transition("compensating", _refusal(outcome), before=_crediting(row), values=_error(outcome))
+
+
+async def _credit_unknown(
+    conn: asyncpg.Connection, row: asyncpg.Record, outcome: Outcome
+) -> Transition | Retry:
+    """No answer to a credit sent from `debited`: store `crediting` now, with the retry's backoff."""
+    if row["status"] != "debited":
+        return await retry_later(conn, row, outcome)
+    error = (outcome.unreachable or "the ledger could not be reached")[:500]
+    return Transition(
+        "crediting",
+        {"step": "credit", "error": error},
+        event="retry_scheduled",
+        before=_crediting(row),
+        wait=True,
+    )
 
 
 async def _compensated(conn: asyncpg.Connection, row: asyncpg.Record, outcome: Outcome) -> Transition:
@@ -266,10 +295,15 @@ async def _reversal_refused(_: asyncpg.Connection, row: asyncpg.Record, outcome:
     return Transition("failed", _refusal(outcome), answer=answer)
 
 
+# The debit is `pure` (services/saga.py, Step): its posted or unanswered outcome is stored by one
+# conditional statement. The credit's outcome settles the request, so it is stored with its answer.
 STEPS: Mapping[str, Step] = {
     "created": Step("begin", _to_debiting),
-    "debiting": Step("debit", _debited, call=debit, refused=_debit_refused),
-    "debited": Step("begin_credit", _to_crediting),
+    "debiting": Step("debit", _debited, call=debit, refused=_debit_refused, pure=True),
+    # The debit's status is stored (recovery starts from it), but `crediting` would only announce the
+    # credit, whose ledger key is the same whenever it is sent: a credit goes out from `debited` at once,
+    # and its outcome records `crediting` before its own status, so the history reads as it always did.
+    "debited": Step("credit", _completed, call=credit, refused=_credit_refused, unreachable=_credit_unknown),
     "crediting": Step("credit", _completed, call=credit, refused=_credit_refused),
     "compensating": Step("compensate", _compensated, call=compensation, refused=_reversal_refused),
 }

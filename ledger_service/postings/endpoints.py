@@ -67,6 +67,7 @@ REVERSE_PROBLEMS = problems(
     "partner_forbidden",
     "not_reversible",
     "reversal_exceeds_original",
+    "clawback_not_pending",
     "insufficient_points",
     "ledger_busy",
 )

@@ -1,7 +1,8 @@
 -- Expiry of lots due at p_as_of, one batch per call and per database transaction, set-based.
 -- Batches follow (expires_at, id) from the cursor the caller passes back. Accounts are locked
 -- (SKIP LOCKED: one busy now is taken by the next run); what a held amount protects stays until
--- the hold ends. Each account's expired points go to breakage in one `expiry` transaction, or
+-- the hold ends (holds are taken from released points, so a pending lot due to expire goes whole
+-- and takes its points off accounts.pending). Each account's expired points go to breakage in one `expiry` transaction, or
 -- rollover_bps of them into a new lot for the next period. Running twice, or from two processes
 -- at once, expires nothing twice: `remaining` is re-read under the account lock.
 -- A run is a fixed point (DESIGN §4): rolled-over points roll once (a rolled lot, the only kind with
@@ -19,7 +20,7 @@ BEGIN
     CREATE TEMP TABLE IF NOT EXISTS expiry_acc (account_id bigint, program_id int, member_ref text, cap bigint)
         ON COMMIT DELETE ROWS;
     CREATE TEMP TABLE IF NOT EXISTS expiry_take (lot_id bigint, account_id bigint, expires_at timestamptz,
-        take bigint, roll bigint) ON COMMIT DELETE ROWS;
+        take bigint, roll bigint, pending boolean) ON COMMIT DELETE ROWS;
     CREATE TEMP TABLE IF NOT EXISTS expiry_txn (txn_id uuid, account_id bigint) ON COMMIT DELETE ROWS;
     TRUNCATE expiry_due, expiry_acc, expiry_take, expiry_txn;
 
@@ -36,7 +37,7 @@ BEGIN
     END IF;
 
     WITH locked AS (
-        SELECT a.id, a.program_id, a.member_ref, greatest(a.balance - a.held, 0) AS cap
+        SELECT a.id, a.program_id, a.member_ref, greatest(a.balance - a.held - a.pending, 0) AS cap
         FROM ledger.accounts a WHERE a.id IN (SELECT DISTINCT account_id FROM expiry_due)
         ORDER BY a.id FOR UPDATE SKIP LOCKED
     )
@@ -45,10 +46,14 @@ BEGIN
     INSERT INTO expiry_take
     SELECT x.lot_id, x.account_id, x.expires_at, x.take,
            CASE WHEN x.is_rolled OR NOT coalesce(ledger.next_period(p, x.expires_at) > p_as_of, false) THEN 0
-                ELSE x.take * p.rollover_bps / 10000 END
+                ELSE x.take * p.rollover_bps / 10000 END,
+           x.pending
     FROM (
         SELECT d.lot_id, d.account_id, d.expires_at, a.program_id, l.txn_id IS NULL AS is_rolled,
-               least(l.remaining, greatest(a.cap - coalesce(sum(l.remaining) OVER w, 0), 0)) AS take
+               l.pending_until IS NOT NULL AS pending,
+               CASE WHEN l.pending_until IS NOT NULL THEN l.remaining
+                    ELSE least(l.remaining, greatest(a.cap - coalesce(sum(l.remaining) FILTER (
+                             WHERE l.pending_until IS NULL) OVER w, 0), 0)) END AS take
         FROM expiry_due d
         JOIN expiry_acc a ON a.account_id = d.account_id
         JOIN ledger.lots l ON l.id = d.lot_id
@@ -58,6 +63,9 @@ BEGIN
     WHERE x.take > 0;
 
     UPDATE ledger.lots l SET remaining = l.remaining - t.take FROM expiry_take t WHERE l.id = t.lot_id;
+    UPDATE ledger.accounts a SET pending = a.pending - s.points
+    FROM (SELECT account_id, sum(take) AS points FROM expiry_take WHERE pending GROUP BY 1) s
+    WHERE a.id = s.account_id;
 
     -- Rolled-over points stay the member's: a new lot per old expiry date, no posting.
     INSERT INTO ledger.lots (account_id, program_id, txn_id, points, remaining, expires_at)

@@ -7,13 +7,13 @@
   limited to programs can run them for its own: their functions change signature, the old ones go.
 
 Revision ID: 0014_input_limits
-Revises: 0011_partners
+Revises: 0015_pending_points
 """
 
 from migrations.script_sql import run_script
 
 revision = "0014_input_limits"
-down_revision = "0011_partners"
+down_revision = "0015_pending_points"
 branch_labels = None
 depends_on = None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 
 import asyncpg
 import httpx
@@ -131,6 +132,25 @@ class ItemSaga(SagaDefinition):
         return Answer(202, {"id": str(row["id"]), "status": row["status"]})
 
 
+async def _held(_: asyncpg.Connection, __: asyncpg.Record, outcome: Outcome) -> Transition | Retry:
+    return Transition("charged", {"txn": str(outcome.txn_id)}, values={"txn_id": outcome.txn_id})
+
+
+async def _settled(_: asyncpg.Connection, __: asyncpg.Record, ___: Outcome) -> Transition | Retry:
+    return Transition("done", answer=_final)
+
+
+class PureItemSaga(ItemSaga):
+    """A pure first step (its outcome stored without the row lock), then a step that settles."""
+
+    table = replace(ItemSaga.table, unfinished=("pending", "charged"))
+    CHARGE = Step("charge", _held, call=_charge, refused=_refused, pure=True)
+    SETTLE = Step("settle", _settled)
+
+    def step(self, row: asyncpg.Record) -> Step | None:
+        return {"pending": self.CHARGE, "charged": self.SETTLE}.get(row["status"])
+
+
 @pytest.fixture(scope="module")
 async def db(database_url: str) -> AsyncIterator[Database]:
     database = Database(database_url, pool_size=6, application_name="saga-tests")
@@ -154,9 +174,9 @@ async def ledger() -> AsyncIterator[tuple[Ledger, LedgerClient]]:
         await client.aclose()
 
 
-def _runner(db: Database, client: LedgerClient) -> SagaRunner:
+def _runner(db: Database, client: LedgerClient, definition: SagaDefinition | None = None) -> SagaRunner:
     timing = SagaTiming(lease_s=30.0, retry_base_s=0.2, retry_max_s=0.4, recovery_interval_s=0.05)
-    return SagaRunner(ItemSaga(), db, client, timing)
+    return SagaRunner(definition or ItemSaga(), db, client, timing)
 
 
 async def _start(runner: SagaRunner, key: str | None = None, points: int = 10) -> tuple[Answer, uuid.UUID]:
@@ -330,6 +350,29 @@ async def test_two_drivers_apply_a_step_once(db: Database, ledger: tuple[Ledger,
     fake.answer = together
     await asyncio.wait_for(asyncio.gather(runner.drive(item_id), runner.drive(item_id)), 10)
     assert await _events(db, item_id) == ["retry_scheduled", "done"]
+
+
+async def test_two_drivers_apply_a_pure_step_once(db: Database, ledger: tuple[Ledger, LedgerClient]) -> None:
+    """The same race on a pure step, whose outcome is stored by a conditional statement without the row
+    lock: still only the first to store it applies it, and the saga goes on from there once."""
+    fake, client = ledger
+    runner = _runner(db, client, PureItemSaga())
+    fake.answer = down
+    answer, item_id = await _start(runner)
+    assert answer.status == 202
+    assert await _events(db, item_id) == ["retry_scheduled"]  # an unanswered pure step: one statement
+    both = asyncio.Barrier(2)
+
+    async def together(request: httpx.Request) -> httpx.Response:
+        await both.wait()
+        return await fake.posted(request)
+
+    fake.answer = together
+    await asyncio.wait_for(asyncio.gather(runner.drive(item_id), runner.drive(item_id)), 10)
+    assert await _events(db, item_id) == ["retry_scheduled", "charged", "done"]
+    async with db.driver() as conn:
+        row = await conn.fetchrow(f"SELECT status, attempts FROM {SCHEMA}.items WHERE id = $1", item_id)
+    assert (row["status"], row["attempts"]) == ("done", 1)
 
 
 async def test_purge_keeps_pending_keys_whatever_their_age(db: Database) -> None:
