@@ -183,6 +183,8 @@ async def _apply(client: httpx.AsyncClient, db, program: str, model: Model, op) 
             "points": pts,
             "reference": reference,
             "metadata": metadata,
+            # past its pending days already, as a plain earn: spendable at once
+            "occurred_at": (datetime.now(UTC) - timedelta(days=PENDING_DAYS + 1)).isoformat(),
         }
         r = await send("/v1/earn", body)
         assert r.status_code == 201, r.text
