@@ -54,7 +54,11 @@ class BatchProcessor:
     async def _reversals(conn: asyncpg.Connection, batch_id: UUID, after: int, until: int) -> None:
         """The reverse rows up to line `until`, after the earns they may refer to."""
         while True:
-            done = await repository.process_reversals(conn, batch_id, after, until, REVERSAL_CHUNK)
+            try:
+                done = await repository.process_reversals(conn, batch_id, after, until, REVERSAL_CHUNK)
+            except _RETRY as exc:
+                log.warning(f"batch reversals retried: {exc}", extra={"batch": str(batch_id)})
+                continue
             after = done["next_after"]
             if done["rows_done"] < REVERSAL_CHUNK:
                 return

@@ -180,6 +180,18 @@ BEGIN
     IF b.stage = 'earns' THEN  -- never past the posted earns: a refund needs its earn posted first
         p_until := least(p_until, b.next_line);
     END IF;
+    -- The members of these rows locked first, in account-id order, as every earn chunk locks them:
+    -- the partition workers post earns meanwhile, and a chunk of reverse rows that took its members
+    -- one by one could hold one a worker waits for while it waits for another the worker holds.
+    PERFORM 1 FROM ledger.accounts a
+    WHERE a.id IN (SELECT o.account_id FROM (
+                       SELECT s.external_id, s.original_external_id FROM ledger.batch_staging s
+                       WHERE s.batch_id = p_batch AND s.type = 'reverse' AND s.reject IS NULL
+                         AND s.line > p_after AND s.line <= p_until
+                       ORDER BY s.line LIMIT p_limit) s
+                   JOIN ledger.transactions o ON o.api_key_id = b.api_key_id AND o.type = 'earn'
+                    AND o.external_id = coalesce(s.original_external_id, s.external_id))
+    ORDER BY a.id FOR UPDATE;
     FOR r IN
         SELECT * FROM ledger.batch_staging
         WHERE batch_id = p_batch AND type = 'reverse' AND reject IS NULL AND line > p_after AND line <= p_until
