@@ -87,7 +87,7 @@ class CpuShare:
     @staticmethod
     def _machine() -> float:
         t = psutil.cpu_times()
-        return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+        return float(t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0))
 
     def _parts(self) -> dict[tuple[str, int], float]:
         out: dict[tuple[str, int], float] = {}
@@ -176,7 +176,7 @@ def run(args: argparse.Namespace, tmp: Path, path: Path, processors: int) -> flo
             f" batch / COPY time = {elapsed / copy_s:.1f}x"
         )
         print(cpu_line)
-        return rate
+        return float(rate)
     finally:
         if ledger is not None:
             ledger.terminate()

@@ -55,9 +55,12 @@ BEGIN
       AND ledger.batch_part(s.member_ref, p_parts) = p_part
       AND (s.partner IS NULL OR (pp.r).partner_id IS NOT NULL)
     ORDER BY s.external_id, s.line;
-    SELECT count(*) INTO candidates FROM ledger.batch_staging
-    WHERE batch_id = b.id AND line > p_from AND line <= p_to AND reject IS NULL AND type = 'earn'
-      AND ledger.batch_part(member_ref, p_parts) = p_part;
+    -- The partition's earn rows, and every line but the valid reverse rows (which
+    -- process_batch_reversals counts), in one pass.
+    SELECT count(*) FILTER (WHERE reject IS NULL AND type = 'earn'),
+           count(*) FILTER (WHERE type IS DISTINCT FROM 'reverse' OR reject IS NOT NULL)
+    INTO candidates, processed FROM ledger.batch_staging
+    WHERE batch_id = b.id AND line > p_from AND line <= p_to AND ledger.batch_part(member_ref, p_parts) = p_part;
     PERFORM ledger.post_earns();
     -- Rows beyond a prepaid partner's funds or a postpaid partner's credit limit.
     INSERT INTO ledger.batch_rejections (batch_id, line, external_id, reason)
@@ -68,11 +71,6 @@ BEGIN
     SELECT count(*) FILTER (WHERE posted), coalesce(sum(points) FILTER (WHERE posted), 0)
     INTO post_batch_lines.posted, post_batch_lines.points FROM earn_in;
     duplicates := candidates - partner_rejected - refused - post_batch_lines.posted;
-    -- Every line but the valid reverse rows, which process_batch_reversals counts.
-    SELECT count(*) INTO processed FROM ledger.batch_staging
-    WHERE batch_id = b.id AND line > p_from AND line <= p_to
-      AND (type IS DISTINCT FROM 'reverse' OR reject IS NOT NULL)
-      AND ledger.batch_part(member_ref, p_parts) = p_part;
 END $$;
 
 -- Posts the earn rows of lines (p_from, p_to] of a batch, every partition, in the caller's transaction
