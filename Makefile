@@ -26,7 +26,7 @@ bench: install
 	$(BIN)/python bench/bench_conversion.py
 
 bench-batch: install
-	$(BIN)/python bench/bench_batch.py
+	$(BIN)/python bench/bench_batch.py $(ARGS)
 
 bench-expiry: install
 	$(BIN)/python bench/bench_expiry.py
