@@ -51,7 +51,6 @@ _PROGRESS = """SELECT status, rows, last_line, staged, next_line, reversals_afte
 _RENEW = """UPDATE ledger.batches SET lease_until = now() + interval '60 seconds',
             status = CASE WHEN status = 'received' THEN 'processing' ELSE status END WHERE id = $1"""
 _STAGED = "UPDATE ledger.batches SET staged = $2 WHERE id = $1"
-_EARNS = "SELECT * FROM ledger.process_batch_earns($1, $2, $3)"
 _PARTS = "SELECT ledger.batch_parts_init($1, $2)"
 _PART = "SELECT * FROM ledger.process_batch_part($1, $2)"
 _REVERSALS = "SELECT * FROM ledger.process_batch_reversals($1, $2, $3, $4)"
@@ -148,12 +147,6 @@ async def renew(conn: asyncpg.Connection, batch_id: UUID) -> None:
 
 async def staged(conn: asyncpg.Connection, batch_id: UUID, lines: int) -> None:
     await conn.execute(_STAGED, batch_id, lines)
-
-
-async def process_earns(conn: asyncpg.Connection, batch_id: UUID, start: int, end: int) -> asyncpg.Record:
-    row = await conn.fetchrow(_EARNS, batch_id, start, end)
-    assert row is not None
-    return row
 
 
 async def init_parts(conn: asyncpg.Connection, batch_id: UUID, parts: int) -> int:

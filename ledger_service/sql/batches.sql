@@ -73,8 +73,9 @@ BEGIN
     duplicates := candidates - partner_rejected - refused - post_batch_lines.posted;
 END $$;
 
--- Posts the earn rows of lines (p_from, p_to] of a batch, every partition, in the caller's transaction
--- (one processor working alone, and the crash tests that drive a batch by hand).
+-- Posts the earn rows of lines (p_from, p_to] of a batch, every partition at once, in the caller's
+-- transaction: a batch driven by hand, one range at a time (the processor posts by partition,
+-- ledger.process_batch_part). Nothing once a partition is past p_from.
 CREATE OR REPLACE FUNCTION ledger.process_batch_earns(p_batch uuid, p_from bigint, p_to bigint,
     OUT posted bigint, OUT duplicates bigint, OUT rejected bigint, OUT points bigint)
 LANGUAGE plpgsql AS $$
