@@ -11,9 +11,11 @@ and fails the test, and so does any console error or uncaught exception in the p
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,9 +85,7 @@ class Watch:
 Fulfil = Callable[[Any], Awaitable[bool]]
 
 
-async def watched_page(
-    browser: Any, *, fulfil: Fulfil | None = None, allow_errors: bool = False
-) -> tuple[Any, Any, Watch]:
+async def watched_page(browser: Any, *, fulfil: Fulfil | None = None) -> tuple[Any, Any, Watch]:
     """A fresh context (its own cookies) and page, with every request routed through a check.
     `fulfil` may answer a request itself (e.g. a page of another site); it returns True if it did."""
     context = await browser.new_context(viewport=DESKTOP, service_workers="block")
@@ -105,12 +105,29 @@ async def watched_page(
     page = await context.new_page()
 
     def on_console(msg: Any) -> None:
-        if msg.type == "error" and not allow_errors:
+        if msg.type == "error":
             watch.errors.append(f"console: {msg.text}")
 
     page.on("console", on_console)
     page.on("pageerror", lambda exc: watch.errors.append(f"uncaught: {exc}"))
     return context, page, watch
+
+
+@asynccontextmanager
+async def watching(
+    browser: Any, *, fulfil: Fulfil | None = None, expected: re.Pattern[str] | None = None
+) -> AsyncIterator[Any]:
+    """A watched page (`watched_page`) for the length of a block: its context is closed however the
+    block ends, and a block that ends normally must have sent no request outside localhost and logged
+    no error but those matching `expected` (a refusal the test provokes, which the browser logs)."""
+    context, page, watch = await watched_page(browser, fulfil=fulfil)
+    try:
+        yield page
+        if expected is not None:
+            watch.errors[:] = [e for e in watch.errors if not expected.search(e)]
+        watch.check()
+    finally:
+        await context.close()
 
 
 async def screenshots(page: Any, name: str) -> None:

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, FastAPI, Form, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
@@ -34,7 +34,8 @@ from ledger_service.console.session import (
     cross_site,
     same_token,
 )
-from ledger_service.schemas_common import MemberRef, ProgramCode
+from ledger_service.schemas_common import MemberRef, PartnerCode, ProgramCode
+from ledger_service.segments.schemas import SegmentCode
 from services.auth import KeyStore, Principal
 from services.errors import DomainError
 from services.settings import Settings
@@ -165,6 +166,8 @@ async def current_user(request: Request) -> User:
 
 
 Reader = Annotated[User, Depends(current_user)]
+ProgramFilter = Annotated[ProgramCode | None, Query()]
+Cursor = Annotated[str | None, Query(max_length=64)]
 
 
 async def posted_by(request: Request, user: Reader, csrf: Annotated[str | None, Form()] = None) -> User:
@@ -268,8 +271,8 @@ async def logout(request: Request, _: Poster) -> Response:
 async def overview(
     request: Request,
     user: Reader,
-    program: Annotated[ProgramCode | None, Query()] = None,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    program: ProgramFilter = None,
+    cursor: Cursor = None,
 ) -> Response:
     data = await console.overview(request.app.state.db, user.principal, program, cursor)
     return page(request, "overview.html", user, data=data)
@@ -378,6 +381,90 @@ async def webhooks(request: Request, user: Reader) -> Response:
     return page(request, "webhooks.html", user, data=data)
 
 
+def _attachment(filename: str) -> dict[str, str]:
+    return {**SECURITY_HEADERS, "Content-Disposition": f'attachment; filename="{filename}"'}
+
+
+def _csv(body: str, filename: str) -> Response:
+    return Response(body, media_type="text/csv", headers=_attachment(filename))
+
+
+@router.get("/partners")
+async def partners(
+    request: Request,
+    user: Reader,
+    program: ProgramFilter = None,
+    cursor: Cursor = None,
+) -> Response:
+    data = await console.partner_list(request.app.state.db, user.principal, program, cursor)
+    return page(request, "partners.html", user, data=data)
+
+
+@router.get("/partners/{code}")
+async def partner_page(request: Request, user: Reader, code: PartnerCode, cursor: Cursor = None) -> Response:
+    data = await console.partner_page(request.app.state.db, user.principal, code, cursor)
+    return page(request, "partner.html", user, data=data)
+
+
+@router.get("/partners/{code}/statements.csv")
+async def statements_csv(
+    request: Request, user: Reader, code: PartnerCode, cursor: Cursor = None
+) -> Response:
+    body = await console.statements_csv(request.app.state.db, user.principal, code, cursor)
+    return _csv(body, f"{code}-statements.csv")
+
+
+@router.get("/settlements")
+async def settlements(request: Request, user: Reader, cursor: Cursor = None) -> Response:
+    data = await console.settlement_list(request.app.state.db, user.principal, cursor)
+    return page(request, "settlements.html", user, data=data)
+
+
+@router.get("/settlements/{settlement_id}")
+async def settlement_page(request: Request, user: Reader, settlement_id: UUID) -> Response:
+    data = await console.settlement(request.app.state.db, user.principal, settlement_id)
+    return page(request, "settlement.html", user, s=data)
+
+
+@router.get("/settlements/{settlement_id}/lines.csv")
+async def settlement_csv(request: Request, user: Reader, settlement_id: UUID) -> Response:
+    """The same CSV as GET /v1/settlements/{id} with `Accept: text/csv`."""
+    body = await console.settlement_csv(request.app.state.db, user.principal, settlement_id)
+    return _csv(body, f"settlement-{settlement_id}.csv")
+
+
+@router.get("/segments")
+async def segments(
+    request: Request,
+    user: Reader,
+    program: ProgramFilter = None,
+    cursor: Cursor = None,
+) -> Response:
+    data = await console.segment_list(request.app.state.db, user.principal, program, cursor)
+    return page(request, "segments.html", user, data=data)
+
+
+@router.get("/programs/{code}/segments/{segment}")
+async def segment_page(
+    request: Request, user: Reader, code: ProgramCode, segment: SegmentCode, cursor: Cursor = None
+) -> Response:
+    """Sizes for any reader; the members themselves only for ledger:admin, as on the API."""
+    data = await console.segment_page(
+        request.app.state.db, user.principal, code, segment, cursor, with_members=user.can_act
+    )
+    return page(request, "segment.html", user, data=data, notice=request.query_params.get("notice"))
+
+
+@router.get("/programs/{code}/segments/{segment}/members.csv")
+async def segment_export(request: Request, user: Reader, code: ProgramCode, segment: SegmentCode) -> Response:
+    if not user.can_act:
+        raise ConsoleError(
+            403, "Not allowed", "A segment's members are for ledger:admin keys, as on the API."
+        )
+    lines = await console.segment_export(request.app.state.db, user.principal, code, segment)
+    return StreamingResponse(lines, media_type="text/csv", headers=_attachment(f"{code}-{segment}.csv"))
+
+
 # --- Actions (ledger:admin): the API's write path, with the form's idempotency key
 
 
@@ -436,6 +523,14 @@ async def expire(request: Request, user: Actor, back: Annotated[str | None, Form
         )
     run = await console.expire_now(request.app.state.db)
     return redirect(_with_notice(_local(back), f"expired-{run.expired_points}"))
+
+
+@router.post("/programs/{code}/segments/{segment}/refresh")
+async def refresh_segment(request: Request, user: Actor, code: ProgramCode, segment: SegmentCode) -> Response:
+    """Re-evaluating is idempotent by nature: a second run finds nobody to move."""
+    done = await console.refresh_segment(request.app.state.db, user.principal, code, segment)
+    notice = f"refreshed-{done.member_count}-{done.entered}-{done.left}"
+    return redirect(_with_notice(f"/console/programs/{code}/segments/{segment}", notice))
 
 
 def _with_notice(path: str, notice: str) -> str:

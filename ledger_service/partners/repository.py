@@ -18,7 +18,10 @@ ON CONFLICT (code) DO NOTHING RETURNING {_PARTNER_COLUMNS}
 _GET = f"SELECT {_PARTNER_COLUMNS} FROM ledger.partners WHERE code = $1"
 _LIST = f"""
 SELECT {_PARTNER_COLUMNS} FROM ledger.partners
-WHERE id > $1 AND ($3::text IS NULL OR code = $3) ORDER BY id LIMIT $2
+WHERE id > $1 AND ($3::text IS NULL OR code = $3)
+  AND ($4::text IS NULL OR id IN (SELECT pp.partner_id FROM ledger.partner_programs pp
+                                  JOIN ledger.programs g ON g.id = pp.program_id WHERE g.code = $4))
+ORDER BY id LIMIT $2
 """
 _UPDATE = f"""
 UPDATE ledger.partners
@@ -53,6 +56,20 @@ SELECT * FROM (
     WHERE t.partner_id = $1
 ) x WHERE $2::bigint IS NULL OR x.id = $2
 ORDER BY x.program, x.effective_from
+"""
+
+_TERMS_OF = f"""
+SELECT {_TERMS_COLUMNS}, t.partner_id
+FROM ledger.partner_terms t JOIN ledger.partners p ON p.id = t.partner_id
+JOIN ledger.programs g ON g.id = t.program_id
+WHERE t.partner_id = ANY ($1::int[]) AND ($2::text[] IS NULL OR g.code = ANY ($2))
+ORDER BY p.id, g.code, t.effective_from
+"""
+_COUNTERS = """
+SELECT pp.partner_id, g.code AS program, pp.funded_points, pp.issued_points, pp.open_cash
+FROM ledger.partner_programs pp JOIN ledger.programs g ON g.id = pp.program_id
+WHERE pp.partner_id = ANY ($1::int[]) AND ($2::text[] IS NULL OR g.code = ANY ($2))
+ORDER BY pp.partner_id, g.code
 """
 
 _LINE_COLUMNS = """l.id, l.settlement_id, p.code AS partner, g.code AS program, l.period_start, l.period_end,
@@ -139,9 +156,10 @@ async def get_partner(conn: asyncpg.Connection, code: str) -> asyncpg.Record | N
 
 
 async def list_partners(
-    conn: asyncpg.Connection, *, after: int, limit: int, only: str | None
+    conn: asyncpg.Connection, *, after: int, limit: int, only: str | None, program: str | None = None
 ) -> list[asyncpg.Record]:
-    return list(await conn.fetch(_LIST, after, limit, only))
+    """Oldest first; `only` one partner (a partner-bound key), `program` those with terms or funds there."""
+    return list(await conn.fetch(_LIST, after, limit, only, program))
 
 
 async def update_partner(
@@ -185,6 +203,20 @@ async def terms(
     conn: asyncpg.Connection, partner_id: int, only_id: int | None = None
 ) -> list[asyncpg.Record]:
     return list(await conn.fetch(_TERMS, partner_id, only_id))
+
+
+async def terms_of(
+    conn: asyncpg.Connection, partner_ids: list[int], programs: list[str] | None
+) -> list[asyncpg.Record]:
+    """Every version of the terms of these partners, oldest first per program."""
+    return list(await conn.fetch(_TERMS_OF, partner_ids, programs))
+
+
+async def counters(
+    conn: asyncpg.Connection, partner_ids: list[int], programs: list[str] | None
+) -> list[asyncpg.Record]:
+    """The prepaid and credit counters of these partners at each program they have terms or funds in."""
+    return list(await conn.fetch(_COUNTERS, partner_ids, programs))
 
 
 async def new_settlement(conn: asyncpg.Connection, as_of: datetime) -> asyncpg.Record:

@@ -219,6 +219,28 @@ class Position(BaseModel):
     programs: list[ProgramPosition]
 
 
+class ProgramStanding(BaseModel):
+    """A partner at one program as its counters stand (no open periods computed): the list view."""
+
+    program: str
+    terms: TermsOut | None = Field(description="The version in force now; None before the first starts")
+    funded_points: int
+    issued_points: int
+    prepaid_points: int | None
+    credit_limit_minor: int | None
+    credit_used_minor: int
+
+
+class PartnerStanding(BaseModel):
+    partner: PartnerOut
+    programs: list[ProgramStanding]
+
+
+class StandingList(BaseModel):
+    data: list[PartnerStanding]
+    next_cursor: str | None
+
+
 CSV_COLUMNS = (
     "partner",
     "program",

@@ -25,11 +25,14 @@ from ledger_service.partners.schemas import (
     PartnerList,
     PartnerOut,
     PartnerPatch,
+    PartnerStanding,
     Position,
     Price,
     ProgramPosition,
+    ProgramStanding,
     Settlement,
     SettlementList,
+    StandingList,
     StatementLine,
     StatementList,
     TermsIn,
@@ -246,6 +249,55 @@ async def statements(
     )
 
 
+def _credit_used(open_cash: Decimal) -> int:
+    return math.floor(open_cash + Decimal("0.5"))  # half up, as statement lines round
+
+
+async def standings(
+    db: Database, principal: Principal, *, program: str | None, limit: int, cursor: str | None
+) -> StandingList:
+    """A page of partners (those at `program` when named), each with the terms in force now and its
+    prepaid and credit counters per program: what a list of partners can show without computing open
+    periods (that is `position`)."""
+    after = decode_cursor(cursor) or 0
+    programs = principal.program_list()
+    if program is not None:
+        principal.require_program(program)
+        programs = [program]
+    now = datetime.now(UTC)
+    async with db.driver() as conn:
+        rows = await repository.list_partners(
+            conn, after=after, limit=limit + 1, only=principal.partner, program=program
+        )
+        page = rows[:limit]
+        ids = [r["id"] for r in page]
+        versions = await repository.terms_of(conn, ids, programs)
+        counters = await repository.counters(conn, ids, programs)
+    in_force: dict[tuple[int, str], asyncpg.Record] = {}
+    for v in versions:  # oldest first per program: the last one started is in force
+        if v["effective_from"] <= now:
+            in_force[(v["partner_id"], v["program"])] = v
+    by_partner: dict[int, list[ProgramStanding]] = {i: [] for i in ids}
+    for c in counters:
+        terms = in_force.get((c["partner_id"], c["program"]))
+        prepaid = terms is not None and terms["funding"] == "prepaid"
+        by_partner[c["partner_id"]].append(
+            ProgramStanding(
+                program=c["program"],
+                terms=None if terms is None else _terms_out(terms),
+                funded_points=c["funded_points"],
+                issued_points=c["issued_points"],
+                prepaid_points=c["funded_points"] - c["issued_points"] if prepaid else None,
+                credit_limit_minor=None if terms is None else terms["credit_limit_minor"],
+                credit_used_minor=_credit_used(c["open_cash"]),
+            )
+        )
+    return StandingList(
+        data=[PartnerStanding(partner=_partner_out(r), programs=by_partner[r["id"]]) for r in page],
+        next_cursor=encode_cursor(page[-1]["id"]) if len(rows) > limit else None,
+    )
+
+
 async def position(db: Database, principal: Principal, code: str) -> Position:
     principal.require_partner(code)
     async with db.driver() as conn:
@@ -267,7 +319,7 @@ async def position(db: Database, principal: Principal, code: str) -> Position:
                 issued_points=r["issued_points"],
                 prepaid_points=r["funded_points"] - r["issued_points"] if prepaid else None,
                 credit_limit_minor=r["credit_limit_minor"],
-                credit_used_minor=math.floor(r["open_cash"] + Decimal("0.5")),  # half up, as lines
+                credit_used_minor=_credit_used(r["open_cash"]),
                 open_periods=periods,
             )
         )

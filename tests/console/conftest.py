@@ -13,6 +13,7 @@ import pytest
 from services.auth import SCOPES, create_api_key
 from services.keyfiles import SERVICE_LEDGER_SCOPES
 from tests.browser import browser  # noqa: F401 (the session's one browser)
+from tests.console.forms import BASE
 from tests.harness import ServiceProcess, free_port
 
 
@@ -53,27 +54,20 @@ def stack(
             "JIFEN_CATALOG_URL": f"http://127.0.0.1:{ports['catalog']}",
         },
     )
-    conversion = ServiceProcess(
-        "conversion",
-        database_url,
-        port=ports["conversion"],
-        env={
-            **common,
-            "JIFEN_LEDGER_URL": ledger_url,
-            "JIFEN_LEDGER_API_KEY": service_keys["conversion"],
-            "JIFEN_CONVERSION_RECOVERY_INTERVAL_S": "3600",
-        },
-    )
-    catalog = ServiceProcess(
-        "catalog",
-        database_url,
-        port=ports["catalog"],
-        env={
-            **common,
-            "JIFEN_LEDGER_URL": ledger_url,
-            "JIFEN_LEDGER_API_KEY": service_keys["catalog"],
-            "JIFEN_CATALOG_RECOVERY_INTERVAL_S": "3600",
-        },
+    # the services whose sagas the console reads: their recovery loops wait for the tests
+    conversion, catalog = (
+        ServiceProcess(
+            name,
+            database_url,
+            port=ports[name],
+            env={
+                **common,
+                "JIFEN_LEDGER_URL": ledger_url,
+                "JIFEN_LEDGER_API_KEY": service_keys[name],
+                f"JIFEN_{name.upper()}_RECOVERY_INTERVAL_S": "3600",
+            },
+        )
+        for name in ("conversion", "catalog")
     )
     started: list[ServiceProcess] = []
     try:
@@ -89,6 +83,14 @@ def stack(
 async def console_admin_key(ledger_app: Any) -> str:
     _, secret = await create_api_key(ledger_app.state.db, name="console-admin", scopes=SCOPES)
     return secret
+
+
+@pytest.fixture
+async def console(ledger_app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The console over HTTP, in process (no browser); its cookies are the session."""
+    transport = httpx.ASGITransport(app=ledger_app)
+    async with httpx.AsyncClient(transport=transport, base_url=BASE, timeout=30) as c:
+        yield c
 
 
 @pytest.fixture

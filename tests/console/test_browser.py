@@ -15,73 +15,35 @@ from playwright.async_api import expect
 
 from ledger_service.batches.processor import BatchProcessor
 from services.auth import SCOPES, hash_key
-from tests.browser import screenshots, watched_page
-from tests.conftest import create_program, make_key, new_key
+from tests.browser import screenshots, watching
+from tests.conftest import create_program, earn, make_key, member, move, new_key
 from tests.console.conftest import Stack
+from tests.console.forms import browser_sign_in as sign_in
+from tests.console.forms import number
 from tests.harness import ServiceProcess, free_port
 
 HEADER = (
     "external_id,type,original_external_id,program,card_number,member_ref,amount_minor,currency,merchant_id,"
     "mcc,channel,occurred_at,points"
 )
+# a refusal a test provokes is logged by the browser as a failed load: expected, not an error
 REFUSED_LOAD = re.compile(r"Failed to load resource: the server responded with a status of 40[13]")
-
-
-def _ignore_refusals(watch: Any) -> None:
-    """A refusal the test provokes is logged by the browser as a failed load: expected, not an error."""
-    watch.errors[:] = [e for e in watch.errors if not REFUSED_LOAD.search(e)]
-
-
-async def sign_in(page: Any, base: str, key: str) -> None:
-    await page.goto(f"{base}/console/")
-    await expect(page).to_have_url(re.compile(r"/console/login"))
-    await page.fill("input[name=api_key]", key)
-    await page.click("form[action='/console/login'] button[type=submit]")
-    await expect(page.locator("h1")).to_have_text("Overview")
-
-
-async def _earn(api: httpx.AsyncClient, program: str, member_ref: str, points: int) -> dict[str, Any]:
-    r = await api.post(
-        "/v1/earn",
-        json={"program": program, "member_ref": member_ref, "points": points, "reference": "shop"},
-        headers={"Idempotency-Key": new_key()},
-    )
-    assert r.status_code == 201, r.text
-    data: dict[str, Any] = r.json()
-    return data
-
-
-async def _balance(api: httpx.AsyncClient, program: str, member_ref: str) -> dict[str, Any]:
-    r = await api.get(f"/v1/programs/{program}/members/{member_ref}")
-    assert r.status_code == 200, r.text
-    data: dict[str, Any] = r.json()
-    return data
 
 
 @pytest.fixture
 async def seeded(api: httpx.AsyncClient) -> str:
     program = await create_program(api, tiers=[{"code": "silver", "min_points": 1000}])
-    await _earn(api, program, "m-1", 1500)
-    await _earn(api, program, "m-2", 700)
-    r = await api.post(
-        "/v1/burn",
-        json={"program": program, "member_ref": "m-1", "points": 300, "reference": "checkout"},
-        headers={"Idempotency-Key": new_key()},
-    )
-    assert r.status_code == 201, r.text
+    await earn(api, program, "m-1", 1500)
+    await earn(api, program, "m-2", 700)
+    await move(api, "burn", program, "m-1", 300)
     return program
-
-
-def _number(text: str) -> int:
-    return int(re.sub(r"[^0-9-]", "", text))
 
 
 async def test_overview_chart_matches_the_report(
     browser: Any, stack: Stack, api: httpx.AsyncClient, ledger_app: Any, seeded: str
 ) -> None:
     key = await make_key(ledger_app, list(SCOPES), programs=[seeded])
-    context, page, watch = await watched_page(browser)
-    try:
+    async with watching(browser) as page:
         await sign_in(page, stack.ledger.url, key)
         row = page.locator(f"tr[data-program='{seeded}']")
         await expect(row.locator("[data-field=outstanding]")).to_have_text("1,900")
@@ -104,7 +66,7 @@ async def test_overview_chart_matches_the_report(
         drawn = {}
         for i, name in enumerate(("issued", "redeemed", "expired")):
             values = await flows.locator(f"g.serie-{i} desc.value").all_text_contents()
-            drawn[name] = [_number(v) for v in values]
+            drawn[name] = [number(v) for v in values]
             assert drawn[name] == [row[name] for row in roll["rows"]]  # day by day, the API's roll-forward
         assert len(drawn["issued"]) == 30
         # and in total, the API's report of the same period (no clawbacks or refunds here)
@@ -133,9 +95,25 @@ async def test_overview_chart_matches_the_report(
         drawn_aging = await page.locator(
             "figure[data-chart=aging] svg g.serie-0 desc.value"
         ).all_text_contents()
-        assert [_number(v) for v in drawn_aging] == [b["points"] for b in aging["buckets"]]
+        assert [number(v) for v in drawn_aging] == [b["points"] for b in aging["buckets"]]
         assert aging["buckets"][-1] == {"bucket": "never", "points": 1900, "cash_minor": 1900}
         await expect(page.locator("figure[data-chart=cohorts] svg")).to_be_visible()
+        monthly = page.locator("table.monthly")
+        months = (
+            await api.get(
+                f"/v1/programs/{seeded}/liability",
+                params={
+                    "period": "month",
+                    "from": await monthly.get_attribute("data-from"),
+                    "to": await monthly.get_attribute("data-to"),
+                },
+            )
+        ).json()["rows"]
+        await expect(monthly.locator("tbody tr")).to_have_count(len(months))
+        for name in ("issued", "redeemed", "closing"):
+            shown = [number(v) for v in await monthly.locator(f"[data-field={name}]").all_text_contents()]
+            assert shown == [m[name] for m in months]
+        assert months[-1]["closing"] == 1900 and len(months) == 12
         await screenshots(page, "program")
 
         # the page reads both services with a 3 s timeout: on a loaded CI machine one may be slow to
@@ -162,9 +140,6 @@ async def test_overview_chart_matches_the_report(
         assert "s3cr3t-token" not in html and "user:pw" not in html and hook.json()["secret"] not in html
         assert (await api.delete(f"/v1/webhooks/{hook.json()['id']}")).status_code == 200
         await screenshots(page, "webhooks")
-        watch.check()
-    finally:
-        await context.close()
 
 
 async def test_member_lookup_void_and_reverse(
@@ -177,8 +152,7 @@ async def test_member_lookup_void_and_reverse(
         headers={"Idempotency-Key": new_key()},
     )
     assert hold.status_code == 201, hold.text
-    context, page, watch = await watched_page(browser)
-    try:
+    async with watching(browser) as page:
         await sign_in(page, stack.ledger.url, key)
         await page.select_option("form.lookup select[name=program]", seeded)
         await page.fill("form.lookup input[name=member_ref]", "m-1")
@@ -201,11 +175,8 @@ async def test_member_lookup_void_and_reverse(
         await expect(page.locator("[data-test=notice]")).to_have_text("Reversed.")
         await expect(page.locator("[data-field=balance]")).to_have_text("700")
         await expect(page.locator("table.statement tr[data-type=reversal]")).to_have_count(1)
-        after = await _balance(api, seeded, "m-1")
+        after = await member(api, seeded, "m-1")
         assert (after["balance"], after["held"]) == (700, 0)
-        watch.check()
-    finally:
-        await context.close()
 
 
 async def test_batch_followed_to_completion(
@@ -236,59 +207,59 @@ async def test_batch_followed_to_completion(
             },
         )
     )
-    context, page, watch = await watched_page(browser)
     try:
-        async with ledger_app.state.db.driver() as conn:
-            key_id = await conn.fetchval(
-                "SELECT id FROM auth.api_keys WHERE key_hash = $1", hash_key(uploader)
-            )
-            batch_id = None
-            for _ in range(400):  # the upload has created its batch
-                batch_id = await conn.fetchval("SELECT id FROM ledger.batches WHERE api_key_id = $1", key_id)
-                if batch_id is not None or upload.done():
+        async with watching(browser) as page:
+            async with ledger_app.state.db.driver() as conn:
+                key_id = await conn.fetchval(
+                    "SELECT id FROM auth.api_keys WHERE key_hash = $1", hash_key(uploader)
+                )
+                batch_id = None
+                for _ in range(400):  # the upload has created its batch
+                    batch_id = await conn.fetchval(
+                        "SELECT id FROM ledger.batches WHERE api_key_id = $1", key_id
+                    )
+                    if batch_id is not None or upload.done():
+                        break
+                    await asyncio.sleep(0.025)
+            assert batch_id is not None, await upload
+            await sign_in(page, stack.ledger.url, uploader)
+            await page.click("nav a[href='/console/batches']")
+            await expect(page.locator("tr[data-batch]")).to_have_count(1)
+            await screenshots(page, "batches")
+            await page.click(f"tr[data-batch='{batch_id}'] a")
+            status = page.locator("#batch-progress [data-field=status]")
+            await expect(status).to_have_text("receiving")
+            await expect(page.locator("#batch-progress .live")).to_have_text("updating live")
+            await screenshots(page, "batch-running")
+
+            finish_upload.set()
+            r = await upload
+            assert r.status_code == 202, r.text
+            processor = BatchProcessor(ledger_app.state.db)
+            for _ in range(400):  # drive it here too; another ledger process may hold it meanwhile
+                await processor.run_once()
+                if (await api.get(f"/v1/batches/{batch_id}")).json()["status"] in ("completed", "failed"):
                     break
                 await asyncio.sleep(0.025)
-        assert batch_id is not None, await upload
-        await sign_in(page, stack.ledger.url, uploader)
-        await page.click("nav a[href='/console/batches']")
-        await expect(page.locator("tr[data-batch]")).to_have_count(1)
-        await screenshots(page, "batches")
-        await page.click(f"tr[data-batch='{batch_id}'] a")
-        status = page.locator("#batch-progress [data-field=status]")
-        await expect(status).to_have_text("receiving")
-        await expect(page.locator("#batch-progress .live")).to_have_text("updating live")
-        await screenshots(page, "batch-running")
+            await expect(status).to_have_text("completed", timeout=15_000)  # the page's script follows it
+            await expect(page.locator("#batch-progress [data-field=posted]")).to_have_text("3")
+            await expect(page.locator("#batch-progress [data-field=rejected]")).to_have_text("2")
+            await expect(page.locator("#batch-progress [data-field=points_posted]")).to_have_text("400")
+            await expect(page.locator("#batch-progress .live")).to_have_text(
+                "finished; reload for the rejections"
+            )
 
-        finish_upload.set()
-        r = await upload
-        assert r.status_code == 202, r.text
-        processor = BatchProcessor(ledger_app.state.db)
-        for _ in range(400):  # drive it here too; another ledger process may hold it meanwhile
-            await processor.run_once()
-            if (await api.get(f"/v1/batches/{batch_id}")).json()["status"] in ("completed", "failed"):
-                break
-            await asyncio.sleep(0.025)
-        await expect(status).to_have_text("completed", timeout=15_000)  # the page's script follows it
-        await expect(page.locator("#batch-progress [data-field=posted]")).to_have_text("3")
-        await expect(page.locator("#batch-progress [data-field=rejected]")).to_have_text("2")
-        await expect(page.locator("#batch-progress [data-field=points_posted]")).to_have_text("400")
-        await expect(page.locator("#batch-progress .live")).to_have_text(
-            "finished; reload for the rejections"
-        )
-
-        await page.reload()
-        reasons = page.locator("a[data-reason]")
-        await expect(reasons).to_have_count(2)
-        counts = [_number(t) for t in await reasons.locator(".count").all_text_contents()]
-        assert sum(counts) == 2
-        await expect(page.locator("table.rejections tbody tr")).to_have_count(1)
-        line = _number(await page.locator("table.rejections tbody tr td").first.text_content() or "")
-        assert line in (5, 6)  # the header is line 1
-        await screenshots(page, "batch")
-        watch.check()
+            await page.reload()
+            reasons = page.locator("a[data-reason]")
+            await expect(reasons).to_have_count(2)
+            counts = [number(t) for t in await reasons.locator(".count").all_text_contents()]
+            assert sum(counts) == 2
+            await expect(page.locator("table.rejections tbody tr")).to_have_count(1)
+            line = number(await page.locator("table.rejections tbody tr td").first.text_content() or "")
+            assert line in (5, 6)  # the header is line 1
+            await screenshots(page, "batch")
     finally:
         finish_upload.set()
-        await context.close()
         if not upload.done():
             await upload
 
@@ -299,8 +270,7 @@ async def test_read_only_key_sees_no_action_and_is_refused_one(
     reader = await make_key(ledger_app, ["ledger:read"], programs=[seeded])
     statement = (await api.get(f"/v1/programs/{seeded}/members/m-1/transactions")).json()["data"]
     earn_id = next(e["transaction_id"] for e in statement if e["type"] == "earn")
-    context, page, watch = await watched_page(browser)
-    try:
+    async with watching(browser, expected=REFUSED_LOAD) as page:
         await sign_in(page, stack.ledger.url, reader)
         await expect(page.locator(".badge")).to_have_text("read-only")
         await page.goto(f"{stack.ledger.url}/console/programs/{seeded}/members/m-1")
@@ -322,15 +292,11 @@ async def test_read_only_key_sees_no_action_and_is_refused_one(
             f"/console/transactions/{earn_id}/reverse",
         )
         assert status == 403
-        _ignore_refusals(watch)
-        assert (await _balance(api, seeded, "m-1"))["balance"] == 1200
+        assert (await member(api, seeded, "m-1"))["balance"] == 1200
         await page.goto(f"{stack.ledger.url}/console/sagas")
         await expect(page.locator("[data-test=saga-problem]")).to_have_count(
             2
         )  # no conversion:read, catalog:read
-        watch.check()
-    finally:
-        await context.close()
 
 
 async def test_cross_site_form_is_refused(
@@ -352,35 +318,26 @@ async def test_cross_site_form_is_refused(
         )
         return True
 
-    context, page, watch = await watched_page(browser, fulfil=fulfil)
-    try:
+    async with watching(browser, fulfil=fulfil, expected=REFUSED_LOAD) as page:
         await sign_in(page, stack.ledger.url, console_admin_key)
         async with page.expect_response(target) as answer:
             await page.goto(evil)
         assert (await answer.value).status in (401, 403)  # the Strict cookie stays home: no session
-        _ignore_refusals(watch)
-        assert (await _balance(api, seeded, "m-2"))["balance"] == 700
-        watch.check()
-    finally:
-        await context.close()
+        assert (await member(api, seeded, "m-2"))["balance"] == 700
 
 
 async def test_sign_out(browser: Any, stack: Stack, console_admin_key: str) -> None:
-    context, page, watch = await watched_page(browser)
-    try:
+    async with watching(browser) as page:
         await sign_in(page, stack.ledger.url, console_admin_key)
-        cookies = await context.cookies()
+        cookies = await page.context.cookies()
         session = next(c for c in cookies if c["name"] == "jifen_console")
         assert session["httpOnly"] and session["sameSite"] == "Strict" and session["expires"] > 0
         await page.click("[data-test=sign-out]")
         await expect(page.locator("h1")).to_have_text("Sign in")
         await screenshots(page, "login")
-        assert not [c for c in await context.cookies() if c["name"] == "jifen_console"]
+        assert not [c for c in await page.context.cookies() if c["name"] == "jifen_console"]
         await page.goto(f"{stack.ledger.url}/console/batches")
         await expect(page).to_have_url(re.compile(r"/console/login\?next=/console/batches"))
-        watch.check()
-    finally:
-        await context.close()
 
 
 async def test_a_stuck_conversion_is_retried_from_the_console(
@@ -388,7 +345,7 @@ async def test_a_stuck_conversion_is_retried_from_the_console(
 ) -> None:
     src = await create_program(api)
     dst = await create_program(api)
-    fund = await _earn(api, src, "m-conv", 6000)
+    fund = await earn(api, src, "m-conv", 6000)
     assert fund["balance_after"]["balance"] == 6000
     auth = {"Authorization": f"Bearer {console_admin_key}"}
     async with httpx.AsyncClient(base_url=stack.conversion.url, headers=auth, timeout=30) as conv:
@@ -429,8 +386,7 @@ async def test_a_stuck_conversion_is_retried_from_the_console(
     stuck = r.json()
     assert stuck["status"] in ("created", "debiting")
 
-    context, page, watch = await watched_page(browser)
-    try:
+    async with watching(browser) as page:
         await sign_in(page, stack.ledger.url, console_admin_key)
         await page.click("nav a[href='/console/sagas']")
         row = page.locator(f"section[data-service=conversion] tr[data-saga='{stuck['id']}']")
@@ -439,11 +395,8 @@ async def test_a_stuck_conversion_is_retried_from_the_console(
         await row.locator("[data-test=retry]").click()  # through the conversion service's API
         await expect(page.locator("[data-test=notice]")).to_have_text("Retried: now completed.")
         await expect(row).to_have_count(0)
-        assert (await _balance(api, src, "m-conv"))["balance"] == 1000
-        assert (await _balance(api, dst, "m-conv"))["balance"] == 980
-        watch.check()
-    finally:
-        await context.close()
+        assert (await member(api, src, "m-conv"))["balance"] == 1000
+        assert (await member(api, dst, "m-conv"))["balance"] == 980
 
 
 @pytest.mark.xfail(
@@ -456,13 +409,9 @@ async def test_docs_of_each_service(browser: Any, stack: Stack) -> None:
         ("conversion", stack.conversion, "/v1/conversions"),
         ("catalog", stack.catalog, "/v1/redemptions"),
     ):
-        context, page, watch = await watched_page(browser)
-        try:
+        async with watching(browser) as page:
             await page.goto(f"{service.url}/docs")
             await expect(page.locator(".opblock-summary-path", has_text=operation).first).to_be_visible(
                 timeout=10_000
             )
             await screenshots(page, f"docs-{name}")
-            watch.check()
-        finally:
-            await context.close()

@@ -3,7 +3,6 @@ cookies, missing CSRF tokens, cross-site posts, read-only keys."""
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
@@ -13,36 +12,11 @@ from cryptography.fernet import Fernet
 
 from ledger_service.console.session import SESSION_COOKIE, SessionCodec
 from tests.conftest import create_program, earn, make_key, member
-
-BASE = "http://ledger"
-
-
-def _hidden(html: str, name: str) -> str:
-    m = re.search(rf'name="{name}" value="([^"]*)"', html)
-    assert m, f"no hidden field {name}"
-    return m.group(1)
-
-
-@pytest.fixture
-async def console(ledger_app: Any) -> Any:
-    transport = httpx.ASGITransport(app=ledger_app)
-    async with httpx.AsyncClient(transport=transport, base_url=BASE, timeout=30) as c:
-        yield c
+from tests.console.forms import BASE, hidden, sign_in
 
 
 def _cookie(value: str) -> dict[str, str]:
     return {"Cookie": f"{SESSION_COOKIE}={value}"}
-
-
-async def sign_in(c: httpx.AsyncClient, key: str) -> httpx.Response:
-    form = await c.get("/console/login")
-    assert form.status_code == 200
-    r = await c.post(
-        "/console/login",
-        data={"api_key": key, "csrf": _hidden(form.text, "csrf"), "next": "/console/"},
-        headers={"Origin": BASE},
-    )
-    return r
 
 
 async def test_sign_in_sets_a_sealed_http_only_strict_cookie(
@@ -103,7 +77,7 @@ async def _reverse_form(
     txn = await earn(client, program, "m-1", 500)
     page = await console.get(f"/console/programs/{program}/members/m-1")
     assert page.status_code == 200
-    return txn["id"], _hidden(page.text, "idempotency_key")
+    return txn["id"], hidden(page.text, "idempotency_key")
 
 
 async def test_post_without_csrf_or_from_another_site_is_refused(
@@ -113,7 +87,7 @@ async def test_post_without_csrf_or_from_another_site_is_refused(
     await sign_in(console, admin_key)
     txn_id, idem = await _reverse_form(console, client, program)
     page = await console.get(f"/console/programs/{program}/members/m-1")
-    csrf = _hidden(page.text, "csrf")
+    csrf = hidden(page.text, "csrf")
     path = f"/console/transactions/{txn_id}/reverse"
     body = {"idempotency_key": idem, "reason": "test", "points": "100"}
     missing = await console.post(path, data=body, headers={"Origin": BASE})
@@ -145,7 +119,7 @@ async def test_read_only_key_sees_no_action_and_is_refused_one(
     assert page.status_code == 200 and "read-only" in page.text
     assert '<form method="post" action="/console/transactions' not in page.text
     assert "Run expiry" not in (await console.get(f"/console/programs/{program}")).text
-    csrf = _hidden(page.text, "csrf")
+    csrf = hidden(page.text, "csrf")
     r = await console.post(
         f"/console/transactions/{txn['id']}/reverse",
         data={"csrf": csrf, "idempotency_key": "console-00000000-0000-0000-0000-000000000001", "reason": "x"},
@@ -159,7 +133,7 @@ async def test_sign_out_ends_the_session(console: httpx.AsyncClient, admin_key: 
     await sign_in(console, admin_key)
     page = await console.get("/console/")
     r = await console.post(
-        "/console/logout", data={"csrf": _hidden(page.text, "csrf")}, headers={"Origin": BASE}
+        "/console/logout", data={"csrf": hidden(page.text, "csrf")}, headers={"Origin": BASE}
     )
     assert r.status_code == 303
     assert SESSION_COOKIE not in console.cookies
@@ -190,7 +164,7 @@ async def test_run_expiry_needs_an_admin_key_for_every_program(
     page = await console.get(f"/console/programs/{program}")
     assert "Run expiry" not in page.text
     r = await console.post(
-        "/console/jobs/expire", data={"csrf": _hidden(page.text, "csrf")}, headers={"Origin": BASE}
+        "/console/jobs/expire", data={"csrf": hidden(page.text, "csrf")}, headers={"Origin": BASE}
     )
     assert r.status_code == 403
     await sign_in(console, admin_key)
@@ -198,7 +172,7 @@ async def test_run_expiry_needs_an_admin_key_for_every_program(
     assert "Run expiry" in page.text
     r = await console.post(
         "/console/jobs/expire",
-        data={"csrf": _hidden(page.text, "csrf"), "back": f"/console/programs/{program}"},
+        data={"csrf": hidden(page.text, "csrf"), "back": f"/console/programs/{program}"},
         headers={"Origin": BASE},
     )
     assert r.status_code == 303 and r.headers["location"].startswith(
@@ -242,7 +216,7 @@ async def test_a_console_reversal_is_in_the_event_feed_like_an_api_one(
     r = await console.post(
         f"/console/transactions/{txn_id}/reverse",
         data={
-            "csrf": _hidden(page.text, "csrf"),
+            "csrf": hidden(page.text, "csrf"),
             "idempotency_key": idem,
             "reason": "damaged parcel",
             "points": "120",

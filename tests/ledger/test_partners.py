@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 
+from ledger_service.partners.service import standings
 from services.auth import create_api_key
-from tests.conftest import assert_problem, earn, move, post
+from tests.conftest import assert_problem, create_program, earn, move, post
 from tests.ledger.invariants import check_ledger_invariants
-from tests.ledger.partners_helpers import create_partner, fund, partner_with_terms
+from tests.ledger.partners_helpers import create_partner, fund, partner_with_terms, put_terms
 from tests.ledger.test_batches import upload, wait_done
 
 
@@ -183,3 +185,47 @@ async def test_a_batch_file_names_partners_and_rejects_beyond_the_funds(
     done = await wait_done(client, again.json()["id"], drive=ledger_app)
     assert (done["posted"], done["duplicates"]) == (0, 5), done
     await check_ledger_invariants(ledger_app.state.db, program)
+
+
+async def test_standings_show_the_terms_in_force_and_the_counters_as_the_position(
+    client: httpx.AsyncClient, program: str, ledger_app: Any, admin_key: str
+) -> None:
+    """partners.service.standings (the console's list): terms in force now, not a later version; the
+    same prepaid points and credit used as GET .../position; only partners at the program named; a
+    partner-bound key's own partner."""
+    now = datetime.now(UTC)
+    bank = await create_partner(client, ["issuer"])
+    await put_terms(
+        client, bank, program, credit_limit_minor=9000, effective_from=(now - timedelta(days=1)).isoformat()
+    )
+    await put_terms(
+        client, bank, program, credit_limit_minor=1, effective_from=(now + timedelta(days=9)).isoformat()
+    )
+    air = await create_partner(client, ["issuer"])
+    await put_terms(client, air, program, funding="prepaid")
+    await fund(client, air, program, 1000, 800)
+    await earn(client, program, "s1", 333, partner=bank)
+    await earn(client, program, "s2", 250, partner=air)
+    elsewhere = await partner_with_terms(client, await create_program(client))
+
+    admin = await ledger_app.state.keys.lookup(admin_key)
+    page = await standings(ledger_app.state.db, admin, program=program, limit=50, cursor=None)
+    shown = {s.partner.code: s.programs for s in page.data}
+    assert set(shown) == {bank, air} and elsewhere not in shown
+    for code in (bank, air):
+        position = (await client.get(f"/v1/partners/{code}/position")).json()["programs"][0]
+        (row,) = shown[code]
+        assert (row.program, row.prepaid_points, row.credit_used_minor, row.issued_points) == (
+            position["program"],
+            position["prepaid_points"],
+            position["credit_used_minor"],
+            position["issued_points"],
+        )
+    (bank_row,) = shown[bank]
+    assert bank_row.terms is not None and bank_row.terms.version == 1 and bank_row.credit_limit_minor == 9000
+    assert bank_row.credit_used_minor == 266 and shown[air][0].prepaid_points == 750
+
+    _, secret = await create_api_key(ledger_app.state.db, name="air", scopes=["ledger:read"], partner=air)
+    bound = await ledger_app.state.keys.lookup(secret)
+    own = await standings(ledger_app.state.db, bound, program=None, limit=50, cursor=None)
+    assert [s.partner.code for s in own.data] == [air]
