@@ -182,14 +182,16 @@ BEGIN
     -- The members of these rows locked first, in account-id order, as every earn chunk locks them:
     -- the partition workers post earns meanwhile, and a chunk of reverse rows that took its members
     -- one by one could hold one a worker waits for while it waits for another the worker holds.
+    -- One index lookup per row (a scalar subquery, the plan a join may not keep).
     PERFORM 1 FROM ledger.accounts a
-    WHERE a.id IN (SELECT o.account_id FROM (
-                       SELECT s.external_id, s.original_external_id FROM ledger.batch_staging s
-                       WHERE s.batch_id = p_batch AND s.type = 'reverse' AND s.reject IS NULL
-                         AND s.line > p_after AND s.line <= p_until
-                       ORDER BY s.line LIMIT p_limit) s
-                   JOIN ledger.transactions o ON o.api_key_id = b.api_key_id AND o.type = 'earn'
-                    AND o.external_id = coalesce(s.original_external_id, s.external_id))
+    WHERE a.id = ANY (ARRAY(
+        SELECT (SELECT o.account_id FROM ledger.transactions o
+                WHERE o.api_key_id = b.api_key_id AND o.type = 'earn'
+                  AND o.external_id = coalesce(s.original_external_id, s.external_id))
+        FROM (SELECT x.external_id, x.original_external_id FROM ledger.batch_staging x
+              WHERE x.batch_id = p_batch AND x.type = 'reverse' AND x.reject IS NULL
+                AND x.line > p_after AND x.line <= p_until
+              ORDER BY x.line LIMIT p_limit) s))
     ORDER BY a.id FOR UPDATE;
     FOR r IN
         SELECT * FROM ledger.batch_staging
