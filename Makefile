@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test bench bench-expiry bench-batch bench-settlement lint typecheck migrate check clean
+.PHONY: install run test examples openapi-report bench bench-expiry bench-batch bench-settlement bench-members lint typecheck migrate check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,14 @@ run: install
 test: install
 	$(BIN)/python -m pytest
 
+# Records the OpenAPI examples from real answers ({service}_service/openapi_examples.json).
+examples: install
+	$(BIN)/python -m tests.openapi
+
+# Counts examples and problem+json errors in the OpenAPI, and schemathesis' conformance failures.
+openapi-report: install
+	$(BIN)/python tools/openapi_report.py --schemathesis
+
 bench: install
 	$(BIN)/python bench/bench_ledger.py
 	$(BIN)/python bench/bench_catalog.py
@@ -34,12 +42,16 @@ bench-expiry: install
 bench-settlement: install
 	$(BIN)/python bench/bench_settlement.py
 
+# Sizes are flags: make bench-members BENCH_MEMBERS_ARGS="--members 100000 --postings 1000000"
+bench-members: install
+	$(BIN)/python bench/bench_members.py $(BENCH_MEMBERS_ARGS)
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 typecheck: install
-	$(BIN)/mypy services ledger_service conversion_service catalog_service bench
+	$(BIN)/mypy services ledger_service conversion_service catalog_service bench tools
 
 migrate: install
 	$(BIN)/jifen migrate

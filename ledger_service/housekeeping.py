@@ -1,6 +1,6 @@
 """Background work inside every ledger process, each on its own period:
-release expired holds, sequence the event feed, deliver webhooks, expire lots, review tiers,
-drop old idempotency keys.
+release expired holds and due pending points, sequence the event feed, deliver webhooks, expire
+lots, review tiers, drop old idempotency keys.
 
 Safe with several processes: holds and webhooks are claimed with SKIP LOCKED, the sequencer is
 a single advisory-lock holder, expiry locks accounts, and each batch is one transaction.
@@ -36,6 +36,18 @@ async def expire_due_holds(db: Database) -> int:
             return total
 
 
+async def release_due_pending(db: Database) -> int:
+    """Releases pending points whose time has come, so accounts.pending stays current for readers
+    (a debit releases its own member's lazily anyway); returns how many points."""
+    total = 0
+    while True:
+        async with db.driver() as conn:
+            n: int = await conn.fetchval("SELECT ledger.release_due_pending($1)", SWEEP_BATCH)
+        total += n
+        if n == 0:
+            return total
+
+
 class Housekeeper(Periodic):
     def __init__(self, db: Database, settings: Settings) -> None:
         self.deliverer = WebhookDeliverer(db)
@@ -43,6 +55,7 @@ class Housekeeper(Periodic):
             "ledger",
             [
                 ("holds", settings.hold_sweep_interval_s, lambda: expire_due_holds(db)),
+                ("pending", settings.pending_release_interval_s, lambda: release_due_pending(db)),
                 ("events", settings.event_sequence_interval_s, lambda: sequence(db)),
                 ("webhooks", settings.webhook_interval_s, self.deliverer.run_once),
                 ("expiry", settings.expiry_interval_s, lambda: run_expiry(db)),

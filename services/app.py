@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import gc
+import importlib.util
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
-from starlette.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
+from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from services.auth import KeyStore
 from services.db import Database
@@ -18,6 +21,7 @@ from services.fastlane import FastLane, lane_routes
 from services.logs import configure_logging
 from services.metrics import render
 from services.middleware import RequestContextMiddleware
+from services.openapi import install_openapi
 from services.settings import Settings
 
 log = logging.getLogger("jifen.app")
@@ -34,6 +38,12 @@ def resolve_database_url(settings: Settings) -> str:
     server.start()
     server.ensure_database("jifen")
     return server.url("jifen")
+
+
+def examples_file(service: str) -> Path | None:
+    """The service's recorded OpenAPI examples (`make examples`), beside its package's modules."""
+    spec = importlib.util.find_spec(f"{service}_service")  # none for an app built in a test
+    return Path(spec.origin).with_name("openapi_examples.json") if spec and spec.origin else None
 
 
 def build_app(
@@ -73,20 +83,34 @@ def build_app(
             await db.dispose()
             log.info("service stopped")
 
-    app = FastAPI(
+    # Swagger UI and ReDoc from the assets fastapi-offline ships (/static-offline-docs): /docs works with
+    # no network. validatorUrl off: Swagger UI would otherwise send the document to an outside validator.
+    app = FastAPIOffline(
         title=title,
         description=description,
         version="0.1.0",
         lifespan=lifespan,
         openapi_tags=openapi_tags,
+        swagger_ui_parameters={"validatorUrl": None},
     )
     install_error_handlers(app)
+    install_openapi(app, examples_file(service))
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/docs")
 
     @app.get("/healthz", tags=["ops"], summary="The process is up")
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "service": service}
 
-    @app.get("/readyz", tags=["ops"], summary="The database is reachable")
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        summary="The database is reachable",
+        response_model=dict[str, str],
+        responses={503: {"description": "The database cannot be reached", "model": dict[str, str]}},
+    )
     async def readyz(request: Request) -> Response:
         try:
             await request.app.state.db.ping()
@@ -95,7 +119,13 @@ def build_app(
             return JSONResponse({"status": "unavailable", "service": service}, status_code=503)
         return JSONResponse({"status": "ready", "service": service})
 
-    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=True)
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"description": "Prometheus text format", "content": {"text/plain": {}}}},
+    )
     async def metrics() -> Response:
         body, content_type = render()
         return Response(body, media_type=content_type)

@@ -150,6 +150,9 @@ def _field(loc: Sequence[Any]) -> str:
     return ".".join(parts) or "body"
 
 
+# What Starlette's HTTPException says when FastAPI cannot read a body at all (before validation).
+BODY_PARSE_ERROR = "There was an error parsing the body"
+
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -183,6 +186,8 @@ def install_error_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(status).phrase
         if status == 404 and detail == "Not Found":
             detail = "No such route."
+        if status == 400 and detail == BODY_PARSE_ERROR:  # e.g. a body that is not UTF-8: not JSON either
+            code, detail = "malformed_json", "The request body is not valid JSON."
         return problem_response(status, code, detail, headers=exc.headers)
 
     @app.exception_handler(Exception)
@@ -205,8 +210,3 @@ class Problem(BaseModel):
     detail: str = Field(examples=["available 120 < 500 points requested"])
     code: str = Field(examples=["insufficient_points"])
     errors: list[FieldError] | None = None
-
-
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses=` entries so /docs shows each route's problem+json errors."""
-    return {s: {"description": HTTPStatus(s).phrase, "model": Problem} for s in statuses}

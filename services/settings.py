@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     ledger_coalesce_window_ms: float = Field(default=1.0, ge=0, le=50)
     ledger_coalesce_max_batch: int = Field(default=48, ge=1, le=60)
     hold_sweep_interval_s: float = Field(default=1.0, gt=0)
+    pending_release_interval_s: float = Field(default=60.0, gt=0)  # ledger: release due pending points
     event_sequence_interval_s: float = Field(default=0.2, gt=0)
     webhook_interval_s: float = Field(default=0.5, gt=0)
     expiry_interval_s: float = Field(default=300.0, gt=0)

@@ -16,6 +16,9 @@ import pytest
 from services.auth import SCOPES, create_api_key
 from services.settings import Settings
 
+# The three services as processes (fixtures `stack`, `service_keys`), for any test that needs them.
+pytest_plugins = ("tests.stack",)
+
 
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:

@@ -11,7 +11,7 @@ from catalog_service.codes.schemas import MAX_CODES_PER_UPLOAD, CodesIn, CodesOu
 from catalog_service.common import Sku, get_db
 from services.auth import Principal, require
 from services.db import Database
-from services.errors import error_responses
+from services.openapi import problems
 
 router = APIRouter(prefix="/v1/rewards", tags=["voucher codes"])
 
@@ -24,7 +24,7 @@ router = APIRouter(prefix="/v1/rewards", tags=["voucher codes"])
     description=f"Up to {MAX_CODES_PER_UPLOAD} codes per upload, all stored or none. A code that repeats "
     "in the upload (`422 duplicate_codes`) or already exists anywhere in the catalog (`409 code_exists`) "
     "refuses the whole upload; the problem lists the offending codes. Each code is given out at most once.",
-    responses=error_responses(401, 403, 404, 409, 413, 422),
+    responses=problems("reward_not_found", "code_exists", "duplicate_codes", "not_a_voucher"),
 )
 async def upload_codes(
     sku: Annotated[Sku, Path()],

@@ -21,8 +21,9 @@ from catalog_service.redemptions.schemas import (
 from services.auth import Principal, require
 from services.conventions import MemberRef, ProgramCode
 from services.db import Database
-from services.errors import Problem, Unprocessable, error_responses
+from services.errors import Unprocessable
 from services.idempotency import idempotency_key
+from services.openapi import problems
 from services.saga import SagaRunner
 
 router = APIRouter(prefix="/v1/redemptions", tags=["redemptions"])
@@ -41,14 +42,24 @@ async def _saga(request: Request) -> SagaRunner:
 Saga = Annotated[SagaRunner, Depends(_saga)]
 
 REDEEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    **error_responses(400, 401, 403, 404, 409, 422, 502),
-    503: {
-        "description": "The ledger could not be reached: the redemption was not completed, its stock "
-        "was released and any points taken are refunded automatically (code `ledger_unavailable`, with "
-        "`Retry-After`). Retry with a new Idempotency-Key.",
-        "model": Problem,
-    },
+    **problems(
+        "reward_not_found",
+        "program_not_found",
+        "program_forbidden",
+        "out_of_stock",
+        "limit_exceeded",
+        "reward_not_active",
+        "program_mismatch",
+        "insufficient_points",
+        "ledger_rejected",
+        "ledger_unavailable",
+    ),
 }
+REDEEM_RESPONSES[503]["description"] = (
+    "The ledger could not be reached: the redemption was not completed, its stock was released and any "
+    "points taken are refunded automatically (code `ledger_unavailable`, with `Retry-After`). Retry with "
+    "a new Idempotency-Key."
+)
 
 
 @router.post(
@@ -76,7 +87,7 @@ async def redeem(body: RedemptionIn, principal: Writer, key: Key, db: DB, saga: 
     "the ops console lists unfinished sagas so). "
     "Voucher codes are shown only to the API key that redeemed them (or a catalog:admin key); "
     "to others `voucher_codes` is null.",
-    responses=error_responses(400, 401, 403, 422),
+    responses=problems("invalid_cursor"),
 )
 async def list_redemptions(
     principal: Reader,
@@ -98,7 +109,7 @@ async def list_redemptions(
     "/{redemption_id}",
     response_model=RedemptionDetail,
     summary="One redemption with its saga history",
-    responses=error_responses(401, 403, 404, 422),
+    responses=problems("redemption_not_found"),
 )
 async def get_redemption(redemption_id: UUID, principal: Reader, db: DB) -> RedemptionDetail:
     return await service.get(db, principal, redemption_id)
@@ -118,7 +129,7 @@ async def get_redemption(redemption_id: UUID, principal: Reader, db: DB) -> Rede
             "description": "Accepted; the refund completes when the ledger answers",
             "model": RedemptionOut,
         },
-        **error_responses(400, 401, 403, 404, 409, 422),
+        **problems("redemption_not_found", "not_redeemer", "not_cancellable", "ledger_rejected"),
     },
 )
 async def cancel_redemption(
@@ -140,7 +151,7 @@ async def cancel_redemption(
     "due at once and driven, instead of waiting for its backoff. Each step calls the ledger with the key "
     "it always uses, so nothing is applied twice; no Idempotency-Key is needed. **409 "
     "saga_not_retryable**: the redemption is finished, or a driver holds it right now.",
-    responses=error_responses(401, 403, 404, 409),
+    responses=problems("redemption_not_found", "saga_not_retryable"),
 )
 async def retry_redemption(
     redemption_id: UUID,

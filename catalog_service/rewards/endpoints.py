@@ -12,8 +12,8 @@ from catalog_service.rewards.schemas import RewardIn, RewardList, RewardOut, Rew
 from services.auth import Principal, require
 from services.conventions import MemberRef, ProgramCode
 from services.db import Database
-from services.errors import error_responses
 from services.ledger_client import LedgerClient
+from services.openapi import problems
 
 router = APIRouter(prefix="/v1/rewards", tags=["rewards"])
 
@@ -31,7 +31,13 @@ Reader = Annotated[Principal, Depends(require("catalog:read"))]
     summary="Create a reward (catalog:admin)",
     description="The program must exist in the ledger. `stock` null (or absent) is unlimited; a voucher "
     "reward is also limited by its uploaded codes.",
-    responses=error_responses(401, 403, 409, 422, 502, 503),
+    responses=problems(
+        ("program_not_found", 422),
+        "program_forbidden",
+        "reward_exists",
+        "ledger_rejected",
+        "ledger_unavailable",
+    ),
 )
 async def create_reward(body: RewardIn, principal: Admin, db: DB, ledger: Ledger) -> RewardOut:
     return await service.create(db, ledger, principal, body)
@@ -44,7 +50,14 @@ async def create_reward(body: RewardIn, principal: Admin, db: DB, ledger: Ledger
     description="Filters combine. `active=true`: inside the active window now. `affordable_for=<member_ref>` "
     "(needs `program`): rewards whose unit price is within the member's available points, from one ledger "
     "balance lookup per request.",
-    responses=error_responses(400, 401, 403, 404, 422, 502, 503),
+    responses=problems(
+        "invalid_cursor",
+        "program_not_found",
+        "program_forbidden",
+        "program_required",
+        "ledger_rejected",
+        "ledger_unavailable",
+    ),
 )
 async def list_rewards(
     principal: Reader,
@@ -75,7 +88,7 @@ async def list_rewards(
 
 
 @router.get(
-    "/{sku}", response_model=RewardOut, summary="Get a reward", responses=error_responses(401, 403, 404, 422)
+    "/{sku}", response_model=RewardOut, summary="Get a reward", responses=problems("reward_not_found")
 )
 async def get_reward(sku: SkuPath, principal: Reader, db: DB) -> RewardOut:
     return await service.get(db, principal, sku)
@@ -87,7 +100,7 @@ async def get_reward(sku: SkuPath, principal: Reader, db: DB) -> RewardOut:
     summary="Change a reward (catalog:admin)",
     description="`sku`, `type` and `program` are fixed. `stock` sets the units left to redeem (null: "
     "unlimited); units held by live redemptions are not counted in it. Null clears an optional field.",
-    responses=error_responses(401, 403, 404, 422),
+    responses=problems("reward_not_found"),
 )
 async def patch_reward(sku: SkuPath, body: RewardPatch, principal: Admin, db: DB) -> RewardOut:
     return await service.update(db, principal, sku, body)

@@ -11,10 +11,11 @@ from starlette.responses import Response
 from conversion_service.conversions import service
 from conversion_service.conversions.schemas import ConversionIn, ConversionList, ConversionOut, Status
 from conversion_service.deps import Ctx
+from conversion_service.quotes.endpoints import PRICING
 from conversion_service.schemas_common import MemberRef
 from services.auth import Principal, require
-from services.errors import error_responses
 from services.idempotency import idempotency_key
+from services.openapi import problems
 from services.saga import SagaRunner
 
 router = APIRouter(prefix="/v1/conversions", tags=["conversions"])
@@ -33,7 +34,9 @@ _POST_RESPONSES = {
         "background (poll GET /v1/conversions/{id})",
         "model": ConversionOut,
     },
-    **error_responses(400, 401, 403, 404, 409, 422, 502, 503),
+    **problems(
+        *PRICING, "quote_not_found", "quote_used", "quote_expired", "insufficient_points", "conversion_failed"
+    ),
 }
 
 
@@ -68,7 +71,7 @@ async def create_conversion(
     "/{conversion_id}",
     response_model=ConversionOut,
     summary="A conversion: its status and history",
-    responses=error_responses(401, 403, 404, 422),
+    responses=problems("conversion_not_found"),
 )
 async def get_conversion(conversion_id: UUID, principal: Reader, ctx: Ctx) -> ConversionOut:
     return await service.get_conversion(ctx, principal, conversion_id)
@@ -78,7 +81,7 @@ async def get_conversion(conversion_id: UUID, principal: Reader, ctx: Ctx) -> Co
     "",
     response_model=ConversionList,
     summary="Conversions, newest first: a member's (member_ref), or by status",
-    responses=error_responses(400, 401, 403, 422),
+    responses=problems("invalid_cursor", "program_forbidden"),
 )
 async def list_conversions(
     principal: Reader,
@@ -101,7 +104,7 @@ async def list_conversions(
     "due at once and driven, instead of waiting for its backoff. Each step calls the ledger with the key "
     "it always uses, so nothing is applied twice; no Idempotency-Key is needed. **409 "
     "saga_not_retryable**: the conversion is finished, or a driver holds it right now.",
-    responses=error_responses(401, 403, 404, 409),
+    responses=problems("conversion_not_found", "saga_not_retryable"),
 )
 async def retry_conversion(
     conversion_id: UUID,

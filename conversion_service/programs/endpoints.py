@@ -11,7 +11,7 @@ from conversion_service.programs import service
 from conversion_service.programs.schemas import ProgramSettingsIn, ProgramSettingsOut
 from conversion_service.schemas_common import ProgramCode
 from services.auth import Principal, require
-from services.errors import error_responses
+from services.openapi import problems
 
 router = APIRouter(prefix="/v1/programs", tags=["programs"])
 
@@ -22,7 +22,7 @@ CodePath = Annotated[ProgramCode, Path()]
     "/{code}/settings",
     response_model=ProgramSettingsOut,
     summary="A program's conversion policy (derived rates allowed?)",
-    responses=error_responses(401, 403, 404, 422, 503),
+    responses=problems("program_not_found", "program_forbidden", "ledger_rejected", "ledger_unavailable"),
 )
 async def get_program_settings(
     code: CodePath, principal: Annotated[Principal, Depends(require("conversion:read"))], ctx: Ctx
@@ -38,7 +38,7 @@ async def get_program_settings(
     description="Whether rates from or to this program may be derived from the programs' cash values "
     "when no direct rate is published (both programs of a pair must allow it), and the fee of such "
     "rates. The program must exist in the ledger.",
-    responses=error_responses(401, 403, 404, 422, 503),
+    responses=problems("program_not_found", "program_forbidden", "ledger_rejected", "ledger_unavailable"),
 )
 async def put_program_settings(
     code: CodePath,

@@ -11,9 +11,23 @@ from conversion_service.deps import Ctx
 from conversion_service.quotes import service
 from conversion_service.quotes.schemas import QuoteIn, QuoteOut
 from services.auth import Principal, require
-from services.errors import error_responses
+from services.openapi import problems
 
 router = APIRouter(prefix="/v1/quotes", tags=["quotes"])
+
+# What pricing a conversion can answer with: a quote's, and a conversion's from the quote fields.
+PRICING = (
+    "program_not_found",
+    "program_forbidden",
+    "same_program",
+    "no_rate",
+    "below_minimum",
+    "daily_limit_exceeded",
+    "points_out_of_range",
+    "amount_too_small",
+    "ledger_rejected",
+    "ledger_unavailable",
+)
 
 
 @router.post(
@@ -26,7 +40,7 @@ router = APIRouter(prefix="/v1/quotes", tags=["quotes"])
     "the rate allows. By `to_points`, the quote takes the smallest `from_points` that yields at least "
     "that many. A quote moves no points, so it needs no Idempotency-Key; use it once with "
     '`POST /v1/conversions {"quote_id"}`.',
-    responses=error_responses(401, 403, 404, 422, 503),
+    responses=problems(*PRICING),
 )
 async def create_quote(
     body: QuoteIn, principal: Annotated[Principal, Depends(require("conversion:write"))], ctx: Ctx
@@ -34,9 +48,7 @@ async def create_quote(
     return await service.create_quote(ctx, principal, body)
 
 
-@router.get(
-    "/{quote_id}", response_model=QuoteOut, summary="A quote", responses=error_responses(401, 403, 404, 422)
-)
+@router.get("/{quote_id}", response_model=QuoteOut, summary="A quote", responses=problems("quote_not_found"))
 async def get_quote(
     quote_id: UUID, principal: Annotated[Principal, Depends(require("conversion:read"))], ctx: Ctx
 ) -> QuoteOut:

@@ -12,7 +12,7 @@ from conversion_service.rates import service
 from conversion_service.rates.schemas import RateIn, RateList, RateOut
 from conversion_service.schemas_common import ProgramCode
 from services.auth import Principal, require
-from services.errors import error_responses
+from services.openapi import problems
 
 router = APIRouter(prefix="/v1/rates", tags=["rates"])
 
@@ -35,7 +35,14 @@ At = Annotated[
     summary="Publish a new version of the rate from one program to another (conversion:admin)",
     description="Creates a new version; earlier versions are kept and stay in force until this one's "
     "`effective_from`. Both programs must exist in the ledger.",
-    responses=error_responses(401, 403, 404, 422, 503),
+    responses=problems(
+        "program_not_found",
+        "program_forbidden",
+        "same_program",
+        "effective_from_in_past",
+        "ledger_rejected",
+        "ledger_unavailable",
+    ),
 )
 async def put_rate(
     from_program: From,
@@ -55,7 +62,7 @@ async def put_rate(
     summary="The published rates in force (now, or at a given time)",
     description="One entry per pair: the latest version whose `effective_from` is not after `at`. "
     "Derived rates are not listed; read a pair with `GET /v1/rates/{from}/{to}`.",
-    responses=error_responses(400, 401, 403, 422),
+    responses=problems("invalid_cursor"),
 )
 async def list_rates(
     principal: Reader,
@@ -77,7 +84,9 @@ async def list_rates(
     summary="The rate in force for one pair: published (direct) or derived from cash values",
     description="`source` says which. A derived rate exists only when no rate is published and both "
     "programs allow derived rates (`PUT /v1/programs/{code}/settings`).",
-    responses=error_responses(401, 403, 404, 422, 503),
+    responses=problems(
+        "rate_not_found", "program_not_found", "same_program", "ledger_rejected", "ledger_unavailable"
+    ),
 )
 async def get_rate(from_program: From, to_program: To, principal: Reader, ctx: Ctx, at: At = None) -> RateOut:
     principal.require_program(from_program)
@@ -89,7 +98,7 @@ async def get_rate(from_program: From, to_program: To, principal: Reader, ctx: C
     "/{from_program}/{to_program}/versions",
     response_model=RateList,
     summary="Every published version of a pair's rate, newest first",
-    responses=error_responses(400, 401, 403, 422),
+    responses=problems("invalid_cursor"),
 )
 async def list_versions(
     from_program: From,

@@ -10,7 +10,7 @@ from conversion_service.deps import Ctx
 from conversion_service.valuations import service
 from conversion_service.valuations.schemas import ValuationIn, ValuationOut
 from services.auth import Principal, require
-from services.errors import error_responses
+from services.openapi import problems
 
 router = APIRouter(prefix="/v1/valuations", tags=["valuations"])
 
@@ -23,7 +23,15 @@ router = APIRouter(prefix="/v1/valuations", tags=["valuations"])
     "cash -> points needed rounds up to the point. E.g. paying 30 CNY of a 100 CNY bill with WLT "
     '(500 points = 1 CNY): `{"program": "WLT", "cash_minor": 3000, "currency": "CNY"}` -> 15,000 points. '
     "Moves no points, so it needs no Idempotency-Key.",
-    responses=error_responses(401, 403, 404, 422, 503),
+    responses=problems(
+        "program_not_found",
+        "program_forbidden",
+        "currency_mismatch",
+        "no_cash_value",
+        "points_out_of_range",
+        "ledger_rejected",
+        "ledger_unavailable",
+    ),
 )
 async def create_valuation(
     body: ValuationIn, principal: Annotated[Principal, Depends(require("conversion:read"))], ctx: Ctx

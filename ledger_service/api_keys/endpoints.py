@@ -11,7 +11,8 @@ from ledger_service.programs.service import unknown_programs
 from services import apikeys
 from services.apikeys import ApiKeyCreated, ApiKeyIn, ApiKeyList, ApiKeyOut
 from services.auth import Principal, require
-from services.errors import Unprocessable, error_responses
+from services.errors import Unprocessable
+from services.openapi import problems
 
 router = APIRouter(prefix="/v1/api-keys", tags=["api keys"])
 
@@ -27,7 +28,7 @@ KeyId = Annotated[int, Path(ge=1, le=2**63 - 1)]
     description="A caller grants only scopes it holds, and a key limited to programs creates keys "
     "limited to some of them (`403 insufficient_scope`, `403 program_forbidden`). Every program named "
     "must exist (`422 program_not_found`).",
-    responses=error_responses(401, 403, 422),
+    responses=problems(("program_not_found", 422), "program_forbidden", "partner_forbidden"),
 )
 async def create_key(request: Request, body: ApiKeyIn, principal: Admin) -> ApiKeyCreated:
     apikeys.check_grant(principal, body.scopes, body.programs)
@@ -43,7 +44,7 @@ async def create_key(request: Request, body: ApiKeyIn, principal: Admin) -> ApiK
     response_model=ApiKeyList,
     summary="API keys (never their secrets), oldest first",
     description="A key limited to programs sees the keys limited to some of its programs.",
-    responses=error_responses(400, 401, 403, 422),
+    responses=problems("invalid_cursor"),
 )
 async def list_keys(
     request: Request,
@@ -56,7 +57,7 @@ async def list_keys(
 
 
 @router.get(
-    "/{key_id}", response_model=ApiKeyOut, summary="One API key", responses=error_responses(401, 403, 404)
+    "/{key_id}", response_model=ApiKeyOut, summary="One API key", responses=problems("api_key_not_found")
 )
 async def get_key(request: Request, key_id: KeyId, principal: Admin) -> ApiKeyOut:
     return await apikeys.get(request.app.state.db, principal, key_id)
@@ -67,7 +68,7 @@ async def get_key(request: Request, key_id: KeyId, principal: Admin) -> ApiKeyOu
     response_model=ApiKeyOut,
     summary="Revoke an API key: every service refuses it within a second",
     description="Revoking a revoked key changes nothing and answers the same.",
-    responses=error_responses(401, 403, 404),
+    responses=problems("api_key_not_found"),
 )
 async def revoke_key(request: Request, key_id: KeyId, principal: Admin) -> ApiKeyOut:
     return await apikeys.revoke(request.app.state.db, principal, key_id, store=request.app.state.keys)
@@ -80,7 +81,7 @@ async def revoke_key(request: Request, key_id: KeyId, principal: Admin) -> ApiKe
     summary="Replace an API key's secret: a new key with the same name, scopes and programs",
     description="The old key is revoked in the same transaction; the new secret is in this answer only. "
     "A revoked key cannot be rotated (`409 api_key_revoked`).",
-    responses=error_responses(401, 403, 404, 409),
+    responses=problems("api_key_not_found", "api_key_revoked"),
 )
 async def rotate_key(request: Request, key_id: KeyId, principal: Admin) -> ApiKeyCreated:
     return await apikeys.rotate(request.app.state.db, principal, key_id, store=request.app.state.keys)

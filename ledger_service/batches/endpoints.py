@@ -11,8 +11,8 @@ from starlette.responses import Response
 from ledger_service.batches import service
 from ledger_service.batches.schemas import BatchList, BatchOut, BatchStatus, RejectionPage
 from services.auth import Principal, require
-from services.errors import error_responses
 from services.idempotency import REPLAYED_HEADER, idempotency_key
+from services.openapi import problems
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -35,7 +35,7 @@ CSV_EXAMPLE = (
     "amount_minor, currency, merchant_id, mcc, channel, occurred_at, points (else priced by the "
     "program's earning rules). A reverse row reverses the earn with external_id = original_external_id "
     "(or its own external_id): `points`, else in proportion to `amount_minor`, else all that is left.",
-    responses=error_responses(400, 401, 403, 409, 415),
+    responses=problems("invalid_batch_header", "unsupported_media_type", "program_forbidden"),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -71,7 +71,7 @@ async def upload(
     response_model=BatchList,
     summary="Batches, newest first",
     description="The batches this API key uploaded (an admin key: every batch), paginated; `status` filters.",
-    responses=error_responses(400, 401, 403, 422),
+    responses=problems("invalid_cursor"),
 )
 async def list_batches(
     request: Request,
@@ -89,7 +89,7 @@ async def list_batches(
     "/{batch_id}",
     response_model=BatchOut,
     summary="A batch's status, counts and progress",
-    responses=error_responses(401, 403, 404),
+    responses=problems("batch_not_found", "batch_forbidden"),
 )
 async def get_batch(
     request: Request,
@@ -105,7 +105,7 @@ async def get_batch(
     summary="Rejected rows with their line number in the file and reason",
     description="`reason` filters to one reason (an unknown reason is a 422); the counts per reason are "
     "in the batch's `rejected_by_reason`.",
-    responses=error_responses(400, 401, 403, 404, 422),
+    responses=problems("invalid_cursor", "batch_not_found", "batch_forbidden"),
 )
 async def get_rejections(
     request: Request,

@@ -60,19 +60,20 @@ class Row:
     rule_set_id: int | None = None
     reject: str | None = None
     partner: str | None = None  # the issuer partner funding an earn row (DESIGN §8)
+    pending_days: int | None = None  # the matched rule's (DESIGN §10); None: the program's
 
     def record(self, batch_id: Any) -> tuple[Any, ...]:
         return (
             batch_id, self.line, self.type, self.external_id, self.original_external_id, self.program,
             self.member_ref, self.amount_minor, self.currency, self.merchant_id, self.mcc, self.channel,
-            self.occurred_at, self.points, self.rule_set_id, self.reject, self.partner,
+            self.occurred_at, self.points, self.rule_set_id, self.reject, self.partner, self.pending_days,
         )  # fmt: skip
 
 
 COPY_COLUMNS = (
     "batch_id", "line", "type", "external_id", "original_external_id", "program", "member_ref",
     "amount_minor", "currency", "merchant_id", "mcc", "channel", "occurred_at", "points", "rule_set_id",
-    "reject", "partner",
+    "reject", "partner", "pending_days",
 )  # fmt: skip
 
 

@@ -37,6 +37,7 @@ PARTNER_REASONS = (
 REVERSE_REASONS = (
     "unknown_original", "nothing_to_reverse", "transaction_not_found", "not_reversible", "insufficient_scope",
     "reversal_exceeds_original", "insufficient_points", "points_out_of_range", "idempotency_key_reused",
+    "clawback_not_pending",
 )  # fmt: skip
 # Codes DESIGN §4 "Changes in force" gives for rows the parser or the ledger may refuse.
 CONTRACT_REASONS = ("occurred_at_out_of_range", "invalid_text", "points_limit_exceeded")

@@ -107,8 +107,10 @@ class Pricer:
                 mcc=row.mcc, channel=row.channel,  # type: ignore[arg-type]  # validated by the parser
             )  # fmt: skip
             member = facts.get((row.program, row.member_ref or ""), engine.BASIC)
-            row.points = engine.price(version.rules, version.version, purchase, member, at).points
+            priced = engine.price(version.rules, version.version, purchase, member, at)
+            row.points = priced.points
             row.rule_set_id = version.id
+            row.pending_days = priced.breakdown.get("pending_days")
 
 
 async def upload(

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from ledger_service.events import service
 from ledger_service.events.schemas import EventPage, EventType, WebhookIn, WebhookList, WebhookOut
 from services.auth import Principal, require
-from services.errors import error_responses
+from services.openapi import problems
 
 router = APIRouter(tags=["events"])
 Reader = Annotated[Principal, Depends(require("ledger:read"))]
@@ -23,7 +23,7 @@ Reader = Annotated[Principal, Depends(require("ledger:read"))]
     description="Poll with `after` = the last `next_cursor`. A key limited to programs sees only theirs. "
     "`type` (repeatable) keeps only those event types: transaction.earn, ..., points.expiring, "
     "segment.entered, segment.left.",
-    responses=error_responses(401, 403, 422),
+    responses=problems("program_forbidden"),
 )
 async def events(
     request: Request,
@@ -44,7 +44,7 @@ async def events(
     description="Each event is POSTed as JSON with `Jifen-Signature: t=<unix time>,v1=<hex>` where v1 is "
     "HMAC-SHA256(secret, `<t>.<body>`). Delivery is in order per subscriber, retried with exponential "
     "backoff; any 2xx acknowledges. The secret is shown only in this response.",
-    responses=error_responses(401, 403, 422),
+    responses=problems("program_not_found", "program_forbidden"),
 )
 async def create_webhook(
     request: Request, body: WebhookIn, principal: Annotated[Principal, Depends(require("ledger:admin"))]
@@ -56,7 +56,7 @@ async def create_webhook(
     "/v1/webhooks",
     response_model=WebhookList,
     summary="Webhook subscriptions",
-    responses=error_responses(401, 403),
+    responses=problems(),
 )
 async def list_webhooks(request: Request, principal: Reader) -> WebhookList:
     return await service.list_webhooks(request.app.state.db, principal)
@@ -66,7 +66,7 @@ async def list_webhooks(request: Request, principal: Reader) -> WebhookList:
     "/v1/webhooks/{webhook_id}",
     response_model=WebhookOut,
     summary="A subscription and its delivery state",
-    responses=error_responses(401, 403, 404),
+    responses=problems("webhook_not_found"),
 )
 async def get_webhook(request: Request, webhook_id: UUID, principal: Reader) -> WebhookOut:
     return await service.get_webhook(request.app.state.db, principal, webhook_id)
@@ -76,7 +76,7 @@ async def get_webhook(request: Request, webhook_id: UUID, principal: Reader) -> 
     "/v1/webhooks/{webhook_id}",
     response_model=WebhookOut,
     summary="Stop a subscription",
-    responses=error_responses(401, 403, 404),
+    responses=problems("webhook_not_found"),
 )
 async def delete_webhook(
     request: Request, webhook_id: UUID, principal: Annotated[Principal, Depends(require("ledger:admin"))]

@@ -11,7 +11,8 @@ from ledger_service.finance import service
 from ledger_service.finance.schemas import Aging, Cohorts, Period, RollForward
 from ledger_service.schemas_common import ProgramCode
 from services.auth import Principal, require
-from services.errors import Unprocessable, error_responses
+from services.errors import Unprocessable
+from services.openapi import problems
 
 router = APIRouter(tags=["finance"])
 
@@ -33,7 +34,7 @@ To = Annotated[
     "from postings on member accounts. Every row closes (closing = opening + issued - redeemed - expired "
     "+ adjusted), in points and in cash; each closing is the next opening; the last closing is the "
     "outstanding points when `to` is not in the past.",
-    responses=error_responses(401, 403, 404, 422),
+    responses=problems("program_not_found", "program_forbidden", "invalid_period", "period_range_too_large"),
 )
 async def liability(
     request: Request,
@@ -54,7 +55,7 @@ async def liability(
     description="Open lots bucketed by expiry counted from `as_of` (default now; not in the past). Lots "
     "already due count in 0-3m. Members below zero hold no lots: their sum is `negative_balances`, so "
     "the buckets plus it equal the outstanding points.",
-    responses=error_responses(401, 403, 404, 422),
+    responses=problems("program_not_found", "program_forbidden", "as_of_in_past"),
 )
 async def aging(
     request: Request,
@@ -76,7 +77,7 @@ async def aging(
     description="The lots of earns issued in each month of [from, to), what became of their points, and "
     "the share redeemed within 1, 3, 6 and 12 months of each lot's issue (from lot consumption, net of "
     "refunds): the curves used to estimate breakage.",
-    responses=error_responses(401, 403, 404, 422),
+    responses=problems("program_not_found", "program_forbidden", "invalid_period", "period_range_too_large"),
 )
 async def cohorts(
     request: Request,

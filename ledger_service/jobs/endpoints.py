@@ -10,7 +10,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from ledger_service.jobs import service
 from ledger_service.jobs.service import ExpiryRun, TierReview
 from services.auth import Principal, require
-from services.errors import Unprocessable, error_responses
+from services.errors import Unprocessable
+from services.openapi import problems
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 Admin = Annotated[Principal, Depends(require("ledger:admin"))]
@@ -23,7 +24,7 @@ Admin = Annotated[Principal, Depends(require("ledger:admin"))]
     description="Unconsumed points of lots past their expiry go to the program's breakage account, or "
     "`rollover_bps` of them into a new lot for the next period. Safe to run twice or from two processes "
     "at once. `as_of` cannot be in the future.",
-    responses=error_responses(401, 403, 422),
+    responses=problems("program_not_found", "program_forbidden", "program_required", "as_of_in_future"),
 )
 async def expire(
     request: Request,
@@ -43,7 +44,7 @@ async def expire(
     "/tier-review",
     response_model=TierReview,
     summary="Recompute every member's tier (upgrades and downgrades)",
-    responses=error_responses(401, 403),
+    responses=problems("program_not_found", "program_forbidden", "program_required"),
 )
 async def tier_review(request: Request, _: Admin) -> TierReview:
     return await service.run_tier_review(request.app.state.db)

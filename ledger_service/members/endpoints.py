@@ -13,12 +13,19 @@ from ledger_service.postings.schemas import HoldOut
 from ledger_service.schemas_common import MemberRef, ProgramCode
 from services.auth import Principal, require
 from services.db import Database
-from services.errors import error_responses
+from services.openapi import problems
 
 router = APIRouter(tags=["members"])
 
 Reader = Annotated[Principal, Depends(require("ledger:read"))]
-READ_ERRORS = error_responses(400, 401, 403, 404)
+READ_ERRORS = problems(
+    "invalid_cursor",
+    "program_not_found",
+    "program_forbidden",
+    "member_not_found",
+    "transaction_not_found",
+    "hold_not_found",
+)
 
 
 async def _db(request: Request) -> Database:

@@ -11,6 +11,14 @@ _PROGRAM_ID = "SELECT id FROM ledger.programs WHERE code = $1"
 
 _MEMBER = """
 SELECT p.id AS program_id, p.tiers::text AS tiers, a.id AS account_id, a.balance, a.held, a.lifetime_earned,
+       ledger.pending_now(a.id, a.pending) AS pending,
+       coalesce((SELECT jsonb_agg(jsonb_build_object('points', r.points,
+                                                     'release_at', ledger.ts(r.pending_until))
+                                  ORDER BY r.pending_until)::text
+                 FROM (SELECT pending_until, sum(remaining) AS points FROM ledger.lots
+                       WHERE a.pending > 0 AND account_id = a.id AND pending_until IS NOT NULL
+                         AND remaining > 0 AND pending_until > now()
+                       GROUP BY pending_until ORDER BY pending_until LIMIT $3) r), '[]') AS releases,
        coalesce(a.tier, 'basic') AS tier, a.tier_since,
        CASE WHEN a.id IS NULL THEN 0 ELSE ledger.qualifying_points(p, a.id) END AS qualifying_points,
        coalesce((SELECT jsonb_agg(jsonb_build_object('points', e.points,

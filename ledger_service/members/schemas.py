@@ -5,12 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from uuid import UUID
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class Expiring(BaseModel):
     points: int
     expires_at: datetime
+
+
+class Release(BaseModel):
+    points: int
+    release_at: datetime
 
 
 class NextTier(BaseModel):
@@ -24,7 +29,9 @@ class MemberOut(BaseModel):
     member_ref: str
     balance: int
     held: int
-    available: int
+    pending: int = Field(description="Earned points not spendable yet (pending_days); not in available")
+    available: int = Field(description="balance - held - pending")
+    releases: list[Release] = Field(description="When the pending points become spendable, soonest first")
     tier: str
     tier_since: datetime | None
     qualifying_points: int

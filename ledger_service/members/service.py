@@ -15,6 +15,7 @@ from ledger_service.members.schemas import (
     MemberOut,
     NextTier,
     PostingOut,
+    Release,
     Statement,
     StatementEntry,
     TierChange,
@@ -55,14 +56,16 @@ async def member_view(db: Database, program: str, member_ref: str) -> MemberOut:
         row = await repository.member(conn, program, member_ref)
     if row is None:
         raise _program_missing(program)
-    balance, held = row["balance"] or 0, row["held"] or 0
+    balance, held, pending = row["balance"] or 0, row["held"] or 0, row["pending"] or 0
     qualifying = int(row["qualifying_points"])
     return MemberOut(
         program=program,
         member_ref=member_ref,
         balance=balance,
         held=held,
-        available=balance - held,
+        pending=pending,
+        available=balance - held - pending,
+        releases=[Release.model_validate(e) for e in orjson.loads(row["releases"])],
         tier=row["tier"],
         tier_since=row["tier_since"],
         qualifying_points=qualifying,

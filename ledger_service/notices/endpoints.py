@@ -11,7 +11,8 @@ from ledger_service.notices import service
 from ledger_service.notices.service import NoticeRun
 from ledger_service.schemas_common import ProgramCode
 from services.auth import Principal, require
-from services.errors import Unprocessable, error_responses
+from services.errors import Unprocessable
+from services.openapi import problems
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -22,7 +23,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
     summary="Send points.expiring events for lots within the programs' expiry_notices_days",
     description="Once per lot and threshold, whoever runs it and however often (it also runs on a "
     "schedule, JIFEN_NOTICE_INTERVAL_S). A key limited to programs must name one of them.",
-    responses=error_responses(401, 403, 404, 422),
+    responses=problems("program_not_found", "program_forbidden", "program_required", "as_of_in_future"),
 )
 async def notices(
     request: Request,

@@ -28,8 +28,9 @@ from ledger_service.partners.schemas import (
 from ledger_service.schemas_common import PartnerCode, ProgramCode
 from services.auth import Principal, require
 from services.db import Database
-from services.errors import Unprocessable, error_responses
+from services.errors import Unprocessable
 from services.idempotency import idempotency_key
+from services.openapi import problems
 
 router = APIRouter(tags=["partners"])
 
@@ -57,7 +58,7 @@ def _wants_csv(request: Request) -> bool:
     status_code=201,
     response_model=PartnerOut,
     summary="Register a coalition partner (issuer, acceptor or both)",
-    responses=error_responses(401, 403, 409, 422),
+    responses=problems("partner_exists"),
 )
 async def create_partner(request: Request, body: PartnerIn, _: Admin) -> PartnerOut:
     return await service.create_partner(_db(request), body)
@@ -67,7 +68,7 @@ async def create_partner(request: Request, body: PartnerIn, _: Admin) -> Partner
     "/v1/partners",
     response_model=PartnerList,
     summary="Partners, oldest first",
-    responses=error_responses(400, 401, 403),
+    responses=problems("invalid_cursor"),
 )
 async def list_partners(
     request: Request, principal: Reader, limit: Limit = 50, cursor: str | None = None
@@ -79,7 +80,7 @@ async def list_partners(
     "/v1/partners/{code}",
     response_model=PartnerOut,
     summary="One partner",
-    responses=error_responses(401, 403, 404),
+    responses=problems("partner_not_found", "partner_forbidden"),
 )
 async def get_partner(request: Request, code: Code, principal: Reader) -> PartnerOut:
     return await service.get_partner(_db(request), principal, code)
@@ -90,7 +91,7 @@ async def get_partner(request: Request, code: Code, principal: Reader) -> Partne
     response_model=PartnerOut,
     summary="Rename, change roles, suspend or reactivate a partner",
     description="A suspended partner's earns, burns, holds and captures are `422 partner_suspended`.",
-    responses=error_responses(401, 403, 404, 422),
+    responses=problems("partner_not_found"),
 )
 async def update_partner(request: Request, code: Code, body: PartnerPatch, _: Admin) -> PartnerOut:
     return await service.update_partner(_db(request), code, body)
@@ -104,7 +105,14 @@ async def update_partner(request: Request, code: Code, body: PartnerPatch, _: Ad
     description="Versions are never edited. A version may not start inside a period already settled "
     "(`422 terms_in_closed_period`); two versions cannot start at the same instant "
     "(`409 terms_version_exists`).",
-    responses=error_responses(401, 403, 404, 409, 422),
+    responses=problems(
+        "partner_not_found",
+        "program_not_found",
+        "program_forbidden",
+        "terms_version_exists",
+        "terms_in_closed_period",
+        "effective_from_in_past",
+    ),
 )
 async def put_terms(
     request: Request, code: Code, program: Annotated[ProgramCode, Path()], body: TermsIn, principal: Admin
@@ -116,7 +124,7 @@ async def put_terms(
     "/v1/partners/{code}/terms",
     response_model=TermsList,
     summary="Every version of the partner's terms, per program",
-    responses=error_responses(401, 403, 404),
+    responses=problems("partner_not_found", "partner_forbidden"),
 )
 async def list_terms(request: Request, code: Code, principal: Reader) -> TermsList:
     return await service.list_terms(_db(request), principal, code)
@@ -128,7 +136,15 @@ async def list_terms(request: Request, code: Code, principal: Reader) -> TermsLi
     response_model=FundingOut,
     summary="A prepaid partner buys a pack of points for a program",
     description="Its earns draw these points down; beyond them an earn is `422 partner_funds_exhausted`.",
-    responses=error_responses(400, 401, 403, 404, 409, 422),
+    responses=problems(
+        "partner_not_found",
+        "partner_forbidden",
+        "program_not_found",
+        "program_forbidden",
+        "partner_suspended",
+        "partner_terms_missing",
+        "ledger_busy",
+    ),
 )
 async def fund(
     request: Request,
@@ -148,7 +164,7 @@ async def fund(
     description="Idempotent and safe from two processes at once: a period closes once; run again, it "
     "closes nothing (`lines: []`). Periods are in each program's time zone. A transaction belongs to "
     "the period of its occurred_at, or to the first open period when that one is closed.",
-    responses=error_responses(401, 403, 422),
+    responses=problems("as_of_in_future"),
 )
 async def settle(
     request: Request,
@@ -164,7 +180,7 @@ async def settle(
     "/v1/settlements",
     response_model=SettlementList,
     summary="Settlement runs and the lines they closed, newest first",
-    responses=error_responses(400, 401, 403),
+    responses=problems("invalid_cursor"),
 )
 async def list_settlements(
     request: Request, principal: Reader, limit: Limit = 20, cursor: str | None = None
@@ -176,7 +192,7 @@ async def list_settlements(
     "/v1/settlements/{settlement_id}",
     response_model=Settlement,
     summary="One settlement run and its lines; `Accept: text/csv` gives the lines as CSV",
-    responses={**error_responses(401, 403, 404), **CSV_RESPONSE},
+    responses={**problems("settlement_not_found"), **CSV_RESPONSE},
 )
 async def get_settlement(request: Request, settlement_id: UUID, principal: Reader) -> Settlement | Response:
     found = await service.get_settlement(_db(request), principal, settlement_id)
@@ -189,7 +205,7 @@ async def get_settlement(request: Request, settlement_id: UUID, principal: Reade
     "/v1/partners/{code}/statements",
     response_model=StatementList,
     summary="A partner's closed statement lines, newest period first; `Accept: text/csv` for CSV",
-    responses={**error_responses(400, 401, 403, 404), **CSV_RESPONSE},
+    responses={**problems("invalid_cursor", "partner_not_found", "partner_forbidden"), **CSV_RESPONSE},
 )
 async def statements(
     request: Request, code: Code, principal: Reader, limit: Limit = 100, cursor: str | None = None
@@ -205,7 +221,7 @@ async def statements(
     "/v1/partners/{code}/position",
     response_model=Position,
     summary="A partner's open periods so far, prepaid points and credit used, per program",
-    responses=error_responses(401, 403, 404),
+    responses=problems("partner_not_found", "partner_forbidden"),
 )
 async def position(request: Request, code: Code, principal: Reader) -> Position:
     return await service.position(_db(request), principal, code)

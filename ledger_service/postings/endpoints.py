@@ -26,14 +26,44 @@ from ledger_service.postings.schemas import (
     VoidIn,
 )
 from services.auth import Principal, require
-from services.errors import error_responses
 from services.fastlane import AppState, fast_lane
 from services.idempotency import idempotency_key
+from services.openapi import problems
 
 router = APIRouter(tags=["points"])
 
 Key = Annotated[str, Depends(idempotency_key)]
-WRITE_ERRORS = error_responses(400, 401, 403, 404, 409, 422, 503)
+# The codes each write can answer with, besides auth, validation and idempotency (services/openapi.py).
+PROGRAM = ("program_not_found", "program_forbidden", "ledger_busy")
+PARTNER = (
+    "partner_not_found",
+    "partner_forbidden",
+    "partner_suspended",
+    "partner_terms_missing",
+    "partner_funds_exhausted",
+    "partner_credit_exceeded",
+)
+DEBIT = (*PROGRAM, *PARTNER, "insufficient_points", "occurred_at_out_of_range")
+EARN_PROBLEMS = problems(*PROGRAM, *PARTNER, "no_earning_rules", "currency_mismatch", "occurred_in_future")
+BURN_PROBLEMS = HOLD_PROBLEMS = problems(*DEBIT)
+CAPTURE_PROBLEMS = problems(
+    *DEBIT, "hold_not_found", "hold_expired", "hold_not_active", "capture_exceeds_hold"
+)
+VOID_PROBLEMS = problems(
+    "hold_not_found", "program_forbidden", "hold_expired", "hold_not_active", "ledger_busy"
+)
+REVERSE_PROBLEMS = problems(
+    "transaction_not_found",
+    "program_forbidden",
+    "partner_forbidden",
+    "not_reversible",
+    "reversal_exceeds_original",
+    "clawback_not_pending",
+    "insufficient_points",
+    "ledger_busy",
+)
+TRANSFER_PROBLEMS = problems(*PROGRAM, "insufficient_points", "same_member")
+ADJUST_PROBLEMS = problems(*PROGRAM, "insufficient_points")
 
 
 @router.post(
@@ -41,7 +71,7 @@ WRITE_ERRORS = error_responses(400, 401, 403, 404, 409, 422, 503)
     status_code=201,
     response_model=TransactionOut,
     summary="Credit a member with points, given or priced by the program's earning rules",
-    responses=WRITE_ERRORS,
+    responses=EARN_PROBLEMS,
 )
 @fast_lane
 async def earn(
@@ -58,7 +88,7 @@ async def earn(
     status_code=201,
     response_model=TransactionOut,
     summary="Debit a member's available points",
-    responses=WRITE_ERRORS,
+    responses=BURN_PROBLEMS,
 )
 @fast_lane
 async def burn(
@@ -75,7 +105,7 @@ async def burn(
     status_code=201,
     response_model=HoldOut,
     summary="Authorize (hold) points for a later capture",
-    responses=WRITE_ERRORS,
+    responses=HOLD_PROBLEMS,
     tags=["holds"],
 )
 @fast_lane
@@ -93,7 +123,7 @@ async def create_hold(
     status_code=201,
     response_model=TransactionOut,
     summary="Capture all or part of a hold; the rest is released",
-    responses=WRITE_ERRORS,
+    responses=CAPTURE_PROBLEMS,
     tags=["holds"],
 )
 @fast_lane
@@ -112,7 +142,7 @@ async def capture_hold(
     status_code=200,
     response_model=HoldOut,
     summary="Release a hold",
-    responses=WRITE_ERRORS,
+    responses=VOID_PROBLEMS,
     tags=["holds"],
 )
 @fast_lane
@@ -133,7 +163,7 @@ async def void_hold(
     summary="Refund a burn or capture, or claw back an earn, wholly or partly",
     description="Reversals of one transaction never add up to more than its points. Reversing an earn "
     "needs `ledger:earn`; reversing a burn or capture needs `ledger:burn`.",
-    responses=WRITE_ERRORS,
+    responses=REVERSE_PROBLEMS,
 )
 @fast_lane
 async def reverse_transaction(
@@ -151,7 +181,7 @@ async def reverse_transaction(
     status_code=201,
     response_model=TransactionOut,
     summary="Move points from one member to another in one program",
-    responses=WRITE_ERRORS,
+    responses=TRANSFER_PROBLEMS,
 )
 @fast_lane
 async def transfer(
@@ -168,7 +198,7 @@ async def transfer(
     status_code=201,
     response_model=TransactionOut,
     summary="Operations correction (ledger:admin, reason required)",
-    responses=WRITE_ERRORS,
+    responses=ADJUST_PROBLEMS,
 )
 @fast_lane
 async def adjust(

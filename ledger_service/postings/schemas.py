@@ -236,7 +236,8 @@ class AdjustmentIn(Strict):
 class BalanceAfter(BaseModel):
     balance: int
     held: int
-    available: int
+    pending: int = Field(default=0, description="Earned points not spendable yet (pending_days)")
+    available: int = Field(description="balance - held - pending")
 
 
 class TransactionOut(BaseModel):

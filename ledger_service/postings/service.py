@@ -68,6 +68,8 @@ async def earn(
         }
         if priced.member_caps:
             derived["caps"] = priced.member_caps
+        if "pending_days" in priced.breakdown:
+            derived["pending_days"] = priced.breakdown["pending_days"]
     return await engine.execute("earn", args, principal, key, derived)
 
 

@@ -10,7 +10,7 @@ from ledger_service.profiles import service
 from ledger_service.profiles.schemas import Profile, ProfileRun
 from ledger_service.schemas_common import MemberRef, ProgramCode
 from services.auth import Principal, require
-from services.errors import error_responses
+from services.openapi import problems
 
 router = APIRouter(tags=["members"])
 
@@ -22,7 +22,7 @@ router = APIRouter(tags=["members"])
     description="Recency, frequency and points over 30 / 90 / 365 days, lifetime figures, top merchant "
     "categories and channels, expiring points and tags; recomputed for the member on each read "
     "(`high_value` as of the last program-wide refresh). No personal data: member_ref only.",
-    responses=error_responses(401, 403, 404, 422),
+    responses=problems("program_not_found", "program_forbidden", "member_not_found"),
 )
 async def profile(
     request: Request,
@@ -41,7 +41,7 @@ async def profile(
     summary="Refresh member profiles (one program or all), then re-evaluate their segments",
     description="Runs on a schedule too (JIFEN_PROFILE_REFRESH_INTERVAL_S). A key limited to programs "
     "must name one of them.",
-    responses=error_responses(401, 403, 404, 422),
+    responses=problems("program_not_found", "program_forbidden", "program_required"),
 )
 async def refresh_profiles(
     request: Request,

@@ -34,6 +34,7 @@ class Profile(BaseModel):
     expiring_points_90d: int
     tier: str
     balance: int
+    pending_points: int = Field(description="Earned points not spendable yet (pending_days), at refreshed_at")
     tags: list[str] = Field(
         description="new, active, dormant, never_redeemed, expiring_soon, high_value (top 10% of the "
         "program by 365-day earned points, as of the last program-wide refresh)"

@@ -11,7 +11,7 @@ from ledger_service.programs.schemas import ProgramIn, ProgramList, ProgramOut, 
 from ledger_service.schemas_common import ProgramCode
 from services.auth import Principal, require
 from services.db import Database
-from services.errors import error_responses
+from services.openapi import problems
 
 router = APIRouter(prefix="/v1/programs", tags=["programs"])
 
@@ -28,7 +28,7 @@ async def _db(request: Request) -> Database:
     status_code=201,
     response_model=ProgramOut,
     summary="Create a program (a points currency)",
-    responses=error_responses(401, 403, 409, 422),
+    responses=problems("program_exists"),
 )
 async def create_program(
     body: ProgramIn,
@@ -39,7 +39,7 @@ async def create_program(
     return await service.create_program(db, body)
 
 
-@router.get("", response_model=ProgramList, summary="List programs", responses=error_responses(401, 403))
+@router.get("", response_model=ProgramList, summary="List programs", responses=problems("invalid_cursor"))
 async def list_programs(
     principal: Annotated[Principal, Depends(require("ledger:read"))],
     db: Annotated[Database, Depends(_db)],
@@ -50,7 +50,10 @@ async def list_programs(
 
 
 @router.get(
-    "/{code}", response_model=ProgramOut, summary="Get a program", responses=error_responses(401, 403, 404)
+    "/{code}",
+    response_model=ProgramOut,
+    summary="Get a program",
+    responses=problems("program_not_found", "program_forbidden"),
 )
 async def get_program(
     code: CodePath,
@@ -65,7 +68,7 @@ async def get_program(
     "/{code}",
     response_model=ProgramOut,
     summary="Change a program's name, cash value, expiry, tiers or negative-balance policy",
-    responses=error_responses(401, 403, 404, 422),
+    responses=problems("program_not_found", "program_forbidden"),
 )
 async def patch_program(
     code: CodePath,

@@ -14,17 +14,17 @@ SYSTEM_ACCOUNTS = ("issuance", "redemption", "breakage", "conversion", "merchant
 
 _COLUMNS = """code, name, cash_points, cash_minor, currency, expiry, rollover_bps, tiers,
     tier_window_months, qualifying_kinds, allow_negative, tier_downgrade, expiry_notices_days, timezone,
-    created_at,
+    pending_days, returns_policy, created_at,
     updated_at, id"""
 
 _INSERT = text(
     """
     INSERT INTO ledger.programs (code, name, cash_points, cash_minor, currency, expiry, rollover_bps,
         tiers, tier_window_months, qualifying_kinds, allow_negative, tier_downgrade, expiry_notices_days,
-        timezone)
+        timezone, pending_days, returns_policy)
     VALUES (:code, :name, :cash_points, :cash_minor, :currency, CAST(:expiry AS jsonb), :rollover_bps,
         CAST(:tiers AS jsonb), :tier_window_months, :qualifying_kinds, :allow_negative, :tier_downgrade,
-        :expiry_notices_days, :timezone)
+        :expiry_notices_days, :timezone, :pending_days, :returns_policy)
     RETURNING id
     """
 )

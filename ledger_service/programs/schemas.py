@@ -68,6 +68,18 @@ def _check_tiers(tiers: list[Tier] | None) -> None:
 
 
 TierDowngrade = Literal["to_qualified", "one_down"]
+ReturnsPolicy = Literal["within_balance", "only_pending", "allow_negative"]
+PendingDays = Annotated[
+    int,
+    Field(
+        strict=True, ge=0, le=365,
+        description="Earned points stay pending (not spendable) this many days from occurred_at",
+    ),
+]  # fmt: skip
+RETURNS_POLICY_DOC = (
+    "What a clawback (reversal of an earn) may take: within_balance (never takes available below "
+    "zero), only_pending (only the earn's points still pending), allow_negative"
+)
 
 
 def _distinct_days(days: list[int]) -> list[int]:
@@ -102,6 +114,8 @@ class ProgramIn(Strict):
     timezone: TimeZone = "UTC"
     tier_downgrade: TierDowngrade = "to_qualified"
     expiry_notices_days: NoticeDays = Field(default_factory=list)
+    pending_days: PendingDays = 0
+    returns_policy: ReturnsPolicy = Field(default="within_balance", description=RETURNS_POLICY_DOC)
 
     model_config = ConfigDict(
         extra="forbid",
@@ -120,6 +134,8 @@ class ProgramIn(Strict):
                     "timezone": "Asia/Shanghai",
                     "tier_downgrade": "one_down",
                     "expiry_notices_days": [30, 7],
+                    "pending_days": 7,
+                    "returns_policy": "within_balance",
                 }
             ]
         },
@@ -145,6 +161,8 @@ class ProgramPatch(Strict):
     timezone: TimeZone | None = None
     tier_downgrade: TierDowngrade | None = None
     expiry_notices_days: NoticeDays | None = None
+    pending_days: PendingDays | None = None
+    returns_policy: ReturnsPolicy | None = Field(default=None, description=RETURNS_POLICY_DOC)
 
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"name": "Wanlitong", "rollover_bps": 2000}]}
@@ -174,6 +192,8 @@ class ProgramOut(BaseModel):
     timezone: str
     tier_downgrade: str
     expiry_notices_days: list[int]
+    pending_days: int
+    returns_policy: str
     created_at: datetime
     updated_at: datetime
 

@@ -11,7 +11,8 @@ from ledger_service.reports import service
 from ledger_service.reports.service import Report
 from ledger_service.schemas_common import ProgramCode
 from services.auth import Principal, require
-from services.errors import Unprocessable, error_responses
+from services.errors import Unprocessable
+from services.openapi import problems
 
 router = APIRouter(tags=["reports"])
 
@@ -24,7 +25,7 @@ router = APIRouter(tags=["reports"])
     description="Every figure is a sum over postings, for transactions created in [from, to). "
     "`outstanding` is the sum of member balances at `to`. Identity: outstanding = outstanding_at_start "
     "+ issued - redeemed - expired - reversed_earns + refunded_redemptions + adjusted.",
-    responses=error_responses(401, 403, 404, 422),
+    responses=problems("program_not_found", "program_forbidden", "invalid_period"),
 )
 async def report(
     request: Request,

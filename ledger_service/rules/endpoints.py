@@ -12,7 +12,7 @@ from ledger_service.rules.service import RuleBook
 from ledger_service.schemas_common import ProgramCode
 from services.auth import Principal, require
 from services.db import Database
-from services.errors import error_responses
+from services.openapi import problems
 
 router = APIRouter(prefix="/v1/programs/{code}/rules", tags=["rules"])
 Code = Annotated[ProgramCode, Path()]
@@ -36,7 +36,14 @@ async def _db(request: Request) -> Database:
     description="Versions are never edited; each new one must start after the latest. Matching "
     "multipliers do not stack (the highest applies); bonus points add; rounding happens once, after "
     "the multiplier; caps apply last.",
-    responses=error_responses(401, 403, 404, 409, 422),
+    responses=problems(
+        "program_not_found",
+        "program_forbidden",
+        "rule_version_overlap",
+        "effective_from_in_past",
+        "currency_mismatch",
+        "segment_not_found",
+    ),
 )
 async def create_rules(
     code: Code,
@@ -53,7 +60,7 @@ async def create_rules(
     "",
     response_model=RuleSetList,
     summary="All versions of the earning rules",
-    responses=error_responses(401, 403, 404),
+    responses=problems("program_not_found", "program_forbidden"),
 )
 async def list_rules(
     code: Code,
@@ -70,7 +77,12 @@ async def list_rules(
     summary="Price a purchase under the rules in force, without posting",
     description="Returns the points and the breakdown an earn would get, before the per-member caps "
     "(those depend on what the member has earned when the earn is posted).",
-    responses=error_responses(401, 403, 404, 422),
+    responses=problems(
+        "program_not_found",
+        "program_forbidden",
+        "currency_mismatch",
+        "no_earning_rules",
+    ),
 )
 async def evaluate(
     code: Code,

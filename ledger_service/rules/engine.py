@@ -1,7 +1,8 @@
 """Pricing a purchase under a rule set: pure functions, no database.
 
 Order (DESIGN §4): base rate; the highest matching multiplier (they do not stack); one rounding,
-after the multiplier; matching fixed bonuses add; the per-transaction cap. Per-member caps apply
+after the multiplier; matching fixed bonuses add; the per-transaction cap. Matching rules with
+pending_days give the earn the longest of them (DESIGN §10). Per-member caps apply
 last, in the posting engine, under the member's row lock.
 """
 
@@ -112,4 +113,7 @@ def price(rule_set: RuleSetIn, version: int, purchase: Purchase, member: Member,
         "caps_applied": caps_applied,
         "points": total,
     }
+    pending = [r.pending_days for r in hits if r.pending_days is not None]
+    if pending:  # absent: the program's pending_days
+        breakdown["pending_days"] = max(pending)
     return Priced(total, breakdown)

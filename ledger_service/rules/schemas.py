@@ -48,13 +48,18 @@ class Rule(Strict):
         default=None, gt=0, le=1000, max_digits=9, decimal_places=4, examples=["10"]
     )
     bonus_points: int | None = Field(default=None, strict=True, gt=0, le=10**12, examples=[50])
+    pending_days: int | None = Field(
+        default=None, strict=True, ge=0, le=365,
+        description="Earns this rule matches stay pending this many days (instead of the program's); "
+        "of several matching rules that set it, the longest applies",
+    )  # fmt: skip
     active_from: AwareDatetime | None = None
     active_to: AwareDatetime | None = None
 
     @model_validator(mode="after")
     def _valid(self) -> Rule:
-        if self.multiplier is None and self.bonus_points is None:
-            raise ValueError("a rule needs a multiplier, bonus_points or both")
+        if self.multiplier is None and self.bonus_points is None and self.pending_days is None:
+            raise ValueError("a rule needs a multiplier, bonus_points, pending_days or a combination")
         if self.active_from and self.active_to and self.active_from >= self.active_to:
             raise ValueError("active_from must be before active_to")
         return self

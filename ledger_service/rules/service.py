@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -59,6 +60,44 @@ def _out(code: str, row: Any) -> RuleSetOut:
     )
 
 
+class MemberFacts:
+    """Tier and segments of members, for rules that match them. Concurrent earns share lookups: the
+    members asked for while one query runs are read together by the next, one connection at a time,
+    so a segment-matching rule costs a share of a query per earn, not a query and a pooled
+    connection of its own (which the posting engine's group commit would wait for)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._waiting: dict[str, list[tuple[str, asyncio.Future[engine.Member]]]] = {}
+        self._running: asyncio.Task[None] | None = None
+
+    async def get(self, code: str, member_ref: str) -> engine.Member:
+        future: asyncio.Future[engine.Member] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(code, []).append((member_ref, future))
+        if self._running is None:
+            self._running = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._waiting:
+                waiting, self._waiting = self._waiting, {}
+                for code, asked in waiting.items():
+                    try:
+                        async with self.db.driver() as conn:
+                            found = await repository.members(conn, code, sorted({ref for ref, _ in asked}))
+                    except Exception as exc:  # every earn waiting on it gets the error, as if it asked
+                        for _, future in asked:
+                            if not future.done():
+                                future.set_exception(exc)
+                        continue
+                    for ref, future in asked:
+                        if not future.done():
+                            future.set_result(found.get(ref, engine.BASIC))
+        finally:
+            self._running = None
+
+
 class RuleBook:
     """Rule versions per program, cached for a few seconds per process. A new version is normally
     created ahead of its effective_from, so the short cache does not delay it in practice."""
@@ -66,6 +105,7 @@ class RuleBook:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._cache: dict[str, tuple[float, ProgramRules]] = {}
+        self.members = MemberFacts(db)
 
     def forget(self, code: str) -> None:
         self._cache.pop(code, None)
@@ -105,8 +145,7 @@ class RuleBook:
             )
         member = engine.BASIC
         if engine.needs_member(version.rules):
-            async with self.db.driver() as conn:
-                member = (await repository.members(conn, code, [member_ref])).get(member_ref, engine.BASIC)
+            member = await self.members.get(code, member_ref)
         priced = engine.price(version.rules, version.version, purchase, member, when)
         caps = version.rules.caps
         member_caps = {

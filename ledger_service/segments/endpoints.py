@@ -18,7 +18,7 @@ from ledger_service.segments.schemas import (
     SegmentRefresh,
 )
 from services.auth import Principal, require
-from services.errors import error_responses
+from services.openapi import problems
 
 router = APIRouter(tags=["segments"])
 Admin = Annotated[Principal, Depends(require("ledger:admin"))]
@@ -33,7 +33,7 @@ Cursor = Annotated[str | None, Query(max_length=64)]
     status_code=201,
     response_model=SegmentOut,
     summary="Create a segment from criteria; it is evaluated at once on the current profiles",
-    responses=error_responses(401, 403, 404, 409, 422),
+    responses=problems("program_not_found", "program_forbidden", "segment_exists", "invalid_criteria"),
 )
 async def create_segment(request: Request, code: Program, body: SegmentIn, principal: Admin) -> SegmentOut:
     principal.require_program(code)
@@ -44,7 +44,7 @@ async def create_segment(request: Request, code: Program, body: SegmentIn, princ
     "/v1/programs/{code}/segments",
     response_model=SegmentPage,
     summary="A program's segments with their member counts",
-    responses=error_responses(401, 403, 422),
+    responses=problems("invalid_cursor", "program_not_found", "program_forbidden"),
 )
 async def list_segments(
     request: Request, code: Program, principal: Admin, limit: Limit = 100, cursor: Cursor = None
@@ -57,7 +57,7 @@ async def list_segments(
     "/v1/programs/{code}/segments/{segment}",
     response_model=SegmentOut,
     summary="One segment: criteria, member_count, refreshed_at",
-    responses=error_responses(401, 403, 404, 422),
+    responses=problems("program_not_found", "program_forbidden", "segment_not_found"),
 )
 async def get_segment(request: Request, code: Program, segment: Segment, principal: Admin) -> SegmentOut:
     principal.require_program(code)
@@ -69,7 +69,7 @@ async def get_segment(request: Request, code: Program, segment: Segment, princip
     response_model=SegmentMemberPage,
     summary="A segment's members, paginated; `Accept: text/csv` exports them all",
     responses={
-        **error_responses(401, 403, 404, 422),
+        **problems("invalid_cursor", "program_not_found", "program_forbidden", "segment_not_found"),
         200: {"content": {"text/csv": {"schema": {"type": "string"}}}},
     },
 )
@@ -95,7 +95,7 @@ async def segment_members(
     "/v1/programs/{code}/segments/{segment}/refresh",
     response_model=SegmentRefresh,
     summary="Recompute the program's profiles, then re-evaluate this segment on them",
-    responses=error_responses(401, 403, 404, 422),
+    responses=problems("program_not_found", "program_forbidden", "segment_not_found"),
 )
 async def refresh_segment(
     request: Request, code: Program, segment: Segment, principal: Admin

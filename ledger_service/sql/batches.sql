@@ -40,12 +40,13 @@ BEGIN
     PERFORM ledger.earn_rows();
     INSERT INTO earn_in (i, program_id, account_id, member_ref, points, kind, reference, merchant_id, mcc,
                          channel, rule_set_id, caps, api_key_id, occurred_at, external_id, amount_minor, partner_id,
-                         partner_account)
+                         partner_account, pending_days)
     SELECT DISTINCT ON (s.external_id) s.line, p.id, ledger.member_id(p.id, s.member_ref), s.member_ref, s.points, 'purchase', s.external_id,
            s.merchant_id, nullif(s.mcc, ''), nullif(s.channel, ''), s.rule_set_id,
            CASE WHEN jsonb_typeof(rs.body->'caps'->'per_member_per_day') = 'number'
                   OR jsonb_typeof(rs.body->'caps'->'per_member_per_month') = 'number' THEN rs.body->'caps' END,
-           b.api_key_id, s.occurred_at, s.external_id, s.amount_minor, (pp.r).partner_id, (pp.r).issued_account
+           b.api_key_id, s.occurred_at, s.external_id, s.amount_minor, (pp.r).partner_id, (pp.r).issued_account,
+           s.pending_days
     FROM ledger.batch_staging s JOIN ledger.programs p ON p.code = s.program
     LEFT JOIN ledger.rule_sets rs ON rs.id = s.rule_set_id
     CROSS JOIN LATERAL (SELECT CASE WHEN s.partner IS NOT NULL

@@ -49,7 +49,9 @@ END $$;
 
 CREATE OR REPLACE FUNCTION ledger.balance_json(acc ledger.accounts) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
-    SELECT jsonb_build_object('balance', acc.balance, 'held', acc.held, 'available', acc.balance - acc.held)
+    SELECT jsonb_build_object('balance', acc.balance, 'held', acc.held, 'pending', p.pending,
+                              'available', acc.balance - acc.held - p.pending)
+    FROM (SELECT ledger.pending_now(acc.id, acc.pending) AS pending) p
 $$;
 
 CREATE OR REPLACE FUNCTION ledger.txn_json(t ledger.transactions, p_code text, acc ledger.accounts) RETURNS jsonb

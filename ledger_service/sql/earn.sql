@@ -9,7 +9,7 @@ LANGUAGE plpgsql AS $$
 BEGIN
     -- A connection opened before a migration changed the table's shape holds the old one: made again.
     IF to_regclass('pg_temp.earn_in') IS NOT NULL AND NOT EXISTS (
-        SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('pg_temp.earn_in') AND attname = 'channel') THEN
+        SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('pg_temp.earn_in') AND attname = 'pending_after') THEN
         DROP TABLE pg_temp.earn_in;
     END IF;
     IF to_regclass('pg_temp.earn_in') IS NULL THEN
@@ -45,7 +45,10 @@ BEGIN
             cash numeric,                  -- what the partner pays for it, exact
             refused text,                  -- a partner check's code: not posted
             room_points numeric,           -- the partner's funds or credit left before this call
-            room_cash numeric
+            room_cash numeric,
+            pending_days int,              -- the matched rule's (NULL: the program's pending_days)
+            pending_until timestamptz,     -- when the row's lot is released (NULL: spendable now)
+            pending_after bigint           -- the member's pending points after the row
         ) ON COMMIT DELETE ROWS;
     ELSE
         DELETE FROM earn_in;  -- an earlier call in this transaction
@@ -70,12 +73,12 @@ CREATE OR REPLACE FUNCTION ledger.stage_earns(p_requests jsonb, p_checked boolea
 LANGUAGE sql AS $$
     INSERT INTO earn_in (i, program_id, account_id, member_ref, points, kind, clearing, reference, metadata,
                          merchant_id, mcc, channel, rule_set_id, breakdown, caps, api_key_id, occurred_at,
-                         idem_key, request_hash, partner_id, partner_account)
+                         idem_key, request_hash, partner_id, partner_account, pending_days)
     SELECT f.i, g.id, ledger.member_id(g.id, f.a->>'member_ref'), f.a->>'member_ref', (f.a->>'points')::bigint, coalesce(f.a->>'kind', 'purchase'),
            f.a->>'clearing', f.a->>'reference', f.a->'metadata', f.a->'purchase'->>'merchant_id',
            f.a->'purchase'->>'mcc', f.a->'purchase'->>'channel',
            (f.a->>'rule_set_id')::bigint, f.a->'breakdown', f.a->'caps', f.api_key,
-           f.occ, f.key, f.h, (pp.r).partner_id, (pp.r).issued_account
+           f.occ, f.key, f.h, (pp.r).partner_id, (pp.r).issued_account, (f.a->>'pending_days')::int
     FROM (
         SELECT DISTINCT ON (r.api_key, r.key) r.*, coalesce((r.a->>'occurred_at')::timestamptz, now()) AS occ
         FROM (SELECT x.ord - 1 AS i, (x.r->>'k')::bigint AS api_key, x.r->>'key' AS key,
@@ -106,7 +109,8 @@ $$;
 --     running sum in `i` order), in one statement;
 --  4. two postings per row against the program's issuance account (or the clearing named);
 --  5. a lot per row for the part that does not repay a negative balance, expiring by the policy
---     from the earn's occurred_at;
+--     from the earn's occurred_at, pending until ledger.pending_until when the row's rule or the
+--     program has pending_days (then counted in the member's accounts.pending);
 --  6. qualifying points per member and month, then one upgrade per member that crossed a
 --     threshold (two thresholds crossed in one call: one upgrade, to the higher tier).
 --  Partner rows (earns funded by an issuer partner, DESIGN §8) post against the partner's issued
@@ -125,6 +129,11 @@ BEGIN
     ELSE
         PERFORM ledger.post_checked_earns();
     END IF;
+    UPDATE ledger.accounts a SET pending = a.pending + s.points
+    FROM (SELECT e.account_id, sum(ledger.lot_points(e.balance_after, e.points)) AS points FROM earn_in e
+          WHERE e.posted AND e.pending_until IS NOT NULL GROUP BY 1) s
+    WHERE a.id = ANY (ARRAY(SELECT account_id FROM earn_in WHERE posted AND pending_until IS NOT NULL))
+      AND a.id = s.account_id AND s.points > 0;
 
     INSERT INTO ledger.tier_buckets (account_id, month, points)
     SELECT e.account_id, date_trunc('month', e.occurred_at AT TIME ZONE g.timezone)::date, sum(e.points)
@@ -195,13 +204,18 @@ BEGIN
     ), upd AS (
         UPDATE ledger.accounts a SET balance = a.balance + s.total, lifetime_earned = a.lifetime_earned + s.total
         FROM s WHERE a.id = s.account_id AND a.id = ANY (ARRAY(SELECT account_id FROM s))
-        RETURNING a.id, a.balance, a.held
+        RETURNING a.id, a.balance, a.held, a.pending
     )
-    UPDATE earn_in e SET posted = true, txn = x.t, balance_after = x.bal, held = x.held
-    FROM (SELECT r.i, ins.t, u.held,
-                 u.balance - sum(r.points) OVER (PARTITION BY r.account_id)
-                           + sum(r.points) OVER (PARTITION BY r.account_id ORDER BY r.i) AS bal
-          FROM ins JOIN earn_in r ON r.txn_id = (ins.t).id JOIN upd u ON u.id = r.account_id) x
+    UPDATE earn_in e SET posted = true, txn = x.t, balance_after = x.bal, held = x.held, pending_until = x.pu,
+        pending_after = ledger.pending_now(x.account_id, x.acc_pending) + x.pend
+    FROM (SELECT z.*, sum(z.pl) OVER (PARTITION BY z.account_id ORDER BY z.i) AS pend
+          FROM (SELECT y.*, CASE WHEN y.pu IS NOT NULL THEN ledger.lot_points(y.bal, y.points) ELSE 0 END AS pl
+                FROM (SELECT r.i, r.account_id, r.points, ins.t, u.held, u.pending AS acc_pending,
+                             ledger.pending_until(g, r.occurred_at, r.pending_days) AS pu,
+                             (u.balance - sum(r.points) OVER (PARTITION BY r.account_id)
+                                        + sum(r.points) OVER (PARTITION BY r.account_id ORDER BY r.i))::bigint AS bal
+                      FROM ins JOIN earn_in r ON r.txn_id = (ins.t).id JOIN upd u ON u.id = r.account_id
+                      JOIN ledger.programs g ON g.id = r.program_id) y) z) x
     WHERE e.i = x.i;
 
     WITH postings AS (
@@ -214,8 +228,9 @@ BEGIN
         WHERE e.posted AND e.points > 0
         ORDER BY e.i
     )
-    INSERT INTO ledger.lots (account_id, program_id, txn_id, points, remaining, expires_at)
-    SELECT e.account_id, e.program_id, e.txn_id, l.points, l.points, ledger.lot_expiry(g, e.occurred_at)
+    INSERT INTO ledger.lots (account_id, program_id, txn_id, points, remaining, expires_at, pending_until)
+    SELECT e.account_id, e.program_id, e.txn_id, l.points, l.points, ledger.lot_expiry(g, e.occurred_at),
+           e.pending_until
     FROM earn_in e JOIN ledger.programs g ON g.id = e.program_id,
          LATERAL (SELECT ledger.lot_points(e.balance_after, e.points) AS points) l
     WHERE e.posted AND e.points > 0 AND l.points > 0
@@ -240,12 +255,14 @@ LANGUAGE sql AS $$
         ORDER BY m.id NULLS LAST, m.program_id, m.member_ref
         ON CONFLICT (program_id, kind, member_ref) DO UPDATE
             SET balance = a.balance + EXCLUDED.balance, lifetime_earned = a.lifetime_earned + EXCLUDED.lifetime_earned
-        RETURNING a.id, a.program_id, a.member_ref, a.balance, a.held
+        RETURNING a.id, a.program_id, a.member_ref, a.balance, a.held, a.pending
     ), x AS MATERIALIZED (
-        SELECT e.*, acc.id AS acc_id, acc.held AS acc_held,
+        SELECT e.*, acc.id AS acc_id, acc.held AS acc_held, acc.pending AS acc_pending,
+               ledger.pending_until(g, e.occurred_at, e.pending_days) AS pu,
                (acc.balance - sum(e.points) OVER (PARTITION BY acc.id)
                             + sum(e.points) OVER (PARTITION BY acc.id ORDER BY e.i))::bigint AS bal
         FROM earn_in e JOIN acc ON acc.program_id = e.program_id AND acc.member_ref = e.member_ref
+        JOIN ledger.programs g ON g.id = e.program_id
     ), ins AS (
         INSERT INTO ledger.transactions AS t (id, program_id, type, account_id, member_ref, points, kind,
                                               reference, metadata, merchant_id, mcc, channel, rule_set_id,
@@ -264,15 +281,19 @@ LANGUAGE sql AS $$
         WHERE x.points > 0
         ORDER BY x.i
     ), lots AS (
-        INSERT INTO ledger.lots (account_id, program_id, txn_id, points, remaining, expires_at)
-        SELECT x.acc_id, x.program_id, x.txn_id, l.points, l.points, ledger.lot_expiry(g, x.occurred_at)
+        INSERT INTO ledger.lots (account_id, program_id, txn_id, points, remaining, expires_at, pending_until)
+        SELECT x.acc_id, x.program_id, x.txn_id, l.points, l.points, ledger.lot_expiry(g, x.occurred_at), x.pu
         FROM x JOIN ledger.programs g ON g.id = x.program_id,
              LATERAL (SELECT ledger.lot_points(x.bal, x.points) AS points) l
         WHERE x.points > 0 AND l.points > 0
         ORDER BY x.i
     )
-    UPDATE earn_in e SET posted = true, txn = ins.t, account_id = x.acc_id, balance_after = x.bal, held = x.acc_held
-    FROM x JOIN ins ON (ins.t).id = x.txn_id
+    UPDATE earn_in e SET posted = true, txn = ins.t, account_id = x.acc_id, balance_after = x.bal, held = x.acc_held,
+        pending_until = x.pu, pending_after = ledger.pending_now(x.acc_id, x.acc_pending) + x.pend
+    FROM (SELECT y.*, sum(y.pl) OVER (PARTITION BY y.acc_id ORDER BY y.i) AS pend
+          FROM (SELECT x.*, CASE WHEN x.pu IS NOT NULL THEN ledger.lot_points(x.bal, x.points) ELSE 0 END AS pl
+                FROM x) y) x
+    JOIN ins ON (ins.t).id = x.txn_id
     WHERE e.i = x.i
 $$;
 
@@ -357,7 +378,7 @@ BEGIN
     PERFORM ledger.earn_rows();
     PERFORM ledger.stage_earns(jsonb_build_array(jsonb_build_object('k', p_key, 'op', 'earn', 'a', a)), true);
     PERFORM ledger.post_earns();
-    SELECT CASE WHEN e.refused IS NULL THEN ledger.earn_json(e.txn, prog.code, e.balance_after, e.held)
+    SELECT CASE WHEN e.refused IS NULL THEN ledger.earn_json(e.txn, prog.code, e.balance_after, e.held, e.pending_after)
                 ELSE jsonb_build_object('refused', e.refused, 'partner', a->>'partner') END
     INTO body FROM earn_in e;
     IF body ? 'refused' THEN
@@ -369,11 +390,13 @@ BEGIN
 END $$;
 
 -- The response to an earn: its transaction, with the member's balances right after it.
-CREATE OR REPLACE FUNCTION ledger.earn_json(t ledger.transactions, p_code text, p_balance bigint, p_held bigint)
+CREATE OR REPLACE FUNCTION ledger.earn_json(t ledger.transactions, p_code text, p_balance bigint, p_held bigint,
+                                            p_pending bigint)
 RETURNS jsonb
 LANGUAGE sql STABLE AS $$
     SELECT ledger.txn_json(t, p_code, NULL::ledger.accounts) || jsonb_build_object('balance_after',
-        jsonb_build_object('balance', p_balance, 'held', p_held, 'available', p_balance - p_held))
+        jsonb_build_object('balance', p_balance, 'held', p_held, 'pending', p_pending,
+                           'available', p_balance - p_held - p_pending))
 $$;
 
 -- The earns of a coalesced batch that can go set-based (ledger.stage_earns says which), each with
@@ -389,7 +412,7 @@ BEGIN
     PERFORM ledger.post_earns();
     RETURN QUERY
     WITH result AS (
-        SELECT e.i::int AS i, e.api_key_id, e.idem_key, e.request_hash, ledger.earn_json(e.txn, g.code, e.balance_after, e.held) AS body
+        SELECT e.i::int AS i, e.api_key_id, e.idem_key, e.request_hash, ledger.earn_json(e.txn, g.code, e.balance_after, e.held, e.pending_after) AS body
         FROM earn_in e JOIN ledger.programs g ON g.id = e.program_id
         WHERE e.refused IS NULL  -- left to ledger.execute, which refuses them one by one
     ), idem AS (

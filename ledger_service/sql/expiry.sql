@@ -1,7 +1,8 @@
 -- Expiry of lots due at p_as_of, one batch per call and per database transaction, set-based.
 -- Batches follow (expires_at, id) from the cursor the caller passes back. Accounts are locked
 -- (SKIP LOCKED: one busy now is taken by the next run); what a held amount protects stays until
--- the hold ends. Each account's expired points go to breakage in one `expiry` transaction, or
+-- the hold ends (holds are taken from released points, so a pending lot due to expire goes whole
+-- and takes its points off accounts.pending). Each account's expired points go to breakage in one `expiry` transaction, or
 -- rollover_bps of them into a new lot for the next period. Running twice, or from two processes
 -- at once, expires nothing twice: `remaining` is re-read under the account lock.
 CREATE OR REPLACE FUNCTION ledger.expire_lots(p_as_of timestamptz, p_limit int, p_after_at timestamptz, p_after_id bigint,
@@ -14,7 +15,7 @@ BEGIN
     CREATE TEMP TABLE IF NOT EXISTS expiry_acc (account_id bigint, program_id int, member_ref text, cap bigint)
         ON COMMIT DELETE ROWS;
     CREATE TEMP TABLE IF NOT EXISTS expiry_take (lot_id bigint, account_id bigint, expires_at timestamptz,
-        take bigint, roll bigint) ON COMMIT DELETE ROWS;
+        take bigint, roll bigint, pending boolean) ON COMMIT DELETE ROWS;
     CREATE TEMP TABLE IF NOT EXISTS expiry_txn (txn_id uuid, account_id bigint) ON COMMIT DELETE ROWS;
     TRUNCATE expiry_due, expiry_acc, expiry_take, expiry_txn;
 
@@ -31,17 +32,19 @@ BEGIN
     END IF;
 
     WITH locked AS (
-        SELECT a.id, a.program_id, a.member_ref, greatest(a.balance - a.held, 0) AS cap
+        SELECT a.id, a.program_id, a.member_ref, greatest(a.balance - a.held - a.pending, 0) AS cap
         FROM ledger.accounts a WHERE a.id IN (SELECT DISTINCT account_id FROM expiry_due)
         ORDER BY a.id FOR UPDATE SKIP LOCKED
     )
     INSERT INTO expiry_acc SELECT * FROM locked;
 
     INSERT INTO expiry_take
-    SELECT x.lot_id, x.account_id, x.expires_at, x.take, x.take * p.rollover_bps / 10000
+    SELECT x.lot_id, x.account_id, x.expires_at, x.take, x.take * p.rollover_bps / 10000, x.pending
     FROM (
-        SELECT d.lot_id, d.account_id, d.expires_at, a.program_id,
-               least(l.remaining, greatest(a.cap - coalesce(sum(l.remaining) OVER w, 0), 0)) AS take
+        SELECT d.lot_id, d.account_id, d.expires_at, a.program_id, l.pending_until IS NOT NULL AS pending,
+               CASE WHEN l.pending_until IS NOT NULL THEN l.remaining
+                    ELSE least(l.remaining, greatest(a.cap - coalesce(sum(l.remaining) FILTER (
+                             WHERE l.pending_until IS NULL) OVER w, 0), 0)) END AS take
         FROM expiry_due d
         JOIN expiry_acc a ON a.account_id = d.account_id
         JOIN ledger.lots l ON l.id = d.lot_id
@@ -51,6 +54,9 @@ BEGIN
     WHERE x.take > 0;
 
     UPDATE ledger.lots l SET remaining = l.remaining - t.take FROM expiry_take t WHERE l.id = t.lot_id;
+    UPDATE ledger.accounts a SET pending = a.pending - s.points
+    FROM (SELECT account_id, sum(take) AS points FROM expiry_take WHERE pending GROUP BY 1) s
+    WHERE a.id = s.account_id;
 
     -- Rolled-over points stay the member's: a new lot per old expiry date, no posting.
     INSERT INTO ledger.lots (account_id, program_id, txn_id, points, remaining, expires_at)

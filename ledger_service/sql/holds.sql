@@ -96,7 +96,8 @@ BEGIN
         PERFORM ledger.fail('capture_exceeds_hold', 422,
             format('Cannot capture %s points from a hold of %s.', pts, h.points));
     END IF;
-    UPDATE ledger.accounts SET balance = balance - pts, held = held - h.points
+    UPDATE ledger.accounts SET balance = balance - pts, held = held - h.points,
+        pending = least(pending, greatest(balance - pts, 0))  -- as ledger.debit_member
     WHERE id = h.account_id RETURNING * INTO acc;
     INSERT INTO ledger.transactions (id, program_id, type, account_id, member_ref, points, reference,
                                      hold_id, api_key_id, occurred_at, partner_id)

@@ -26,6 +26,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     o ledger.transactions; prog ledger.programs; acc ledger.accounts; t ledger.transactions;
     remaining bigint; pts bigint; needed text; counter bigint; own_lot bigint;
+    own_pending bigint := 0; policy text;
 BEGIN
     SELECT * INTO o FROM ledger.transactions WHERE id = (a->>'transaction_id')::uuid FOR UPDATE;
     IF NOT FOUND THEN
@@ -48,14 +49,29 @@ BEGIN
             format('Transaction %s has %s of %s points left to reverse; %s requested.', o.id, remaining, o.points, pts));
     END IF;
     IF o.type = 'earn' THEN
-        UPDATE ledger.accounts SET balance = balance - pts, lifetime_earned = lifetime_earned - pts
-        WHERE id = o.account_id AND (prog.allow_negative OR balance - held >= pts)
+        -- The clawback takes its own earn's lot first; while that lot is pending, what it takes from
+        -- it leaves `available` as it was. The returns policy says what else it may take.
+        PERFORM ledger.release_pending_of(o.account_id);  -- after it, a lot with pending_until is pending now
+        SELECT l.id, CASE WHEN l.pending_until IS NOT NULL THEN least(l.remaining, pts) ELSE 0 END
+        INTO own_lot, own_pending FROM ledger.lots l WHERE l.txn_id = o.id LIMIT 1;  -- one lot per earn
+        own_pending := coalesce(own_pending, 0);
+        policy := CASE WHEN prog.allow_negative THEN 'allow_negative' ELSE prog.returns_policy END;
+        IF policy = 'only_pending' AND pts > own_pending THEN
+            PERFORM ledger.fail('clawback_not_pending', 422,
+                format('Program %s takes back only pending points (returns_policy only_pending): transaction %s '
+                       'has %s pending points; the clawback needs %s.', prog.code, o.id, own_pending, pts));
+        END IF;
+        -- pending as ledger.debit_member keeps it: the rest may reach other pending lots only when
+        -- the policy lets the balance go below them.
+        UPDATE ledger.accounts SET balance = balance - pts, lifetime_earned = lifetime_earned - pts,
+            pending = least(pending - own_pending, greatest(balance - pts, 0))
+        WHERE id = o.account_id AND (policy <> 'within_balance' OR balance - held - pending >= pts - own_pending)
         RETURNING * INTO acc;
         IF NOT FOUND THEN
             SELECT * INTO acc FROM ledger.accounts WHERE id = o.account_id;
             PERFORM ledger.fail('insufficient_points', 422,
-                format('Member %s has %s points available; the clawback needs %s.', o.member_ref,
-                       acc.balance - acc.held, pts));
+                format('Member %s has %s points available; the clawback needs %s (returns_policy within_balance).',
+                       o.member_ref, acc.balance - acc.held - acc.pending, pts - own_pending));
         END IF;
     ELSE
         UPDATE ledger.accounts SET balance = balance + pts WHERE id = o.account_id RETURNING * INTO acc;
@@ -73,7 +89,6 @@ BEGIN
     SELECT account_id INTO counter FROM ledger.postings WHERE txn_id = o.id AND account_id <> o.account_id LIMIT 1;
     IF o.type = 'earn' THEN
         PERFORM ledger.post_pair(t.id, acc.id, counter, pts);
-        SELECT id INTO own_lot FROM ledger.lots WHERE txn_id = o.id LIMIT 1;  -- one lot per earn
         PERFORM ledger.consume_lots(acc.id, t.id, pts, own_lot);
         IF o.kind = ANY (prog.qualifying_kinds) AND jsonb_array_length(prog.tiers) > 0 THEN
             UPDATE ledger.tier_buckets SET points = points - pts

@@ -56,13 +56,15 @@ BEGIN
     ), expiring AS (
         SELECT l.account_id,
                coalesce(sum(l.remaining) FILTER (WHERE l.expires_at <= p_now + interval '30 days'), 0) AS x30,
-               coalesce(sum(l.remaining) FILTER (WHERE l.expires_at <= p_now + interval '90 days'), 0) AS x90
+               coalesce(sum(l.remaining) FILTER (WHERE l.expires_at <= p_now + interval '90 days'), 0) AS x90,
+               coalesce(sum(l.remaining) FILTER (WHERE l.pending_until > p_now), 0) AS pend
         FROM ledger.lots l
-        WHERE l.account_id = ANY (ARRAY(SELECT id FROM acc)) AND l.remaining > 0 AND l.expires_at IS NOT NULL
+        WHERE l.account_id = ANY (ARRAY(SELECT id FROM acc)) AND l.remaining > 0
+          AND (l.expires_at IS NOT NULL OR l.pending_until IS NOT NULL)
         GROUP BY l.account_id
     ), prof AS (
         SELECT a.id, a.member_ref, a.balance, a.tier, f.*, coalesce(mcc.top, '{}') AS top_mcc,
-               coalesce(x.x30, 0) AS x30, coalesce(x.x90, 0) AS x90
+               coalesce(x.x30, 0) AS x30, coalesce(x.x90, 0) AS x90, coalesce(x.pend, 0) AS pend
         FROM acc a LEFT JOIN figures f ON f.account_id = a.id LEFT JOIN mcc ON mcc.account_id = a.id
         LEFT JOIN expiring x ON x.account_id = a.id
     ), up AS (
@@ -71,12 +73,12 @@ BEGIN
             earned_points_30d, earned_points_90d, earned_points_365d, earn_count_30d, earn_count_90d,
             earn_count_365d, redeemed_points_30d, redeemed_points_90d, redeemed_points_365d, lifetime_earned,
             lifetime_redeemed, lifetime_expired, top_mcc, channels, expiring_points_30d, expiring_points_90d,
-            tier, balance, tags, refreshed_at)
+            tier, balance, pending_points, tags, refreshed_at)
         SELECT p.id, p_program, p.member_ref, p.first_at, p.last_at, p.last_earn, p.last_burn,
                coalesce(p.e30, 0), coalesce(p.e90, 0), coalesce(p.e365, 0), coalesce(p.c30, 0), coalesce(p.c90, 0),
                coalesce(p.c365, 0), coalesce(p.r30, 0), coalesce(p.r90, 0), coalesce(p.r365, 0), coalesce(p.le, 0),
                coalesce(p.lr, 0), coalesce(p.lx, 0), p.top_mcc, coalesce(p.channels, '{}'), p.x30, p.x90,
-               p.tier, p.balance,
+               p.tier, p.balance, p.pend,
                -- high_value needs the whole program: ledger.finish_profiles keeps it up to date
                ARRAY(SELECT tag FROM (VALUES
                    ('new', p.first_at > p_now - interval '30 days'),
@@ -99,7 +101,7 @@ BEGIN
             lifetime_redeemed = EXCLUDED.lifetime_redeemed, lifetime_expired = EXCLUDED.lifetime_expired,
             top_mcc = EXCLUDED.top_mcc, channels = EXCLUDED.channels,
             expiring_points_30d = EXCLUDED.expiring_points_30d, expiring_points_90d = EXCLUDED.expiring_points_90d,
-            tier = EXCLUDED.tier, balance = EXCLUDED.balance, tags = EXCLUDED.tags, refreshed_at = EXCLUDED.refreshed_at
+            tier = EXCLUDED.tier, balance = EXCLUDED.balance, pending_points = EXCLUDED.pending_points, tags = EXCLUDED.tags, refreshed_at = EXCLUDED.refreshed_at
         RETURNING mp.account_id
     )
     SELECT max(account_id), count(*) INTO last_id, members FROM up;

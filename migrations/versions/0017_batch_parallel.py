@@ -7,13 +7,13 @@
   limit). A batch with no partitions yet gets them from the first processor that starts on it.
 
 Revision ID: 0017_batch_parallel
-Revises: 0011_partners
+Revises: 0015_pending_points
 """
 
 from migrations.script_sql import run_script
 
 revision = "0017_batch_parallel"
-down_revision = "0011_partners"
+down_revision = "0015_pending_points"
 branch_labels = None
 depends_on = None
 

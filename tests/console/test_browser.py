@@ -399,10 +399,6 @@ async def test_a_stuck_conversion_is_retried_from_the_console(
         assert (await member(api, dst, "m-conv"))["balance"] == 980
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="/docs loads Swagger UI from a CDN on this branch; the offline /docs branch serves it locally",
-)
 async def test_docs_of_each_service(browser: Any, stack: Stack) -> None:
     for name, service, operation in (
         ("ledger", stack.ledger, "/v1/earn"),

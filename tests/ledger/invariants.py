@@ -7,7 +7,8 @@ from typing import Any
 
 async def check_ledger_invariants(db: Any, program: str | None = None) -> None:
     """1: postings sum to zero per transaction and per program; 2: balances = postings and
-    available >= 0 unless allowed; holds: `held` equals the sum of active holds."""
+    available >= 0 unless allowed; holds: `held` equals the sum of active holds; pending: `pending`
+    equals the open points of lots not released yet, never more than the balance."""
     where = "" if program is None else "WHERE p.code = $1"
     args = () if program is None else (program,)
     async with db.driver() as conn:
@@ -37,14 +38,26 @@ async def check_ledger_invariants(db: Any, program: str | None = None) -> None:
             *args,
         )
         assert not bad_balance, f"member balances that differ from their postings: {bad_balance[:5]}"
+        # available = balance - held - pending; pending counts the lots not released yet, so this is
+        # the strict form (lots already due count as pending until released).
         negative = await conn.fetch(
-            f"""SELECT a.member_ref, a.balance, a.held FROM ledger.accounts a
+            f"""SELECT a.member_ref, a.balance, a.held, a.pending FROM ledger.accounts a
                 JOIN ledger.programs p ON p.id = a.program_id
                 {where} {"AND" if where else "WHERE"} a.kind = 'member' AND NOT p.allow_negative
-                AND a.balance - a.held < 0""",
+                AND p.returns_policy <> 'allow_negative' AND a.balance - a.held - a.pending < 0""",
             *args,
         )
         assert not negative, f"members with negative available points: {negative[:5]}"
+        bad_pending = await conn.fetch(
+            f"""SELECT a.member_ref, a.pending, coalesce(l.total, 0) AS lots FROM ledger.accounts a
+                JOIN ledger.programs p ON p.id = a.program_id
+                LEFT JOIN (SELECT account_id, sum(remaining) AS total FROM ledger.lots
+                           WHERE pending_until IS NOT NULL GROUP BY account_id) l ON l.account_id = a.id
+                {where} {"AND" if where else "WHERE"} a.kind = 'member'
+                AND (a.pending <> coalesce(l.total, 0) OR a.pending > greatest(a.balance, 0))""",
+            *args,
+        )
+        assert not bad_pending, f"pending points that differ from the pending lots: {bad_pending[:5]}"
         bad_held = await conn.fetch(
             f"""SELECT a.member_ref, a.held, coalesce(h.total, 0) FROM ledger.accounts a
                 JOIN ledger.programs p ON p.id = a.program_id

@@ -27,6 +27,7 @@ async def test_partial_capture_releases_the_rest(client: httpx.AsyncClient, prog
     assert hold["status"] == "held" and hold["balance_after"] == {
         "balance": 1000,
         "held": 800,
+        "pending": 0,
         "available": 200,
     }
     burn = {"program": program, "member_ref": "ana", "points": 201, "reference": "o"}
@@ -36,7 +37,7 @@ async def test_partial_capture_releases_the_rest(client: httpx.AsyncClient, prog
     assert r.status_code == 201, r.text
     cap = r.json()
     assert cap["type"] == "capture" and cap["points"] == 600 and cap["hold_id"] == hold["id"]
-    assert cap["balance_after"] == {"balance": 400, "held": 0, "available": 400}
+    assert cap["balance_after"] == {"balance": 400, "held": 0, "pending": 0, "available": 400}
     got = (await client.get(f"/v1/holds/{hold['id']}")).json()
     assert got["status"] == "captured" and got["captured_points"] == 600
     assert got["capture_transaction_id"] == cap["id"]

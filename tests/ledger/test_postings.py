@@ -12,14 +12,14 @@ async def test_earn_then_burn_reports_balance_after(
     t = await earn(client, program, "alice", 1000, kind="bonus", metadata={"store": "SH-1"})
     assert t["type"] == "earn" and t["points"] == 1000 and t["kind"] == "bonus"
     assert t["program"] == program and t["member_ref"] == "alice" and t["reference"] == "test"
-    assert t["balance_after"] == {"balance": 1000, "held": 0, "available": 1000}
+    assert t["balance_after"] == {"balance": 1000, "held": 0, "pending": 0, "available": 1000}
     assert t["metadata"] == {"store": "SH-1"} and t["created_at"].endswith("Z")
 
     r = await post(
         client, "/v1/burn", {"program": program, "member_ref": "alice", "points": 400, "reference": "o"}
     )
     assert r.status_code == 201, r.text
-    assert r.json()["balance_after"] == {"balance": 600, "held": 0, "available": 600}
+    assert r.json()["balance_after"] == {"balance": 600, "held": 0, "pending": 0, "available": 600}
 
     view = await member(client, program, "alice")
     assert view["tier_since"] is None and view["next_tier"] is None and view["qualifying_points"] == 0
@@ -28,7 +28,9 @@ async def test_earn_then_burn_reports_balance_after(
         "member_ref": "alice",
         "balance": 600,
         "held": 0,
+        "pending": 0,
         "available": 600,
+        "releases": [],
         "tier": "basic",
         "lifetime_earned": 1000,
         "expiring": [],

@@ -152,6 +152,38 @@ async def test_tier_rules_use_the_members_tier(client: httpx.AsyncClient) -> Non
     assert (await post(client, "/v1/earn", _earn_body(program, "eve", 1000))).json()["points"] == 20
 
 
+async def test_concurrent_earns_share_member_lookups(
+    client: httpx.AsyncClient, ledger_app, monkeypatch
+) -> None:
+    """Earns priced by a tier rule at the same time read their members' tiers together (and each
+    still gets its own member's tier), so the lookup costs no pooled connection per earn."""
+    from ledger_service.rules import service
+
+    program = await create_program(client, tiers=[{"code": "gold", "min_points": 1000}])
+    await _rules(
+        client,
+        program,
+        {
+            "effective_from": START,
+            "base": {"points": 1, "per_amount_minor": 100},
+            "rules": [{"name": "gold 2x", "match": {"tier": "gold"}, "multiplier": "2"}],
+        },
+    )
+    await earn(client, program, "gold-1", 1000)
+    calls: list[list[str]] = []
+    real = service.repository.members
+
+    async def counted(conn, code, refs):
+        calls.append(refs)
+        return await real(conn, code, refs)
+
+    monkeypatch.setattr(service.repository, "members", counted)
+    who = ["gold-1" if i % 4 == 0 else f"basic-{i}" for i in range(24)]
+    responses = await asyncio.gather(*(post(client, "/v1/earn", _earn_body(program, m, 1000)) for m in who))
+    assert [r.json()["points"] for r in responses] == [20 if m == "gold-1" else 10 for m in who]
+    assert len(calls) < len(who) / 2, calls
+
+
 async def test_rules_need_admin(client: httpx.AsyncClient, program: str, ledger_app) -> None:
     from tests.conftest import make_key
 
