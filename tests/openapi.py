@@ -605,6 +605,7 @@ def schemathesis_run(url: str, key: str, *, max_examples: int, workdir: Path) ->
         "operations_tested": data["operations"]["tested"],
         "by_kind": {f"{f['code']} {f['title']}": f["count"] for f in failures},
         "errors": len(data.get("errors", [])),
+        "error_details": data.get("errors", []),
         "output": str(output),
     }
 
