@@ -49,7 +49,7 @@ bench: install
 	exit $$ok
 
 bench-batch: install
-	$(BIN)/python bench/bench_batch.py
+	$(BIN)/python bench/bench_batch.py $(ARGS)
 
 bench-expiry: install
 	$(BIN)/python bench/bench_expiry.py

@@ -65,7 +65,12 @@ class Housekeeper(Periodic):
                 (
                     "batches",
                     settings.batch_interval_s,
-                    BatchProcessor(db, earn_chunk=settings.batch_chunk_rows).run_once,
+                    BatchProcessor(
+                        db,
+                        earn_chunk=settings.batch_chunk_rows,
+                        workers=settings.batch_workers,
+                        parts=settings.batch_partitions,
+                    ).run_once,
                 ),
                 (
                     "keys",

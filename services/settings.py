@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     notice_interval_s: float = Field(default=900.0, gt=0)
     batch_interval_s: float = Field(default=0.5, gt=0)
     batch_chunk_rows: int = Field(default=20_000, ge=100, le=1_000_000)
+    # Workers posting one batch's member partitions at once (each a connection, a PostgreSQL core).
+    batch_workers: int = Field(default=2, ge=1, le=32)
+    batch_partitions: int = Field(default=4, ge=1, le=256)
     idempotency_retention_days: int = Field(default=30, ge=30)
 
     def service_workers(self, service: str) -> int:

@@ -51,7 +51,8 @@ _PROGRESS = """SELECT status, rows, last_line, staged, next_line, reversals_afte
 _RENEW = """UPDATE ledger.batches SET lease_until = now() + interval '60 seconds',
             status = CASE WHEN status = 'received' THEN 'processing' ELSE status END WHERE id = $1"""
 _STAGED = "UPDATE ledger.batches SET staged = $2 WHERE id = $1"
-_EARNS = "SELECT * FROM ledger.process_batch_earns($1, $2, $3)"
+_PARTS = "SELECT ledger.batch_parts_init($1, $2)"
+_PART = "SELECT * FROM ledger.process_batch_part($1, $2)"
 _REVERSALS = "SELECT * FROM ledger.process_batch_reversals($1, $2, $3, $4)"
 _STAGE = "UPDATE ledger.batches SET stage = $2 WHERE id = $1"
 # Only once every reverse row is done: a second processor (after a lease ran out) may still be on them.
@@ -148,8 +149,16 @@ async def staged(conn: asyncpg.Connection, batch_id: UUID, lines: int) -> None:
     await conn.execute(_STAGED, batch_id, lines)
 
 
-async def process_earns(conn: asyncpg.Connection, batch_id: UUID, start: int, end: int) -> asyncpg.Record:
-    row = await conn.fetchrow(_EARNS, batch_id, start, end)
+async def init_parts(conn: asyncpg.Connection, batch_id: UUID, parts: int) -> int:
+    """The batch's partitions, made with `parts` unless it has them already; returns their number."""
+    n: int = await conn.fetchval(_PARTS, batch_id, parts)
+    return n
+
+
+async def process_part(conn: asyncpg.Connection, batch_id: UUID, lines: int) -> asyncpg.Record:
+    """One chunk of the free partition furthest behind, in its own transaction; `part` is None when
+    no partition has staged lines that another worker is not on."""
+    row = await conn.fetchrow(_PART, batch_id, lines)
     assert row is not None
     return row
 

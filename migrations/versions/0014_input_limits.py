@@ -7,13 +7,13 @@
   limited to programs can run them for its own: their functions change signature, the old ones go.
 
 Revision ID: 0014_input_limits
-Revises: 0015_pending_points
+Revises: 0017_batch_parallel
 """
 
 from migrations.script_sql import run_script
 
 revision = "0014_input_limits"
-down_revision = "0015_pending_points"
+down_revision = "0017_batch_parallel"
 branch_labels = None
 depends_on = None
 

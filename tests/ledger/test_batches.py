@@ -132,7 +132,8 @@ async def test_the_same_file_twice_and_twice_at_once_posts_once(
 
     await asyncio.gather(*(BatchProcessor(ledger_app.state.db).run_once() for _ in range(2)))
     results = [await wait_done(client, r.json()["id"], drive=ledger_app) for r in two]
-    assert sorted(r["posted"] for r in results) == [0, 4]
+    # Each row once between the two (partitions of both are posted at once: either may post a row).
+    assert sum(r["posted"] for r in results) == 4
     assert sum(r["duplicates"] for r in results) == 1 + 5
     assert (await member(client, program, "alice"))["balance"] == 2 * 3000
     await check_ledger_invariants(ledger_app.state.db, program)
