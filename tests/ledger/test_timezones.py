@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from ledger_service.profiles.service import refresh_program
+from ledger_service.segments.service import evaluate
 from tests.conftest import assert_problem, create_program, earn, member, post
 
 SHANGHAI = "Asia/Shanghai"
@@ -279,3 +280,26 @@ async def test_a_midnight_expiry_is_announced_on_the_local_day(client: httpx.Asy
         assert r.status_code == 200 and r.json()["events"] == events, (as_of, r.text)
     [event] = await _expiring_events(ledger_app, program)
     assert event["last_day"] == "2024-12-31" and event["expires_at"] == "2024-12-31T16:00:00.000000Z"
+
+
+async def test_days_since_last_earn_counts_local_days(client: httpx.AsyncClient, ledger_app: Any) -> None:
+    """At 10:00 local on 10 June, an earn at 23:30 local the day before was 1 day ago (10.5 hours), one at
+    00:30 today 0 days ago."""
+    program = await create_program(client, timezone=SHANGHAI)
+    now = datetime(2025, 6, 10, 2, 0, tzinfo=UTC)
+    await earn(client, program, "yesterday", 1, occurred_at="2025-06-09T15:30:00Z")
+    await earn(client, program, "today", 1, occurred_at="2025-06-09T16:30:00Z")
+    criteria = {"all": [{"field": "days_since_last_earn", "op": "eq", "value": 0}]}
+    r = await client.post(f"/v1/programs/{program}/segments", json={"code": "today", "name": "t", "criteria": criteria})
+    assert r.status_code == 201, r.text
+    await _profile_at(ledger_app, program, "today", now)
+    async with ledger_app.state.db.driver() as conn:
+        program_id, segment_id = await conn.fetchrow(
+            "SELECT g.id, s.id FROM ledger.segments s JOIN ledger.programs g ON g.id = s.program_id"
+            " WHERE g.code = $1",
+            program,
+        )
+    await evaluate(ledger_app.state.db, segment_id, program_id, criteria, now)
+    async with ledger_app.state.db.driver() as conn:
+        members = await conn.fetch("SELECT member_ref FROM ledger.segment_members WHERE segment_id = $1", segment_id)
+    assert [m[0] for m in members] == ["today"]
