@@ -189,7 +189,11 @@ async def test_profile_windows_are_local_days(client: httpx.AsyncClient, ledger_
     (a UTC day would take it out, 30 times 24 hours would take both in)."""
     program = await create_program(client, timezone=SHANGHAI)
     now = datetime(2025, 6, 10, 2, 0, tzinfo=UTC)
-    for points, at in ((1, "2025-05-11T15:30:00Z"), (10, "2025-05-11T16:30:00Z"), (100, "2025-06-10T01:00:00Z")):
+    for points, at in (
+        (1, "2025-05-11T15:30:00Z"),
+        (10, "2025-05-11T16:30:00Z"),
+        (100, "2025-06-10T01:00:00Z"),
+    ):
         await earn(client, program, "w", points, occurred_at=at)
     # 90 days: from 00:00 local on 13 March (16:00 UTC on 12 March); 365: from 11 June 2024
     await earn(client, program, "w", 1_000, occurred_at="2025-03-12T15:59:59Z")
@@ -214,8 +218,9 @@ async def test_expiring_points_and_tags_count_local_days(client: httpx.AsyncClie
     now = datetime(2025, 6, 10, 2, 0, tzinfo=UTC)
     await earn(client, program, "in", 5, occurred_at="2025-06-09T16:00:00Z")  # due 16:00 UTC on 9 July
     await earn(client, program, "out", 7, occurred_at="2025-06-09T16:30:00Z")  # due 00:30 local, 10 July
-    inside, outside = await _profile_at(ledger_app, program, "in", now), await _profile_at(
-        ledger_app, program, "out", now
+    inside, outside = (
+        await _profile_at(ledger_app, program, "in", now),
+        await _profile_at(ledger_app, program, "out", now),
     )
     assert inside["expiring_points_30d"] == 5 and "expiring_soon" in inside["tags"]
     assert outside["expiring_points_30d"] == 0 and "expiring_soon" not in outside["tags"]
@@ -265,7 +270,9 @@ async def test_expiry_notices_reach_their_threshold_at_local_midnight(
     assert event["last_day"] == "2025-03-01" and event["timezone"] == SHANGHAI
 
 
-async def test_a_midnight_expiry_is_announced_on_the_local_day(client: httpx.AsyncClient, ledger_app: Any) -> None:
+async def test_a_midnight_expiry_is_announced_on_the_local_day(
+    client: httpx.AsyncClient, ledger_app: Any
+) -> None:
     """Fixed 31 December expiry (00:00 local on 1 January): 30 days ahead is 00:00 local on 2 December,
     and the reminder's last day is 31 December."""
     program = await create_program(
@@ -275,7 +282,11 @@ async def test_a_midnight_expiry_is_announced_on_the_local_day(client: httpx.Asy
         expiry_notices_days=[30],
     )
     await earn(client, program, "f", 9, occurred_at="2024-06-01T00:00:00Z")
-    for as_of, events in (("2024-12-01T15:59:59Z", 0), ("2024-12-01T16:00:00Z", 1), ("2024-12-02T01:00:00Z", 0)):
+    for as_of, events in (
+        ("2024-12-01T15:59:59Z", 0),
+        ("2024-12-01T16:00:00Z", 1),
+        ("2024-12-02T01:00:00Z", 0),
+    ):
         r = await client.post("/v1/jobs/notices", params={"program": program, "as_of": as_of})
         assert r.status_code == 200 and r.json()["events"] == events, (as_of, r.text)
     [event] = await _expiring_events(ledger_app, program)
@@ -290,7 +301,9 @@ async def test_days_since_last_earn_counts_local_days(client: httpx.AsyncClient,
     await earn(client, program, "yesterday", 1, occurred_at="2025-06-09T15:30:00Z")
     await earn(client, program, "today", 1, occurred_at="2025-06-09T16:30:00Z")
     criteria = {"all": [{"field": "days_since_last_earn", "op": "eq", "value": 0}]}
-    r = await client.post(f"/v1/programs/{program}/segments", json={"code": "today", "name": "t", "criteria": criteria})
+    r = await client.post(
+        f"/v1/programs/{program}/segments", json={"code": "today", "name": "t", "criteria": criteria}
+    )
     assert r.status_code == 201, r.text
     await _profile_at(ledger_app, program, "today", now)
     async with ledger_app.state.db.driver() as conn:
@@ -301,5 +314,7 @@ async def test_days_since_last_earn_counts_local_days(client: httpx.AsyncClient,
         )
     await evaluate(ledger_app.state.db, segment_id, program_id, criteria, now)
     async with ledger_app.state.db.driver() as conn:
-        members = await conn.fetch("SELECT member_ref FROM ledger.segment_members WHERE segment_id = $1", segment_id)
+        members = await conn.fetch(
+            "SELECT member_ref FROM ledger.segment_members WHERE segment_id = $1", segment_id
+        )
     assert [m[0] for m in members] == ["today"]
