@@ -15,13 +15,15 @@ CREATE OR REPLACE FUNCTION ledger.expire_lots(p_as_of timestamptz, p_limit int, 
     OUT transactions int)
 LANGUAGE plpgsql AS $$
 BEGIN
+    -- Dropped at commit, not emptied: an ON COMMIT DELETE ROWS table is truncated at every later
+    -- commit of the session that touches a temp table, the pooled connection's earns included.
     CREATE TEMP TABLE IF NOT EXISTS expiry_due (lot_id bigint, account_id bigint, expires_at timestamptz)
-        ON COMMIT DELETE ROWS;
+        ON COMMIT DROP;
     CREATE TEMP TABLE IF NOT EXISTS expiry_acc (account_id bigint, program_id int, member_ref text, cap bigint)
-        ON COMMIT DELETE ROWS;
+        ON COMMIT DROP;
     CREATE TEMP TABLE IF NOT EXISTS expiry_take (lot_id bigint, account_id bigint, expires_at timestamptz,
-        take bigint, roll bigint, pending boolean) ON COMMIT DELETE ROWS;
-    CREATE TEMP TABLE IF NOT EXISTS expiry_txn (txn_id uuid, account_id bigint) ON COMMIT DELETE ROWS;
+        take bigint, roll bigint, pending boolean) ON COMMIT DROP;
+    CREATE TEMP TABLE IF NOT EXISTS expiry_txn (txn_id uuid, account_id bigint) ON COMMIT DROP;
     TRUNCATE expiry_due, expiry_acc, expiry_take, expiry_txn;
 
     INSERT INTO expiry_due
