@@ -55,9 +55,9 @@ BEGIN
     -- transaction that touched any temp table, every such table of the session (a file truncation
     -- each, toast and index included), which cost the coalesced earn more than its own SQL. The
     -- rows deleted here leave dead line pointers no vacuum reclaims in a temp table, so once the
-    -- table has grown past a few pages (a card-issuer chunk, or a few hundred batches) it is
+    -- table has grown past 1 MB (a card-issuer chunk, or some thousands of batches) it is
     -- truncated instead, which gives it a new, empty file.
-    ELSIF pg_relation_size('pg_temp.earn_in') > 262144 THEN
+    ELSIF pg_relation_size('pg_temp.earn_in') > 1048576 THEN
         TRUNCATE earn_in;
     ELSE
         DELETE FROM earn_in;
