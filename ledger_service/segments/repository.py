@@ -58,7 +58,8 @@ WITH matching AS MATERIALIZED (
 ), events AS (
     INSERT INTO ledger.outbox (type, program_id, payload)
     SELECT x.type, $3, jsonb_build_object('program', seg.program, 'segment', seg.segment,
-                                          'member_ref', x.member_ref, 'at', $1::timestamptz)
+                                          'member_ref', x.member_ref,
+                                          'at', ledger.ts($1::timestamptz))
     FROM (SELECT 'segment.entered' AS type, member_ref, account_id FROM entered
           UNION ALL SELECT 'segment.left', member_ref, account_id FROM gone) x, seg
     ORDER BY x.type, x.account_id

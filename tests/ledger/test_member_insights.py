@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import random
+import re
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
@@ -360,6 +361,10 @@ async def test_segments_materialize_with_events_and_export(
     ]
     assert seen == [("segment.entered", "s06", "big-grocers"), ("segment.left", "s07", "big-grocers")]
     assert all(e["transaction"] is None for e in events["data"])
+    # The same timestamp format as every other field, whatever the database session's time zone.
+    assert all(
+        re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", e["data"]["at"]) for e in events["data"]
+    )
 
     r = await client.get(
         f"/v1/programs/{program}/segments/big-grocers/members", headers={"Accept": "text/csv"}
