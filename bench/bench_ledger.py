@@ -418,7 +418,7 @@ async def _books(url: str, program: str) -> dict[str, Any]:
               (SELECT coalesce(sum(amount), 0) FROM ledger.postings WHERE account_id = $3) AS redemption,
               (SELECT coalesce(sum(p.amount), 0) FROM ledger.postings p JOIN ledger.accounts a ON a.id = p.account_id
                  WHERE a.program_id = $1 AND a.kind = 'partner_issued') AS partner_issued,
-              (SELECT coalesce(sum(issued_points), 0) FROM ledger.partner_programs WHERE program_id = $1)
+              (SELECT coalesce(sum(issued_points), 0) FROM ledger.partner_totals WHERE program_id = $1)
                  AS partner_counter
             """,
             prog["id"],

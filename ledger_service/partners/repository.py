@@ -65,9 +65,10 @@ JOIN ledger.programs g ON g.id = t.program_id
 WHERE t.partner_id = ANY ($1::int[]) AND ($2::text[] IS NULL OR g.code = ANY ($2))
 ORDER BY p.id, g.code, t.effective_from
 """
+# Counters: the partner_programs row plus its slots (ledger_service/sql/partners.sql).
 _COUNTERS = """
 SELECT pp.partner_id, g.code AS program, pp.funded_points, pp.issued_points, pp.open_cash
-FROM ledger.partner_programs pp JOIN ledger.programs g ON g.id = pp.program_id
+FROM ledger.partner_totals pp JOIN ledger.programs g ON g.id = pp.program_id
 WHERE pp.partner_id = ANY ($1::int[]) AND ($2::text[] IS NULL OR g.code = ANY ($2))
 ORDER BY pp.partner_id, g.code
 """
@@ -111,7 +112,7 @@ WITH pp AS (
     SELECT pp.*, g.code, g.timezone, ledger.partner_terms_at(pp.partner_id, pp.program_id, now()) AS t,
            (SELECT max(l.period_end) FROM ledger.statement_lines l
             WHERE l.partner_id = pp.partner_id AND l.program_id = pp.program_id) AS closed_until
-    FROM ledger.partner_programs pp JOIN ledger.programs g ON g.id = pp.program_id
+    FROM ledger.partner_totals pp JOIN ledger.programs g ON g.id = pp.program_id
     WHERE pp.partner_id = $1 AND ($2::text[] IS NULL OR g.code = ANY ($2))
 ), open AS (
     SELECT pp.program_id, greatest(ledger.period_start(x.occurred_at, (pp.t).period, pp.timezone),

@@ -11,9 +11,9 @@ BEGIN
     -- opened before a migration changed the shape (or a new one) makes it again. Bump the number
     -- with every change of the columns below. (A setting, not a catalog lookup: this runs for every
     -- coalesced batch; like the table, it is undone when the transaction that set it rolls back.)
-    IF current_setting('jifen.earn_in', true) IS DISTINCT FROM '2' THEN
+    IF current_setting('jifen.earn_in', true) IS DISTINCT FROM '3' THEN
         DROP TABLE IF EXISTS pg_temp.earn_in;
-        PERFORM set_config('jifen.earn_in', '2', false);
+        PERFORM set_config('jifen.earn_in', '3', false);
         CREATE TEMP TABLE earn_in (
             i bigint NOT NULL,
             program_id int NOT NULL,
@@ -44,6 +44,7 @@ BEGIN
             partner_id int,                -- the issuer partner funding it (ledger.partner_earns)
             partner_account bigint,        -- its partner:{code}:issued account, the other side
             cash numeric,                  -- what the partner pays for it, exact
+            partner_checked boolean,       -- the partner is prepaid or has a credit limit (a check under its lock)
             refused text,                  -- a partner check's code: not posted
             room_points numeric,           -- the partner's funds or credit left before this call
             room_cash numeric,
@@ -81,34 +82,41 @@ $$;
 -- without terms).
 CREATE OR REPLACE FUNCTION ledger.stage_earns(p_requests jsonb, p_checked boolean) RETURNS void
 LANGUAGE sql AS $$
+    WITH f AS MATERIALIZED (
+        -- The first use of each key in the batch, then its program (a later use is never taken instead).
+        SELECT u.*, g.id AS program_id, g.code, g.max_points_per_transaction
+        FROM (SELECT DISTINCT ON (r.api_key, r.key) r.*, coalesce((r.a->>'occurred_at')::timestamptz, now()) AS occ,
+                     r.a->>'partner' AS partner
+              FROM (SELECT x.ord - 1 AS i, (x.r->>'k')::bigint AS api_key, x.r->>'key' AS key,
+                           decode(x.r->>'h', 'hex') AS h, x.r->'a' AS a, x.r->'p' AS p
+                    FROM jsonb_array_elements(p_requests) WITH ORDINALITY AS x(r, ord)
+                    WHERE x.r->>'op' = 'earn' AND jsonb_typeof(x.r->'a'->'points') = 'number') r
+              ORDER BY r.api_key, r.key, r.i) u
+        JOIN ledger.programs g ON g.code = u.a->>'program'
+    ), pp AS MATERIALIZED (
+        -- One partner lookup per partner, program and time (a batch's earns share now()), none
+        -- for the rows without a partner (MATERIALIZED: else the call moves up to every joined row).
+        SELECT d.partner, d.program_id, d.occ, ledger.partner_row(d.partner, d.program_id, 'issuer', d.occ, p_checked) AS r
+        FROM (SELECT DISTINCT f.partner, f.program_id, f.occ FROM f WHERE f.partner IS NOT NULL) d
+    )
     INSERT INTO earn_in (i, program_id, account_id, member_ref, points, kind, clearing, reference, metadata,
                          merchant_id, mcc, channel, rule_set_id, breakdown, caps, api_key_id, occurred_at,
                          idem_key, request_hash, partner_id, partner_account, pending_days)
-    SELECT f.i, g.id,
+    SELECT f.i, f.program_id,
            -- ledger.member_id's lookup written out: a subquery costs a third of a function call.
-           (SELECT m.id FROM ledger.accounts m WHERE m.program_id = g.id AND m.kind = 'member' AND m.member_ref = f.a->>'member_ref'),
+           (SELECT m.id FROM ledger.accounts m
+            WHERE m.program_id = f.program_id AND m.kind = 'member' AND m.member_ref = f.a->>'member_ref'),
            f.a->>'member_ref', (f.a->>'points')::bigint, coalesce(f.a->>'kind', 'purchase'),
            f.a->>'clearing', f.a->>'reference', f.a->'metadata', f.a->'purchase'->>'merchant_id',
            f.a->'purchase'->>'mcc', f.a->'purchase'->>'channel',
            (f.a->>'rule_set_id')::bigint, f.a->'breakdown', f.a->'caps', f.api_key,
            f.occ, f.key, f.h, (pp.r).partner_id, (pp.r).issued_account, (f.a->>'pending_days')::int
-    FROM (
-        SELECT DISTINCT ON (r.api_key, r.key) r.*, coalesce((r.a->>'occurred_at')::timestamptz, now()) AS occ
-        FROM (SELECT x.ord - 1 AS i, (x.r->>'k')::bigint AS api_key, x.r->>'key' AS key,
-                     decode(x.r->>'h', 'hex') AS h, x.r->'a' AS a, x.r->'p' AS p
-              FROM jsonb_array_elements(p_requests) WITH ORDINALITY AS x(r, ord)
-              WHERE x.r->>'op' = 'earn' AND jsonb_typeof(x.r->'a'->'points') = 'number') r
-        ORDER BY r.api_key, r.key, r.i
-    ) f
-    JOIN ledger.programs g ON g.code = f.a->>'program'
-    -- One call per partner row (OFFSET 0: not one per field read), none for the others.
-    CROSS JOIN LATERAL (SELECT CASE WHEN f.a ? 'partner'
-                                    THEN ledger.partner_row(f.a->>'partner', g.id, 'issuer', f.occ, p_checked) END AS r
-                        OFFSET 0) pp
+    FROM f
+    LEFT JOIN pp ON pp.partner = f.partner AND pp.program_id = f.program_id AND pp.occ = f.occ
     WHERE p_checked
-       OR ((f.a->>'points')::numeric BETWEEN 0 AND g.max_points_per_transaction
-           AND (f.a->>'partner' IS NULL OR (pp.r).partner_id IS NOT NULL)
-           AND (jsonb_typeof(f.p) IS DISTINCT FROM 'array' OR g.code IN (SELECT jsonb_array_elements_text(f.p)))
+       OR ((f.a->>'points')::numeric BETWEEN 0 AND f.max_points_per_transaction
+           AND (f.partner IS NULL OR (pp.r).partner_id IS NOT NULL)
+           AND (jsonb_typeof(f.p) IS DISTINCT FROM 'array' OR f.code IN (SELECT jsonb_array_elements_text(f.p)))
            AND NOT EXISTS (SELECT 1 FROM ledger.idempotency_keys k WHERE k.api_key_id = f.api_key AND k.key = f.key)
            AND pg_try_advisory_xact_lock(hashtextextended('idem:' || f.api_key || ':' || f.key, 0)))
     ORDER BY f.i
@@ -129,18 +137,27 @@ $$;
 --  Partner rows (earns funded by an issuer partner, DESIGN §8) post against the partner's issued
 --  account; its prepaid funds or credit limit are checked after step 2 (ledger.partner_earns), and a
 --  row refused there is not posted (posted stays false, refused says why).
--- Steps 1 to 5 are ledger.post_checked_earns, or, when no row has caps, an external_id or a partner
--- (API earns on the hot path), ledger.post_plain_earns: the same effect in one statement.
+-- Steps 1 to 5 are ledger.post_checked_earns, or, when no row has caps, an external_id or a checked
+-- partner (prepaid or with a credit limit): API earns on the hot path, ledger.post_plain_earns, the
+-- same effect in one statement. Partner rows are priced first (ledger.price_partner_earns) and
+-- counted after (ledger.count_partner_earns).
 CREATE OR REPLACE FUNCTION ledger.post_earns() RETURNS void
 LANGUAGE plpgsql AS $$
-DECLARE qualifying int; checked boolean;
+DECLARE qualifying int; checked boolean; partnered boolean;
 BEGIN
-    SELECT coalesce(bool_or(caps IS NOT NULL OR external_id IS NOT NULL OR partner_id IS NOT NULL), false)
+    partnered := EXISTS (SELECT 1 FROM earn_in WHERE partner_id IS NOT NULL);
+    IF partnered THEN
+        PERFORM ledger.price_partner_earns();
+    END IF;
+    SELECT coalesce(bool_or(caps IS NOT NULL OR external_id IS NOT NULL OR partner_checked), false)
     INTO checked FROM earn_in;
     IF NOT checked THEN
         PERFORM ledger.post_plain_earns();
     ELSE
         PERFORM ledger.post_checked_earns();
+    END IF;
+    IF partnered THEN
+        PERFORM ledger.count_partner_earns();
     END IF;
     UPDATE ledger.accounts a SET pending = a.pending + s.points
     FROM (SELECT e.account_id, sum(ledger.lot_points(e.balance_after, e.points)) AS points FROM earn_in e
@@ -179,7 +196,6 @@ END $$;
 -- already posted is skipped, so the balances follow what was inserted).
 CREATE OR REPLACE FUNCTION ledger.post_checked_earns() RETURNS void
 LANGUAGE plpgsql AS $$
-DECLARE partnered boolean;
 BEGIN
     -- The callers fill account_id for the members that exist (ledger.member_id); the rest are new.
     IF EXISTS (SELECT 1 FROM earn_in WHERE account_id IS NULL) THEN
@@ -196,8 +212,7 @@ BEGIN
     IF EXISTS (SELECT 1 FROM earn_in WHERE caps IS NOT NULL) THEN
         PERFORM ledger.cap_earns();
     END IF;
-    partnered := EXISTS (SELECT 1 FROM earn_in WHERE partner_id IS NOT NULL);
-    IF partnered THEN
+    IF EXISTS (SELECT 1 FROM earn_in WHERE partner_checked) THEN
         PERFORM ledger.partner_earns();
     END IF;
 
@@ -248,12 +263,10 @@ BEGIN
          LATERAL (SELECT ledger.lot_points(e.balance_after, e.points) AS points) l
     WHERE e.posted AND e.points > 0 AND l.points > 0
     ORDER BY e.i;
-    IF partnered THEN
-        PERFORM ledger.count_partner_earns();
-    END IF;
 END $$;
 
--- Steps 1 to 5 in one statement for the hot path, API earns without caps: every row is posted,
+-- Steps 1 to 5 in one statement for the hot path, API earns without caps or checked partners
+-- (a partner row posts against its partner:{code}:issued account): every row is posted,
 -- so the members are created, locked in account-id order (existing members first, as every writer
 -- locks them) and credited by one ordered upsert, and the transactions, postings and lots follow
 -- from its result. Same rows and answers as ledger.post_checked_earns, fewer statements.
@@ -279,17 +292,19 @@ LANGUAGE sql AS $$
     ), ins AS (
         INSERT INTO ledger.transactions AS t (id, program_id, type, account_id, member_ref, points, kind,
                                               reference, metadata, merchant_id, mcc, channel, rule_set_id,
-                                              breakdown, api_key_id, occurred_at, external_id, amount_minor)
+                                              breakdown, api_key_id, occurred_at, external_id, amount_minor,
+                                              partner_id)
         SELECT x.txn_id, x.program_id, 'earn', x.acc_id, x.member_ref, x.points, x.kind, x.reference,
                x.metadata, x.merchant_id, x.mcc, x.channel, x.rule_set_id, x.breakdown, x.api_key_id,
-               x.occurred_at, x.external_id, x.amount_minor
+               x.occurred_at, x.external_id, x.amount_minor, x.partner_id
         FROM x ORDER BY x.i
         RETURNING t
     ), postings AS (
         INSERT INTO ledger.postings (txn_id, account_id, amount)
         SELECT x.txn_id, p.account_id, p.amount
         FROM x JOIN ledger.programs g ON g.id = x.program_id,
-             LATERAL (VALUES (ledger.counter_account(g, x.clearing, g.issuance_account), -x.points),
+             LATERAL (VALUES (coalesce(x.partner_account, ledger.counter_account(g, x.clearing, g.issuance_account)),
+                              -x.points),
                              (x.acc_id, x.points)) AS p(account_id, amount)
         WHERE x.points > 0
         ORDER BY x.i

@@ -123,16 +123,21 @@ CREATE OR REPLACE FUNCTION ledger.partner_earns() RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE rr record; room jsonb := '{}'; left_points numeric; left_cash numeric;
 BEGIN
+    -- The partner rows, then their slots (what unchecked earns counted while the terms had no check).
+    PERFORM 1 FROM ledger.partner_programs pp
+    WHERE (pp.partner_id, pp.program_id) IN (SELECT DISTINCT e.partner_id, e.program_id FROM earn_in e WHERE e.partner_checked)
+    ORDER BY pp.partner_id, pp.program_id FOR UPDATE;
+    PERFORM 1 FROM ledger.partner_slots s
+    WHERE (s.partner_id, s.program_id) IN (SELECT DISTINCT e.partner_id, e.program_id FROM earn_in e WHERE e.partner_checked)
+    ORDER BY s.partner_id, s.program_id, s.slot FOR UPDATE;
     WITH locked AS (
-        SELECT pp.* FROM ledger.partner_programs pp
+        SELECT pp.* FROM ledger.partner_totals pp
         WHERE (pp.partner_id, pp.program_id) IN (SELECT DISTINCT e.partner_id, e.program_id FROM earn_in e
-                                                 WHERE e.partner_id IS NOT NULL)
-        ORDER BY pp.partner_id, pp.program_id FOR UPDATE
+                                                 WHERE e.partner_checked)
     ), priced AS (
-        SELECT e.i, e.partner_id, e.program_id, e.points,
-               e.points * t.issue_cash_minor::numeric / t.issue_points AS cash, t.funding, t.credit_limit_minor
+        SELECT e.i, e.partner_id, e.program_id, e.points, e.cash, t.funding, t.credit_limit_minor
         FROM earn_in e, LATERAL ledger.partner_terms_at(e.partner_id, e.program_id, e.occurred_at) t
-        WHERE e.partner_id IS NOT NULL
+        WHERE e.partner_checked
           AND (e.external_id IS NULL OR NOT EXISTS (
               SELECT 1 FROM ledger.transactions x
               WHERE x.api_key_id = e.api_key_id AND x.external_id = e.external_id AND x.type = 'earn'))
@@ -142,7 +147,7 @@ BEGIN
         FROM priced p JOIN locked l ON l.partner_id = p.partner_id AND l.program_id = p.program_id
         WINDOW w AS (PARTITION BY p.partner_id, p.program_id ORDER BY p.i)
     )
-    UPDATE earn_in e SET cash = r.cash,
+    UPDATE earn_in e SET
         refused = CASE
             WHEN r.funding = 'prepaid' AND r.points > 0 AND r.run_points > r.room_points THEN 'partner_funds_exhausted'
             WHEN r.funding = 'postpaid' AND r.credit_limit_minor IS NOT NULL AND r.cash > 0
@@ -159,7 +164,7 @@ BEGIN
         SELECT e.partner_id || ':' || e.program_id AS k,
                min(e.room_points) - coalesce(sum(e.points) FILTER (WHERE e.refused IS NULL), 0) AS lp,
                min(e.room_cash) - coalesce(sum(e.cash) FILTER (WHERE e.refused IS NULL), 0) AS lc
-        FROM earn_in e WHERE e.partner_id IS NOT NULL AND e.cash IS NOT NULL GROUP BY 1) g;
+        FROM earn_in e WHERE e.room_points IS NOT NULL OR e.room_cash IS NOT NULL GROUP BY 1) g;  -- the rows checked
     FOR rr IN SELECT e.i, e.partner_id || ':' || e.program_id AS k, e.points, e.cash FROM earn_in e
               WHERE e.refused IS NOT NULL ORDER BY e.i LOOP
         left_points := (room->rr.k->>'p')::numeric;
@@ -173,13 +178,53 @@ BEGIN
 END $$;
 
 -- The counters after posted partner earns (post_checked_earns, under the row lock partner_earns took).
+-- Counts the posted partner rows: a checked partner's on its partner_programs row (locked by
+-- ledger.partner_earns), an unchecked one's on this connection's slot, so that concurrent batches
+-- earning for the same partner do not queue on one row (readers add the slots: ledger.partner_totals).
 CREATE OR REPLACE FUNCTION ledger.count_partner_earns() RETURNS void
 LANGUAGE sql AS $$
     UPDATE ledger.partner_programs pp SET issued_points = pp.issued_points + s.points, open_cash = pp.open_cash + s.cash
     FROM (SELECT e.partner_id, e.program_id, sum(e.points) AS points, sum(e.cash) AS cash FROM earn_in e
-          WHERE e.posted AND e.partner_id IS NOT NULL GROUP BY 1, 2) s
-    WHERE pp.partner_id = s.partner_id AND pp.program_id = s.program_id
+          WHERE e.posted AND e.partner_checked GROUP BY 1, 2) s
+    WHERE pp.partner_id = s.partner_id AND pp.program_id = s.program_id;
+    INSERT INTO ledger.partner_slots AS x (partner_id, program_id, slot, issued_points, open_cash)
+    SELECT e.partner_id, e.program_id, ledger.partner_slot(), sum(e.points), sum(e.cash) FROM earn_in e
+    WHERE e.posted AND e.partner_id IS NOT NULL AND NOT e.partner_checked
+    GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (partner_id, program_id, slot) DO UPDATE
+        SET issued_points = x.issued_points + EXCLUDED.issued_points, open_cash = x.open_cash + EXCLUDED.open_cash;
 $$;
+
+-- This connection's slot of partner counters (ledger.count_partner_earns): one of 16, by backend.
+CREATE OR REPLACE FUNCTION ledger.partner_slot() RETURNS smallint
+LANGUAGE sql STABLE AS $$
+    SELECT (pg_backend_pid() % 16)::smallint
+$$;
+
+-- Each partner row of earn_in gets its cash at the issue price in force at its occurred_at, and
+-- whether its terms check anything (prepaid, or a credit limit): ledger.partner_earns then checks it
+-- under the partner's lock; the others only count.
+CREATE OR REPLACE FUNCTION ledger.price_partner_earns() RETURNS void
+LANGUAGE sql AS $$
+    WITH d AS MATERIALIZED (  -- one lookup of the terms per partner, program and time
+        SELECT d.partner_id, d.program_id, d.occurred_at, t.issue_cash_minor, t.issue_points,
+               (t.funding = 'prepaid' OR t.credit_limit_minor IS NOT NULL) AS checked
+        FROM (SELECT DISTINCT x.partner_id, x.program_id, x.occurred_at FROM earn_in x WHERE x.partner_id IS NOT NULL) d,
+             LATERAL ledger.partner_terms_at(d.partner_id, d.program_id, d.occurred_at) t
+    )
+    UPDATE earn_in e SET cash = e.points * d.issue_cash_minor::numeric / d.issue_points, partner_checked = d.checked
+    FROM d WHERE e.partner_id = d.partner_id AND e.program_id = d.program_id AND e.occurred_at = d.occurred_at
+$$;
+
+-- A partner's counters for a program: its partner_programs row plus its slots.
+CREATE OR REPLACE VIEW ledger.partner_totals AS
+    SELECT pp.partner_id, pp.program_id, pp.issued_account, pp.accepted_account, pp.funded_points,
+           pp.issued_points + coalesce(s.issued_points, 0) AS issued_points,
+           pp.open_cash + coalesce(s.open_cash, 0) AS open_cash
+    FROM ledger.partner_programs pp
+    LEFT JOIN LATERAL (SELECT sum(x.issued_points)::bigint AS issued_points, sum(x.open_cash) AS open_cash
+                       FROM ledger.partner_slots x
+                       WHERE x.partner_id = pp.partner_id AND x.program_id = pp.program_id) s ON true;
 
 -- A clawback of a partner's earn gives its points back to the partner's prepaid funds and lowers
 -- what it owes for the open period (priced at the terms in force now, as the settlement prices it).
@@ -198,7 +243,7 @@ CREATE OR REPLACE FUNCTION ledger.op_fund(a jsonb, p_key bigint, p_programs text
 LANGUAGE plpgsql AS $$
 DECLARE
     prog ledger.programs := ledger.program_for(a->>'program', p_programs);
-    p ledger.partners; pp ledger.partner_programs; t ledger.partner_terms; f ledger.partner_fundings;
+    p ledger.partners; tot ledger.partner_totals; t ledger.partner_terms; f ledger.partner_fundings;
 BEGIN
     SELECT * INTO p FROM ledger.partners WHERE code = a->>'partner';
     IF NOT FOUND THEN
@@ -210,7 +255,8 @@ BEGIN
             format('Partner %s has no terms for program %s in force now.', p.code, prog.code));
     END IF;
     UPDATE ledger.partner_programs SET funded_points = funded_points + (a->>'points')::bigint
-    WHERE partner_id = p.id AND program_id = prog.id RETURNING * INTO pp;
+    WHERE partner_id = p.id AND program_id = prog.id;
+    SELECT * INTO tot FROM ledger.partner_totals WHERE partner_id = p.id AND program_id = prog.id;
     INSERT INTO ledger.partner_fundings (id, partner_id, program_id, points, cash_minor, currency, reference, api_key_id)
     VALUES (ledger.new_id(), p.id, prog.id, (a->>'points')::bigint, (a->>'cash_minor')::bigint, t.currency,
             a->>'reference', p_key)
@@ -218,7 +264,7 @@ BEGIN
     RETURN jsonb_build_object('id', f.id, 'partner', p.code, 'program', prog.code, 'points', f.points,
         'cash_minor', f.cash_minor, 'currency', f.currency, 'reference', f.reference,
         'created_at', ledger.ts(f.created_at),
-        'prepaid_points', pp.funded_points - pp.issued_points);
+        'prepaid_points', tot.funded_points - tot.issued_points);
 END $$;
 
 -- What one partner transaction adds to a statement line: points issued or accepted, or their

@@ -154,6 +154,40 @@ async def test_hundred_concurrent_earns_against_funds_for_forty(
     )
 
 
+async def test_unchecked_partner_earns_count_on_slots_and_a_later_credit_limit_sees_them(
+    client: httpx.AsyncClient, program: str, ledger_app: Any
+) -> None:
+    """A postpaid partner without a credit limit is counted on per-connection slots (no queue on its
+    row): 120 concurrent earns of 100 points are all in its position, and when terms with a credit
+    limit take over, the check counts them (80 fen per 100 points: 96.00 CNY used of 100.00)."""
+    partner = await partner_with_terms(
+        client, program, effective_from=(datetime.now(UTC) - timedelta(days=1)).isoformat()
+    )
+    body = {"program": program, "points": 100, "reference": "s", "partner": partner}
+    responses = await asyncio.gather(
+        *(post(client, "/v1/earn", {**body, "member_ref": f"s{i % 30}"}) for i in range(120))
+    )
+    assert all(r.status_code == 201 for r in responses), [r.text for r in responses if r.status_code != 201]
+    async with ledger_app.state.db.driver() as conn:
+        slots = await conn.fetch(
+            """SELECT s.slot, s.issued_points FROM ledger.partner_slots s
+               JOIN ledger.partners p ON p.id = s.partner_id WHERE p.code = $1""",
+            partner,
+        )
+    assert sum(r["issued_points"] for r in slots) == 12_000
+    (row,) = (await client.get(f"/v1/partners/{partner}/position")).json()["programs"]
+    assert (row["issued_points"], row["credit_used_minor"]) == (12_000, 9_600)
+    assert await _account_balance(ledger_app, program, f"partner:{partner}:issued") == -12_000
+
+    await put_terms(
+        client, partner, program, credit_limit_minor=10_000, effective_from=datetime.now(UTC).isoformat()
+    )
+    await earn(client, program, "s1", 500, partner=partner)  # 4.00 CNY: 100.00 used
+    one_more = {**body, "member_ref": "s2", "points": 1}
+    assert_problem(await post(client, "/v1/earn", one_more), 422, "partner_credit_exceeded")
+    await check_ledger_invariants(ledger_app.state.db, program)
+
+
 async def test_postpaid_credit_limit(client: httpx.AsyncClient, program: str) -> None:
     """Issue price 80 fen per 100 points, limit 10.00 CNY: 1,250 points fit, one more does not."""
     partner = await partner_with_terms(client, program, credit_limit_minor=1000)
