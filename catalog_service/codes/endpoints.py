@@ -8,9 +8,9 @@ from fastapi import APIRouter, Depends, Path
 
 from catalog_service.codes import service
 from catalog_service.codes.schemas import MAX_CODES_PER_UPLOAD, CodesIn, CodesOut
-from catalog_service.common import Sku, get_db
+from catalog_service.common import Sku
 from services.auth import Principal, require
-from services.db import Database
+from services.deps import DB
 from services.openapi import problems
 
 router = APIRouter(prefix="/v1/rewards", tags=["voucher codes"])
@@ -30,6 +30,6 @@ async def upload_codes(
     sku: Annotated[Sku, Path()],
     body: CodesIn,
     principal: Annotated[Principal, Depends(require("catalog:admin"))],
-    db: Annotated[Database, Depends(get_db)],
+    db: DB,
 ) -> CodesOut:
     return await service.upload(db, principal, sku, body)

@@ -8,7 +8,6 @@ from uuid import UUID
 from fastapi import APIRouter, Body, Depends, Query, Request
 from starlette.responses import Response
 
-from catalog_service.common import get_db
 from catalog_service.redemptions import service
 from catalog_service.redemptions.schemas import (
     CancelIn,
@@ -20,7 +19,7 @@ from catalog_service.redemptions.schemas import (
 )
 from services.auth import Principal, require
 from services.conventions import MemberRef, ProgramCode
-from services.db import Database
+from services.deps import DB, Cursor, Limit
 from services.errors import Unprocessable
 from services.idempotency import idempotency_key
 from services.openapi import problems
@@ -29,7 +28,6 @@ from services.saga import SagaRunner
 router = APIRouter(prefix="/v1/redemptions", tags=["redemptions"])
 
 Key = Annotated[str, Depends(idempotency_key)]
-DB = Annotated[Database, Depends(get_db)]
 Writer = Annotated[Principal, Depends(require("catalog:write"))]
 Reader = Annotated[Principal, Depends(require("catalog:read"))]
 
@@ -95,8 +93,8 @@ async def list_redemptions(
     member_ref: Annotated[MemberRef | None, Query()] = None,
     program: Annotated[ProgramCode | None, Query()] = None,
     status: Annotated[RedemptionStatus | None, Query()] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> RedemptionList:
     if member_ref is None and status is None:
         raise Unprocessable("Give member_ref, status or both.", code="validation_error")

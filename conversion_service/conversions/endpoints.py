@@ -14,6 +14,7 @@ from conversion_service.deps import Ctx
 from conversion_service.quotes.endpoints import PRICING
 from conversion_service.schemas_common import MemberRef
 from services.auth import Principal, require
+from services.deps import Cursor, Limit
 from services.idempotency import idempotency_key
 from services.openapi import problems
 from services.saga import SagaRunner
@@ -88,8 +89,8 @@ async def list_conversions(
     ctx: Ctx,
     member_ref: Annotated[MemberRef | None, Query()] = None,
     status: Annotated[Status | None, Query()] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> ConversionList:
     return await service.list_conversions(
         ctx, principal, member_ref=member_ref, status=status, limit=limit, cursor=cursor

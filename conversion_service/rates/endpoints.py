@@ -11,6 +11,7 @@ from conversion_service.rates import service
 from conversion_service.rates.schemas import RateIn, RateList, RateOut
 from conversion_service.schemas_common import ProgramCode
 from services.auth import Principal, require
+from services.deps import Cursor, Limit
 from services.openapi import problems
 from services.validation import Timestamp
 
@@ -70,8 +71,8 @@ async def list_rates(
     at: At = None,
     from_program: Annotated[ProgramCode | None, Query()] = None,
     to_program: Annotated[ProgramCode | None, Query()] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> RateList:
     return await service.list_rates(
         ctx, principal, at=at, from_program=from_program, to_program=to_program, limit=limit, cursor=cursor
@@ -105,8 +106,8 @@ async def list_versions(
     to_program: To,
     principal: Reader,
     ctx: Ctx,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> RateList:
     principal.require_program(from_program)
     principal.require_program(to_program)

@@ -11,6 +11,7 @@ from ledger_service.programs.service import unknown_programs
 from services import apikeys
 from services.apikeys import ApiKeyCreated, ApiKeyIn, ApiKeyList, ApiKeyOut
 from services.auth import Principal, require
+from services.deps import Cursor
 from services.errors import Unprocessable
 from services.openapi import problems
 
@@ -51,7 +52,7 @@ async def list_keys(
     principal: Admin,
     status: Annotated[Literal["active", "revoked"] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: Cursor = None,
 ) -> ApiKeyList:
     return await apikeys.list_keys(request.app.state.db, principal, status=status, limit=limit, cursor=cursor)
 

@@ -37,6 +37,7 @@ from ledger_service.console.session import (
 from ledger_service.schemas_common import MemberRef, PartnerCode, ProgramCode
 from ledger_service.segments.schemas import SegmentCode
 from services.auth import KeyStore, Principal
+from services.deps import Cursor
 from services.errors import DomainError
 from services.settings import Settings
 
@@ -167,7 +168,6 @@ async def current_user(request: Request) -> User:
 
 Reader = Annotated[User, Depends(current_user)]
 ProgramFilter = Annotated[ProgramCode | None, Query()]
-Cursor = Annotated[str | None, Query(max_length=64)]
 
 
 async def posted_by(request: Request, user: Reader, csrf: Annotated[str | None, Form()] = None) -> User:

@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path
 
 from ledger_service.members import service
 from ledger_service.members.schemas import MemberOut, Statement, TierHistory, TransactionDetail
 from ledger_service.postings.schemas import HoldOut
 from ledger_service.schemas_common import MemberRef, ProgramCode
 from services.auth import Principal, require
-from services.db import Database
+from services.deps import DB, Cursor, Limit
 from services.openapi import problems
 
 router = APIRouter(tags=["members"])
@@ -26,14 +26,6 @@ READ_ERRORS = problems(
     "transaction_not_found",
     "hold_not_found",
 )
-
-
-async def _db(request: Request) -> Database:
-    db: Database = request.app.state.db
-    return db
-
-
-DB = Annotated[Database, Depends(_db)]
 
 
 @router.get(
@@ -63,8 +55,8 @@ async def get_statement(
     member_ref: Annotated[MemberRef, Path()],
     principal: Reader,
     db: DB,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> Statement:
     principal.require_program(code)
     return await service.statement(db, code, member_ref, limit=limit, cursor=cursor)
@@ -81,8 +73,8 @@ async def get_tier_history(
     member_ref: Annotated[MemberRef, Path()],
     principal: Reader,
     db: DB,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> TierHistory:
     principal.require_program(code)
     return await service.tier_history(db, code, member_ref, limit=limit, cursor=cursor)

@@ -4,23 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path
 
 from ledger_service.programs import service
 from ledger_service.programs.schemas import ProgramIn, ProgramList, ProgramOut, ProgramPatch
 from ledger_service.schemas_common import ProgramCode
 from services.auth import Principal, require
-from services.db import Database
+from services.deps import DB, Cursor, Limit
 from services.openapi import problems
 
 router = APIRouter(prefix="/v1/programs", tags=["programs"])
 
 CodePath = Annotated[ProgramCode, Path()]
-
-
-async def _db(request: Request) -> Database:
-    db: Database = request.app.state.db
-    return db
 
 
 @router.post(
@@ -33,7 +28,7 @@ async def _db(request: Request) -> Database:
 async def create_program(
     body: ProgramIn,
     principal: Annotated[Principal, Depends(require("ledger:admin"))],
-    db: Annotated[Database, Depends(_db)],
+    db: DB,
 ) -> ProgramOut:
     principal.require_program(body.code)
     return await service.create_program(db, body)
@@ -42,9 +37,9 @@ async def create_program(
 @router.get("", response_model=ProgramList, summary="List programs", responses=problems("invalid_cursor"))
 async def list_programs(
     principal: Annotated[Principal, Depends(require("ledger:read"))],
-    db: Annotated[Database, Depends(_db)],
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    db: DB,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> ProgramList:
     return await service.list_programs(db, principal, limit=limit, cursor=cursor)
 
@@ -58,7 +53,7 @@ async def list_programs(
 async def get_program(
     code: CodePath,
     principal: Annotated[Principal, Depends(require("ledger:read"))],
-    db: Annotated[Database, Depends(_db)],
+    db: DB,
 ) -> ProgramOut:
     principal.require_program(code)
     return await service.get_program(db, code)
@@ -74,7 +69,7 @@ async def patch_program(
     code: CodePath,
     body: ProgramPatch,
     principal: Annotated[Principal, Depends(require("ledger:admin"))],
-    db: Annotated[Database, Depends(_db)],
+    db: DB,
 ) -> ProgramOut:
     principal.require_program(code)
     return await service.update_program(db, code, body)

@@ -11,7 +11,7 @@ from ledger_service.rules.schemas import EvaluateIn, Evaluation, RuleSetIn, Rule
 from ledger_service.rules.service import RuleBook
 from ledger_service.schemas_common import ProgramCode
 from services.auth import Principal, require
-from services.db import Database
+from services.deps import DB
 from services.errors import Unprocessable
 from services.openapi import problems
 
@@ -22,11 +22,6 @@ Code = Annotated[ProgramCode, Path()]
 async def _book(request: Request) -> RuleBook:
     book: RuleBook = request.app.state.rules
     return book
-
-
-async def _db(request: Request) -> Database:
-    db: Database = request.app.state.db
-    return db
 
 
 @router.post(
@@ -50,7 +45,7 @@ async def create_rules(
     code: Code,
     body: RuleSetIn,
     principal: Annotated[Principal, Depends(require("ledger:admin"))],
-    db: Annotated[Database, Depends(_db)],
+    db: DB,
     book: Annotated[RuleBook, Depends(_book)],
 ) -> RuleSetOut:
     principal.require_program(code)

@@ -18,6 +18,7 @@ from ledger_service.segments.schemas import (
     SegmentRefresh,
 )
 from services.auth import Principal, require
+from services.deps import Cursor
 from services.openapi import problems
 
 router = APIRouter(tags=["segments"])
@@ -25,7 +26,6 @@ Admin = Annotated[Principal, Depends(require("ledger:admin"))]
 Program = Annotated[ProgramCode, Path()]
 Segment = Annotated[SegmentCode, Path()]
 Limit = Annotated[int, Query(ge=1, le=1000)]
-Cursor = Annotated[str | None, Query(max_length=64)]
 
 
 @router.post(
