@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 from pydantic import Field, StringConstraints
 
+from services.auth import Principal, require
 from services.db import Database
 from services.ledger_client import LedgerClient
 
@@ -29,3 +30,9 @@ async def get_db(request: Request) -> Database:
 async def get_ledger(request: Request) -> LedgerClient:
     ledger: LedgerClient = request.app.state.ledger
     return ledger
+
+
+# The callers of the routes, by the scope each needs.
+Reader = Annotated[Principal, Depends(require("catalog:read"))]
+Writer = Annotated[Principal, Depends(require("catalog:write"))]
+Admin = Annotated[Principal, Depends(require("catalog:admin"))]

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Path
 
 from catalog_service.codes import service
 from catalog_service.codes.schemas import MAX_CODES_PER_UPLOAD, CodesIn, CodesOut
-from catalog_service.common import Sku
-from services.auth import Principal, require
+from catalog_service.common import Admin, Sku
 from services.deps import DB
 from services.openapi import problems
 
@@ -29,7 +28,7 @@ router = APIRouter(prefix="/v1/rewards", tags=["voucher codes"])
 async def upload_codes(
     sku: Annotated[Sku, Path()],
     body: CodesIn,
-    principal: Annotated[Principal, Depends(require("catalog:admin"))],
+    principal: Admin,
     db: DB,
 ) -> CodesOut:
     return await service.upload(db, principal, sku, body)

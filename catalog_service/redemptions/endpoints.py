@@ -8,6 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter, Body, Depends, Query, Request
 from starlette.responses import Response
 
+from catalog_service.common import Admin, Reader, Writer
 from catalog_service.redemptions import service
 from catalog_service.redemptions.schemas import (
     CancelIn,
@@ -17,7 +18,6 @@ from catalog_service.redemptions.schemas import (
     RedemptionOut,
     RedemptionStatus,
 )
-from services.auth import Principal, require
 from services.conventions import MemberRef, ProgramCode
 from services.deps import DB, Cursor, Limit
 from services.errors import Unprocessable
@@ -28,8 +28,6 @@ from services.saga import SagaRunner
 router = APIRouter(prefix="/v1/redemptions", tags=["redemptions"])
 
 Key = Annotated[str, Depends(idempotency_key)]
-Writer = Annotated[Principal, Depends(require("catalog:write"))]
-Reader = Annotated[Principal, Depends(require("catalog:read"))]
 
 
 async def _saga(request: Request) -> SagaRunner:
@@ -153,7 +151,7 @@ async def cancel_redemption(
 )
 async def retry_redemption(
     redemption_id: UUID,
-    principal: Annotated[Principal, Depends(require("catalog:admin"))],
+    principal: Admin,
     db: DB,
     saga: Saga,
 ) -> RedemptionDetail:

@@ -6,10 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from catalog_service.common import Sku, get_ledger
+from catalog_service.common import Admin, Reader, Sku, get_ledger
 from catalog_service.rewards import service
 from catalog_service.rewards.schemas import RewardIn, RewardList, RewardOut, RewardPatch, RewardType
-from services.auth import Principal, require
 from services.conventions import MemberRef, ProgramCode
 from services.deps import DB, Cursor, Limit
 from services.ledger_client import LedgerClient
@@ -19,8 +18,6 @@ router = APIRouter(prefix="/v1/rewards", tags=["rewards"])
 
 SkuPath = Annotated[Sku, Path()]
 Ledger = Annotated[LedgerClient, Depends(get_ledger)]
-Admin = Annotated[Principal, Depends(require("catalog:admin"))]
-Reader = Annotated[Principal, Depends(require("catalog:read"))]
 
 
 @router.post(

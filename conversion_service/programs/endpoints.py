@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Path
 
-from conversion_service.deps import Ctx
+from conversion_service.deps import Admin, Ctx, Reader
 from conversion_service.programs import service
 from conversion_service.programs.schemas import ProgramSettingsIn, ProgramSettingsOut
 from conversion_service.schemas_common import ProgramCode
-from services.auth import Principal, require
 from services.openapi import problems
 
 router = APIRouter(prefix="/v1/programs", tags=["programs"])
@@ -24,9 +23,7 @@ CodePath = Annotated[ProgramCode, Path()]
     summary="A program's conversion policy (derived rates allowed?)",
     responses=problems("program_not_found", "program_forbidden", "ledger_rejected", "ledger_unavailable"),
 )
-async def get_program_settings(
-    code: CodePath, principal: Annotated[Principal, Depends(require("conversion:read"))], ctx: Ctx
-) -> ProgramSettingsOut:
+async def get_program_settings(code: CodePath, principal: Reader, ctx: Ctx) -> ProgramSettingsOut:
     principal.require_program(code)
     return await service.get_settings(ctx, code)
 
@@ -43,7 +40,7 @@ async def get_program_settings(
 async def put_program_settings(
     code: CodePath,
     body: ProgramSettingsIn,
-    principal: Annotated[Principal, Depends(require("conversion:admin"))],
+    principal: Admin,
     ctx: Ctx,
 ) -> ProgramSettingsOut:
     principal.require_program(code)

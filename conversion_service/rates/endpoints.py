@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Path, Query
 
-from conversion_service.deps import Ctx
+from conversion_service.deps import Admin, Ctx, Reader
 from conversion_service.rates import service
 from conversion_service.rates.schemas import RateIn, RateList, RateOut
 from conversion_service.schemas_common import ProgramCode
-from services.auth import Principal, require
 from services.deps import Cursor, Limit
 from services.openapi import problems
 from services.validation import Timestamp
@@ -19,7 +18,6 @@ router = APIRouter(prefix="/v1/rates", tags=["rates"])
 
 From = Annotated[ProgramCode, Path(description="Source program code")]
 To = Annotated[ProgramCode, Path(description="Target program code")]
-Reader = Annotated[Principal, Depends(require("conversion:read"))]
 At = Annotated[
     Timestamp | None,
     Query(
@@ -49,7 +47,7 @@ async def put_rate(
     from_program: From,
     to_program: To,
     body: RateIn,
-    principal: Annotated[Principal, Depends(require("conversion:admin"))],
+    principal: Admin,
     ctx: Ctx,
 ) -> RateOut:
     principal.require_program(from_program)

@@ -5,19 +5,18 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 
+from ledger_service.deps import Reader
 from ledger_service.finance import service
 from ledger_service.finance.schemas import Aging, Cohorts, Period, RollForward
 from ledger_service.schemas_common import ProgramCode
-from services.auth import Principal, require
 from services.errors import Unprocessable
 from services.openapi import problems
 from services.validation import Timestamp
 
 router = APIRouter(tags=["finance"])
 
-Reader = Annotated[Principal, Depends(require("ledger:read"))]
 From = Annotated[
     date | None, Query(alias="from", description="First day of the first period, in the program's time zone")
 ]

@@ -5,18 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 
+from ledger_service.deps import Admin
 from ledger_service.jobs import service
 from ledger_service.jobs.service import ExpiryRun, TierReview
 from ledger_service.schemas_common import ProgramCode
-from services.auth import Principal, require
 from services.errors import Unprocessable
 from services.openapi import problems
 from services.validation import Timestamp
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-Admin = Annotated[Principal, Depends(require("ledger:admin"))]
 
 
 @router.post(

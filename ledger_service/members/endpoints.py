@@ -5,19 +5,18 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Path
 
+from ledger_service.deps import Reader
 from ledger_service.members import service
 from ledger_service.members.schemas import MemberOut, Statement, TierHistory, TransactionDetail
 from ledger_service.postings.schemas import HoldOut
 from ledger_service.schemas_common import MemberRef, ProgramCode
-from services.auth import Principal, require
 from services.deps import DB, Cursor, Limit
 from services.openapi import problems
 
 router = APIRouter(tags=["members"])
 
-Reader = Annotated[Principal, Depends(require("ledger:read"))]
 READ_ERRORS = problems(
     "invalid_cursor",
     "program_not_found",

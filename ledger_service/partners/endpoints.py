@@ -8,6 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.responses import Response
 
+from ledger_service.deps import Admin, Reader
 from ledger_service.partners import service
 from ledger_service.partners.schemas import (
     FundingIn,
@@ -25,7 +26,6 @@ from ledger_service.partners.schemas import (
     TermsOut,
 )
 from ledger_service.schemas_common import PartnerCode, ProgramCode
-from services.auth import Principal, require
 from services.db import Database
 from services.errors import Unprocessable
 from services.idempotency import idempotency_key
@@ -34,8 +34,6 @@ from services.validation import Timestamp
 
 router = APIRouter(tags=["partners"])
 
-Reader = Annotated[Principal, Depends(require("ledger:read"))]
-Admin = Annotated[Principal, Depends(require("ledger:admin"))]
 Code = Annotated[PartnerCode, Path()]
 Limit = Annotated[int, Query(ge=1, le=500)]
 CSV = "text/csv"

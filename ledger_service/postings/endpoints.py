@@ -12,6 +12,7 @@ from uuid import UUID
 from fastapi import APIRouter, Body, Depends
 from starlette.responses import Response
 
+from ledger_service.deps import Admin, Burner, Earner
 from ledger_service.postings import service
 from ledger_service.postings.schemas import (
     AdjustmentIn,
@@ -85,7 +86,7 @@ ADJUST_PROBLEMS = problems(*PROGRAM, *LIMITED, "insufficient_points")
 @fast_lane
 async def earn(
     body: EarnIn,
-    principal: Annotated[Principal, Depends(require("ledger:earn"))],
+    principal: Earner,
     key: Key,
     state: AppState,
 ) -> Response:
@@ -102,7 +103,7 @@ async def earn(
 @fast_lane
 async def burn(
     body: BurnIn,
-    principal: Annotated[Principal, Depends(require("ledger:burn"))],
+    principal: Burner,
     key: Key,
     state: AppState,
 ) -> Response:
@@ -120,7 +121,7 @@ async def burn(
 @fast_lane
 async def create_hold(
     body: HoldIn,
-    principal: Annotated[Principal, Depends(require("ledger:burn"))],
+    principal: Burner,
     key: Key,
     state: AppState,
 ) -> Response:
@@ -138,7 +139,7 @@ async def create_hold(
 @fast_lane
 async def capture_hold(
     hold_id: UUID,
-    principal: Annotated[Principal, Depends(require("ledger:burn"))],
+    principal: Burner,
     key: Key,
     state: AppState,
     body: Annotated[CaptureIn | None, Body()] = None,
@@ -157,7 +158,7 @@ async def capture_hold(
 @fast_lane
 async def void_hold(
     hold_id: UUID,
-    principal: Annotated[Principal, Depends(require("ledger:burn"))],
+    principal: Burner,
     key: Key,
     state: AppState,
     body: Annotated[VoidIn | None, Body()] = None,
@@ -195,7 +196,7 @@ async def reverse_transaction(
 @fast_lane
 async def transfer(
     body: TransferIn,
-    principal: Annotated[Principal, Depends(require("ledger:burn"))],
+    principal: Burner,
     key: Key,
     state: AppState,
 ) -> Response:
@@ -212,7 +213,7 @@ async def transfer(
 @fast_lane
 async def adjust(
     body: AdjustmentIn,
-    principal: Annotated[Principal, Depends(require("ledger:admin"))],
+    principal: Admin,
     key: Key,
     state: AppState,
 ) -> Response:

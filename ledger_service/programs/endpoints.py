@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Path
 
+from ledger_service.deps import Admin, Reader
 from ledger_service.programs import service
 from ledger_service.programs.schemas import ProgramIn, ProgramList, ProgramOut, ProgramPatch
 from ledger_service.schemas_common import ProgramCode
-from services.auth import Principal, require
 from services.deps import DB, Cursor, Limit
 from services.openapi import problems
 
@@ -27,7 +27,7 @@ CodePath = Annotated[ProgramCode, Path()]
 )
 async def create_program(
     body: ProgramIn,
-    principal: Annotated[Principal, Depends(require("ledger:admin"))],
+    principal: Admin,
     db: DB,
 ) -> ProgramOut:
     principal.require_program(body.code)
@@ -36,7 +36,7 @@ async def create_program(
 
 @router.get("", response_model=ProgramList, summary="List programs", responses=problems("invalid_cursor"))
 async def list_programs(
-    principal: Annotated[Principal, Depends(require("ledger:read"))],
+    principal: Reader,
     db: DB,
     limit: Limit = 50,
     cursor: Cursor = None,
@@ -52,7 +52,7 @@ async def list_programs(
 )
 async def get_program(
     code: CodePath,
-    principal: Annotated[Principal, Depends(require("ledger:read"))],
+    principal: Reader,
     db: DB,
 ) -> ProgramOut:
     principal.require_program(code)
@@ -68,7 +68,7 @@ async def get_program(
 async def patch_program(
     code: CodePath,
     body: ProgramPatch,
-    principal: Annotated[Principal, Depends(require("ledger:admin"))],
+    principal: Admin,
     db: DB,
 ) -> ProgramOut:
     principal.require_program(code)

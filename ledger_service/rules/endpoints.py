@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request
 
+from ledger_service.deps import Admin, Reader
 from ledger_service.rules import service
 from ledger_service.rules.schemas import EvaluateIn, Evaluation, RuleSetIn, RuleSetList, RuleSetOut
 from ledger_service.rules.service import RuleBook
@@ -44,7 +45,7 @@ async def _book(request: Request) -> RuleBook:
 async def create_rules(
     code: Code,
     body: RuleSetIn,
-    principal: Annotated[Principal, Depends(require("ledger:admin"))],
+    principal: Admin,
     db: DB,
     book: Annotated[RuleBook, Depends(_book)],
 ) -> RuleSetOut:
@@ -60,7 +61,7 @@ async def create_rules(
 )
 async def list_rules(
     code: Code,
-    principal: Annotated[Principal, Depends(require("ledger:read"))],
+    principal: Reader,
     book: Annotated[RuleBook, Depends(_book)],
 ) -> RuleSetList:
     principal.require_program(code)

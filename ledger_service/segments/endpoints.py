@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
 
+from ledger_service.deps import Admin
 from ledger_service.schemas_common import ProgramCode
 from ledger_service.segments import service
 from ledger_service.segments.schemas import (
@@ -17,12 +18,10 @@ from ledger_service.segments.schemas import (
     SegmentPage,
     SegmentRefresh,
 )
-from services.auth import Principal, require
 from services.deps import Cursor
 from services.openapi import problems
 
 router = APIRouter(tags=["segments"])
-Admin = Annotated[Principal, Depends(require("ledger:admin"))]
 Program = Annotated[ProgramCode, Path()]
 Segment = Annotated[SegmentCode, Path()]
 Limit = Annotated[int, Query(ge=1, le=1000)]
