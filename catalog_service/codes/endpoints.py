@@ -25,10 +25,5 @@ router = APIRouter(prefix="/v1/rewards", tags=["voucher codes"])
     "refuses the whole upload; the problem lists the offending codes. Each code is given out at most once.",
     responses=problems("reward_not_found", "code_exists", "duplicate_codes", "not_a_voucher"),
 )
-async def upload_codes(
-    sku: Annotated[Sku, Path()],
-    body: CodesIn,
-    principal: Admin,
-    db: DB,
-) -> CodesOut:
+async def upload_codes(sku: Annotated[Sku, Path()], body: CodesIn, principal: Admin, db: DB) -> CodesOut:
     return await service.upload(db, principal, sku, body)

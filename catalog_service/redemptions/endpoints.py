@@ -149,10 +149,5 @@ async def cancel_redemption(
     "saga_not_retryable**: the redemption is finished, or a driver holds it right now.",
     responses=problems("redemption_not_found", "saga_not_retryable"),
 )
-async def retry_redemption(
-    redemption_id: UUID,
-    principal: Admin,
-    db: DB,
-    saga: Saga,
-) -> RedemptionDetail:
+async def retry_redemption(redemption_id: UUID, principal: Admin, db: DB, saga: Saga) -> RedemptionDetail:
     return await service.retry(db, saga, principal, redemption_id)

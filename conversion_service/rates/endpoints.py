@@ -43,13 +43,7 @@ At = Annotated[
         "ledger_unavailable",
     ),
 )
-async def put_rate(
-    from_program: From,
-    to_program: To,
-    body: RateIn,
-    principal: Admin,
-    ctx: Ctx,
-) -> RateOut:
+async def put_rate(from_program: From, to_program: To, body: RateIn, principal: Admin, ctx: Ctx) -> RateOut:
     principal.require_program(from_program)
     principal.require_program(to_program)
     return await service.put_rate(ctx, principal, from_program, to_program, body)

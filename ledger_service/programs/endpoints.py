@@ -25,22 +25,13 @@ CodePath = Annotated[ProgramCode, Path()]
     summary="Create a program (a points currency)",
     responses=problems("program_exists"),
 )
-async def create_program(
-    body: ProgramIn,
-    principal: Admin,
-    db: DB,
-) -> ProgramOut:
+async def create_program(body: ProgramIn, principal: Admin, db: DB) -> ProgramOut:
     principal.require_program(body.code)
     return await service.create_program(db, body)
 
 
 @router.get("", response_model=ProgramList, summary="List programs", responses=problems("invalid_cursor"))
-async def list_programs(
-    principal: Reader,
-    db: DB,
-    limit: Limit = 50,
-    cursor: Cursor = None,
-) -> ProgramList:
+async def list_programs(principal: Reader, db: DB, limit: Limit = 50, cursor: Cursor = None) -> ProgramList:
     return await service.list_programs(db, principal, limit=limit, cursor=cursor)
 
 
@@ -50,11 +41,7 @@ async def list_programs(
     summary="Get a program",
     responses=problems("program_not_found", "program_forbidden"),
 )
-async def get_program(
-    code: CodePath,
-    principal: Reader,
-    db: DB,
-) -> ProgramOut:
+async def get_program(code: CodePath, principal: Reader, db: DB) -> ProgramOut:
     principal.require_program(code)
     return await service.get_program(db, code)
 
@@ -65,11 +52,6 @@ async def get_program(
     summary="Change a program's name, cash value, expiry, tiers or negative-balance policy",
     responses=problems("program_not_found", "program_forbidden"),
 )
-async def patch_program(
-    code: CodePath,
-    body: ProgramPatch,
-    principal: Admin,
-    db: DB,
-) -> ProgramOut:
+async def patch_program(code: CodePath, body: ProgramPatch, principal: Admin, db: DB) -> ProgramOut:
     principal.require_program(code)
     return await service.update_program(db, code, body)

@@ -59,11 +59,7 @@ async def create_rules(
     summary="All versions of the earning rules",
     responses=problems("program_not_found", "program_forbidden"),
 )
-async def list_rules(
-    code: Code,
-    principal: Reader,
-    book: Annotated[RuleBook, Depends(_book)],
-) -> RuleSetList:
+async def list_rules(code: Code, principal: Reader, book: Annotated[RuleBook, Depends(_book)]) -> RuleSetList:
     principal.require_program(code)
     return await service.list_rule_sets(book, code)
 
