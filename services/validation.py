@@ -83,6 +83,15 @@ class StrictBody(BaseModel):
         return value
 
 
+def check_patch(body: BaseModel, nullable: frozenset[str] = frozenset()) -> None:
+    """A PATCH body changes at least one field, and sets to null only the fields that may be null."""
+    if not body.model_fields_set:
+        raise ValueError("send at least one field to change")
+    for name in body.model_fields_set - nullable:
+        if getattr(body, name) is None:
+            raise ValueError(f"{name} cannot be null")
+
+
 def _in_range(code: str, what: str) -> Any:
     def check(value: datetime) -> datetime:
         if not EARLIEST <= value < LATEST:

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from catalog_service.common import Sku
 from services.conventions import Currency, ProgramCode
-from services.validation import StrictBody, Timestamp
+from services.validation import StrictBody, Timestamp, check_patch
 
 RewardType = Literal["physical", "voucher", "service"]
 MAX_PRICE = 10**12
@@ -146,11 +146,7 @@ class RewardPatch(Strict):
 
     @model_validator(mode="after")
     def _valid(self) -> RewardPatch:
-        if not self.model_fields_set:
-            raise ValueError("send at least one field to change")
-        for name in self.model_fields_set - NULLABLE:
-            if getattr(self, name) is None:
-                raise ValueError(f"{name} cannot be null")
+        check_patch(self, NULLABLE)
         return self
 
 

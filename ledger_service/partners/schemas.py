@@ -9,7 +9,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from ledger_service.schemas_common import Currency, PartnerCode, Points, ProgramCode, Reference
-from services.validation import StrictBody, Timestamp
+from services.validation import StrictBody, Timestamp, check_patch
 
 Role = Literal["issuer", "acceptor"]
 Status = Literal["active", "suspended"]
@@ -54,11 +54,7 @@ class PartnerPatch(Strict):
     @model_validator(mode="after")
     def _valid(self) -> PartnerPatch:
         _unique_roles(self.roles)
-        if not self.model_fields_set:
-            raise ValueError("send at least one field to change")
-        for name in self.model_fields_set:
-            if getattr(self, name) is None:
-                raise ValueError(f"{name} cannot be null")
+        check_patch(self)
         return self
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from ledger_service.schemas_common import MAX_POINTS, Currency, PointKind, ProgramCode, TimeZone
-from services.validation import StrictBody
+from services.validation import StrictBody, check_patch
 
 _MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
@@ -188,11 +188,7 @@ class ProgramPatch(Strict):
     @model_validator(mode="after")
     def _valid(self) -> ProgramPatch:
         _check_tiers(self.tiers)
-        if not self.model_fields_set:
-            raise ValueError("send at least one field to change")
-        for name in self.model_fields_set:
-            if getattr(self, name) is None:
-                raise ValueError(f"{name} cannot be null")
+        check_patch(self)
         return self
 
 
