@@ -255,10 +255,7 @@ async def get(db: Database, principal: Principal, redemption_id: UUID) -> Redemp
 async def retry(
     db: Database, saga: SagaRunner, principal: Principal, redemption_id: UUID
 ) -> RedemptionDetail:
-    await get(db, principal, redemption_id)  # exists, and this key may see it
-    if not await saga.retry_now(redemption_id):
-        raise Conflict("The redemption is finished, or being driven right now.", code="saga_not_retryable")
-    return await get(db, principal, redemption_id)
+    return await saga.retry_for(redemption_id, lambda: get(db, principal, redemption_id), "redemption")
 
 
 async def list_for_member(

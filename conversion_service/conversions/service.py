@@ -150,10 +150,9 @@ async def get_conversion(ctx: Context, principal: Principal, conversion_id: UUID
 async def retry_conversion(
     ctx: Context, saga: SagaRunner, principal: Principal, conversion_id: UUID
 ) -> ConversionOut:
-    await get_conversion(ctx, principal, conversion_id)  # exists, and this key may see it
-    if not await saga.retry_now(conversion_id):
-        raise Conflict("The conversion is finished, or being driven right now.", code="saga_not_retryable")
-    return await get_conversion(ctx, principal, conversion_id)
+    return await saga.retry_for(
+        conversion_id, lambda: get_conversion(ctx, principal, conversion_id), "conversion"
+    )
 
 
 async def list_conversions(
