@@ -18,8 +18,8 @@ from catalog_service.redemptions.schemas import (
     RedemptionOut,
     RedemptionStatus,
 )
-from services.conventions import MemberRef, ProgramCode
-from services.deps import DB, Cursor, Limit
+from services.conventions import MemberRef
+from services.deps import DB, Cursor, Limit, ProgramQuery
 from services.errors import Unprocessable
 from services.idempotency import idempotency_key
 from services.openapi import problems
@@ -89,7 +89,7 @@ async def list_redemptions(
     principal: Reader,
     db: DB,
     member_ref: Annotated[MemberRef | None, Query()] = None,
-    program: Annotated[ProgramCode | None, Query()] = None,
+    program: ProgramQuery = None,
     status: Annotated[RedemptionStatus | None, Query()] = None,
     limit: Limit = 50,
     cursor: Cursor = None,

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Depends, Path, Query
 from catalog_service.common import Admin, Reader, Sku, get_ledger
 from catalog_service.rewards import service
 from catalog_service.rewards.schemas import RewardIn, RewardList, RewardOut, RewardPatch, RewardType
-from services.conventions import MemberRef, ProgramCode
-from services.deps import DB, Cursor, Limit
+from services.conventions import MemberRef
+from services.deps import DB, Cursor, Limit, ProgramQuery
 from services.ledger_client import LedgerClient
 from services.openapi import problems
 
@@ -59,7 +59,7 @@ async def list_rewards(
     principal: Reader,
     db: DB,
     ledger: Ledger,
-    program: Annotated[ProgramCode | None, Query()] = None,
+    program: ProgramQuery = None,
     category: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
     merchant: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
     type: Annotated[RewardType | None, Query()] = None,

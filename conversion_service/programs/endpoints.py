@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Path
+from fastapi import APIRouter
 
 from conversion_service.deps import Admin, Ctx, Reader
 from conversion_service.programs import service
 from conversion_service.programs.schemas import ProgramSettingsIn, ProgramSettingsOut
-from conversion_service.schemas_common import ProgramCode
+from services.deps import ProgramPath
 from services.openapi import problems
 
 router = APIRouter(prefix="/v1/programs", tags=["programs"])
-
-CodePath = Annotated[ProgramCode, Path()]
 
 
 @router.get(
@@ -23,7 +19,7 @@ CodePath = Annotated[ProgramCode, Path()]
     summary="A program's conversion policy (derived rates allowed?)",
     responses=problems("program_not_found", "program_forbidden", "ledger_rejected", "ledger_unavailable"),
 )
-async def get_program_settings(code: CodePath, principal: Reader, ctx: Ctx) -> ProgramSettingsOut:
+async def get_program_settings(code: ProgramPath, principal: Reader, ctx: Ctx) -> ProgramSettingsOut:
     principal.require_program(code)
     return await service.get_settings(ctx, code)
 
@@ -38,7 +34,7 @@ async def get_program_settings(code: CodePath, principal: Reader, ctx: Ctx) -> P
     responses=problems("program_not_found", "program_forbidden", "ledger_rejected", "ledger_unavailable"),
 )
 async def put_program_settings(
-    code: CodePath,
+    code: ProgramPath,
     body: ProgramSettingsIn,
     principal: Admin,
     ctx: Ctx,

@@ -10,7 +10,7 @@ from conversion_service.deps import Admin, Ctx, Reader
 from conversion_service.rates import service
 from conversion_service.rates.schemas import RateIn, RateList, RateOut
 from conversion_service.schemas_common import ProgramCode
-from services.deps import Cursor, Limit
+from services.deps import Cursor, Limit, ProgramQuery
 from services.openapi import problems
 from services.validation import Timestamp
 
@@ -61,8 +61,8 @@ async def list_rates(
     principal: Reader,
     ctx: Ctx,
     at: At = None,
-    from_program: Annotated[ProgramCode | None, Query()] = None,
-    to_program: Annotated[ProgramCode | None, Query()] = None,
+    from_program: ProgramQuery = None,
+    to_program: ProgramQuery = None,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> RateList:

@@ -39,7 +39,7 @@ from ledger_service.schemas_common import MemberRef, PartnerCode, ProgramCode
 from ledger_service.segments.schemas import SegmentCode
 from services.auth import KeyStore, Principal
 from services.db import Database
-from services.deps import Cursor
+from services.deps import Cursor, ProgramQuery
 from services.errors import DomainError
 from services.settings import Settings
 
@@ -169,7 +169,6 @@ async def current_user(request: Request) -> User:
 
 
 Reader = Annotated[User, Depends(current_user)]
-ProgramFilter = Annotated[ProgramCode | None, Query()]
 
 
 async def posted_by(request: Request, user: Reader, csrf: Annotated[str | None, Form()] = None) -> User:
@@ -275,7 +274,7 @@ Listing = Callable[[Database, Principal, str | None, str | None], Awaitable[Any]
 
 def _program_listing(template: str, fetch: Listing) -> Callable[..., Awaitable[Response]]:
     async def listing(
-        request: Request, user: Reader, program: ProgramFilter = None, cursor: Cursor = None
+        request: Request, user: Reader, program: ProgramQuery = None, cursor: Cursor = None
     ) -> Response:
         data = await fetch(request.app.state.db, user.principal, program, cursor)
         return page(request, template, user, data=data)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter
 
 from ledger_service.deps import Reader
 from ledger_service.members import service
 from ledger_service.members.schemas import MemberOut, Statement, TierHistory, TransactionDetail
 from ledger_service.postings.schemas import HoldOut
-from ledger_service.schemas_common import MemberRef, ProgramCode
-from services.deps import DB, Cursor, Limit
+from services.deps import DB, Cursor, Limit, MemberPath, ProgramPath
 from services.openapi import problems
 
 router = APIRouter(tags=["members"])
@@ -34,8 +32,8 @@ READ_ERRORS = problems(
     responses=READ_ERRORS,
 )
 async def get_member(
-    code: Annotated[ProgramCode, Path()],
-    member_ref: Annotated[MemberRef, Path()],
+    code: ProgramPath,
+    member_ref: MemberPath,
     principal: Reader,
     db: DB,
 ) -> MemberOut:
@@ -50,8 +48,8 @@ async def get_member(
     responses=READ_ERRORS,
 )
 async def get_statement(
-    code: Annotated[ProgramCode, Path()],
-    member_ref: Annotated[MemberRef, Path()],
+    code: ProgramPath,
+    member_ref: MemberPath,
     principal: Reader,
     db: DB,
     limit: Limit = 50,
@@ -68,8 +66,8 @@ async def get_statement(
     responses=READ_ERRORS,
 )
 async def get_tier_history(
-    code: Annotated[ProgramCode, Path()],
-    member_ref: Annotated[MemberRef, Path()],
+    code: ProgramPath,
+    member_ref: MemberPath,
     principal: Reader,
     db: DB,
     limit: Limit = 50,

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Path
+from fastapi import APIRouter
 
 from ledger_service.deps import Admin, Reader
 from ledger_service.programs import service
 from ledger_service.programs.schemas import ProgramIn, ProgramList, ProgramOut, ProgramPatch
-from ledger_service.schemas_common import ProgramCode
-from services.deps import DB, Cursor, Limit
+from services.deps import DB, Cursor, Limit, ProgramPath
 from services.openapi import problems
 
 router = APIRouter(prefix="/v1/programs", tags=["programs"])
-
-CodePath = Annotated[ProgramCode, Path()]
 
 
 @router.post(
@@ -41,7 +36,7 @@ async def list_programs(principal: Reader, db: DB, limit: Limit = 50, cursor: Cu
     summary="Get a program",
     responses=problems("program_not_found", "program_forbidden"),
 )
-async def get_program(code: CodePath, principal: Reader, db: DB) -> ProgramOut:
+async def get_program(code: ProgramPath, principal: Reader, db: DB) -> ProgramOut:
     principal.require_program(code)
     return await service.get_program(db, code)
 
@@ -52,6 +47,6 @@ async def get_program(code: CodePath, principal: Reader, db: DB) -> ProgramOut:
     summary="Change a program's name, cash value, expiry, tiers or negative-balance policy",
     responses=problems("program_not_found", "program_forbidden"),
 )
-async def patch_program(code: CodePath, body: ProgramPatch, principal: Admin, db: DB) -> ProgramOut:
+async def patch_program(code: ProgramPath, body: ProgramPatch, principal: Admin, db: DB) -> ProgramOut:
     principal.require_program(code)
     return await service.update_program(db, code, body)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Query, Request
 
 from ledger_service.deps import Reader
 from ledger_service.reports import service
 from ledger_service.reports.service import Report
-from ledger_service.schemas_common import ProgramCode
+from services.deps import ProgramPath
 from services.errors import Unprocessable
 from services.openapi import problems
 from services.validation import Timestamp
@@ -30,7 +30,7 @@ router = APIRouter(tags=["reports"])
 )
 async def report(
     request: Request,
-    code: Annotated[ProgramCode, Path()],
+    code: ProgramPath,
     principal: Reader,
     start: Annotated[
         Timestamp | None, Query(alias="from", description="RFC 3339; default: the beginning")

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Request
 
 from ledger_service.deps import Admin, Reader
 from ledger_service.rules import service
 from ledger_service.rules.schemas import EvaluateIn, Evaluation, RuleSetIn, RuleSetList, RuleSetOut
 from ledger_service.rules.service import RuleBook
-from ledger_service.schemas_common import ProgramCode
 from services.auth import Principal, require
-from services.deps import DB
+from services.deps import DB, ProgramPath
 from services.errors import Unprocessable
 from services.openapi import problems
 
 router = APIRouter(prefix="/v1/programs/{code}/rules", tags=["rules"])
-Code = Annotated[ProgramCode, Path()]
 
 
 async def _book(request: Request) -> RuleBook:
@@ -43,7 +41,7 @@ async def _book(request: Request) -> RuleBook:
     ),
 )
 async def create_rules(
-    code: Code,
+    code: ProgramPath,
     body: RuleSetIn,
     principal: Admin,
     db: DB,
@@ -59,7 +57,9 @@ async def create_rules(
     summary="All versions of the earning rules",
     responses=problems("program_not_found", "program_forbidden"),
 )
-async def list_rules(code: Code, principal: Reader, book: Annotated[RuleBook, Depends(_book)]) -> RuleSetList:
+async def list_rules(
+    code: ProgramPath, principal: Reader, book: Annotated[RuleBook, Depends(_book)]
+) -> RuleSetList:
     principal.require_program(code)
     return await service.list_rule_sets(book, code)
 
@@ -81,7 +81,7 @@ async def list_rules(code: Code, principal: Reader, book: Annotated[RuleBook, De
     ),
 )
 async def evaluate(
-    code: Code,
+    code: ProgramPath,
     body: EvaluateIn,
     principal: Annotated[Principal, Depends(require("ledger:read", "ledger:earn"))],
     book: Annotated[RuleBook, Depends(_book)],
