@@ -9,14 +9,14 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 import asyncpg
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints
 
 from services.auth import SCOPES, KeyStore, Principal, create_api_key, hash_key, new_secret, notify_change
 from services.conventions import ProgramCode
 from services.db import Database
 from services.errors import Conflict, Forbidden, NotFound
 from services.pagination import decode_cursor, encode_cursor
-from services.validation import StrictBody
+from services.validation import StrictBody, body_examples
 
 Scope = Literal[
     "ledger:read", "ledger:earn", "ledger:burn", "ledger:batch", "ledger:admin",
@@ -50,13 +50,8 @@ class ApiKeyIn(StrictBody):
         "may name no other (403 partner_forbidden)",
     )
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {"name": "pos-terminals", "scopes": ["ledger:read", "ledger:burn"], "programs": ["WLT"]}
-            ]
-        },
+    model_config = body_examples(
+        {"name": "pos-terminals", "scopes": ["ledger:read", "ledger:burn"], "programs": ["WLT"]},
     )
 
 

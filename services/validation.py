@@ -69,6 +69,11 @@ def check_value(value: Any) -> None:
             check_value(item)
 
 
+def body_examples(*examples: dict[str, Any]) -> ConfigDict:
+    """The config of a request body (no unknown fields) with its examples for the OpenAPI document."""
+    return ConfigDict(extra="forbid", json_schema_extra={"examples": list(examples)})
+
+
 class StrictBody(BaseModel):
     """The base of request bodies: no unknown fields, nothing PostgreSQL could not store. Nested
     models check their own fields (they inherit this too); other values are walked here."""
