@@ -31,7 +31,6 @@ Answers for an unreachable or refusing ledger are the same in every service (ser
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from abc import ABC, abstractmethod
@@ -49,6 +48,7 @@ from services.db import Database
 from services.errors import LEDGER_RETRY_AFTER, PROBLEM_JSON, Conflict, DomainError, problem_body
 from services.idempotency import PENDING, REPLAYED_HEADER, IdempotencyInUse, IdempotencyStore, StoredResponse
 from services.ledger_client import LedgerClient, LedgerRejected, LedgerReply, LedgerUnavailable
+from services.periodic import cancel_tasks
 
 log = logging.getLogger("jifen.saga")
 
@@ -711,9 +711,7 @@ class SagaRecovery(Generic[Id]):
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_tasks([self._task])
             self._task = None
 
     async def run_once(self) -> int:
