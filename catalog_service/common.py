@@ -8,7 +8,6 @@ from fastapi import Depends, Request
 from pydantic import Field, StringConstraints
 
 from services.auth import Principal, require
-from services.db import Database
 from services.ledger_client import LedgerClient
 
 SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -20,11 +19,6 @@ Sku = Annotated[
         description="1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit", examples=["STARBUCKS-TALL"]
     ),
 ]
-
-
-async def get_db(request: Request) -> Database:
-    db: Database = request.app.state.db
-    return db
 
 
 async def get_ledger(request: Request) -> LedgerClient:
