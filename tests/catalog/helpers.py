@@ -15,6 +15,7 @@ import httpx
 from services.auth import create_api_key
 from services.db import Database
 from tests.conftest import assert_problem, move, new_key, post, unique_code
+from tests.harness import api_client
 
 __all__ = ["assert_problem", "new_key", "unique_code"]
 
@@ -33,12 +34,7 @@ FAST_SAGAS = {
 
 
 def client(base_url: str, key: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        base_url=base_url,
-        headers={"Authorization": f"Bearer {key}"},
-        timeout=60,
-        limits=httpx.Limits(keepalive_expiry=KEEPALIVE_S),
-    )
+    return api_client(base_url, key, limits=httpx.Limits(keepalive_expiry=KEEPALIVE_S))
 
 
 def catalog_env(ledger_url: str, ledger_key: str, **extra: str) -> dict[str, str]:
