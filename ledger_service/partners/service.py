@@ -163,18 +163,13 @@ def _int(value: Decimal | int) -> int:
     return int(value)
 
 
+# The line's counts and sums: SQL sums arrive as numeric (Decimal); the model's int fields name them.
+_LINE_INTS = tuple(name for name, f in StatementLine.model_fields.items() if f.annotation is int)
+
+
 def _line(row: asyncpg.Record | dict[str, Any]) -> StatementLine:
     data = dict(row)
-    for name in (
-        "points_issued",
-        "points_issued_reversed",
-        "points_accepted",
-        "points_accepted_reversed",
-        "cash_due_from_partner_minor",
-        "cash_due_to_partner_minor",
-        "net_minor",
-        "transactions",
-    ):
+    for name in _LINE_INTS:
         data[name] = _int(data[name])
     return StatementLine.model_validate(data)
 
