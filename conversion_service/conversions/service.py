@@ -33,7 +33,7 @@ from conversion_service.quotes.service import DailyLimitExceeded, price
 from services.auth import Principal
 from services.errors import Conflict, NotFound, Unprocessable
 from services.idempotency import canonical_json, fingerprint
-from services.pagination import decode_cursor, encode_cursor
+from services.pagination import decode_cursor, page_of
 from services.saga import Operation, SagaRunner
 
 
@@ -174,6 +174,5 @@ async def list_conversions(
             programs=principal.program_list(),
             limit=limit + 1,
         )
-    page = rows[:limit]
-    next_cursor = encode_cursor(page[-1]["seq"]) if len(rows) > limit else None
+    page, next_cursor = page_of(rows, limit, "seq")
     return ConversionList(data=[summary(r) for r in page], next_cursor=next_cursor)

@@ -16,7 +16,7 @@ from conversion_service.rates.schemas import CashValue, DerivedFrom, RateIn, Rat
 from conversion_service.schemas_common import MAX_POINTS
 from services.auth import Principal
 from services.errors import NotFound, Unprocessable
-from services.pagination import decode_cursor, encode_cursor
+from services.pagination import decode_cursor, page_of
 
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 
@@ -158,8 +158,7 @@ async def list_rates(
             to_program=to_program,
             programs=principal.program_list(),
         )
-    page = rows[:limit]
-    next_cursor = encode_cursor(page[-1]["pair_id"]) if len(rows) > limit else None
+    page, next_cursor = page_of(rows, limit, "pair_id")
     return RateList(data=[_out(r) for r in page], next_cursor=next_cursor)
 
 
@@ -169,6 +168,5 @@ async def list_versions(
     before = decode_cursor(cursor) or 2**31 - 1
     async with ctx.db.driver() as conn:
         rows = await repository.versions(conn, from_program, to_program, before=before, limit=limit + 1)
-    page = rows[:limit]
-    next_cursor = encode_cursor(page[-1]["version"]) if len(rows) > limit else None
+    page, next_cursor = page_of(rows, limit, "version")
     return RateList(data=[_out(r) for r in page], next_cursor=next_cursor)
