@@ -61,16 +61,20 @@ async def put_rate(
     return _out(row)
 
 
+async def _direct(ctx: Context, from_program: str, to_program: str, at: datetime | None) -> RateOut | None:
+    """The published rate between the two in force at `at` (default now), if any."""
+    async with ctx.db.driver() as conn:
+        row = await repository.in_force(conn, from_program, to_program, at)
+    return None if row is None else _out(row)
+
+
 async def rate_in_force(
     ctx: Context, from_program: str, to_program: str, *, at: datetime | None = None
 ) -> RateOut:
     """The direct rate in force at `at` (default now), else a derived one; NoRate if neither."""
     same_program_check(from_program, to_program)
-    async with ctx.db.driver() as conn:
-        row = await repository.in_force(conn, from_program, to_program, at)
-    if row is not None:
-        return _out(row)
-    return await derived_rate(ctx, from_program, to_program)
+    direct = await _direct(ctx, from_program, to_program, at)
+    return direct if direct is not None else await derived_rate(ctx, from_program, to_program)
 
 
 async def derived_rate(ctx: Context, from_program: str, to_program: str) -> RateOut:
@@ -128,10 +132,9 @@ async def get_rate(ctx: Context, from_program: str, to_program: str, at: datetim
     try:
         if at is not None:  # derived rates follow today's cash values; only direct ones have a history
             same_program_check(from_program, to_program)
-            async with ctx.db.driver() as conn:
-                row = await repository.in_force(conn, from_program, to_program, at)
-            if row is not None:
-                return _out(row)
+            direct = await _direct(ctx, from_program, to_program, at)
+            if direct is not None:
+                return direct
         return await rate_in_force(ctx, from_program, to_program)
     except NoRate as exc:
         raise NotFound(exc.detail, code="rate_not_found") from None
