@@ -100,6 +100,14 @@ async def upload_codes(catalog: httpx.AsyncClient, sku: str, n: int) -> list[str
     return codes
 
 
+async def voucher_reward(
+    catalog: httpx.AsyncClient, program: str, codes: int, **overrides: Any
+) -> tuple[str, list[str]]:
+    """A voucher reward (create_reward's fields) with `codes` codes uploaded: its sku and the codes."""
+    reward = await create_reward(catalog, program, type="voucher", **overrides)
+    return reward["sku"], await upload_codes(catalog, reward["sku"], codes)
+
+
 async def redeem(
     catalog: httpx.AsyncClient,
     sku: str,

@@ -19,6 +19,7 @@ from tests.catalog.helpers import (
     new_program,
     redeem,
     upload_codes,
+    voucher_reward,
 )
 from tests.catalog.invariants import check_catalog_invariants
 
@@ -34,9 +35,8 @@ async def test_200_members_race_for_50_vouchers(
     catalog_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient, catalog_db: Database
 ) -> None:
     program = await new_program(ledger_http)
-    reward = await create_reward(catalog_http, program, type="voucher", price_points=100, stock=50)
-    sku = reward["sku"]
-    codes = await upload_codes(catalog_http, sku, 60)  # more codes than stock: the stock decides
+    # more codes than stock: the stock decides
+    sku, codes = await voucher_reward(catalog_http, program, 60, price_points=100, stock=50)
     members = [f"race-{i:03d}" for i in range(200)]
     await _gather_in_chunks([earn(ledger_http, program, m, 100) for m in members])
 

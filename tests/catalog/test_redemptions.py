@@ -21,6 +21,7 @@ from tests.catalog.helpers import (
     new_program,
     redeem,
     upload_codes,
+    voucher_reward,
 )
 from tests.catalog.invariants import check_catalog_invariants
 
@@ -29,11 +30,9 @@ async def test_voucher_redemption_and_idempotency(
     catalog_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient, catalog_db: Database
 ) -> None:
     program = await new_program(ledger_http)
-    reward = await create_reward(
-        catalog_http, program, type="voucher", price_points=100, cash_price_minor=500, stock=5
+    sku, codes = await voucher_reward(
+        catalog_http, program, 5, price_points=100, cash_price_minor=500, stock=5
     )
-    sku = reward["sku"]
-    codes = await upload_codes(catalog_http, sku, 5)
     await earn(ledger_http, program, "v-m1", 1000)
 
     key = new_key()
@@ -177,11 +176,7 @@ async def test_cancel_refunds_restocks_and_replays(
     catalog_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient, catalog_db: Database
 ) -> None:
     program = await new_program(ledger_http)
-    reward = await create_reward(
-        catalog_http, program, type="voucher", price_points=300, stock=2, per_member_limit=1
-    )
-    sku = reward["sku"]
-    await upload_codes(catalog_http, sku, 4)
+    sku, _ = await voucher_reward(catalog_http, program, 4, price_points=300, stock=2, per_member_limit=1)
     await earn(ledger_http, program, "x-m1", 1000)
     redeem_key = new_key()
     r = await redeem(catalog_http, sku, program, "x-m1", key=redeem_key)
