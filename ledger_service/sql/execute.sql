@@ -66,15 +66,17 @@ END $$;
 CREATE OR REPLACE FUNCTION ledger.execute_batch(p_requests jsonb)
 RETURNS TABLE (i int, status int, body text, replayed boolean)
 LANGUAGE plpgsql AS $$
-DECLARE r jsonb; res record; n int; done int[] := '{}';
+DECLARE r jsonb; res record; n int; done int[] := '{}'; earns boolean; others boolean;
 BEGIN
+    SELECT coalesce(bool_or(x.r->>'op' = 'earn'), false),
+           coalesce(bool_or(x.r->>'op' <> 'earn' OR jsonb_typeof(x.r->'a'->'points') IS DISTINCT FROM 'number'), false)
+    INTO earns, others FROM jsonb_array_elements(p_requests) x(r);
     -- A batch with anything but plain earns takes its locks up front, in the order every writer
     -- uses: documents (holds, then transactions) by id, then member accounts by id. Without it the
     -- set-based earns lock their members before the other requests do, and a capture or reversal
     -- locks its document after members of earlier requests: orders two batches can cross (a
     -- deadlock, then a retry one request at a time).
-    IF EXISTS (SELECT 1 FROM jsonb_array_elements(p_requests) x(r)
-               WHERE x.r->>'op' <> 'earn' OR jsonb_typeof(x.r->'a'->'points') IS DISTINCT FROM 'number') THEN
+    IF others THEN
         PERFORM 1 FROM ledger.holds h
         WHERE h.id IN (SELECT (x.r->'a'->>'hold_id')::uuid FROM jsonb_array_elements(p_requests) x(r)
                        WHERE x.r->'a' ? 'hold_id')
@@ -103,11 +105,14 @@ BEGIN
                            WHERE x.r->'a' ? 'transaction_id'))
         ORDER BY a.id FOR UPDATE;
     END IF;
-    FOR res IN SELECT * FROM ledger.earn_set(p_requests) LOOP
-        i := res.i; status := 201; body := res.body::text; replayed := false;
-        RETURN NEXT;
-        done := done || res.i;
-    END LOOP;
+    -- A batch without earns (burns, holds, captures) skips the set-based earn's staging.
+    IF earns THEN
+        FOR res IN SELECT * FROM ledger.earn_set(p_requests) LOOP
+            i := res.i; status := 201; body := res.body::text; replayed := false;
+            RETURN NEXT;
+            done := done || res.i;
+        END LOOP;
+    END IF;
     FOR r, n IN SELECT x.value, (x.ord - 1)::int FROM jsonb_array_elements(p_requests) WITH ORDINALITY AS x(value, ord)
                 WHERE NOT ((x.ord - 1)::int = ANY (done)) ORDER BY x.ord LOOP
         SELECT * INTO res FROM ledger.execute(

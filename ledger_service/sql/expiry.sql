@@ -15,13 +15,15 @@ CREATE OR REPLACE FUNCTION ledger.expire_lots(p_as_of timestamptz, p_limit int, 
     OUT transactions int)
 LANGUAGE plpgsql AS $$
 BEGIN
+    -- Dropped at commit, not emptied: an ON COMMIT DELETE ROWS table is truncated at every later
+    -- commit of the session that touches a temp table, the pooled connection's earns included.
     CREATE TEMP TABLE IF NOT EXISTS expiry_due (lot_id bigint, account_id bigint, expires_at timestamptz)
-        ON COMMIT DELETE ROWS;
+        ON COMMIT DROP;
     CREATE TEMP TABLE IF NOT EXISTS expiry_acc (account_id bigint, program_id int, member_ref text, cap bigint)
-        ON COMMIT DELETE ROWS;
+        ON COMMIT DROP;
     CREATE TEMP TABLE IF NOT EXISTS expiry_take (lot_id bigint, account_id bigint, expires_at timestamptz,
-        take bigint, roll bigint, pending boolean) ON COMMIT DELETE ROWS;
-    CREATE TEMP TABLE IF NOT EXISTS expiry_txn (txn_id uuid, account_id bigint) ON COMMIT DELETE ROWS;
+        take bigint, roll bigint, pending_until timestamptz) ON COMMIT DROP;
+    CREATE TEMP TABLE IF NOT EXISTS expiry_txn (txn_id uuid, account_id bigint) ON COMMIT DROP;
     TRUNCATE expiry_due, expiry_acc, expiry_take, expiry_txn;
 
     INSERT INTO expiry_due
@@ -47,10 +49,10 @@ BEGIN
     SELECT x.lot_id, x.account_id, x.expires_at, x.take,
            CASE WHEN x.is_rolled OR NOT coalesce(ledger.next_period(p, x.expires_at) > p_as_of, false) THEN 0
                 ELSE x.take * p.rollover_bps / 10000 END,
-           x.pending
+           x.pending_until
     FROM (
         SELECT d.lot_id, d.account_id, d.expires_at, a.program_id, l.txn_id IS NULL AS is_rolled,
-               l.pending_until IS NOT NULL AS pending,
+               l.pending_until,
                CASE WHEN l.pending_until IS NOT NULL THEN l.remaining
                     ELSE least(l.remaining, greatest(a.cap - coalesce(sum(l.remaining) FILTER (
                              WHERE l.pending_until IS NULL) OVER w, 0), 0)) END AS take
@@ -63,16 +65,20 @@ BEGIN
     WHERE x.take > 0;
 
     UPDATE ledger.lots l SET remaining = l.remaining - t.take FROM expiry_take t WHERE l.id = t.lot_id;
+    -- A pending lot's points leave accounts.pending, except what rolls over before the lot's release
+    -- time: that stays pending in the rolled lot, released when the original would have been.
     UPDATE ledger.accounts a SET pending = a.pending - s.points
-    FROM (SELECT account_id, sum(take) AS points FROM expiry_take WHERE pending GROUP BY 1) s
-    WHERE a.id = s.account_id;
+    FROM (SELECT account_id, sum(take - CASE WHEN pending_until > now() THEN roll ELSE 0 END) AS points
+          FROM expiry_take WHERE pending_until IS NOT NULL GROUP BY 1) s
+    WHERE a.id = s.account_id AND s.points <> 0;
 
-    -- Rolled-over points stay the member's: a new lot per old expiry date, no posting.
-    INSERT INTO ledger.lots (account_id, program_id, txn_id, points, remaining, expires_at)
-    SELECT t.account_id, p.id, NULL, sum(t.roll), sum(t.roll), ledger.next_period(p, t.expires_at)
+    -- Rolled-over points stay the member's: a new lot per old expiry date (and release time), no posting.
+    INSERT INTO ledger.lots (account_id, program_id, txn_id, points, remaining, expires_at, pending_until)
+    SELECT t.account_id, p.id, NULL, sum(t.roll), sum(t.roll), ledger.next_period(p, t.expires_at),
+           CASE WHEN t.pending_until > now() THEN t.pending_until END
     FROM expiry_take t JOIN expiry_acc a ON a.account_id = t.account_id JOIN ledger.programs p ON p.id = a.program_id
     WHERE t.roll > 0
-    GROUP BY t.account_id, p.id, t.expires_at;
+    GROUP BY t.account_id, p.id, t.expires_at, CASE WHEN t.pending_until > now() THEN t.pending_until END;
 
     WITH per_account AS (
         SELECT t.account_id, sum(t.take - t.roll) AS broken, sum(t.roll) AS rolled, count(*) AS lots

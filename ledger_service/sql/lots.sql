@@ -32,26 +32,33 @@ $$;
 
 -- When an earn at `p_at` with `p_days` pending days (the rule's; NULL: the program's) becomes
 -- spendable, in the program's calendar; NULL when it is spendable now (no pending days, or a
--- back-dated earn already past them). Plain SQL, inlined into the set-based earn.
+-- back-dated earn already past them). One expression with no FROM, so the planner inlines it into
+-- the set-based earn (a function call per row costs more than the earn's own arithmetic).
 CREATE OR REPLACE FUNCTION ledger.pending_until(prog ledger.programs, p_at timestamptz, p_days int)
 RETURNS timestamptz
 LANGUAGE sql STABLE AS $$
-    SELECT CASE WHEN r.at > now() THEN r.at END
-    FROM (SELECT CASE WHEN coalesce(p_days, prog.pending_days) > 0
-                      THEN ((p_at AT TIME ZONE prog.timezone)
-                            + make_interval(days => coalesce(p_days, prog.pending_days))) AT TIME ZONE prog.timezone
-                 END AS at) r
+    SELECT CASE WHEN coalesce(p_days, prog.pending_days) > 0
+                 AND ((p_at AT TIME ZONE prog.timezone)
+                      + make_interval(days => coalesce(p_days, prog.pending_days))) AT TIME ZONE prog.timezone > now()
+                THEN ((p_at AT TIME ZONE prog.timezone)
+                      + make_interval(days => coalesce(p_days, prog.pending_days))) AT TIME ZONE prog.timezone
+           END
 $$;
 
 -- A member's pending points now: accounts.pending (`p_pending`) less its lots whose release time
--- has passed but that no one has released yet (ledger.release_pending_of). No lot is read for the
--- members without pending points.
+-- has passed but that no one has released yet (ledger.release_pending_of). An expression with no
+-- subquery, so it is inlined: the lots are read (ledger.due_pending) only for members with pending
+-- points, and every other member costs a comparison.
 CREATE OR REPLACE FUNCTION ledger.pending_now(p_account bigint, p_pending bigint) RETURNS bigint
 LANGUAGE sql STABLE AS $$
-    SELECT CASE WHEN coalesce(p_pending, 0) <= 0 THEN 0::bigint ELSE p_pending - coalesce((
-        SELECT sum(remaining) FROM ledger.lots
-        WHERE account_id = p_account AND pending_until IS NOT NULL AND remaining > 0 AND pending_until <= now()), 0)::bigint
-    END
+    SELECT CASE WHEN coalesce(p_pending, 0) <= 0 THEN 0::bigint ELSE p_pending - ledger.due_pending(p_account) END
+$$;
+
+-- A member's pending points whose release time has passed.
+CREATE OR REPLACE FUNCTION ledger.due_pending(p_account bigint) RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(sum(remaining), 0)::bigint FROM ledger.lots
+    WHERE account_id = p_account AND pending_until IS NOT NULL AND remaining > 0 AND pending_until <= now()
 $$;
 
 -- Releases a member's pending lots whose time has come: clears their pending_until and takes their

@@ -46,8 +46,9 @@ CREATE OR REPLACE FUNCTION ledger.review_tiers(p_after bigint, p_limit int, p_pr
                                     OUT reviewed int, OUT changed int)
 LANGUAGE plpgsql AS $$
 BEGIN
+    -- Dropped at commit (see ledger.expire_lots).
     CREATE TEMP TABLE IF NOT EXISTS tier_review (account_id bigint, old_tier text, new_tier text, points bigint)
-        ON COMMIT DELETE ROWS;
+        ON COMMIT DROP;
     TRUNCATE tier_review;
     INSERT INTO tier_review
     SELECT c.id, c.tier, ledger.reviewed_tier(c.tiers, c.tier_downgrade, c.tier, c.points), c.points FROM (

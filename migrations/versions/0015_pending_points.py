@@ -47,6 +47,7 @@ DROP FUNCTION IF EXISTS ledger.earn_json(ledger.transactions, text, bigint, bigi
 NEW = (
     "ledger.pending_until(ledger.programs, timestamptz, integer)",
     "ledger.pending_now(bigint, bigint)",
+    "ledger.due_pending(bigint)",
     "ledger.release_pending_of(bigint)",
     "ledger.release_due_pending(integer)",
     "ledger.earn_json(ledger.transactions, text, bigint, bigint, bigint)",

@@ -271,6 +271,25 @@ async def test_a_pending_lot_past_its_expiry_expires_from_occurred_at(
     await check_ledger_invariants(ledger_app.state.db, program)
 
 
+async def test_points_rolled_over_from_a_pending_lot_stay_pending_until_its_release(
+    client: httpx.AsyncClient, ledger_app
+) -> None:
+    program = await pending_program(client, 60, expiry={"policy": "rolling", "months": 1}, rollover_bps=5000)
+    now = datetime.now(UTC)
+    await earn(client, program, "ida", 100, occurred_at=(now - timedelta(days=40)).isoformat())  # due, pending
+    r = await client.post("/v1/jobs/expire", params={"as_of": now.isoformat(), "program": program})
+    assert r.status_code == 200, r.text
+    view = await member(client, program, "ida")
+    assert (view["balance"], view["pending"], view["available"]) == (50, 50, 0)
+    assert await counter(ledger_app.state.db, program, "ida") == 50
+    r = await send(client, "burn", {"program": program, "member_ref": "ida", "points": 1})
+    assert_problem(r, 422, "insufficient_points")
+    await travel(ledger_app.state.db, program, 21)  # past the original earn's release time
+    view = await member(client, program, "ida")
+    assert (view["balance"], view["pending"], view["available"]) == (50, 0, 50)
+    await check_ledger_invariants(ledger_app.state.db, program)
+
+
 async def test_partner_prepaid_earns_go_pending_and_clawbacks_give_funds_back(
     client: httpx.AsyncClient, ledger_app
 ) -> None:
