@@ -153,10 +153,9 @@ async def unknown_programs(db: Database, codes: list[str]) -> list[str]:
 
 async def partner_exists(db: Database, code: str) -> bool:
     """For `jifen create-api-key --partner`: whether the ledger knows the partner."""
-    async with db.driver() as conn:
-        return bool(
-            await conn.fetchval("SELECT EXISTS (SELECT 1 FROM ledger.partners WHERE code = $1)", code)
-        )
+    from ledger_service.api_keys.service import partner_exists as exists
+
+    return await exists(db, code)
 
 
 def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 
+from ledger_service.api_keys.service import require_partner
 from ledger_service.deps import Admin
 from ledger_service.programs.service import unknown_programs
 from services import apikeys
@@ -28,7 +29,9 @@ KeyId = Annotated[int, Path(ge=1, le=2**63 - 1)]
     description="A caller grants only scopes it holds, and a key limited to programs creates keys "
     "limited to some of them (`403 insufficient_scope`, `403 program_forbidden`). Every program named "
     "must exist (`422 program_not_found`).",
-    responses=problems(("program_not_found", 422), "program_forbidden", "partner_forbidden"),
+    responses=problems(
+        ("program_not_found", 422), ("partner_not_found", 422), "program_forbidden", "partner_forbidden"
+    ),
 )
 async def create_key(request: Request, body: ApiKeyIn, principal: Admin) -> ApiKeyCreated:
     apikeys.check_grant(principal, body.scopes, body.programs)
@@ -36,6 +39,7 @@ async def create_key(request: Request, body: ApiKeyIn, principal: Admin) -> ApiK
         unknown = await unknown_programs(request.app.state.db, body.programs)
         if unknown:
             raise Unprocessable(f"No program {', '.join(unknown)}.", code="program_not_found")
+    await require_partner(request.app.state.db, body.partner)
     return await apikeys.create(request.app.state.db, principal, body)
 
 

@@ -14,7 +14,10 @@ class Profile(BaseModel):
     last_activity_at: datetime | None
     last_earn_at: datetime | None
     last_burn_at: datetime | None
-    earned_points_30d: int = Field(description="Earned less clawbacks, by occurred_at")
+    earned_points_30d: int = Field(
+        description="Earned less clawbacks, by occurred_at. Windows are days of the program's time zone: "
+        "30 days are today and the 29 before, from local midnight"
+    )
     earned_points_90d: int
     earned_points_365d: int
     earn_count_30d: int
@@ -30,7 +33,9 @@ class Profile(BaseModel):
         description="Up to 5 merchant categories, most frequent earns over 365 days first"
     )
     channels: list[str] = Field(description="Channels of purchases over 365 days")
-    expiring_points_30d: int
+    expiring_points_30d: int = Field(
+        description="Points of open lots expiring by the end of the 30th local day, today the first"
+    )
     expiring_points_90d: int
     tier: str
     balance: int

@@ -31,8 +31,13 @@ _PROFILE_NUMBERS = (
     "expiring_points_90d",
     "balance",
 )
-# field -> SQL over member_profiles p; $1 is the evaluation time
-_DAYS_SINCE = "coalesce(floor(extract(epoch FROM $1::timestamptz - p.{column}) / 86400), {never})"
+# field -> SQL over member_profiles p and its program g; $1 is the evaluation time. Days since are
+# local days of the program's calendar (its timezone), like the profile's windows: yesterday at 23:30
+# is one day ago at 00:30 today.
+_DAYS_SINCE = (
+    "coalesce(($1::timestamptz AT TIME ZONE g.timezone)::date - (p.{column} AT TIME ZONE g.timezone)::date,"
+    " {never})"
+)
 NUMBER_FIELDS: dict[str, str] = {name: f"p.{name}" for name in _PROFILE_NUMBERS} | {
     "days_since_last_earn": _DAYS_SINCE.format(column="last_earn_at", never=NEVER_DAYS),
     "days_since_last_burn": _DAYS_SINCE.format(column="last_burn_at", never=NEVER_DAYS),

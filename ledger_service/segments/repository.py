@@ -40,7 +40,8 @@ WHERE m.account_id = (SELECT a.id FROM ledger.accounts a JOIN ledger.programs g 
 # enter or leave get an event each, in the same transaction as the change.
 _EVALUATE = """
 WITH matching AS MATERIALIZED (
-    SELECT p.account_id, p.member_ref FROM ledger.member_profiles p
+    SELECT p.account_id, p.member_ref
+    FROM ledger.member_profiles p JOIN ledger.programs g ON g.id = p.program_id
     WHERE p.program_id = $3 AND {condition}
 ), entered AS (
     INSERT INTO ledger.segment_members (segment_id, account_id, member_ref)

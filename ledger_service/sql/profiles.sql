@@ -3,11 +3,24 @@
 -- id p_after, in the caller's transaction, and returns the last account id done (NULL: none left),
 -- (and how many were), so a refresh of a million members is a loop of bounded transactions and
 -- bounded memory.
--- Windows count back from p_now over occurred_at. Earned points are earns less the clawbacks of
--- earns, redeemed points burns and captures less their refunds, each at its own occurred_at.
+-- Windows are days of the program's calendar (its `timezone`, as for caps and finance): "30 days" is
+-- the local day of p_now and the 29 before it, from local midnight, over occurred_at; "expiring within
+-- 30 days" is an expiry by the end of the 30th local day (today the first). Earned points are earns
+-- less the clawbacks of earns, redeemed points burns and captures less their refunds, each at its own
+-- occurred_at.
 CREATE OR REPLACE FUNCTION ledger.refresh_profiles(p_program int, p_after bigint, p_limit int, p_now timestamptz,
     OUT last_id bigint, OUT members int)
 LANGUAGE plpgsql AS $$
+DECLARE
+    tz text := (SELECT timezone FROM ledger.programs WHERE id = p_program);
+    today date := (p_now AT TIME ZONE tz)::date;
+    -- local midnight opening each window, and closing the expiry windows
+    s30 timestamptz := (today - 29)::timestamp AT TIME ZONE tz;
+    s90 timestamptz := (today - 89)::timestamp AT TIME ZONE tz;
+    s180 timestamptz := (today - 179)::timestamp AT TIME ZONE tz;
+    s365 timestamptz := (today - 364)::timestamp AT TIME ZONE tz;
+    u30 timestamptz := (today + 30)::timestamp AT TIME ZONE tz;
+    u90 timestamptz := (today + 90)::timestamp AT TIME ZONE tz;
 BEGIN
     WITH acc AS MATERIALIZED (
         SELECT a.id, a.member_ref, a.balance, a.tier
@@ -30,33 +43,33 @@ BEGIN
                max(m.occurred_at) FILTER (WHERE m.type IN ('earn', 'burn', 'capture', 'transfer')) AS last_at,
                max(m.occurred_at) FILTER (WHERE m.type = 'earn') AS last_earn,
                max(m.occurred_at) FILTER (WHERE m.type IN ('burn', 'capture')) AS last_burn,
-               coalesce(sum(m.amount) FILTER (WHERE m.flow = 'earn' AND m.occurred_at >= p_now - interval '30 days'), 0) AS e30,
-               coalesce(sum(m.amount) FILTER (WHERE m.flow = 'earn' AND m.occurred_at >= p_now - interval '90 days'), 0) AS e90,
-               coalesce(sum(m.amount) FILTER (WHERE m.flow = 'earn' AND m.occurred_at >= p_now - interval '365 days'), 0) AS e365,
-               count(*) FILTER (WHERE m.type = 'earn' AND m.occurred_at >= p_now - interval '30 days') AS c30,
-               count(*) FILTER (WHERE m.type = 'earn' AND m.occurred_at >= p_now - interval '90 days') AS c90,
-               count(*) FILTER (WHERE m.type = 'earn' AND m.occurred_at >= p_now - interval '365 days') AS c365,
-               coalesce(-sum(m.amount) FILTER (WHERE m.flow = 'redeem' AND m.occurred_at >= p_now - interval '30 days'), 0) AS r30,
-               coalesce(-sum(m.amount) FILTER (WHERE m.flow = 'redeem' AND m.occurred_at >= p_now - interval '90 days'), 0) AS r90,
-               coalesce(-sum(m.amount) FILTER (WHERE m.flow = 'redeem' AND m.occurred_at >= p_now - interval '365 days'), 0) AS r365,
+               coalesce(sum(m.amount) FILTER (WHERE m.flow = 'earn' AND m.occurred_at >= s30), 0) AS e30,
+               coalesce(sum(m.amount) FILTER (WHERE m.flow = 'earn' AND m.occurred_at >= s90), 0) AS e90,
+               coalesce(sum(m.amount) FILTER (WHERE m.flow = 'earn' AND m.occurred_at >= s365), 0) AS e365,
+               count(*) FILTER (WHERE m.type = 'earn' AND m.occurred_at >= s30) AS c30,
+               count(*) FILTER (WHERE m.type = 'earn' AND m.occurred_at >= s90) AS c90,
+               count(*) FILTER (WHERE m.type = 'earn' AND m.occurred_at >= s365) AS c365,
+               coalesce(-sum(m.amount) FILTER (WHERE m.flow = 'redeem' AND m.occurred_at >= s30), 0) AS r30,
+               coalesce(-sum(m.amount) FILTER (WHERE m.flow = 'redeem' AND m.occurred_at >= s90), 0) AS r90,
+               coalesce(-sum(m.amount) FILTER (WHERE m.flow = 'redeem' AND m.occurred_at >= s365), 0) AS r365,
                coalesce(sum(m.amount) FILTER (WHERE m.flow = 'earn'), 0) AS le,
                coalesce(-sum(m.amount) FILTER (WHERE m.flow = 'redeem'), 0) AS lr,
                coalesce(-sum(m.amount) FILTER (WHERE m.flow = 'expire'), 0) AS lx,
                coalesce(array_agg(DISTINCT m.channel ORDER BY m.channel)
-                        FILTER (WHERE m.channel IS NOT NULL AND m.occurred_at >= p_now - interval '365 days'), '{}')
+                        FILTER (WHERE m.channel IS NOT NULL AND m.occurred_at >= s365), '{}')
                    AS channels
         FROM moves m GROUP BY m.account_id
     ), mcc AS (
         -- the five most frequent merchant categories of the member's earns over 365 days
         SELECT x.account_id, (array_agg(x.mcc ORDER BY x.n DESC, x.mcc))[1:5] AS top
         FROM (SELECT m.account_id, m.mcc, count(*) AS n FROM moves m
-              WHERE m.type = 'earn' AND m.mcc IS NOT NULL AND m.occurred_at >= p_now - interval '365 days'
+              WHERE m.type = 'earn' AND m.mcc IS NOT NULL AND m.occurred_at >= s365
               GROUP BY 1, 2) x
         GROUP BY x.account_id
     ), expiring AS (
         SELECT l.account_id,
-               coalesce(sum(l.remaining) FILTER (WHERE l.expires_at <= p_now + interval '30 days'), 0) AS x30,
-               coalesce(sum(l.remaining) FILTER (WHERE l.expires_at <= p_now + interval '90 days'), 0) AS x90,
+               coalesce(sum(l.remaining) FILTER (WHERE l.expires_at <= u30), 0) AS x30,
+               coalesce(sum(l.remaining) FILTER (WHERE l.expires_at <= u90), 0) AS x90,
                coalesce(sum(l.remaining) FILTER (WHERE l.pending_until > p_now), 0) AS pend
         FROM ledger.lots l
         WHERE l.account_id = ANY (ARRAY(SELECT id FROM acc)) AND l.remaining > 0
@@ -81,9 +94,9 @@ BEGIN
                p.tier, p.balance, p.pend,
                -- high_value needs the whole program: ledger.finish_profiles keeps it up to date
                ARRAY(SELECT tag FROM (VALUES
-                   ('new', p.first_at > p_now - interval '30 days'),
-                   ('active', p.last_at > p_now - interval '90 days'),
-                   ('dormant', p.last_at IS NULL OR p.last_at <= p_now - interval '180 days'),
+                   ('new', p.first_at >= s30),
+                   ('active', p.last_at >= s90),
+                   ('dormant', p.last_at IS NULL OR p.last_at < s180),
                    ('never_redeemed', coalesce(p.lr, 0) <= 0),
                    ('expiring_soon', p.x30 > 0),
                    ('high_value', 'high_value' = ANY (old.tags))) v(tag, yes) WHERE yes),

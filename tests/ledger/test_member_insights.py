@@ -7,8 +7,9 @@ import csv
 import io
 import random
 from collections import Counter, defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -34,8 +35,14 @@ async def _profile(client: httpx.AsyncClient, program: str, member: str) -> dict
     return body
 
 
-def _expected(rows: list[Any], lots: list[Any], now: datetime) -> dict[str, dict[str, Any]]:
-    """Each member's figures from their postings, computed in Python (not by the SQL under test)."""
+def _local_midnight(now: datetime, tz: str, days: int) -> datetime:
+    """Midnight in the program's zone, `days` local days after the day of `now`."""
+    return datetime.combine(now.astimezone(ZoneInfo(tz)).date() + timedelta(days=days), time(), ZoneInfo(tz))
+
+
+def _expected(rows: list[Any], lots: list[Any], now: datetime, tz: str) -> dict[str, dict[str, Any]]:
+    """Each member's figures from their postings, computed in Python (not by the SQL under test). A window
+    of N days is the local day of `now` and the N - 1 before it, in the program's zone `tz`."""
     out: dict[str, dict[str, Any]] = defaultdict(lambda: defaultdict(int))
     mccs: dict[str, Counter[str]] = defaultdict(Counter)
     channels: dict[str, set[str]] = defaultdict(set)
@@ -49,7 +56,7 @@ def _expected(rows: list[Any], lots: list[Any], now: datetime) -> dict[str, dict
         ):
             flow = "redeem"
         for days in WINDOWS:
-            inside = at >= now - timedelta(days=days)
+            inside = at >= _local_midnight(now, tz, 1 - days)
             if flow == "earn" and inside:
                 m[f"earned_points_{days}d"] += amount
             if flow == "redeem" and inside:
@@ -62,14 +69,14 @@ def _expected(rows: list[Any], lots: list[Any], now: datetime) -> dict[str, dict
             m["lifetime_redeemed"] -= amount
         if r["type"] == "expiry":
             m["lifetime_expired"] -= amount
-        if at >= now - timedelta(days=365):
+        if at >= _local_midnight(now, tz, -364):
             if r["type"] == "earn" and r["mcc"]:
                 mccs[r["member_ref"]][r["mcc"]] += 1
             if r["channel"]:
                 channels[r["member_ref"]].add(r["channel"])
     for lot in lots:
         for days in (30, 90):
-            if lot["expires_at"] <= now + timedelta(days=days):
+            if lot["expires_at"] <= _local_midnight(now, tz, days):
                 out[lot["member_ref"]][f"expiring_points_{days}d"] += lot["remaining"]
     for member, figures in out.items():
         ranked = sorted(mccs[member].items(), key=lambda kv: (-kv[1], kv[0]))
@@ -81,7 +88,10 @@ def _expected(rows: list[Any], lots: list[Any], now: datetime) -> dict[str, dict
 async def test_profiles_equal_independent_sums_over_postings(
     client: httpx.AsyncClient, ledger_app: Any
 ) -> None:
-    program = await create_program(client, expiry={"policy": "rolling", "months": 13}, allow_negative=True)
+    tz = "Asia/Shanghai"
+    program = await create_program(
+        client, expiry={"policy": "rolling", "months": 13}, allow_negative=True, timezone=tz
+    )
     rnd = random.Random(15)
     members = [f"m{i}" for i in range(40)]
     now = datetime.now(UTC)
@@ -151,7 +161,7 @@ async def test_profiles_equal_independent_sums_over_postings(
     # the profiles were computed at the job's start; the windows here use the same instant
     first = await _profile(client, program, members[0])
     at = datetime.fromisoformat(first["refreshed_at"])
-    expected = _expected(rows, lots, at)
+    expected = _expected(rows, lots, at, tz)
     for member in members:
         got = await _profile(client, program, member)
         want = expected[member]
@@ -160,6 +170,7 @@ async def test_profiles_equal_independent_sums_over_postings(
             [r for r in rows if r["member_ref"] == member],
             [lot for lot in lots if lot["member_ref"] == member],
             datetime.fromisoformat(got["refreshed_at"]),
+            tz,
         )[member]
         for name in [
             f"{k}_{d}d" for k in ("earned_points", "earn_count", "redeemed_points") for d in WINDOWS

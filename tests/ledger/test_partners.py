@@ -229,3 +229,19 @@ async def test_standings_show_the_terms_in_force_and_the_counters_as_the_positio
     bound = await ledger_app.state.keys.lookup(secret)
     own = await standings(ledger_app.state.db, bound, program=None, limit=50, cursor=None)
     assert [s.partner.code for s in own.data] == [air]
+
+
+async def test_a_key_bound_to_an_unknown_partner_is_refused(
+    client: httpx.AsyncClient, ledger_app: Any
+) -> None:
+    """No key bound to a partner the ledger does not know: it would act for nobody."""
+    async with ledger_app.state.db.driver() as conn:
+        before = await conn.fetchval("SELECT count(*) FROM auth.api_keys")
+    body = {"scopes": ["ledger:earn"], "partner": "NO_SUCH_PARTNER"}
+    problem = assert_problem(await client.post("/v1/api-keys", json=body), 422, "partner_not_found")
+    assert "NO_SUCH_PARTNER" in problem["detail"]
+    async with ledger_app.state.db.driver() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM auth.api_keys") == before
+    known = await create_partner(client, ["issuer"])
+    r = await client.post("/v1/api-keys", json={**body, "partner": known})
+    assert r.status_code == 201 and r.json()["partner"] == known

@@ -276,7 +276,7 @@ async def test_points_rolled_over_from_a_pending_lot_stay_pending_until_its_rele
 ) -> None:
     program = await pending_program(client, 60, expiry={"policy": "rolling", "months": 1}, rollover_bps=5000)
     now = datetime.now(UTC)
-    # due, pending
+    # due, and still pending
     await earn(client, program, "ida", 100, occurred_at=(now - timedelta(days=40)).isoformat())
     r = await client.post("/v1/jobs/expire", params={"as_of": now.isoformat(), "program": program})
     assert r.status_code == 200, r.text

@@ -3,12 +3,15 @@ program's, tested on both sides of each boundary."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import httpx
 
-from tests.conftest import assert_problem, create_program, member, post
+from ledger_service.profiles.service import refresh_program
+from ledger_service.segments.service import evaluate
+from tests.conftest import assert_problem, create_program, earn, member, post
 
 SHANGHAI = "Asia/Shanghai"
 
@@ -163,3 +166,155 @@ async def test_finance_days_are_the_programs(client: httpx.AsyncClient, ledger_a
     rows = {row["period_start"]: row["issued"] for row in r.json()["rows"]}
     assert rows == {str(booked.date()): 0, str(local_day): 40}
     assert date.fromisoformat(r.json()["rows"][0]["period_start"]) == booked.date()
+
+
+async def _profile_at(ledger_app: Any, program: str, member_ref: str, now: datetime) -> dict[str, Any]:
+    """The member's profile as the refresh job computes it at `now` (the API's profile is always now)."""
+    async with ledger_app.state.db.driver() as conn:
+        program_id = await conn.fetchval("SELECT id FROM ledger.programs WHERE code = $1", program)
+    await refresh_program(ledger_app.state.db, program_id, now)
+    async with ledger_app.state.db.driver() as conn:
+        row = await conn.fetchrow(
+            "SELECT p.* FROM ledger.member_profiles p WHERE p.program_id = $1 AND p.member_ref = $2",
+            program_id,
+            member_ref,
+        )
+    assert row is not None
+    return dict(row)
+
+
+async def test_profile_windows_are_local_days(client: httpx.AsyncClient, ledger_app: Any) -> None:
+    """At 10:00 on 10 June in Shanghai the 30 days are 12 May to 10 June, from 00:00 local on 12 May
+    (16:00 UTC on 11 May): an earn at 23:30 local on 11 May is outside, one at 00:30 on 12 May inside
+    (a UTC day would take it out, 30 times 24 hours would take both in)."""
+    program = await create_program(client, timezone=SHANGHAI)
+    now = datetime(2025, 6, 10, 2, 0, tzinfo=UTC)
+    for points, at in (
+        (1, "2025-05-11T15:30:00Z"),
+        (10, "2025-05-11T16:30:00Z"),
+        (100, "2025-06-10T01:00:00Z"),
+    ):
+        await earn(client, program, "w", points, occurred_at=at)
+    # 90 days: from 00:00 local on 13 March (16:00 UTC on 12 March); 365: from 11 June 2024
+    await earn(client, program, "w", 1_000, occurred_at="2025-03-12T15:59:59Z")
+    await earn(client, program, "w", 10_000, occurred_at="2025-03-12T16:00:00Z")
+    await earn(client, program, "w", 100_000, occurred_at="2024-06-10T15:59:59Z")
+    await earn(client, program, "w", 1_000_000, occurred_at="2024-06-10T16:00:00Z")
+    got = await _profile_at(ledger_app, program, "w", now)
+    assert got["earned_points_30d"] == 110 and got["earn_count_30d"] == 2
+    assert got["earned_points_90d"] == 10_111 and got["earn_count_90d"] == 4
+    assert got["earned_points_365d"] == 1_011_111 and got["earn_count_365d"] == 6
+    # the same history in a UTC program: windows from 00:00 UTC on 12 May
+    utc = await create_program(client)
+    for points, at in ((1, "2025-05-11T23:59:59Z"), (10, "2025-05-12T00:00:00Z")):
+        await earn(client, utc, "w", points, occurred_at=at)
+    assert (await _profile_at(ledger_app, utc, "w", now))["earned_points_30d"] == 10
+
+
+async def test_expiring_points_and_tags_count_local_days(client: httpx.AsyncClient, ledger_app: Any) -> None:
+    """Lots of one month: "expiring within 30 days" at 10:00 on 10 June local ends at 00:00 on 10 July
+    local (16:00 UTC on 9 July), whatever the hour of now."""
+    program = await create_program(client, timezone=SHANGHAI, expiry={"policy": "rolling", "months": 1})
+    now = datetime(2025, 6, 10, 2, 0, tzinfo=UTC)
+    await earn(client, program, "in", 5, occurred_at="2025-06-09T16:00:00Z")  # due 16:00 UTC on 9 July
+    await earn(client, program, "out", 7, occurred_at="2025-06-09T16:30:00Z")  # due 00:30 local, 10 July
+    inside, outside = (
+        await _profile_at(ledger_app, program, "in", now),
+        await _profile_at(ledger_app, program, "out", now),
+    )
+    assert inside["expiring_points_30d"] == 5 and "expiring_soon" in inside["tags"]
+    assert outside["expiring_points_30d"] == 0 and "expiring_soon" not in outside["tags"]
+    assert outside["expiring_points_90d"] == 7
+    # "new": first activity on one of the last 30 local days
+    await earn(client, program, "old", 1, occurred_at="2025-05-11T15:30:00Z")  # 23:30 local, 11 May
+    await earn(client, program, "young", 1, occurred_at="2025-05-11T16:30:00Z")  # 00:30 local, 12 May
+    assert "new" not in (await _profile_at(ledger_app, program, "old", now))["tags"]
+    assert "new" in (await _profile_at(ledger_app, program, "young", now))["tags"]
+
+
+async def _expiring_events(ledger_app: Any, program: str) -> list[dict[str, Any]]:
+    async with ledger_app.state.db.driver() as conn:
+        rows = await conn.fetch(
+            "SELECT o.payload::text FROM ledger.outbox o JOIN ledger.programs g ON g.id = o.program_id"
+            " WHERE g.code = $1 AND o.type = 'points.expiring' ORDER BY o.id",
+            program,
+        )
+    return [json.loads(r[0]) for r in rows]
+
+
+async def test_expiry_notices_reach_their_threshold_at_local_midnight(
+    client: httpx.AsyncClient, ledger_app: Any
+) -> None:
+    """A lot due at 04:00 local on 1 March (20:00 UTC on 28 February): 7 days ahead is from 00:00 local on
+    22 February (16:00 UTC on 21 February), once; not from 00:00 UTC on 21 February (a UTC day), not
+    from 20:00 UTC on 21 February (7 times 24 hours)."""
+    program = await create_program(
+        client, timezone=SHANGHAI, expiry={"policy": "rolling", "months": 1}, expiry_notices_days=[7]
+    )
+    await earn(client, program, "n", 30, occurred_at="2025-01-31T20:00:00Z")
+
+    async def run(as_of: str) -> int:
+        r = await client.post("/v1/jobs/notices", params={"program": program, "as_of": as_of})
+        assert r.status_code == 200, r.text
+        events: int = r.json()["events"]
+        return events
+
+    assert await run("2025-02-21T00:00:00Z") == 0
+    assert await run("2025-02-21T15:59:59Z") == 0
+    assert await run("2025-02-21T16:00:00Z") == 1
+    assert await run("2025-02-21T20:00:00Z") == 0
+    assert await run("2025-02-27T00:00:00Z") == 0
+    [event] = await _expiring_events(ledger_app, program)
+    assert event["days_before"] == 7 and event["points"] == 30
+    assert event["expires_at"] == "2025-02-28T20:00:00.000000Z"
+    assert event["last_day"] == "2025-03-01" and event["timezone"] == SHANGHAI
+
+
+async def test_a_midnight_expiry_is_announced_on_the_local_day(
+    client: httpx.AsyncClient, ledger_app: Any
+) -> None:
+    """Fixed 31 December expiry (00:00 local on 1 January): 30 days ahead is 00:00 local on 2 December,
+    and the reminder's last day is 31 December."""
+    program = await create_program(
+        client,
+        timezone=SHANGHAI,
+        expiry={"policy": "fixed", "month": 12, "day": 31, "years_after": 0},
+        expiry_notices_days=[30],
+    )
+    await earn(client, program, "f", 9, occurred_at="2024-06-01T00:00:00Z")
+    for as_of, events in (
+        ("2024-12-01T15:59:59Z", 0),
+        ("2024-12-01T16:00:00Z", 1),
+        ("2024-12-02T01:00:00Z", 0),
+    ):
+        r = await client.post("/v1/jobs/notices", params={"program": program, "as_of": as_of})
+        assert r.status_code == 200 and r.json()["events"] == events, (as_of, r.text)
+    [event] = await _expiring_events(ledger_app, program)
+    assert event["last_day"] == "2024-12-31" and event["expires_at"] == "2024-12-31T16:00:00.000000Z"
+
+
+async def test_days_since_last_earn_counts_local_days(client: httpx.AsyncClient, ledger_app: Any) -> None:
+    """At 10:00 local on 10 June, an earn at 23:30 local the day before was 1 day ago (10.5 hours), one at
+    00:30 today 0 days ago."""
+    program = await create_program(client, timezone=SHANGHAI)
+    now = datetime(2025, 6, 10, 2, 0, tzinfo=UTC)
+    await earn(client, program, "yesterday", 1, occurred_at="2025-06-09T15:30:00Z")
+    await earn(client, program, "today", 1, occurred_at="2025-06-09T16:30:00Z")
+    criteria = {"all": [{"field": "days_since_last_earn", "op": "eq", "value": 0}]}
+    r = await client.post(
+        f"/v1/programs/{program}/segments", json={"code": "today", "name": "t", "criteria": criteria}
+    )
+    assert r.status_code == 201, r.text
+    await _profile_at(ledger_app, program, "today", now)
+    async with ledger_app.state.db.driver() as conn:
+        program_id, segment_id = await conn.fetchrow(
+            "SELECT g.id, s.id FROM ledger.segments s JOIN ledger.programs g ON g.id = s.program_id"
+            " WHERE g.code = $1",
+            program,
+        )
+    await evaluate(ledger_app.state.db, segment_id, program_id, criteria, now)
+    async with ledger_app.state.db.driver() as conn:
+        members = await conn.fetch(
+            "SELECT member_ref FROM ledger.segment_members WHERE segment_id = $1", segment_id
+        )
+    assert [m[0] for m in members] == ["today"]
