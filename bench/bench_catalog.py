@@ -387,9 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             upgrade(url)
             _, admin, service_key = asyncio.run(common.create_api_keys(url, service="catalog"))
             host = "127.0.0.1"
-            ports = {"ledger": common.free_port(host), "catalog": common.free_port(host)}
-            settings = common.service_settings(data_dir, host, ports)
-            urls = {name: f"http://{host}:{port}" for name, port in ports.items()}
+            settings, ports, urls = common.loopback_services(data_dir, host, "ledger", "catalog")
             procs["ledger"] = common.start_service("ledger", settings, url, workers=args.ledger_workers)
             procs["catalog"] = common.start_service(
                 "catalog", settings, url, workers=args.catalog_workers, ledger_key=service_key

@@ -313,9 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             _, secret, service_key = asyncio.run(common.create_api_keys(url, service="conversion"))
 
             host = "127.0.0.1"
-            ports = {"ledger": common.free_port(host), "conversion": common.free_port(host)}
-            settings = common.service_settings(data_dir, host, ports)
-            urls = {name: f"http://{host}:{port}" for name, port in ports.items()}
+            settings, ports, urls = common.loopback_services(data_dir, host, "ledger", "conversion")
             for name in ("ledger", "conversion"):
                 print(f"starting the {name} on {urls[name]} with {workers[name]} worker(s)", flush=True)
                 key = service_key if name == "conversion" else None

@@ -13,47 +13,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import resource
-import tempfile
 import time
-from pathlib import Path
 
-import psutil
-from common import PeakSampler
+from common import BackendMemory, load_sql, migrated_database, program_accounts_sql
 
 from ledger_service.jobs.service import run_expiry
-from services.db import Database
-from services.migrate import upgrade
-from services.pg import EmbeddedPostgres
 
-
-def anon_bytes(pid: int) -> int:
-    """RssAnon of a process (Linux), in bytes; 0 if it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return 0
-    return 0
-
-
-LOAD = """
+LOAD = (
+    """
 INSERT INTO ledger.programs (code, name, cash_points, cash_minor, currency, expiry)
 VALUES ('EXPB', 'Expiry bench', 100, 100, 'CNY', '{"policy": "rolling", "months": 1}');
-INSERT INTO ledger.accounts (program_id, kind, member_ref)
-SELECT p.id, k, '' FROM ledger.programs p,
-    unnest(ARRAY['issuance', 'redemption', 'breakage', 'conversion', 'merchant', 'adjustment']) k
-WHERE p.code = 'EXPB';
-UPDATE ledger.programs p SET
-    issuance_account = (SELECT id FROM ledger.accounts WHERE program_id = p.id AND kind = 'issuance'),
-    redemption_account = (SELECT id FROM ledger.accounts WHERE program_id = p.id AND kind = 'redemption'),
-    breakage_account = (SELECT id FROM ledger.accounts WHERE program_id = p.id AND kind = 'breakage'),
-    conversion_account = (SELECT id FROM ledger.accounts WHERE program_id = p.id AND kind = 'conversion'),
-    merchant_account = (SELECT id FROM ledger.accounts WHERE program_id = p.id AND kind = 'merchant'),
-    adjustment_account = (SELECT id FROM ledger.accounts WHERE program_id = p.id AND kind = 'adjustment')
-WHERE p.code = 'EXPB';
-
+"""
+    + program_accounts_sql("EXPB")
+    + """
 INSERT INTO ledger.accounts (program_id, kind, member_ref, balance, lifetime_earned)
 SELECT p.id, 'member', 'b' || g, 0, 0 FROM ledger.programs p, generate_series(1, {members}) g WHERE p.code = 'EXPB';
 
@@ -76,35 +48,23 @@ FROM (SELECT account_id, sum(points) AS total FROM bench_earn GROUP BY account_i
 DELETE FROM ledger.outbox;
 ANALYZE;
 """
+)
 
 
 async def main(args: argparse.Namespace) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="jifen-bench-expiry-"))
-    server = EmbeddedPostgres(tmp / "pgdata", delete_on_stop=True)
-    server.start()
-    try:
-        server.ensure_database("jifen")
-        url = server.url("jifen")
-        await asyncio.to_thread(upgrade, url)
-        db = Database(url, pool_size=2)
+    async with migrated_database("jifen-bench-expiry-") as db:
         started = time.perf_counter()
+        pid = await load_sql(db, LOAD, lots=args.lots, members=args.members)
         async with db.driver() as conn:
-            await conn.execute(LOAD.replace("{lots}", str(args.lots)).replace("{members}", str(args.members)))
             lots = await conn.fetchval("SELECT count(*) FROM ledger.lots")
             outstanding = await conn.fetchval(
                 "SELECT sum(balance) FROM ledger.accounts WHERE kind = 'member'"
             )
-            pid = await conn.fetchval("SELECT pg_backend_pid()")
         print(f"loaded {lots:,} lots on {args.members:,} members in {time.perf_counter() - started:.1f} s")
-        postmaster = psutil.Process(pid).parent()
-        # the largest anonymous (heap) memory of one backend: RssAnon from /proc. USS or RSS would
-        # also count pages of the shared buffers that the backend happened to touch.
-        sampler = PeakSampler(lambda: (anon_bytes(c.pid) for c in postmaster.children(recursive=True)), 0.1)
-        sampler.start()
-        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        memory = BackendMemory(pid)
+        memory.start()
         run = await run_expiry(db, batch=args.batch)
-        sampler.stop = True
-        rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        memory.stop()
         async with db.driver() as conn:
             left = await conn.fetchval(
                 "SELECT coalesce(sum(balance), 0) FROM ledger.accounts WHERE kind = 'member'"
@@ -116,16 +76,9 @@ async def main(args: argparse.Namespace) -> None:
             f"expired {run.lots:,} lots ({run.expired_points:,} points, {run.transactions:,} expiry transactions)"
             f" in {run.batches} batches of {args.batch:,}: {seconds:.1f} s, {run.lots / seconds:,.0f} lots/s"
         )
-        print(
-            f"peak RSS of this process: {rss_before / 1024:.0f} MiB before, {rss_after / 1024:.0f} MiB after"
-        )
-        print(
-            f"peak heap memory (RssAnon) of one PostgreSQL process during the run: {sampler.peak / 2**20:.0f} MiB"
-        )
+        memory.report("the run")
         print(f"check: outstanding {outstanding:,} -> {left:,}, open lots left {open_lots}")
         assert left == 0 and open_lots == 0 and run.expired_points == outstanding
-    finally:
-        server.stop()
 
 
 if __name__ == "__main__":

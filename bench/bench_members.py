@@ -20,17 +20,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import resource
 import secrets
-import tempfile
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
-import psutil
-from bench_expiry import anon_bytes
-from common import PeakSampler
+from common import BackendMemory, load_sql, migrated_database
 
 from ledger_service.postings.engine import PostingEngine
 from ledger_service.postings.schemas import EarnIn
@@ -43,9 +38,6 @@ from ledger_service.rules.service import RuleBook, create_rule_set
 from ledger_service.segments import service as segments
 from ledger_service.segments.schemas import SegmentIn
 from services.auth import Principal, create_api_key
-from services.db import Database
-from services.migrate import upgrade
-from services.pg import EmbeddedPostgres
 
 PROGRAM, PLAIN = "MEMB", "PLAIN"
 
@@ -156,14 +148,7 @@ async def _earn_round(
 
 
 async def main(args: argparse.Namespace) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="jifen-bench-members-"))
-    server = EmbeddedPostgres(tmp / "pgdata", delete_on_stop=True)
-    server.start()
-    try:
-        server.ensure_database("jifen")
-        url = server.url("jifen")
-        await asyncio.to_thread(upgrade, url)
-        db = Database(url, pool_size=args.pool)
+    async with migrated_database("jifen-bench-members-", pool_size=args.pool) as db:
         key_id, _ = await create_api_key(db, name="bench", scopes=["ledger:admin"])
         principal = Principal(key_id=key_id, name="bench", scopes=frozenset({"ledger:admin"}), programs=None)
         book = RuleBook(db)
@@ -172,27 +157,21 @@ async def main(args: argparse.Namespace) -> None:
         for body in SEGMENTS:
             await segments.create(db, PROGRAM, SegmentIn.model_validate(body))
         started = time.perf_counter()
+        pid = await load_sql(db, LOAD, members=args.members, transactions=args.postings // 2)
         async with db.driver() as conn:
-            sql = LOAD.replace("{members}", str(args.members)).replace(
-                "{transactions}", str(args.postings // 2)
-            )
-            await conn.execute(sql)
             postings = await conn.fetchval(
                 "SELECT count(*) FROM ledger.postings po JOIN ledger.accounts a ON a.id = po.account_id"
                 " JOIN ledger.programs p ON p.id = a.program_id WHERE p.code = $1",
                 PROGRAM,
             )
-            pid = await conn.fetchval("SELECT pg_backend_pid()")
         print(
             f"loaded {args.members:,} members and {postings:,} postings ({postings // 2:,} transactions)"
             f" in {time.perf_counter() - started:.1f} s",
             flush=True,
         )
 
-        postmaster = psutil.Process(pid).parent()
-        sampler = PeakSampler(lambda: (anon_bytes(c.pid) for c in postmaster.children(recursive=True)), 0.1)
-        sampler.start()
-        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        memory = BackendMemory(pid)
+        memory.start()
         began = time.perf_counter()
         # What the scheduled job (profiles.run_profiles) does, with the chunk size given.
         async with db.driver() as conn:
@@ -201,8 +180,7 @@ async def main(args: argparse.Namespace) -> None:
         refreshed = await profiles.refresh_program(db, program_id, now, chunk=args.chunk)
         evaluated = await segments.evaluate_program(db, program_id, now)
         seconds = time.perf_counter() - began
-        sampler.stop = True
-        rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        memory.stop()
         async with db.driver() as conn:
             sizes = await conn.fetch(
                 "SELECT s.code, s.member_count FROM ledger.segments s JOIN ledger.programs p ON p.id = s.program_id"
@@ -215,12 +193,7 @@ async def main(args: argparse.Namespace) -> None:
             f" {sum(e.entered for e in evaluated):,} segment entries"
         )
         print("segments: " + ", ".join(f"{r['code']} {r['member_count']:,}" for r in sizes))
-        print(
-            f"peak RSS of this process: {rss_before / 1024:.0f} MiB before, {rss_after / 1024:.0f} MiB after"
-        )
-        print(
-            f"peak heap memory (RssAnon) of one PostgreSQL process during the refresh: {sampler.peak / 2**20:.0f} MiB"
-        )
+        memory.report("the refresh")
 
         # Earn throughput: the same members in both programs, members of the campaign's segment.
         async with db.driver() as conn:
@@ -265,8 +238,6 @@ async def main(args: argparse.Namespace) -> None:
         print(f"check: {doubled:,} segment-priced earns got the campaign's 2x (246 points)")
         assert doubled > 0
         await db.dispose()
-    finally:
-        server.stop()
 
 
 if __name__ == "__main__":

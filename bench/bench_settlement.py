@@ -14,36 +14,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import resource
-import tempfile
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
-import psutil
-from bench_expiry import anon_bytes
-from common import PeakSampler
+from common import BackendMemory, load_sql, migrated_database, program_accounts_sql
 
 from ledger_service.partners.service import settle
-from services.db import Database
-from services.migrate import upgrade
-from services.pg import EmbeddedPostgres
 
-LOAD = """
+LOAD = (
+    """
 INSERT INTO ledger.programs (code, name, cash_points, cash_minor, currency, timezone)
 VALUES ('SETB', 'Settlement bench', 500, 100, 'CNY', 'Asia/Shanghai');
-INSERT INTO ledger.accounts (program_id, kind, member_ref)
-SELECT p.id, k, '' FROM ledger.programs p,
-    unnest(ARRAY['issuance', 'redemption', 'breakage', 'conversion', 'merchant', 'adjustment']) k
-WHERE p.code = 'SETB';
-UPDATE ledger.programs p SET
-    issuance_account = (SELECT id FROM ledger.accounts WHERE program_id = p.id AND kind = 'issuance'),
-    redemption_account = (SELECT id FROM ledger.accounts WHERE program_id = p.id AND kind = 'redemption'),
-    breakage_account = (SELECT id FROM ledger.accounts WHERE program_id = p.id AND kind = 'breakage'),
-    conversion_account = (SELECT id FROM ledger.accounts WHERE program_id = p.id AND kind = 'conversion'),
-    merchant_account = (SELECT id FROM ledger.accounts WHERE program_id = p.id AND kind = 'merchant'),
-    adjustment_account = (SELECT id FROM ledger.accounts WHERE program_id = p.id AND kind = 'adjustment')
-WHERE p.code = 'SETB';
+"""
+    + program_accounts_sql("SETB")
+    + """
 INSERT INTO ledger.partners (code, name, roles) VALUES ('BENCHP', 'Bench partner', '{issuer,acceptor}');
 INSERT INTO ledger.partner_terms (partner_id, program_id, issue_points, issue_cash_minor, accept_points,
     accept_cash_minor, currency, period, funding, effective_from)
@@ -88,6 +72,7 @@ FROM (SELECT account_id, sum(CASE type WHEN 'earn' THEN points ELSE -points END)
 DELETE FROM ledger.outbox;
 ANALYZE;
 """
+)
 
 ACCOUNTS = """
 SELECT -(SELECT coalesce(sum(amount), 0) FROM ledger.postings WHERE account_id = pp.issued_account) AS issued,
@@ -97,38 +82,24 @@ FROM ledger.partner_programs pp
 
 
 async def main(args: argparse.Namespace) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="jifen-bench-settlement-"))
-    server = EmbeddedPostgres(tmp / "pgdata", delete_on_stop=True)
-    server.start()
-    try:
-        server.ensure_database("jifen")
-        url = server.url("jifen")
-        await asyncio.to_thread(upgrade, url)
-        db = Database(url, pool_size=2)
+    async with migrated_database("jifen-bench-settlement-") as db:
         started = time.perf_counter()
+        pid = await load_sql(db, LOAD, transactions=args.transactions, members=args.members)
         async with db.driver() as conn:
-            sql = LOAD.replace("{transactions}", str(args.transactions)).replace(
-                "{members}", str(args.members)
-            )
-            await conn.execute(sql)
             count = await conn.fetchval(
                 "SELECT count(*) FROM ledger.transactions WHERE partner_id IS NOT NULL"
             )
             accounts = await conn.fetchrow(ACCOUNTS)
-            pid = await conn.fetchval("SELECT pg_backend_pid()")
         assert accounts is not None
         print(
             f"loaded {count:,} partner transactions on {args.members:,} members in {time.perf_counter() - started:.1f} s"
         )
-        postmaster = psutil.Process(pid).parent()
-        sampler = PeakSampler(lambda: (anon_bytes(c.pid) for c in postmaster.children(recursive=True)), 0.1)
-        sampler.start()
-        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        memory = BackendMemory(pid)
+        memory.start()
         began = time.perf_counter()
         first = await settle(db, datetime.now(UTC))
         seconds = time.perf_counter() - began
-        sampler.stop = True
-        rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        memory.stop()
         again = await settle(db, datetime.now(UTC))
         await db.dispose()
         settled = sum(line.transactions for line in first.lines)
@@ -139,20 +110,13 @@ async def main(args: argparse.Namespace) -> None:
             f"settled {settled:,} transactions into {len(first.lines)} daily statement lines in {seconds:.1f} s:"
             f" {settled / seconds:,.0f} transactions/s; net {net:,} fen due from the partner"
         )
-        print(
-            f"peak RSS of this process: {rss_before / 1024:.0f} MiB before, {rss_after / 1024:.0f} MiB after"
-        )
-        print(
-            f"peak heap memory (RssAnon) of one PostgreSQL process during the run: {sampler.peak / 2**20:.0f} MiB"
-        )
+        memory.report("the run")
         print(
             f"check: issued {issued:,} = {accounts['issued']:,} and accepted {accepted:,} = {accounts['accepted']:,}"
             f" on the partner's accounts; a second run closed {len(again.lines)} lines"
         )
         assert settled == count and issued == accounts["issued"] and accepted == accounts["accepted"]
         assert again.lines == []
-    finally:
-        server.stop()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import math
 import multiprocessing as mp
 import os
 import queue
+import resource
 import shutil
 import signal
 import socket
@@ -28,7 +29,7 @@ import time
 import uuid
 from array import array
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -460,6 +461,91 @@ def throwaway_postgres(prefix: str) -> Iterator[tuple[Any, Path, str]]:
             shutil.rmtree(data_dir, ignore_errors=True)
 
 
+def program_accounts_sql(code: str) -> str:
+    """SQL for the system accounts of program `code` (inserted before) and the program's links to them,
+    as the ledger's own create_program makes them: for scripts that load data set-based."""
+    return f"""
+INSERT INTO ledger.accounts (program_id, kind, member_ref)
+SELECT p.id, k, '' FROM ledger.programs p,
+    unnest(ARRAY['issuance', 'redemption', 'breakage', 'conversion', 'merchant', 'adjustment']) k
+WHERE p.code = '{code}';
+UPDATE ledger.programs p SET
+    issuance_account = (SELECT id FROM ledger.accounts WHERE program_id = p.id AND kind = 'issuance'),
+    redemption_account = (SELECT id FROM ledger.accounts WHERE program_id = p.id AND kind = 'redemption'),
+    breakage_account = (SELECT id FROM ledger.accounts WHERE program_id = p.id AND kind = 'breakage'),
+    conversion_account = (SELECT id FROM ledger.accounts WHERE program_id = p.id AND kind = 'conversion'),
+    merchant_account = (SELECT id FROM ledger.accounts WHERE program_id = p.id AND kind = 'merchant'),
+    adjustment_account = (SELECT id FROM ledger.accounts WHERE program_id = p.id AND kind = 'adjustment')
+WHERE p.code = '{code}';
+"""
+
+
+@contextlib.asynccontextmanager
+async def migrated_database(prefix: str, *, pool_size: int = 2) -> AsyncIterator[Any]:
+    """A throwaway embedded PostgreSQL (see throwaway_postgres), migrated to head: yields a
+    services.db.Database on it. The caller disposes of the pool when it wants its connections gone."""
+    from services.db import Database
+    from services.migrate import upgrade
+
+    with throwaway_postgres(prefix) as (_, _, url):
+        await asyncio.to_thread(upgrade, url)
+        yield Database(url, pool_size=pool_size)
+
+
+async def load_sql(db: Any, sql: str, **sizes: int) -> int:
+    """Runs a loading script whose `{name}` placeholders are filled from `sizes`; returns the pid of
+    the PostgreSQL backend that ran it (for BackendMemory)."""
+    for name, value in sizes.items():
+        sql = sql.replace("{" + name + "}", str(value))
+    async with db.driver() as conn:
+        await conn.execute(sql)
+        pid: int = await conn.fetchval("SELECT pg_backend_pid()")
+    return pid
+
+
+def anon_bytes(pid: int) -> int:
+    """RssAnon of a process (Linux), in bytes; 0 if it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return 0
+    return 0
+
+
+class BackendMemory:
+    """The peak memory of this process and of one PostgreSQL backend while a step runs: start() and
+    stop() around it, then report(). A backend's is its largest anonymous (heap) memory, RssAnon from
+    /proc: USS or RSS would also count pages of the shared buffers that the backend happened to touch."""
+
+    def __init__(self, backend_pid: int) -> None:
+        import psutil
+
+        postmaster = psutil.Process(backend_pid).parent()
+        assert postmaster is not None
+        self.sampler = PeakSampler(
+            lambda: (anon_bytes(c.pid) for c in postmaster.children(recursive=True)), 0.1
+        )
+        self.rss_before = self.rss_after = 0
+
+    def start(self) -> None:
+        self.sampler.start()
+        self.rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def stop(self) -> None:
+        self.sampler.stop = True
+        self.rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def report(self, during: str) -> None:
+        print(
+            f"peak RSS of this process: {self.rss_before / 1024:.0f} MiB before, {self.rss_after / 1024:.0f} MiB after"
+        )
+        print(
+            f"peak heap memory (RssAnon) of one PostgreSQL process during {during}: {self.sampler.peak / 2**20:.0f} MiB"
+        )
+
+
 async def create_api_keys(
     url: str, *, admin_name: str = "bench-admin", service: str | None = None
 ) -> tuple[int, str, str | None]:
@@ -504,6 +590,13 @@ def service_settings(data_dir: Path, host: str, ports: dict[str, int]) -> Any:
     os.environ.setdefault("JIFEN_LOG_LEVEL", "WARNING")
     # The ports are in the environment just set: pydantic-settings reads them from there.
     return Settings(data_dir=data_dir, host=host, access_log=False)
+
+
+def loopback_services(data_dir: Path, host: str, *names: str) -> tuple[Any, dict[str, int], dict[str, str]]:
+    """The named services each on a free port of `host`: their settings, ports and base URLs by name."""
+    ports = {name: free_port(host) for name in names}
+    urls = {name: f"http://{host}:{port}" for name, port in ports.items()}
+    return service_settings(data_dir, host, ports), ports, urls
 
 
 def wait_ready(name: str, base_url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:

@@ -77,6 +77,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "rewards", "description": "What members can redeem points for"},
             {"name": "voucher codes", "description": "E-coupon codes of voucher rewards"},
             {"name": "redemptions", "description": "Redeem, cancel, list"},
-            {"name": "ops", "description": "Health, readiness, metrics"},
         ],
     )

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 from pydantic import Field, StringConstraints
 
-from services.db import Database
+from services.auth import Principal, require
 from services.ledger_client import LedgerClient
 
 SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -21,11 +21,12 @@ Sku = Annotated[
 ]
 
 
-async def get_db(request: Request) -> Database:
-    db: Database = request.app.state.db
-    return db
-
-
 async def get_ledger(request: Request) -> LedgerClient:
     ledger: LedgerClient = request.app.state.ledger
     return ledger
+
+
+# The callers of the routes, by the scope each needs.
+Reader = Annotated[Principal, Depends(require("catalog:read"))]
+Writer = Annotated[Principal, Depends(require("catalog:write"))]
+Admin = Annotated[Principal, Depends(require("catalog:admin"))]

@@ -73,6 +73,5 @@ def create_app(settings: Settings | None = None, conversion: ConversionSettings 
             {"name": "quotes", "description": "Price a conversion; the rate holds until the quote expires"},
             {"name": "conversions", "description": "Move a member's points between programs (a saga)"},
             {"name": "valuations", "description": "Points in cash, and points needed for cash"},
-            {"name": "ops", "description": "Health, readiness, metrics"},
         ],
     )

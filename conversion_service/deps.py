@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from conversion_service.settings import ConversionSettings
+from services.auth import Principal, require
 from services.db import Database
 from services.ledger_client import LedgerClient
 
@@ -27,3 +28,8 @@ async def _context(request: Request) -> Context:
 
 
 Ctx = Annotated[Context, Depends(_context)]
+
+# The callers of the routes, by the scope each needs.
+Reader = Annotated[Principal, Depends(require("conversion:read"))]
+Writer = Annotated[Principal, Depends(require("conversion:write"))]
+Admin = Annotated[Principal, Depends(require("conversion:admin"))]

@@ -91,7 +91,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "name": "jobs",
                 "description": "Expiry and tier review, on demand (they also run on a schedule)",
             },
-            {"name": "ops", "description": "Health, readiness, metrics"},
         ],
     )
     install_console(app)  # the ops console at /console (DESIGN §11)

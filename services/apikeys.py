@@ -9,14 +9,14 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 import asyncpg
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints
 
 from services.auth import SCOPES, KeyStore, Principal, create_api_key, hash_key, new_secret, notify_change
 from services.conventions import ProgramCode
 from services.db import Database
 from services.errors import Conflict, Forbidden, NotFound
-from services.pagination import decode_cursor, encode_cursor
-from services.validation import StrictBody
+from services.pagination import decode_cursor, page_of
+from services.validation import StrictBody, body_examples
 
 Scope = Literal[
     "ledger:read", "ledger:earn", "ledger:burn", "ledger:batch", "ledger:admin",
@@ -50,13 +50,8 @@ class ApiKeyIn(StrictBody):
         "may name no other (403 partner_forbidden)",
     )
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {"name": "pos-terminals", "scopes": ["ledger:read", "ledger:burn"], "programs": ["WLT"]}
-            ]
-        },
+    model_config = body_examples(
+        {"name": "pos-terminals", "scopes": ["ledger:read", "ledger:burn"], "programs": ["WLT"]},
     )
 
 
@@ -141,10 +136,8 @@ async def list_keys(
     within = None if principal is None else principal.program_list()
     async with db.driver() as conn:
         rows = await conn.fetch(_LIST, after, status, within, limit + 1)
-    page = rows[:limit]
-    return ApiKeyList(
-        data=[_out(r) for r in page], next_cursor=encode_cursor(page[-1]["id"]) if len(rows) > limit else None
-    )
+    page, next_cursor = page_of(rows, limit, "id")
+    return ApiKeyList(data=[_out(r) for r in page], next_cursor=next_cursor)
 
 
 async def get(db: Database, principal: Principal | None, key_id: int) -> ApiKeyOut:

@@ -46,6 +46,10 @@ def examples_file(service: str) -> Path | None:
     return Path(spec.origin).with_name("openapi_examples.json") if spec and spec.origin else None
 
 
+# The tag of the routes every service has (below): listed after the service's own tags.
+OPS_TAG = {"name": "ops", "description": "Health, readiness, metrics"}
+
+
 def build_app(
     *,
     service: str,
@@ -90,7 +94,7 @@ def build_app(
         description=description,
         version="0.1.0",
         lifespan=lifespan,
-        openapi_tags=openapi_tags,
+        openapi_tags=[*(openapi_tags or []), OPS_TAG],
         swagger_ui_parameters={"validatorUrl": None},
     )
     install_error_handlers(app)

@@ -24,6 +24,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from services.db import Database, asyncpg_dsn
 from services.errors import Forbidden, Unauthorized
 from services.logs import request_context
+from services.periodic import cancel_tasks
 
 SCOPES = (
     "ledger:read",
@@ -137,9 +138,7 @@ class KeyStore:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_tasks([self._task])
             self._task = None
         self._listening = False
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 from services.errors import BadRequest
 
@@ -22,3 +23,10 @@ def decode_cursor(cursor: str | None) -> int | None:
     if value < 0:
         raise BadRequest("The cursor is not one this API returned.", code="invalid_cursor")
     return value
+
+
+def page_of(rows: list[Any], limit: int, key: str) -> tuple[list[Any], str | None]:
+    """A list read as `limit + 1` rows: the page (the first `limit`), and the cursor past its last row
+    (that row's `key`) when there is more, else None."""
+    page = rows[:limit]
+    return page, encode_cursor(page[-1][key]) if len(rows) > limit else None

@@ -6,11 +6,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
 
 log = logging.getLogger("jifen.periodic")
 
 Job = tuple[str, float, Callable[[], Awaitable[object]]]  # name, interval in seconds, the work
+
+
+async def cancel_tasks(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancels background tasks, then waits for each to end (all cancelled first: none waits on another)."""
+    tasks = list(tasks)
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 class Periodic:
@@ -26,11 +37,7 @@ class Periodic:
             )
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_tasks(self._tasks)
         self._tasks.clear()
 
     async def _every(self, name: str, interval: float, job: Callable[[], Awaitable[object]]) -> None:

@@ -31,7 +31,6 @@ Answers for an unreachable or refusing ledger are the same in every service (ser
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from abc import ABC, abstractmethod
@@ -46,9 +45,10 @@ from prometheus_client import Counter
 from starlette.responses import Response
 
 from services.db import Database
-from services.errors import LEDGER_RETRY_AFTER, PROBLEM_JSON, DomainError, problem_body
+from services.errors import LEDGER_RETRY_AFTER, PROBLEM_JSON, Conflict, DomainError, problem_body
 from services.idempotency import PENDING, REPLAYED_HEADER, IdempotencyInUse, IdempotencyStore, StoredResponse
 from services.ledger_client import LedgerClient, LedgerRejected, LedgerReply, LedgerUnavailable
+from services.periodic import cancel_tasks
 
 log = logging.getLogger("jifen.saga")
 
@@ -58,6 +58,8 @@ LEDGER_CALLS = Counter(
 TRANSITIONS = Counter("jifen_saga_transitions_total", "Saga status changes stored", ["saga", "status"])
 
 MAX_STEPS = 16  # one drive never takes more steps than this (a saga that loops is a bug, logged)
+
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -663,6 +665,14 @@ ORDER BY next_attempt_at LIMIT $1
         await self.resume(saga_id)
         return True
 
+    async def retry_for(self, saga_id: UUID, view: Callable[[], Awaitable[V]], what: str) -> V:
+        """A client's `POST .../retry`: `view()` first (the saga exists and the caller may see it),
+        then retry_now, 409 saga_not_retryable if it could not; the view as it is afterwards."""
+        await view()
+        if not await self.retry_now(saga_id):
+            raise Conflict(f"The {what} is finished, or being driven right now.", code="saga_not_retryable")
+        return await view()
+
     def recovery(self) -> SagaRecovery[UUID]:
         """Resumes this runner's due sagas at start-up and every `timing.recovery_interval_s`."""
         return SagaRecovery(self.kind, self.find_due, self.resume, interval_s=self.timing.recovery_interval_s)
@@ -701,9 +711,7 @@ class SagaRecovery(Generic[Id]):
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_tasks([self._task])
             self._task = None
 
     async def run_once(self) -> int:

@@ -69,6 +69,11 @@ def check_value(value: Any) -> None:
             check_value(item)
 
 
+def body_examples(*examples: dict[str, Any]) -> ConfigDict:
+    """The config of a request body (no unknown fields) with its examples for the OpenAPI document."""
+    return ConfigDict(extra="forbid", json_schema_extra={"examples": list(examples)})
+
+
 class StrictBody(BaseModel):
     """The base of request bodies: no unknown fields, nothing PostgreSQL could not store. Nested
     models check their own fields (they inherit this too); other values are walked here."""
@@ -81,6 +86,15 @@ class StrictBody(BaseModel):
         if type(value) in (str, float, dict, list, tuple):
             check_value(value)
         return value
+
+
+def check_patch(body: BaseModel, nullable: frozenset[str] = frozenset()) -> None:
+    """A PATCH body changes at least one field, and sets to null only the fields that may be null."""
+    if not body.model_fields_set:
+        raise ValueError("send at least one field to change")
+    for name in body.model_fields_set - nullable:
+        if getattr(body, name) is None:
+            raise ValueError(f"{name} cannot be null")
 
 
 def _in_range(code: str, what: str) -> Any:

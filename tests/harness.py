@@ -19,6 +19,18 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def api_client(
+    base_url: str, key: str, *, timeout: float = 60, limits: httpx.Limits | None = None
+) -> httpx.AsyncClient:
+    """An HTTP client of a service, sending `key` as its bearer API key (httpx's own limits unless given)."""
+    return httpx.AsyncClient(
+        base_url=base_url,
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=timeout,
+        **({"limits": limits} if limits is not None else {}),
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -55,6 +55,11 @@ class Step:
     summary: str | None = None
 
 
+def write(service: str, op: str, body: Any, *, url: str | None = None, **fields: Any) -> Step:
+    """A step that sends an Idempotency-Key; its `url` is the operation's path unless that has parameters."""
+    return Step(service, op, url or op.split(" ", 1)[1], body, idempotent=True, **fields)
+
+
 def _steps() -> list[Step]:
     L, C, K = "ledger", "conversion", "catalog"
     program = {
@@ -109,10 +114,9 @@ def _steps() -> list[Step]:
                 "purchase": {"amount_minor": 12345, "currency": "CNY", "mcc": "5814", "channel": "pos"},
             },
         ),
-        Step(
+        write(
             L,
             "POST /v1/earn",
-            "/v1/earn",
             {
                 "program": "{P1}",
                 "member_ref": "m-10001",
@@ -125,13 +129,11 @@ def _steps() -> list[Step]:
                 "kind": "purchase",
                 "reference": "pos-42-order-7781",
             },
-            idempotent=True,
             save={"earn": "id"},
         ),
-        Step(
+        write(
             L,
             "POST /v1/earn",
-            "/v1/earn",
             {
                 "program": "{P1}",
                 "member_ref": "m-10002",
@@ -139,20 +141,16 @@ def _steps() -> list[Step]:
                 "kind": "bonus",
                 "reference": "welcome",
             },
-            idempotent=True,
         ),
-        Step(
+        write(
             L,
             "POST /v1/burn",
-            "/v1/burn",
             {"program": "{P1}", "member_ref": "m-10001", "points": 200, "reference": "order-7790"},
-            idempotent=True,
             save={"burn": "id"},
         ),
-        Step(
+        write(
             L,
             "POST /v1/holds",
-            "/v1/holds",
             {
                 "program": "{P1}",
                 "member_ref": "m-10001",
@@ -160,44 +158,32 @@ def _steps() -> list[Step]:
                 "reference": "cart-981",
                 "expires_in_s": 900,
             },
-            idempotent=True,
             save={"hold": "id"},
         ),
-        Step(
+        write(
             L,
             "POST /v1/holds/{hold_id}/capture",
-            "/v1/holds/{hold}/capture",
             {"points": 400},
-            idempotent=True,
+            url="/v1/holds/{hold}/capture",
             save={"capture": "id"},
         ),
-        Step(
+        write(
             L,
             "POST /v1/holds",
-            "/v1/holds",
             {"program": "{P1}", "member_ref": "m-10001", "points": 300, "reference": "cart-982"},
-            idempotent=True,
             save={"hold2": "id"},
         ),
-        Step(
-            L,
-            "POST /v1/holds/{hold_id}/void",
-            "/v1/holds/{hold2}/void",
-            {"reason": "cart abandoned"},
-            idempotent=True,
-        ),
+        write(L, "POST /v1/holds/{hold_id}/void", {"reason": "cart abandoned"}, url="/v1/holds/{hold2}/void"),
         Step(L, "GET /v1/holds/{hold_id}", "/v1/holds/{hold}"),
-        Step(
+        write(
             L,
             "POST /v1/transactions/{transaction_id}/reverse",
-            "/v1/transactions/{capture}/reverse",
             {"points": 100, "reason": "item returned"},
-            idempotent=True,
+            url="/v1/transactions/{capture}/reverse",
         ),
-        Step(
+        write(
             L,
             "POST /v1/transfers",
-            "/v1/transfers",
             {
                 "program": "{P1}",
                 "from_member_ref": "m-10002",
@@ -205,14 +191,11 @@ def _steps() -> list[Step]:
                 "points": 1000,
                 "reference": "family-pool",
             },
-            idempotent=True,
         ),
-        Step(
+        write(
             L,
             "POST /v1/adjustments",
-            "/v1/adjustments",
             {"program": "{P1}", "member_ref": "m-10003", "points": 50, "reason": "goodwill: ticket 5521"},
-            idempotent=True,
         ),
         Step(L, "GET /v1/programs/{code}/members/{member_ref}", "/v1/programs/{P1}/members/m-10001"),
         Step(
@@ -287,17 +270,15 @@ def _steps() -> list[Step]:
             },
         ),
         Step(L, "GET /v1/partners/{code}/terms", "/v1/partners/{PA}/terms"),
-        Step(
+        write(
             L,
             "POST /v1/partners/{code}/fundings",
-            "/v1/partners/{PA}/fundings",
             {"program": "{P1}", "points": 1000000, "cash_minor": 250000, "reference": "PO-2026-118"},
-            idempotent=True,
+            url="/v1/partners/{PA}/fundings",
         ),
-        Step(
+        write(
             L,
             "POST /v1/earn",
-            "/v1/earn",
             {
                 "program": "{P1}",
                 "member_ref": "m-10004",
@@ -305,22 +286,13 @@ def _steps() -> list[Step]:
                 "reference": "flight MU5101",
                 "partner": "{PA}",
             },
-            idempotent=True,
         ),
         Step(L, "GET /v1/partners/{code}/position", "/v1/partners/{PA}/position"),
         Step(L, "POST /v1/settlements", "/v1/settlements", save={"settlement": "id"}),
         Step(L, "GET /v1/settlements", "/v1/settlements", query={"limit": 2}),
         Step(L, "GET /v1/settlements/{settlement_id}", "/v1/settlements/{settlement}"),
         Step(L, "GET /v1/partners/{code}/statements", "/v1/partners/{PA}/statements"),
-        Step(
-            L,
-            "POST /v1/batches",
-            "/v1/batches",
-            CSV_BATCH,
-            idempotent=True,
-            content_type="text/csv",
-            save={"batch": "id"},
-        ),
+        write(L, "POST /v1/batches", CSV_BATCH, content_type="text/csv", save={"batch": "id"}),
         Step(L, "GET /v1/batches", "/v1/batches", query={"limit": 2}),
         Step(L, "GET /v1/batches/{batch_id}", "/v1/batches/{batch}"),
         Step(L, "GET /v1/batches/{batch_id}/rejections", "/v1/batches/{batch}/rejections"),
@@ -386,14 +358,7 @@ def _steps() -> list[Step]:
             save={"quote": "id"},
         ),
         Step(C, "GET /v1/quotes/{quote_id}", "/v1/quotes/{quote}"),
-        Step(
-            C,
-            "POST /v1/conversions",
-            "/v1/conversions",
-            {"quote_id": "{quote}"},
-            idempotent=True,
-            save={"conv": "id"},
-        ),
+        write(C, "POST /v1/conversions", {"quote_id": "{quote}"}, save={"conv": "id"}),
         Step(C, "GET /v1/conversions/{conversion_id}", "/v1/conversions/{conv}"),
         Step(C, "GET /v1/conversions", "/v1/conversions", query={"member_ref": "m-10002"}),
         Step(C, "POST /v1/valuations", "/v1/valuations", {"program": "{P1}", "points": 5000}),
@@ -431,22 +396,19 @@ def _steps() -> list[Step]:
             "/v1/rewards/{SKU}/codes",
             {"codes": ["{run}-LK-7Q2M-0001", "{run}-LK-7Q2M-0002", "{run}-LK-7Q2M-0003"]},
         ),
-        Step(
+        write(
             K,
             "POST /v1/redemptions",
-            "/v1/redemptions",
             {"sku": "{SKU}", "program": "{P1}", "member_ref": "m-10001", "quantity": 1},
-            idempotent=True,
             save={"redemption": "id"},
         ),
         Step(K, "GET /v1/redemptions/{redemption_id}", "/v1/redemptions/{redemption}"),
         Step(K, "GET /v1/redemptions", "/v1/redemptions", query={"member_ref": "m-10001"}),
-        Step(
+        write(
             K,
             "POST /v1/redemptions/{redemption_id}/cancel",
-            "/v1/redemptions/{redemption}/cancel",
             {"reason": "ordered by mistake"},
-            idempotent=True,
+            url="/v1/redemptions/{redemption}/cancel",
         ),
     ]
 

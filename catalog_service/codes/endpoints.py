@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Path
 
 from catalog_service.codes import service
 from catalog_service.codes.schemas import MAX_CODES_PER_UPLOAD, CodesIn, CodesOut
-from catalog_service.common import Sku, get_db
-from services.auth import Principal, require
-from services.db import Database
+from catalog_service.common import Admin, Sku
+from services.deps import DB
 from services.openapi import problems
 
 router = APIRouter(prefix="/v1/rewards", tags=["voucher codes"])
@@ -26,10 +25,5 @@ router = APIRouter(prefix="/v1/rewards", tags=["voucher codes"])
     "refuses the whole upload; the problem lists the offending codes. Each code is given out at most once.",
     responses=problems("reward_not_found", "code_exists", "duplicate_codes", "not_a_voucher"),
 )
-async def upload_codes(
-    sku: Annotated[Sku, Path()],
-    body: CodesIn,
-    principal: Annotated[Principal, Depends(require("catalog:admin"))],
-    db: Annotated[Database, Depends(get_db)],
-) -> CodesOut:
+async def upload_codes(sku: Annotated[Sku, Path()], body: CodesIn, principal: Admin, db: DB) -> CodesOut:
     return await service.upload(db, principal, sku, body)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints
 
-from services.validation import StrictBody
+from services.validation import StrictBody, body_examples
 
 MAX_CODES_PER_UPLOAD = 10_000
 
@@ -20,9 +20,8 @@ VoucherCode = Annotated[
 class CodesIn(StrictBody):
     codes: list[VoucherCode] = Field(min_length=1, max_length=MAX_CODES_PER_UPLOAD)
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"codes": ["SBX-7F3K-92QD", "SBX-Q8ZP-41MA", "SBX-LL2C-07TW"]}]},
+    model_config = body_examples(
+        {"codes": ["SBX-7F3K-92QD", "SBX-Q8ZP-41MA", "SBX-LL2C-07TW"]},
     )
 
 

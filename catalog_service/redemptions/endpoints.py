@@ -8,7 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter, Body, Depends, Query, Request
 from starlette.responses import Response
 
-from catalog_service.common import get_db
+from catalog_service.common import Admin, Reader, Writer
 from catalog_service.redemptions import service
 from catalog_service.redemptions.schemas import (
     CancelIn,
@@ -18,9 +18,8 @@ from catalog_service.redemptions.schemas import (
     RedemptionOut,
     RedemptionStatus,
 )
-from services.auth import Principal, require
-from services.conventions import MemberRef, ProgramCode
-from services.db import Database
+from services.conventions import MemberRef
+from services.deps import DB, Cursor, Limit, ProgramQuery
 from services.errors import Unprocessable
 from services.idempotency import idempotency_key
 from services.openapi import problems
@@ -29,9 +28,6 @@ from services.saga import SagaRunner
 router = APIRouter(prefix="/v1/redemptions", tags=["redemptions"])
 
 Key = Annotated[str, Depends(idempotency_key)]
-DB = Annotated[Database, Depends(get_db)]
-Writer = Annotated[Principal, Depends(require("catalog:write"))]
-Reader = Annotated[Principal, Depends(require("catalog:read"))]
 
 
 async def _saga(request: Request) -> SagaRunner:
@@ -93,10 +89,10 @@ async def list_redemptions(
     principal: Reader,
     db: DB,
     member_ref: Annotated[MemberRef | None, Query()] = None,
-    program: Annotated[ProgramCode | None, Query()] = None,
+    program: ProgramQuery = None,
     status: Annotated[RedemptionStatus | None, Query()] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> RedemptionList:
     if member_ref is None and status is None:
         raise Unprocessable("Give member_ref, status or both.", code="validation_error")
@@ -153,10 +149,5 @@ async def cancel_redemption(
     "saga_not_retryable**: the redemption is finished, or a driver holds it right now.",
     responses=problems("redemption_not_found", "saga_not_retryable"),
 )
-async def retry_redemption(
-    redemption_id: UUID,
-    principal: Annotated[Principal, Depends(require("catalog:admin"))],
-    db: DB,
-    saga: Saga,
-) -> RedemptionDetail:
+async def retry_redemption(redemption_id: UUID, principal: Admin, db: DB, saga: Saga) -> RedemptionDetail:
     return await service.retry(db, saga, principal, redemption_id)

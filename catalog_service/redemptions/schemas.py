@@ -8,11 +8,11 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import asyncpg
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints
 
 from catalog_service.common import Sku
 from services.conventions import MemberRef, ProgramCode
-from services.validation import StrictBody
+from services.validation import StrictBody, body_examples
 
 MAX_QUANTITY = 100
 
@@ -32,19 +32,16 @@ class RedemptionIn(StrictBody):
     member_ref: MemberRef
     quantity: int = Field(default=1, strict=True, ge=1, le=MAX_QUANTITY, examples=[1])
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [{"sku": "STARBUCKS-TALL", "program": "WLT", "member_ref": "m-10001", "quantity": 1}]
-        },
+    model_config = body_examples(
+        {"sku": "STARBUCKS-TALL", "program": "WLT", "member_ref": "m-10001", "quantity": 1},
     )
 
 
 class CancelIn(StrictBody):
     reason: Reason | None = None
 
-    model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"reason": "parcel returned to sender"}]}
+    model_config = body_examples(
+        {"reason": "parcel returned to sender"},
     )
 
 

@@ -33,7 +33,7 @@ from services.auth import Principal
 from services.db import Database
 from services.errors import Conflict, DomainError, Forbidden, NotFound
 from services.idempotency import canonical_json, fingerprint
-from services.pagination import decode_cursor, encode_cursor
+from services.pagination import decode_cursor, page_of
 from services.saga import Answer, CommitWith, Operation, SagaRunner
 
 NO_CURSOR = 2**63 - 1
@@ -255,10 +255,7 @@ async def get(db: Database, principal: Principal, redemption_id: UUID) -> Redemp
 async def retry(
     db: Database, saga: SagaRunner, principal: Principal, redemption_id: UUID
 ) -> RedemptionDetail:
-    await get(db, principal, redemption_id)  # exists, and this key may see it
-    if not await saga.retry_now(redemption_id):
-        raise Conflict("The redemption is finished, or being driven right now.", code="saga_not_retryable")
-    return await get(db, principal, redemption_id)
+    return await saga.retry_for(redemption_id, lambda: get(db, principal, redemption_id), "redemption")
 
 
 async def list_for_member(
@@ -284,12 +281,10 @@ async def list_for_member(
             status=status,
             programs=principal.program_list(),
         )
-        page = rows[:limit]
+        page, next_cursor = page_of(rows, limit, "seq")
         visible = [r["id"] for r in page if can_see_codes(principal, r)]
         codes = await repository.codes_of(conn, visible)
     data: list[RedemptionOut] = [
         redemption_out(r, codes.get(r["id"], []) if can_see_codes(principal, r) else None) for r in page
     ]
-    return RedemptionList(
-        data=data, next_cursor=encode_cursor(page[-1]["seq"]) if len(rows) > limit else None
-    )
+    return RedemptionList(data=data, next_cursor=next_cursor)

@@ -6,22 +6,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from catalog_service.common import Sku, get_db, get_ledger
+from catalog_service.common import Admin, Reader, Sku, get_ledger
 from catalog_service.rewards import service
 from catalog_service.rewards.schemas import RewardIn, RewardList, RewardOut, RewardPatch, RewardType
-from services.auth import Principal, require
-from services.conventions import MemberRef, ProgramCode
-from services.db import Database
+from services.conventions import MemberRef
+from services.deps import DB, Cursor, Limit, ProgramQuery
 from services.ledger_client import LedgerClient
 from services.openapi import problems
 
 router = APIRouter(prefix="/v1/rewards", tags=["rewards"])
 
 SkuPath = Annotated[Sku, Path()]
-DB = Annotated[Database, Depends(get_db)]
 Ledger = Annotated[LedgerClient, Depends(get_ledger)]
-Admin = Annotated[Principal, Depends(require("catalog:admin"))]
-Reader = Annotated[Principal, Depends(require("catalog:read"))]
 
 
 @router.post(
@@ -63,14 +59,14 @@ async def list_rewards(
     principal: Reader,
     db: DB,
     ledger: Ledger,
-    program: Annotated[ProgramCode | None, Query()] = None,
+    program: ProgramQuery = None,
     category: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
     merchant: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
     type: Annotated[RewardType | None, Query()] = None,
     active: Annotated[bool | None, Query(description="true: active now; false: not active now")] = None,
     affordable_for: Annotated[MemberRef | None, Query()] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> RewardList:
     return await service.list_rewards(
         db,

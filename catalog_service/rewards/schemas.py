@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from catalog_service.common import Sku
 from services.conventions import Currency, ProgramCode
-from services.validation import StrictBody, Timestamp
+from services.validation import StrictBody, Timestamp, body_examples, check_patch
 
 RewardType = Literal["physical", "voucher", "service"]
 MAX_PRICE = 10**12
@@ -68,35 +68,30 @@ class RewardIn(Strict):
     category: Label | None = None
     merchant: Label | None = None
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "sku": "STARBUCKS-TALL",
-                    "name": "Starbucks tall latte e-coupon",
-                    "type": "voucher",
-                    "program": "WLT",
-                    "price_points": 2500,
-                    "stock": 50,
-                    "per_member_limit": 2,
-                    "active_from": "2025-01-01T00:00:00Z",
-                    "active_to": "2026-01-01T00:00:00Z",
-                    "category": "coffee",
-                    "merchant": "starbucks-cn",
-                },
-                {
-                    "sku": "LUGGAGE-20IN",
-                    "name": "20-inch carry-on",
-                    "type": "physical",
-                    "program": "MU",
-                    "price_points": 30000,
-                    "cash_price_minor": 9900,
-                    "currency": "CNY",
-                    "stock": 200,
-                    "category": "travel",
-                },
-            ]
+    model_config = body_examples(
+        {
+            "sku": "STARBUCKS-TALL",
+            "name": "Starbucks tall latte e-coupon",
+            "type": "voucher",
+            "program": "WLT",
+            "price_points": 2500,
+            "stock": 50,
+            "per_member_limit": 2,
+            "active_from": "2025-01-01T00:00:00Z",
+            "active_to": "2026-01-01T00:00:00Z",
+            "category": "coffee",
+            "merchant": "starbucks-cn",
+        },
+        {
+            "sku": "LUGGAGE-20IN",
+            "name": "20-inch carry-on",
+            "type": "physical",
+            "program": "MU",
+            "price_points": 30000,
+            "cash_price_minor": 9900,
+            "currency": "CNY",
+            "stock": 200,
+            "category": "travel",
         },
     )
 
@@ -137,20 +132,14 @@ class RewardPatch(Strict):
     category: Label | None = None
     merchant: Label | None = None
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [{"stock": 120, "active_to": "2026-06-30T16:00:00Z"}, {"per_member_limit": None}]
-        },
+    model_config = body_examples(
+        {"stock": 120, "active_to": "2026-06-30T16:00:00Z"},
+        {"per_member_limit": None},
     )
 
     @model_validator(mode="after")
     def _valid(self) -> RewardPatch:
-        if not self.model_fields_set:
-            raise ValueError("send at least one field to change")
-        for name in self.model_fields_set - NULLABLE:
-            if getattr(self, name) is None:
-                raise ValueError(f"{name} cannot be null")
+        check_patch(self, NULLABLE)
         return self
 
 

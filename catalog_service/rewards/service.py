@@ -12,7 +12,7 @@ from services.auth import Principal
 from services.db import Database
 from services.errors import Conflict, NotFound, Unprocessable
 from services.ledger_client import LedgerClient, answered
-from services.pagination import decode_cursor, encode_cursor
+from services.pagination import decode_cursor, page_of
 
 
 def to_out(row: asyncpg.Record) -> RewardOut:
@@ -126,6 +126,5 @@ async def list_rewards(
             max_price=max_price,
             programs=principal.program_list(),
         )
-    page = rows[:limit]
-    next_cursor = encode_cursor(page[-1]["id"]) if len(rows) > limit else None
+    page, next_cursor = page_of(rows, limit, "id")
     return RewardList(data=[to_out(r) for r in page], next_cursor=next_cursor)

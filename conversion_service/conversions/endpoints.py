@@ -10,17 +10,15 @@ from starlette.responses import Response
 
 from conversion_service.conversions import service
 from conversion_service.conversions.schemas import ConversionIn, ConversionList, ConversionOut, Status
-from conversion_service.deps import Ctx
+from conversion_service.deps import Admin, Ctx, Reader, Writer
 from conversion_service.quotes.endpoints import PRICING
 from conversion_service.schemas_common import MemberRef
-from services.auth import Principal, require
+from services.deps import Cursor, Limit
 from services.idempotency import idempotency_key
 from services.openapi import problems
 from services.saga import SagaRunner
 
 router = APIRouter(prefix="/v1/conversions", tags=["conversions"])
-
-Reader = Annotated[Principal, Depends(require("conversion:read"))]
 
 
 async def _saga(request: Request) -> SagaRunner:
@@ -59,7 +57,7 @@ _POST_RESPONSES = {
 )
 async def create_conversion(
     body: ConversionIn,
-    principal: Annotated[Principal, Depends(require("conversion:write"))],
+    principal: Writer,
     key: Annotated[str, Depends(idempotency_key)],
     ctx: Ctx,
     saga: Annotated[SagaRunner, Depends(_saga)],
@@ -88,8 +86,8 @@ async def list_conversions(
     ctx: Ctx,
     member_ref: Annotated[MemberRef | None, Query()] = None,
     status: Annotated[Status | None, Query()] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> ConversionList:
     return await service.list_conversions(
         ctx, principal, member_ref=member_ref, status=status, limit=limit, cursor=cursor
@@ -108,7 +106,7 @@ async def list_conversions(
 )
 async def retry_conversion(
     conversion_id: UUID,
-    principal: Annotated[Principal, Depends(require("conversion:admin"))],
+    principal: Admin,
     ctx: Ctx,
     saga: Annotated[SagaRunner, Depends(_saga)],
 ) -> ConversionOut:

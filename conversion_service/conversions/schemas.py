@@ -6,11 +6,11 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from conversion_service.quotes.schemas import AppliedRate
 from conversion_service.schemas_common import MemberRef, Points, ProgramCode
-from services.validation import StrictBody
+from services.validation import StrictBody, body_examples
 
 Status = Literal[
     "created",
@@ -39,14 +39,9 @@ class ConversionIn(StrictBody):
     from_points: Points | None = None
     to_points: Points | None = Field(default=None, examples=[980])
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {"quote_id": "0b6f7c1e-8d2a-4f0e-9a51-6f1f3c2d4e5a"},
-                {"from_program": "WLT", "to_program": "JFB", "member_ref": "m-10001", "from_points": 5000},
-            ]
-        },
+    model_config = body_examples(
+        {"quote_id": "0b6f7c1e-8d2a-4f0e-9a51-6f1f3c2d4e5a"},
+        {"from_program": "WLT", "to_program": "JFB", "member_ref": "m-10001", "from_points": 5000},
     )
 
     @model_validator(mode="after")

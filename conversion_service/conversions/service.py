@@ -33,7 +33,7 @@ from conversion_service.quotes.service import DailyLimitExceeded, price
 from services.auth import Principal
 from services.errors import Conflict, NotFound, Unprocessable
 from services.idempotency import canonical_json, fingerprint
-from services.pagination import decode_cursor, encode_cursor
+from services.pagination import decode_cursor, page_of
 from services.saga import Operation, SagaRunner
 
 
@@ -150,10 +150,9 @@ async def get_conversion(ctx: Context, principal: Principal, conversion_id: UUID
 async def retry_conversion(
     ctx: Context, saga: SagaRunner, principal: Principal, conversion_id: UUID
 ) -> ConversionOut:
-    await get_conversion(ctx, principal, conversion_id)  # exists, and this key may see it
-    if not await saga.retry_now(conversion_id):
-        raise Conflict("The conversion is finished, or being driven right now.", code="saga_not_retryable")
-    return await get_conversion(ctx, principal, conversion_id)
+    return await saga.retry_for(
+        conversion_id, lambda: get_conversion(ctx, principal, conversion_id), "conversion"
+    )
 
 
 async def list_conversions(
@@ -175,6 +174,5 @@ async def list_conversions(
             programs=principal.program_list(),
             limit=limit + 1,
         )
-    page = rows[:limit]
-    next_cursor = encode_cursor(page[-1]["seq"]) if len(rows) > limit else None
+    page, next_cursor = page_of(rows, limit, "seq")
     return ConversionList(data=[summary(r) for r in page], next_cursor=next_cursor)

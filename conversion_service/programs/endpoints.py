@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Depends, Path
-
-from conversion_service.deps import Ctx
+from conversion_service.deps import Admin, Ctx, Reader
 from conversion_service.programs import service
 from conversion_service.programs.schemas import ProgramSettingsIn, ProgramSettingsOut
-from conversion_service.schemas_common import ProgramCode
-from services.auth import Principal, require
+from services.deps import ProgramPath
 from services.openapi import problems
 
 router = APIRouter(prefix="/v1/programs", tags=["programs"])
-
-CodePath = Annotated[ProgramCode, Path()]
 
 
 @router.get(
@@ -24,9 +19,7 @@ CodePath = Annotated[ProgramCode, Path()]
     summary="A program's conversion policy (derived rates allowed?)",
     responses=problems("program_not_found", "program_forbidden", "ledger_rejected", "ledger_unavailable"),
 )
-async def get_program_settings(
-    code: CodePath, principal: Annotated[Principal, Depends(require("conversion:read"))], ctx: Ctx
-) -> ProgramSettingsOut:
+async def get_program_settings(code: ProgramPath, principal: Reader, ctx: Ctx) -> ProgramSettingsOut:
     principal.require_program(code)
     return await service.get_settings(ctx, code)
 
@@ -41,9 +34,9 @@ async def get_program_settings(
     responses=problems("program_not_found", "program_forbidden", "ledger_rejected", "ledger_unavailable"),
 )
 async def put_program_settings(
-    code: CodePath,
+    code: ProgramPath,
     body: ProgramSettingsIn,
-    principal: Annotated[Principal, Depends(require("conversion:admin"))],
+    principal: Admin,
     ctx: Ctx,
 ) -> ProgramSettingsOut:
     principal.require_program(code)

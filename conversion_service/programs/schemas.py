@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from services.validation import StrictBody
+from services.validation import StrictBody, body_examples
 
 
 class ProgramSettingsIn(StrictBody):
@@ -24,9 +24,8 @@ class ProgramSettingsIn(StrictBody):
         "two programs' fees.",
     )
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"allow_derived_rates": True, "derived_fee_bps": 300}]},
+    model_config = body_examples(
+        {"allow_derived_rates": True, "derived_fee_bps": 300},
     )
 
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
-from conversion_service.deps import Ctx
+from conversion_service.deps import Ctx, Reader, Writer
 from conversion_service.quotes import service
 from conversion_service.quotes.schemas import QuoteIn, QuoteOut
-from services.auth import Principal, require
 from services.openapi import problems
 
 router = APIRouter(prefix="/v1/quotes", tags=["quotes"])
@@ -42,14 +40,10 @@ PRICING = (
     '`POST /v1/conversions {"quote_id"}`.',
     responses=problems(*PRICING),
 )
-async def create_quote(
-    body: QuoteIn, principal: Annotated[Principal, Depends(require("conversion:write"))], ctx: Ctx
-) -> QuoteOut:
+async def create_quote(body: QuoteIn, principal: Writer, ctx: Ctx) -> QuoteOut:
     return await service.create_quote(ctx, principal, body)
 
 
 @router.get("/{quote_id}", response_model=QuoteOut, summary="A quote", responses=problems("quote_not_found"))
-async def get_quote(
-    quote_id: UUID, principal: Annotated[Principal, Depends(require("conversion:read"))], ctx: Ctx
-) -> QuoteOut:
+async def get_quote(quote_id: UUID, principal: Reader, ctx: Ctx) -> QuoteOut:
     return await service.get_quote(ctx, principal, quote_id)

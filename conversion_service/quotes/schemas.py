@@ -7,10 +7,10 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from conversion_service.schemas_common import MemberRef, Points, ProgramCode
-from services.validation import StrictBody
+from services.validation import StrictBody, body_examples
 
 
 class Pricing(BaseModel):
@@ -43,14 +43,9 @@ class QuoteIn(Pricing, StrictBody):
         examples=[120],
     )
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {"from_program": "WLT", "to_program": "JFB", "member_ref": "m-10001", "from_points": 5000},
-                {"from_program": "WLT", "to_program": "JFB", "member_ref": "m-10001", "to_points": 980},
-            ]
-        },
+    model_config = body_examples(
+        {"from_program": "WLT", "to_program": "JFB", "member_ref": "m-10001", "from_points": 5000},
+        {"from_program": "WLT", "to_program": "JFB", "member_ref": "m-10001", "to_points": 980},
     )
 
     @model_validator(mode="after")

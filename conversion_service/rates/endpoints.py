@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Path, Query
 
-from conversion_service.deps import Ctx
+from conversion_service.deps import Admin, Ctx, Reader
 from conversion_service.rates import service
 from conversion_service.rates.schemas import RateIn, RateList, RateOut
 from conversion_service.schemas_common import ProgramCode
-from services.auth import Principal, require
+from services.deps import Cursor, Limit, ProgramQuery
 from services.openapi import problems
 from services.validation import Timestamp
 
@@ -18,7 +18,6 @@ router = APIRouter(prefix="/v1/rates", tags=["rates"])
 
 From = Annotated[ProgramCode, Path(description="Source program code")]
 To = Annotated[ProgramCode, Path(description="Target program code")]
-Reader = Annotated[Principal, Depends(require("conversion:read"))]
 At = Annotated[
     Timestamp | None,
     Query(
@@ -44,13 +43,7 @@ At = Annotated[
         "ledger_unavailable",
     ),
 )
-async def put_rate(
-    from_program: From,
-    to_program: To,
-    body: RateIn,
-    principal: Annotated[Principal, Depends(require("conversion:admin"))],
-    ctx: Ctx,
-) -> RateOut:
+async def put_rate(from_program: From, to_program: To, body: RateIn, principal: Admin, ctx: Ctx) -> RateOut:
     principal.require_program(from_program)
     principal.require_program(to_program)
     return await service.put_rate(ctx, principal, from_program, to_program, body)
@@ -68,10 +61,10 @@ async def list_rates(
     principal: Reader,
     ctx: Ctx,
     at: At = None,
-    from_program: Annotated[ProgramCode | None, Query()] = None,
-    to_program: Annotated[ProgramCode | None, Query()] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    from_program: ProgramQuery = None,
+    to_program: ProgramQuery = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> RateList:
     return await service.list_rates(
         ctx, principal, at=at, from_program=from_program, to_program=to_program, limit=limit, cursor=cursor
@@ -105,8 +98,8 @@ async def list_versions(
     to_program: To,
     principal: Reader,
     ctx: Ctx,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> RateList:
     principal.require_program(from_program)
     principal.require_program(to_program)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from conversion_service.arithmetic import Terms
 from conversion_service.schemas_common import Currency, Points
-from services.validation import StrictBody, Timestamp
+from services.validation import StrictBody, Timestamp, body_examples
 
 
 class RateIn(StrictBody):
@@ -31,18 +31,13 @@ class RateIn(StrictBody):
         examples=["2030-01-01T00:00:00Z"],
     )
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "from_points": 5,
-                    "to_points": 1,
-                    "fee_bps": 200,
-                    "min_from_points": 1000,
-                    "daily_limit_from_points": 200000,
-                }
-            ]
+    model_config = body_examples(
+        {
+            "from_points": 5,
+            "to_points": 1,
+            "fee_bps": 200,
+            "min_from_points": 1000,
+            "daily_limit_from_points": 200000,
         },
     )
 

@@ -16,7 +16,7 @@ from conversion_service.rates.schemas import CashValue, DerivedFrom, RateIn, Rat
 from conversion_service.schemas_common import MAX_POINTS
 from services.auth import Principal
 from services.errors import NotFound, Unprocessable
-from services.pagination import decode_cursor, encode_cursor
+from services.pagination import decode_cursor, page_of
 
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 
@@ -61,16 +61,20 @@ async def put_rate(
     return _out(row)
 
 
+async def _direct(ctx: Context, from_program: str, to_program: str, at: datetime | None) -> RateOut | None:
+    """The published rate between the two in force at `at` (default now), if any."""
+    async with ctx.db.driver() as conn:
+        row = await repository.in_force(conn, from_program, to_program, at)
+    return None if row is None else _out(row)
+
+
 async def rate_in_force(
     ctx: Context, from_program: str, to_program: str, *, at: datetime | None = None
 ) -> RateOut:
     """The direct rate in force at `at` (default now), else a derived one; NoRate if neither."""
     same_program_check(from_program, to_program)
-    async with ctx.db.driver() as conn:
-        row = await repository.in_force(conn, from_program, to_program, at)
-    if row is not None:
-        return _out(row)
-    return await derived_rate(ctx, from_program, to_program)
+    direct = await _direct(ctx, from_program, to_program, at)
+    return direct if direct is not None else await derived_rate(ctx, from_program, to_program)
 
 
 async def derived_rate(ctx: Context, from_program: str, to_program: str) -> RateOut:
@@ -128,10 +132,9 @@ async def get_rate(ctx: Context, from_program: str, to_program: str, at: datetim
     try:
         if at is not None:  # derived rates follow today's cash values; only direct ones have a history
             same_program_check(from_program, to_program)
-            async with ctx.db.driver() as conn:
-                row = await repository.in_force(conn, from_program, to_program, at)
-            if row is not None:
-                return _out(row)
+            direct = await _direct(ctx, from_program, to_program, at)
+            if direct is not None:
+                return direct
         return await rate_in_force(ctx, from_program, to_program)
     except NoRate as exc:
         raise NotFound(exc.detail, code="rate_not_found") from None
@@ -158,8 +161,7 @@ async def list_rates(
             to_program=to_program,
             programs=principal.program_list(),
         )
-    page = rows[:limit]
-    next_cursor = encode_cursor(page[-1]["pair_id"]) if len(rows) > limit else None
+    page, next_cursor = page_of(rows, limit, "pair_id")
     return RateList(data=[_out(r) for r in page], next_cursor=next_cursor)
 
 
@@ -169,6 +171,5 @@ async def list_versions(
     before = decode_cursor(cursor) or 2**31 - 1
     async with ctx.db.driver() as conn:
         rows = await repository.versions(conn, from_program, to_program, before=before, limit=limit + 1)
-    page = rows[:limit]
-    next_cursor = encode_cursor(page[-1]["version"]) if len(rows) > limit else None
+    page, next_cursor = page_of(rows, limit, "version")
     return RateList(data=[_out(r) for r in page], next_cursor=next_cursor)

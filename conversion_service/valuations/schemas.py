@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from conversion_service.rates.schemas import CashValue
 from conversion_service.schemas_common import Currency, Points, ProgramCode
-from services.validation import StrictBody
+from services.validation import StrictBody, body_examples
 
 MAX_CASH_MINOR = 10**15
 
@@ -28,14 +28,9 @@ class ValuationIn(StrictBody):
     )
     currency: Currency | None = Field(default=None, description="ISO 4217, with cash_minor")
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {"program": "WLT", "cash_minor": 3000, "currency": "CNY"},
-                {"program": "WLT", "points": 15000},
-            ]
-        },
+    model_config = body_examples(
+        {"program": "WLT", "cash_minor": 3000, "currency": "CNY"},
+        {"program": "WLT", "points": 15000},
     )
 
     @model_validator(mode="after")

@@ -5,19 +5,19 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 
 from ledger_service.api_keys.service import require_partner
+from ledger_service.deps import Admin
 from ledger_service.programs.service import unknown_programs
 from services import apikeys
 from services.apikeys import ApiKeyCreated, ApiKeyIn, ApiKeyList, ApiKeyOut
-from services.auth import Principal, require
+from services.deps import Cursor
 from services.errors import Unprocessable
 from services.openapi import problems
 
 router = APIRouter(prefix="/v1/api-keys", tags=["api keys"])
 
-Admin = Annotated[Principal, Depends(require("ledger:admin"))]
 KeyId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
@@ -55,7 +55,7 @@ async def list_keys(
     principal: Admin,
     status: Annotated[Literal["active", "revoked"] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: Cursor = None,
 ) -> ApiKeyList:
     return await apikeys.list_keys(request.app.state.db, principal, status=status, limit=limit, cursor=cursor)
 

@@ -11,6 +11,7 @@ from starlette.responses import Response
 from ledger_service.batches import service
 from ledger_service.batches.schemas import BatchList, BatchOut, BatchStatus, RejectionPage
 from services.auth import Principal, require
+from services.deps import Cursor, Limit
 from services.idempotency import REPLAYED_HEADER, idempotency_key
 from services.openapi import problems
 
@@ -77,8 +78,8 @@ async def list_batches(
     request: Request,
     principal: Annotated[Principal, Depends(require("ledger:batch", "ledger:read"))],
     status: Annotated[BatchStatus | None, Query()] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> BatchList:
     return await service.list_batches(
         request.app.state.db, principal, status=status, limit=limit, cursor=cursor
@@ -112,7 +113,7 @@ async def get_rejections(
     batch_id: UUID,
     principal: Annotated[Principal, Depends(require("ledger:batch", "ledger:read"))],
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: Cursor = None,
     reason: Annotated[str | None, Query(max_length=64, examples=["no_earning_rules"])] = None,
 ) -> RejectionPage:
     return await service.get_rejections(

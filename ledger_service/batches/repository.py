@@ -67,6 +67,13 @@ async def create(conn: asyncpg.Connection, batch_id: UUID, api_key_id: int, fmt:
     await conn.execute(_CREATE, batch_id, api_key_id, fmt)
 
 
+async def _one(conn: asyncpg.Connection, sql: str, *args: Any) -> asyncpg.Record:
+    """The row of a statement that always returns one (a function call, an UPDATE ... RETURNING)."""
+    row = await conn.fetchrow(sql, *args)
+    assert row is not None
+    return row
+
+
 async def stage(conn: asyncpg.Connection, records: Sequence[tuple[Any, ...]]) -> None:
     await conn.copy_records_to_table(
         "batch_staging", schema_name="ledger", columns=list(COPY_COLUMNS), records=records
@@ -76,9 +83,7 @@ async def stage(conn: asyncpg.Connection, records: Sequence[tuple[Any, ...]]) ->
 async def mark_received(
     conn: asyncpg.Connection, batch_id: UUID, rows: int, last_line: int, sha256: str
 ) -> asyncpg.Record:
-    row = await conn.fetchrow(_RECEIVED, batch_id, rows, sha256, last_line)
-    assert row is not None
-    return row
+    return await _one(conn, _RECEIVED, batch_id, rows, sha256, last_line)
 
 
 async def fail_upload(conn: asyncpg.Connection, batch_id: UUID, error: str) -> None:
@@ -136,9 +141,7 @@ async def claim(conn: asyncpg.Connection) -> UUID | None:
 
 
 async def progress(conn: asyncpg.Connection, batch_id: UUID) -> asyncpg.Record:
-    row = await conn.fetchrow(_PROGRESS, batch_id)
-    assert row is not None
-    return row
+    return await _one(conn, _PROGRESS, batch_id)
 
 
 async def renew(conn: asyncpg.Connection, batch_id: UUID) -> None:
@@ -158,17 +161,13 @@ async def init_parts(conn: asyncpg.Connection, batch_id: UUID, parts: int) -> in
 async def process_part(conn: asyncpg.Connection, batch_id: UUID, lines: int) -> asyncpg.Record:
     """One chunk of the free partition furthest behind, in its own transaction; `part` is None when
     no partition has staged lines that another worker is not on."""
-    row = await conn.fetchrow(_PART, batch_id, lines)
-    assert row is not None
-    return row
+    return await _one(conn, _PART, batch_id, lines)
 
 
 async def process_reversals(
     conn: asyncpg.Connection, batch_id: UUID, after: int, until: int, limit: int
 ) -> asyncpg.Record:
-    row = await conn.fetchrow(_REVERSALS, batch_id, after, until, limit)
-    assert row is not None
-    return row
+    return await _one(conn, _REVERSALS, batch_id, after, until, limit)
 
 
 async def set_stage(conn: asyncpg.Connection, batch_id: UUID, stage_name: str) -> None:

@@ -25,7 +25,7 @@ from services.auth import Principal
 from services.db import Database
 from services.errors import BadRequest, DomainError, Forbidden, NotFound, Unprocessable
 from services.idempotency import IdempotencyInUse, IdempotencyReused
-from services.pagination import decode_cursor, encode_cursor
+from services.pagination import decode_cursor, page_of
 
 log = logging.getLogger("jifen.ledger.batches")
 
@@ -224,11 +224,11 @@ async def list_batches(
         rows = await repository.list_batches(
             conn, before=before, api_key_id=own, status=status, limit=limit + 1
         )
-        page = rows[:limit]
+        page, next_cursor = page_of(rows, limit, "seq")
         by_reason = await repository.rejected_by_reason(conn, [r["id"] for r in page])
     return BatchList(
         data=[to_out(r, by_reason.get(r["id"])) for r in page],
-        next_cursor=encode_cursor(page[-1]["seq"]) if len(rows) > limit else None,
+        next_cursor=next_cursor,
     )
 
 
@@ -261,10 +261,10 @@ async def get_rejections(
         row = await repository.get(conn, batch_id)
         _visible(row, principal, batch_id)
         rows = await repository.rejections(conn, batch_id, after, limit + 1, reason)
-    page = rows[:limit]
+    page, next_cursor = page_of(rows, limit, "line")
     return RejectionPage(
         data=[Rejection.model_validate(dict(r)) for r in page],
-        next_cursor=encode_cursor(page[-1]["line"]) if len(rows) > limit else None,
+        next_cursor=next_cursor,
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path as FilePath
@@ -37,6 +38,8 @@ from ledger_service.console.session import (
 from ledger_service.schemas_common import MemberRef, PartnerCode, ProgramCode
 from ledger_service.segments.schemas import SegmentCode
 from services.auth import KeyStore, Principal
+from services.db import Database
+from services.deps import Cursor, ProgramQuery
 from services.errors import DomainError
 from services.settings import Settings
 
@@ -166,8 +169,6 @@ async def current_user(request: Request) -> User:
 
 
 Reader = Annotated[User, Depends(current_user)]
-ProgramFilter = Annotated[ProgramCode | None, Query()]
-Cursor = Annotated[str | None, Query(max_length=64)]
 
 
 async def posted_by(request: Request, user: Reader, csrf: Annotated[str | None, Form()] = None) -> User:
@@ -266,16 +267,22 @@ async def logout(request: Request, _: Poster) -> Response:
 
 # --- Pages
 
+# A list for one program chosen from a menu (or for all the key sees), a page at a time:
+# fetch(db, principal, program, cursor) gives the template's `data`.
+Listing = Callable[[Database, Principal, str | None, str | None], Awaitable[Any]]
 
-@router.get("/")
-async def overview(
-    request: Request,
-    user: Reader,
-    program: ProgramFilter = None,
-    cursor: Cursor = None,
-) -> Response:
-    data = await console.overview(request.app.state.db, user.principal, program, cursor)
-    return page(request, "overview.html", user, data=data)
+
+def _program_listing(template: str, fetch: Listing) -> Callable[..., Awaitable[Response]]:
+    async def listing(
+        request: Request, user: Reader, program: ProgramQuery = None, cursor: Cursor = None
+    ) -> Response:
+        data = await fetch(request.app.state.db, user.principal, program, cursor)
+        return page(request, template, user, data=data)
+
+    return listing
+
+
+router.get("/")(_program_listing("overview.html", console.overview))
 
 
 @router.get("/lookup")
@@ -389,15 +396,7 @@ def _csv(body: str, filename: str) -> Response:
     return Response(body, media_type="text/csv", headers=_attachment(filename))
 
 
-@router.get("/partners")
-async def partners(
-    request: Request,
-    user: Reader,
-    program: ProgramFilter = None,
-    cursor: Cursor = None,
-) -> Response:
-    data = await console.partner_list(request.app.state.db, user.principal, program, cursor)
-    return page(request, "partners.html", user, data=data)
+router.get("/partners")(_program_listing("partners.html", console.partner_list))
 
 
 @router.get("/partners/{code}")
@@ -433,15 +432,7 @@ async def settlement_csv(request: Request, user: Reader, settlement_id: UUID) ->
     return _csv(body, f"settlement-{settlement_id}.csv")
 
 
-@router.get("/segments")
-async def segments(
-    request: Request,
-    user: Reader,
-    program: ProgramFilter = None,
-    cursor: Cursor = None,
-) -> Response:
-    data = await console.segment_list(request.app.state.db, user.principal, program, cursor)
-    return page(request, "segments.html", user, data=data)
+router.get("/segments")(_program_listing("segments.html", console.segment_list))
 
 
 @router.get("/programs/{code}/segments/{segment}")

@@ -5,15 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 
+from ledger_service.deps import Admin, Reader
 from ledger_service.events import service
 from ledger_service.events.schemas import EventPage, EventType, WebhookIn, WebhookList, WebhookOut
-from services.auth import Principal, require
 from services.openapi import problems
 
 router = APIRouter(tags=["events"])
-Reader = Annotated[Principal, Depends(require("ledger:read"))]
 
 
 @router.get(
@@ -46,9 +45,7 @@ async def events(
     "backoff; any 2xx acknowledges. The secret is shown only in this response.",
     responses=problems("program_not_found", "program_forbidden"),
 )
-async def create_webhook(
-    request: Request, body: WebhookIn, principal: Annotated[Principal, Depends(require("ledger:admin"))]
-) -> WebhookOut:
+async def create_webhook(request: Request, body: WebhookIn, principal: Admin) -> WebhookOut:
     return await service.create_webhook(request.app.state.db, principal, body)
 
 
@@ -78,7 +75,5 @@ async def get_webhook(request: Request, webhook_id: UUID, principal: Reader) -> 
     summary="Stop a subscription",
     responses=problems("webhook_not_found"),
 )
-async def delete_webhook(
-    request: Request, webhook_id: UUID, principal: Annotated[Principal, Depends(require("ledger:admin"))]
-) -> WebhookOut:
+async def delete_webhook(request: Request, webhook_id: UUID, principal: Admin) -> WebhookOut:
     return await service.get_webhook(request.app.state.db, principal, webhook_id, deactivate=True)

@@ -6,10 +6,10 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AnyHttpUrl, BaseModel, Field, StringConstraints
 
 from ledger_service.schemas_common import ProgramCode
-from services.validation import StrictBody
+from services.validation import StrictBody, body_examples
 
 TxnType = Literal["earn", "burn", "capture", "reversal", "transfer", "adjustment", "expiry"]
 # Events that are not transactions: their payload is `data`.
@@ -41,13 +41,8 @@ class EventPage(BaseModel):
 
 
 class WebhookIn(StrictBody):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {"url": "https://partner.example/jifen/events", "programs": ["WLT"], "types": ["earn"]}
-            ]
-        },
+    model_config = body_examples(
+        {"url": "https://partner.example/jifen/events", "programs": ["WLT"], "types": ["earn"]},
     )
 
     url: AnyHttpUrl

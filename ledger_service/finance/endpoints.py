@@ -5,19 +5,16 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Query, Request
 
+from ledger_service.deps import AsOf, Reader, check_as_of
 from ledger_service.finance import service
 from ledger_service.finance.schemas import Aging, Cohorts, Period, RollForward
-from ledger_service.schemas_common import ProgramCode
-from services.auth import Principal, require
-from services.errors import Unprocessable
+from services.deps import ProgramPath
 from services.openapi import problems
-from services.validation import Timestamp
 
 router = APIRouter(tags=["finance"])
 
-Reader = Annotated[Principal, Depends(require("ledger:read"))]
 From = Annotated[
     date | None, Query(alias="from", description="First day of the first period, in the program's time zone")
 ]
@@ -39,7 +36,7 @@ To = Annotated[
 )
 async def liability(
     request: Request,
-    code: Annotated[ProgramCode, Path()],
+    code: ProgramPath,
     principal: Reader,
     start: From = None,
     end: To = None,
@@ -60,13 +57,12 @@ async def liability(
 )
 async def aging(
     request: Request,
-    code: Annotated[ProgramCode, Path()],
+    code: ProgramPath,
     principal: Reader,
-    as_of: Annotated[Timestamp | None, Query(description="RFC 3339; default now")] = None,
+    as_of: AsOf = None,
 ) -> Aging:
     principal.require_program(code)
-    if as_of is not None and as_of.tzinfo is None:
-        raise Unprocessable("as_of needs a time zone (RFC 3339).", code="validation_error")
+    check_as_of(as_of)
     return await service.aging(request.app.state.db, code, as_of)
 
 
@@ -82,7 +78,7 @@ async def aging(
 )
 async def cohorts(
     request: Request,
-    code: Annotated[ProgramCode, Path()],
+    code: ProgramPath,
     principal: Reader,
     start: From = None,
     end: To = None,

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Request
 
+from ledger_service.deps import Admin, AsOf, check_as_of
 from ledger_service.jobs import service
 from ledger_service.jobs.service import ExpiryRun, TierReview
-from ledger_service.schemas_common import ProgramCode
-from services.auth import Principal, require
+from services.deps import ProgramQuery
 from services.errors import Unprocessable
 from services.openapi import problems
-from services.validation import Timestamp
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-Admin = Annotated[Principal, Depends(require("ledger:admin"))]
 
 
 @router.post(
@@ -32,12 +29,11 @@ Admin = Annotated[Principal, Depends(require("ledger:admin"))]
 async def expire(
     request: Request,
     principal: Admin,
-    as_of: Annotated[Timestamp | None, Query(description="RFC 3339; default now")] = None,
-    program: Annotated[ProgramCode | None, Query()] = None,
+    as_of: AsOf = None,
+    program: ProgramQuery = None,
 ) -> ExpiryRun:
     principal.require_job_scope(program)
-    if as_of is not None and as_of.tzinfo is None:
-        raise Unprocessable("as_of needs a time zone (RFC 3339).", code="validation_error")
+    check_as_of(as_of)
     if as_of is not None and as_of > datetime.now(UTC) + timedelta(seconds=5):
         raise Unprocessable(
             "as_of cannot be in the future: points would expire early.", code="as_of_in_future"
@@ -52,8 +48,6 @@ async def expire(
     description="`program` runs it for one program; a key limited to programs must name one of them.",
     responses=problems("program_not_found", "program_forbidden", "program_required"),
 )
-async def tier_review(
-    request: Request, principal: Admin, program: Annotated[ProgramCode | None, Query()] = None
-) -> TierReview:
+async def tier_review(request: Request, principal: Admin, program: ProgramQuery = None) -> TierReview:
     principal.require_job_scope(program)
     return await service.run_tier_review(request.app.state.db, program=program)

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter
 
+from ledger_service.deps import Reader
 from ledger_service.members import service
 from ledger_service.members.schemas import MemberOut, Statement, TierHistory, TransactionDetail
 from ledger_service.postings.schemas import HoldOut
-from ledger_service.schemas_common import MemberRef, ProgramCode
-from services.auth import Principal, require
-from services.db import Database
+from services.deps import DB, Cursor, Limit, MemberPath, ProgramPath
 from services.openapi import problems
 
 router = APIRouter(tags=["members"])
 
-Reader = Annotated[Principal, Depends(require("ledger:read"))]
 READ_ERRORS = problems(
     "invalid_cursor",
     "program_not_found",
@@ -28,14 +25,6 @@ READ_ERRORS = problems(
 )
 
 
-async def _db(request: Request) -> Database:
-    db: Database = request.app.state.db
-    return db
-
-
-DB = Annotated[Database, Depends(_db)]
-
-
 @router.get(
     "/v1/programs/{code}/members/{member_ref}",
     response_model=MemberOut,
@@ -43,8 +32,8 @@ DB = Annotated[Database, Depends(_db)]
     responses=READ_ERRORS,
 )
 async def get_member(
-    code: Annotated[ProgramCode, Path()],
-    member_ref: Annotated[MemberRef, Path()],
+    code: ProgramPath,
+    member_ref: MemberPath,
     principal: Reader,
     db: DB,
 ) -> MemberOut:
@@ -59,12 +48,12 @@ async def get_member(
     responses=READ_ERRORS,
 )
 async def get_statement(
-    code: Annotated[ProgramCode, Path()],
-    member_ref: Annotated[MemberRef, Path()],
+    code: ProgramPath,
+    member_ref: MemberPath,
     principal: Reader,
     db: DB,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> Statement:
     principal.require_program(code)
     return await service.statement(db, code, member_ref, limit=limit, cursor=cursor)
@@ -77,12 +66,12 @@ async def get_statement(
     responses=READ_ERRORS,
 )
 async def get_tier_history(
-    code: Annotated[ProgramCode, Path()],
-    member_ref: Annotated[MemberRef, Path()],
+    code: ProgramPath,
+    member_ref: MemberPath,
     principal: Reader,
     db: DB,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> TierHistory:
     principal.require_program(code)
     return await service.tier_history(db, code, member_ref, limit=limit, cursor=cursor)

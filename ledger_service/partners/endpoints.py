@@ -8,6 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.responses import Response
 
+from ledger_service.deps import Admin, Reader, check_as_of
 from ledger_service.partners import service
 from ledger_service.partners.schemas import (
     FundingIn,
@@ -24,29 +25,20 @@ from ledger_service.partners.schemas import (
     TermsList,
     TermsOut,
 )
-from ledger_service.schemas_common import PartnerCode, ProgramCode
-from services.auth import Principal, require
-from services.db import Database
-from services.errors import Unprocessable
+from ledger_service.schemas_common import PartnerCode
+from services.deps import ProgramPath
 from services.idempotency import idempotency_key
 from services.openapi import problems
 from services.validation import Timestamp
 
 router = APIRouter(tags=["partners"])
 
-Reader = Annotated[Principal, Depends(require("ledger:read"))]
-Admin = Annotated[Principal, Depends(require("ledger:admin"))]
 Code = Annotated[PartnerCode, Path()]
 Limit = Annotated[int, Query(ge=1, le=500)]
 CSV = "text/csv"
 CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"content": {CSV: {}}, "description": "With `Accept: text/csv`: the lines as CSV"}
 }
-
-
-def _db(request: Request) -> Database:
-    db: Database = request.app.state.db
-    return db
 
 
 def _wants_csv(request: Request) -> bool:
@@ -61,7 +53,7 @@ def _wants_csv(request: Request) -> bool:
     responses=problems("partner_exists"),
 )
 async def create_partner(request: Request, body: PartnerIn, _: Admin) -> PartnerOut:
-    return await service.create_partner(_db(request), body)
+    return await service.create_partner(request.app.state.db, body)
 
 
 @router.get(
@@ -73,7 +65,7 @@ async def create_partner(request: Request, body: PartnerIn, _: Admin) -> Partner
 async def list_partners(
     request: Request, principal: Reader, limit: Limit = 50, cursor: str | None = None
 ) -> PartnerList:
-    return await service.list_partners(_db(request), principal, limit=limit, cursor=cursor)
+    return await service.list_partners(request.app.state.db, principal, limit=limit, cursor=cursor)
 
 
 @router.get(
@@ -83,7 +75,7 @@ async def list_partners(
     responses=problems("partner_not_found", "partner_forbidden"),
 )
 async def get_partner(request: Request, code: Code, principal: Reader) -> PartnerOut:
-    return await service.get_partner(_db(request), principal, code)
+    return await service.get_partner(request.app.state.db, principal, code)
 
 
 @router.patch(
@@ -94,7 +86,7 @@ async def get_partner(request: Request, code: Code, principal: Reader) -> Partne
     responses=problems("partner_not_found"),
 )
 async def update_partner(request: Request, code: Code, body: PartnerPatch, _: Admin) -> PartnerOut:
-    return await service.update_partner(_db(request), code, body)
+    return await service.update_partner(request.app.state.db, code, body)
 
 
 @router.put(
@@ -115,9 +107,9 @@ async def update_partner(request: Request, code: Code, body: PartnerPatch, _: Ad
     ),
 )
 async def put_terms(
-    request: Request, code: Code, program: Annotated[ProgramCode, Path()], body: TermsIn, principal: Admin
+    request: Request, code: Code, program: ProgramPath, body: TermsIn, principal: Admin
 ) -> TermsOut:
-    return await service.put_terms(_db(request), principal, code, program, body)
+    return await service.put_terms(request.app.state.db, principal, code, program, body)
 
 
 @router.get(
@@ -127,7 +119,7 @@ async def put_terms(
     responses=problems("partner_not_found", "partner_forbidden"),
 )
 async def list_terms(request: Request, code: Code, principal: Reader) -> TermsList:
-    return await service.list_terms(_db(request), principal, code)
+    return await service.list_terms(request.app.state.db, principal, code)
 
 
 @router.post(
@@ -173,9 +165,8 @@ async def settle(
     as_of: Annotated[Timestamp | None, Query(description="RFC 3339; default now; not in the future")] = None,
 ) -> Settlement:
     principal.require_job_scope(None)
-    if as_of is not None and as_of.tzinfo is None:
-        raise Unprocessable("as_of needs a time zone (RFC 3339).", code="validation_error")
-    return await service.settle(_db(request), as_of)
+    check_as_of(as_of)
+    return await service.settle(request.app.state.db, as_of)
 
 
 @router.get(
@@ -187,7 +178,7 @@ async def settle(
 async def list_settlements(
     request: Request, principal: Reader, limit: Limit = 20, cursor: str | None = None
 ) -> SettlementList:
-    return await service.list_settlements(_db(request), principal, limit=limit, cursor=cursor)
+    return await service.list_settlements(request.app.state.db, principal, limit=limit, cursor=cursor)
 
 
 @router.get(
@@ -197,7 +188,7 @@ async def list_settlements(
     responses={**problems("settlement_not_found"), **CSV_RESPONSE},
 )
 async def get_settlement(request: Request, settlement_id: UUID, principal: Reader) -> Settlement | Response:
-    found = await service.get_settlement(_db(request), principal, settlement_id)
+    found = await service.get_settlement(request.app.state.db, principal, settlement_id)
     if _wants_csv(request):
         return Response(service.lines_csv(found.lines), media_type=CSV)
     return found
@@ -212,7 +203,7 @@ async def get_settlement(request: Request, settlement_id: UUID, principal: Reade
 async def statements(
     request: Request, code: Code, principal: Reader, limit: Limit = 100, cursor: str | None = None
 ) -> StatementList | Response:
-    page = await service.statements(_db(request), principal, code, limit=limit, cursor=cursor)
+    page = await service.statements(request.app.state.db, principal, code, limit=limit, cursor=cursor)
     if _wants_csv(request):
         headers = {"Link": f'<?cursor={page.next_cursor}>; rel="next"'} if page.next_cursor else None
         return Response(service.lines_csv(page.data), media_type=CSV, headers=headers)
@@ -226,4 +217,4 @@ async def statements(
     responses=problems("partner_not_found", "partner_forbidden"),
 )
 async def position(request: Request, code: Code, principal: Reader) -> Position:
-    return await service.position(_db(request), principal, code)
+    return await service.position(request.app.state.db, principal, code)

@@ -9,7 +9,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from ledger_service.schemas_common import Currency, PartnerCode, Points, ProgramCode, Reference
-from services.validation import StrictBody, Timestamp
+from services.validation import StrictBody, Timestamp, body_examples, check_patch
 
 Role = Literal["issuer", "acceptor"]
 Status = Literal["active", "suspended"]
@@ -33,9 +33,8 @@ class PartnerIn(Strict):
     roles: list[Role] = Field(min_length=1, max_length=2, examples=[["issuer"]])
     status: Status = "active"
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"code": "ICBC", "name": "ICBC credit cards", "roles": ["issuer"]}]},
+    model_config = body_examples(
+        {"code": "ICBC", "name": "ICBC credit cards", "roles": ["issuer"]},
     )
 
     @model_validator(mode="after")
@@ -49,16 +48,14 @@ class PartnerPatch(Strict):
     roles: list[Role] | None = Field(default=None, min_length=1, max_length=2)
     status: Status | None = None
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"status": "suspended"}]})
+    model_config = body_examples(
+        {"status": "suspended"},
+    )
 
     @model_validator(mode="after")
     def _valid(self) -> PartnerPatch:
         _unique_roles(self.roles)
-        if not self.model_fields_set:
-            raise ValueError("send at least one field to change")
-        for name in self.model_fields_set:
-            if getattr(self, name) is None:
-                raise ValueError(f"{name} cannot be null")
+        check_patch(self)
         return self
 
 
@@ -98,19 +95,14 @@ class TermsIn(Strict):
     )
     effective_from: Timestamp | None = Field(default=None, description="Default now")
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "issue_price": {"points": 100, "cash_minor": 80},
-                    "accept_price": {"points": 100, "cash_minor": 70},
-                    "currency": "CNY",
-                    "period": "monthly",
-                    "funding": "postpaid",
-                    "credit_limit_minor": 50_000_000,
-                }
-            ]
+    model_config = body_examples(
+        {
+            "issue_price": {"points": 100, "cash_minor": 80},
+            "accept_price": {"points": 100, "cash_minor": 70},
+            "currency": "CNY",
+            "period": "monthly",
+            "funding": "postpaid",
+            "credit_limit_minor": 50_000_000,
         },
     )
 
@@ -145,13 +137,8 @@ class FundingIn(Strict):
     cash_minor: int = Field(strict=True, ge=0, le=10**15, examples=[800_000])
     reference: Reference
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {"program": "WLT", "points": 1_000_000, "cash_minor": 800_000, "reference": "PO-2291"}
-            ]
-        },
+    model_config = body_examples(
+        {"program": "WLT", "points": 1_000_000, "cash_minor": 800_000, "reference": "PO-2291"},
     )
 
 

@@ -43,7 +43,7 @@ from ledger_service.postings.engine import Outcome, PostingEngine
 from services.auth import Principal
 from services.db import Database
 from services.errors import Conflict, NotFound, Unprocessable
-from services.pagination import decode_cursor, encode_cursor
+from services.pagination import decode_cursor, encode_cursor, page_of
 
 CLOCK_SKEW = timedelta(seconds=5)
 
@@ -81,10 +81,10 @@ async def list_partners(db: Database, principal: Principal, *, limit: int, curso
     after = decode_cursor(cursor) or 0
     async with db.driver() as conn:
         rows = await repository.list_partners(conn, after=after, limit=limit + 1, only=principal.partner)
-    page = rows[:limit]
+    page, next_cursor = page_of(rows, limit, "id")
     return PartnerList(
         data=[_partner_out(r) for r in page],
-        next_cursor=encode_cursor(page[-1]["id"]) if len(rows) > limit else None,
+        next_cursor=next_cursor,
     )
 
 
@@ -163,18 +163,13 @@ def _int(value: Decimal | int) -> int:
     return int(value)
 
 
+# The line's counts and sums: SQL sums arrive as numeric (Decimal); the model's int fields name them.
+_LINE_INTS = tuple(name for name, f in StatementLine.model_fields.items() if f.annotation is int)
+
+
 def _line(row: asyncpg.Record | dict[str, Any]) -> StatementLine:
     data = dict(row)
-    for name in (
-        "points_issued",
-        "points_issued_reversed",
-        "points_accepted",
-        "points_accepted_reversed",
-        "cash_due_from_partner_minor",
-        "cash_due_to_partner_minor",
-        "net_minor",
-        "transactions",
-    ):
+    for name in _LINE_INTS:
         data[name] = _int(data[name])
     return StatementLine.model_validate(data)
 
@@ -269,7 +264,7 @@ async def standings(
         rows = await repository.list_partners(
             conn, after=after, limit=limit + 1, only=principal.partner, program=program
         )
-        page = rows[:limit]
+        page, next_cursor = page_of(rows, limit, "id")
         ids = [r["id"] for r in page]
         versions = await repository.terms_of(conn, ids, programs)
         counters = await repository.counters(conn, ids, programs)
@@ -294,7 +289,7 @@ async def standings(
         )
     return StandingList(
         data=[PartnerStanding(partner=_partner_out(r), programs=by_partner[r["id"]]) for r in page],
-        next_cursor=encode_cursor(page[-1]["id"]) if len(rows) > limit else None,
+        next_cursor=next_cursor,
     )
 
 

@@ -6,12 +6,15 @@ its path, body, scopes and this very function from the route: there is no second
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
 from fastapi import APIRouter, Body, Depends
+from pydantic import BaseModel
 from starlette.responses import Response
 
+from ledger_service.deps import Admin, Burner, Earner
 from ledger_service.postings import service
 from ledger_service.postings.schemas import (
     AdjustmentIn,
@@ -33,6 +36,7 @@ from services.openapi import problems
 router = APIRouter(tags=["points"])
 
 Key = Annotated[str, Depends(idempotency_key)]
+E = TypeVar("E", bound=Callable[..., Coroutine[Any, Any, Response]])
 # The codes each write can answer with, besides auth, validation and idempotency (services/openapi.py).
 PROGRAM = ("program_not_found", "program_forbidden", "ledger_busy")
 LIMITED = ("points_limit_exceeded",)  # the program's max_points_per_transaction
@@ -75,70 +79,64 @@ TRANSFER_PROBLEMS = problems(*PROGRAM, *LIMITED, "insufficient_points", "same_me
 ADJUST_PROBLEMS = problems(*PROGRAM, *LIMITED, "insufficient_points")
 
 
-@router.post(
-    "/v1/earn",
-    status_code=201,
-    response_model=TransactionOut,
-    summary="Credit a member with points, given or priced by the program's earning rules",
-    responses=EARN_PROBLEMS,
+def write(
+    path: str,
+    summary: str,
+    responses: dict[int | str, dict[str, Any]],
+    *,
+    response_model: type[BaseModel] = TransactionOut,
+    status_code: int = 201,
+    **extra: Any,
+) -> Callable[[E], E]:
+    """A ledger write: POST with an Idempotency-Key, answered with the engine's body (201 and the
+    transaction unless told otherwise), and served by the fast lane as well as by FastAPI."""
+
+    def register(endpoint: E) -> E:
+        router.post(
+            path,
+            status_code=status_code,
+            response_model=response_model,
+            summary=summary,
+            responses=responses,
+            **extra,
+        )(fast_lane(endpoint))
+        return endpoint
+
+    return register
+
+
+@write(
+    "/v1/earn", "Credit a member with points, given or priced by the program's earning rules", EARN_PROBLEMS
 )
-@fast_lane
-async def earn(
-    body: EarnIn,
-    principal: Annotated[Principal, Depends(require("ledger:earn"))],
-    key: Key,
-    state: AppState,
-) -> Response:
+async def earn(body: EarnIn, principal: Earner, key: Key, state: AppState) -> Response:
     return (await service.earn(state.engine, state.rules, body, principal, key)).response()
 
 
-@router.post(
-    "/v1/burn",
-    status_code=201,
-    response_model=TransactionOut,
-    summary="Debit a member's available points",
-    responses=BURN_PROBLEMS,
-)
-@fast_lane
-async def burn(
-    body: BurnIn,
-    principal: Annotated[Principal, Depends(require("ledger:burn"))],
-    key: Key,
-    state: AppState,
-) -> Response:
+@write("/v1/burn", "Debit a member's available points", BURN_PROBLEMS)
+async def burn(body: BurnIn, principal: Burner, key: Key, state: AppState) -> Response:
     return (await service.burn(state.engine, body, principal, key)).response()
 
 
-@router.post(
+@write(
     "/v1/holds",
-    status_code=201,
+    "Authorize (hold) points for a later capture",
+    HOLD_PROBLEMS,
     response_model=HoldOut,
-    summary="Authorize (hold) points for a later capture",
-    responses=HOLD_PROBLEMS,
     tags=["holds"],
 )
-@fast_lane
-async def create_hold(
-    body: HoldIn,
-    principal: Annotated[Principal, Depends(require("ledger:burn"))],
-    key: Key,
-    state: AppState,
-) -> Response:
+async def create_hold(body: HoldIn, principal: Burner, key: Key, state: AppState) -> Response:
     return (await service.hold(state.engine, body, principal, key)).response()
 
 
-@router.post(
+@write(
     "/v1/holds/{hold_id}/capture",
-    status_code=201,
-    response_model=TransactionOut,
-    summary="Capture all or part of a hold; the rest is released",
-    responses=CAPTURE_PROBLEMS,
+    "Capture all or part of a hold; the rest is released",
+    CAPTURE_PROBLEMS,
     tags=["holds"],
 )
-@fast_lane
 async def capture_hold(
     hold_id: UUID,
-    principal: Annotated[Principal, Depends(require("ledger:burn"))],
+    principal: Burner,
     key: Key,
     state: AppState,
     body: Annotated[CaptureIn | None, Body()] = None,
@@ -146,18 +144,17 @@ async def capture_hold(
     return (await service.capture(state.engine, hold_id, body or CaptureIn(), principal, key)).response()
 
 
-@router.post(
+@write(
     "/v1/holds/{hold_id}/void",
-    status_code=200,
+    "Release a hold",
+    VOID_PROBLEMS,
     response_model=HoldOut,
-    summary="Release a hold",
-    responses=VOID_PROBLEMS,
+    status_code=200,
     tags=["holds"],
 )
-@fast_lane
 async def void_hold(
     hold_id: UUID,
-    principal: Annotated[Principal, Depends(require("ledger:burn"))],
+    principal: Burner,
     key: Key,
     state: AppState,
     body: Annotated[VoidIn | None, Body()] = None,
@@ -165,16 +162,13 @@ async def void_hold(
     return (await service.void(state.engine, hold_id, body or VoidIn(), principal, key)).response()
 
 
-@router.post(
+@write(
     "/v1/transactions/{transaction_id}/reverse",
-    status_code=201,
-    response_model=TransactionOut,
-    summary="Refund a burn or capture, or claw back an earn, wholly or partly",
+    "Refund a burn or capture, or claw back an earn, wholly or partly",
+    REVERSE_PROBLEMS,
     description="Reversals of one transaction never add up to more than its points. Reversing an earn "
     "needs `ledger:earn`; reversing a burn or capture needs `ledger:burn`.",
-    responses=REVERSE_PROBLEMS,
 )
-@fast_lane
 async def reverse_transaction(
     transaction_id: UUID,
     body: ReverseIn,
@@ -185,35 +179,11 @@ async def reverse_transaction(
     return (await service.reverse(state.engine, transaction_id, body, principal, key)).response()
 
 
-@router.post(
-    "/v1/transfers",
-    status_code=201,
-    response_model=TransactionOut,
-    summary="Move points from one member to another in one program",
-    responses=TRANSFER_PROBLEMS,
-)
-@fast_lane
-async def transfer(
-    body: TransferIn,
-    principal: Annotated[Principal, Depends(require("ledger:burn"))],
-    key: Key,
-    state: AppState,
-) -> Response:
+@write("/v1/transfers", "Move points from one member to another in one program", TRANSFER_PROBLEMS)
+async def transfer(body: TransferIn, principal: Burner, key: Key, state: AppState) -> Response:
     return (await service.transfer(state.engine, body, principal, key)).response()
 
 
-@router.post(
-    "/v1/adjustments",
-    status_code=201,
-    response_model=TransactionOut,
-    summary="Operations correction (ledger:admin, reason required)",
-    responses=ADJUST_PROBLEMS,
-)
-@fast_lane
-async def adjust(
-    body: AdjustmentIn,
-    principal: Annotated[Principal, Depends(require("ledger:admin"))],
-    key: Key,
-    state: AppState,
-) -> Response:
+@write("/v1/adjustments", "Operations correction (ledger:admin, reason required)", ADJUST_PROBLEMS)
+async def adjust(body: AdjustmentIn, principal: Admin, key: Key, state: AppState) -> Response:
     return (await service.adjust(state.engine, body, principal, key)).response()

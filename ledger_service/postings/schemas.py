@@ -20,7 +20,7 @@ from ledger_service.schemas_common import (
     Reason,
     Reference,
 )
-from services.validation import OccurredAt, StrictBody
+from services.validation import OccurredAt, StrictBody, body_examples
 
 Clearing = Literal["conversion", "merchant"]
 HOLD_DEFAULT_S = 86_400
@@ -59,19 +59,14 @@ class EarnIn(Strict):
         "`partner:{code}:issued` account. A partner-bound API key's earns are its partner's.",
     )
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "program": "WLT",
-                    "member_ref": "m-10001",
-                    "points": 1500,
-                    "kind": "purchase",
-                    "reference": "order-7781",
-                    "metadata": {"store": "SH-021"},
-                }
-            ]
+    model_config = body_examples(
+        {
+            "program": "WLT",
+            "member_ref": "m-10001",
+            "points": 1500,
+            "kind": "purchase",
+            "reference": "order-7781",
+            "metadata": {"store": "SH-021"},
         },
     )
 
@@ -106,13 +101,8 @@ class BurnIn(Strict):
         description="When it happened (default now; at most 30 days back, for offline terminals)",
     )
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {"program": "WLT", "member_ref": "m-10001", "points": 500, "reference": "order-7790"}
-            ]
-        },
+    model_config = body_examples(
+        {"program": "WLT", "member_ref": "m-10001", "points": 500, "reference": "order-7790"},
     )
 
     @model_validator(mode="after")
@@ -132,18 +122,13 @@ class HoldIn(Strict):
         default=None, description="The acceptor partner the capture is accepted at (DESIGN §8)"
     )
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "program": "WLT",
-                    "member_ref": "m-10001",
-                    "points": 800,
-                    "reference": "cart-5521",
-                    "expires_in_s": 900,
-                }
-            ]
+    model_config = body_examples(
+        {
+            "program": "WLT",
+            "member_ref": "m-10001",
+            "points": 800,
+            "reference": "cart-5521",
+            "expires_in_s": 900,
         },
     )
 
@@ -154,21 +139,25 @@ class CaptureIn(Strict):
         default=None, description="When it happened (default now; at most 30 days back)"
     )
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"points": 600}]})
+    model_config = body_examples(
+        {"points": 600},
+    )
 
 
 class VoidIn(Strict):
     reason: Reason | None = None
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"reason": "cart abandoned"}]})
+    model_config = body_examples(
+        {"reason": "cart abandoned"},
+    )
 
 
 class ReverseIn(Strict):
     points: Points | None = Field(default=None, description="Reverse this much; omit to reverse the rest")
     reason: Reason
 
-    model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"points": 200, "reason": "item returned"}]}
+    model_config = body_examples(
+        {"points": 200, "reason": "item returned"},
     )
 
 
@@ -181,18 +170,13 @@ class TransferIn(Strict):
     reason: Reason | None = None
     metadata: Metadata = None
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "program": "WLT",
-                    "from_member_ref": "m-10001",
-                    "to_member_ref": "m-10002",
-                    "points": 300,
-                    "reference": "gift-88",
-                }
-            ]
+    model_config = body_examples(
+        {
+            "program": "WLT",
+            "from_member_ref": "m-10001",
+            "to_member_ref": "m-10002",
+            "points": 300,
+            "reference": "gift-88",
         },
     )
 
@@ -213,17 +197,12 @@ class AdjustmentIn(Strict):
     reference: Reference | None = None
     metadata: Metadata = None
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "program": "WLT",
-                    "member_ref": "m-10001",
-                    "points": -120,
-                    "reason": "duplicate accrual INC-311",
-                }
-            ]
+    model_config = body_examples(
+        {
+            "program": "WLT",
+            "member_ref": "m-10001",
+            "points": -120,
+            "reason": "duplicate accrual INC-311",
         },
     )
 

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Depends, Path, Query, Request
-
+from ledger_service.deps import Admin, Reader
 from ledger_service.programs import service
 from ledger_service.programs.schemas import ProgramIn, ProgramList, ProgramOut, ProgramPatch
-from ledger_service.schemas_common import ProgramCode
-from services.auth import Principal, require
-from services.db import Database
+from services.deps import DB, Cursor, Limit, ProgramPath
 from services.openapi import problems
 
 router = APIRouter(prefix="/v1/programs", tags=["programs"])
-
-CodePath = Annotated[ProgramCode, Path()]
-
-
-async def _db(request: Request) -> Database:
-    db: Database = request.app.state.db
-    return db
 
 
 @router.post(
@@ -30,22 +20,13 @@ async def _db(request: Request) -> Database:
     summary="Create a program (a points currency)",
     responses=problems("program_exists"),
 )
-async def create_program(
-    body: ProgramIn,
-    principal: Annotated[Principal, Depends(require("ledger:admin"))],
-    db: Annotated[Database, Depends(_db)],
-) -> ProgramOut:
+async def create_program(body: ProgramIn, principal: Admin, db: DB) -> ProgramOut:
     principal.require_program(body.code)
     return await service.create_program(db, body)
 
 
 @router.get("", response_model=ProgramList, summary="List programs", responses=problems("invalid_cursor"))
-async def list_programs(
-    principal: Annotated[Principal, Depends(require("ledger:read"))],
-    db: Annotated[Database, Depends(_db)],
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
-) -> ProgramList:
+async def list_programs(principal: Reader, db: DB, limit: Limit = 50, cursor: Cursor = None) -> ProgramList:
     return await service.list_programs(db, principal, limit=limit, cursor=cursor)
 
 
@@ -55,11 +36,7 @@ async def list_programs(
     summary="Get a program",
     responses=problems("program_not_found", "program_forbidden"),
 )
-async def get_program(
-    code: CodePath,
-    principal: Annotated[Principal, Depends(require("ledger:read"))],
-    db: Annotated[Database, Depends(_db)],
-) -> ProgramOut:
+async def get_program(code: ProgramPath, principal: Reader, db: DB) -> ProgramOut:
     principal.require_program(code)
     return await service.get_program(db, code)
 
@@ -70,11 +47,6 @@ async def get_program(
     summary="Change a program's name, cash value, expiry, tiers or negative-balance policy",
     responses=problems("program_not_found", "program_forbidden"),
 )
-async def patch_program(
-    code: CodePath,
-    body: ProgramPatch,
-    principal: Annotated[Principal, Depends(require("ledger:admin"))],
-    db: Annotated[Database, Depends(_db)],
-) -> ProgramOut:
+async def patch_program(code: ProgramPath, body: ProgramPatch, principal: Admin, db: DB) -> ProgramOut:
     principal.require_program(code)
     return await service.update_program(db, code, body)

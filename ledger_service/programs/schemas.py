@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from ledger_service.schemas_common import MAX_POINTS, Currency, PointKind, ProgramCode, TimeZone
-from services.validation import StrictBody
+from services.validation import StrictBody, body_examples, check_patch
 
 _MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
@@ -133,27 +133,22 @@ class ProgramIn(Strict):
     returns_policy: ReturnsPolicy = Field(default="within_balance", description=RETURNS_POLICY_DOC)
     max_points_per_transaction: MaxPointsPerTransaction = DEFAULT_MAX_POINTS_PER_TRANSACTION
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "code": "WLT",
-                    "name": "Ping An Wanlitong",
-                    "cash_value": {"points": 500, "cash_minor": 100, "currency": "CNY"},
-                    "expiry": {"policy": "fixed", "month": 12, "day": 31, "years_after": 1},
-                    "rollover_bps": 0,
-                    "tiers": [{"code": "silver", "min_points": 10000}, {"code": "gold", "min_points": 50000}],
-                    "tier_window_months": 12,
-                    "qualifying_kinds": ["purchase"],
-                    "allow_negative": False,
-                    "timezone": "Asia/Shanghai",
-                    "tier_downgrade": "one_down",
-                    "expiry_notices_days": [30, 7],
-                    "pending_days": 7,
-                    "returns_policy": "within_balance",
-                }
-            ]
+    model_config = body_examples(
+        {
+            "code": "WLT",
+            "name": "Ping An Wanlitong",
+            "cash_value": {"points": 500, "cash_minor": 100, "currency": "CNY"},
+            "expiry": {"policy": "fixed", "month": 12, "day": 31, "years_after": 1},
+            "rollover_bps": 0,
+            "tiers": [{"code": "silver", "min_points": 10000}, {"code": "gold", "min_points": 50000}],
+            "tier_window_months": 12,
+            "qualifying_kinds": ["purchase"],
+            "allow_negative": False,
+            "timezone": "Asia/Shanghai",
+            "tier_downgrade": "one_down",
+            "expiry_notices_days": [30, 7],
+            "pending_days": 7,
+            "returns_policy": "within_balance",
         },
     )
 
@@ -181,18 +176,14 @@ class ProgramPatch(Strict):
     returns_policy: ReturnsPolicy | None = Field(default=None, description=RETURNS_POLICY_DOC)
     max_points_per_transaction: MaxPointsPerTransaction | None = None
 
-    model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"name": "Wanlitong", "rollover_bps": 2000}]}
+    model_config = body_examples(
+        {"name": "Wanlitong", "rollover_bps": 2000},
     )
 
     @model_validator(mode="after")
     def _valid(self) -> ProgramPatch:
         _check_tiers(self.tiers)
-        if not self.model_fields_set:
-            raise ValueError("send at least one field to change")
-        for name in self.model_fields_set:
-            if getattr(self, name) is None:
-                raise ValueError(f"{name} cannot be null")
+        check_patch(self)
         return self
 
 

@@ -12,7 +12,7 @@ from ledger_service.programs.schemas import ProgramIn, ProgramList, ProgramOut, 
 from services.auth import Principal
 from services.db import Database
 from services.errors import Conflict, NotFound
-from services.pagination import decode_cursor, encode_cursor
+from services.pagination import decode_cursor, page_of
 
 
 def to_out(row: RowMapping) -> ProgramOut:
@@ -53,8 +53,7 @@ async def list_programs(db: Database, principal: Principal, *, limit: int, curso
         rows = await repository.list_programs(
             conn, after=after, limit=limit + 1, codes=principal.program_list()
         )
-    page = rows[:limit]
-    next_cursor = encode_cursor(page[-1]["id"]) if len(rows) > limit else None
+    page, next_cursor = page_of(rows, limit, "id")
     return ProgramList(data=[to_out(r) for r in page], next_cursor=next_cursor)
 
 

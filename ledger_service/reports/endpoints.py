@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Query, Request
 
+from ledger_service.deps import Reader
 from ledger_service.reports import service
 from ledger_service.reports.service import Report
-from ledger_service.schemas_common import ProgramCode
-from services.auth import Principal, require
+from services.deps import ProgramPath
 from services.errors import Unprocessable
 from services.openapi import problems
 from services.validation import Timestamp
@@ -30,8 +30,8 @@ router = APIRouter(tags=["reports"])
 )
 async def report(
     request: Request,
-    code: Annotated[ProgramCode, Path()],
-    principal: Annotated[Principal, Depends(require("ledger:read"))],
+    code: ProgramPath,
+    principal: Reader,
     start: Annotated[
         Timestamp | None, Query(alias="from", description="RFC 3339; default: the beginning")
     ] = None,

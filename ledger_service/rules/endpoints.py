@@ -4,29 +4,23 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Request
 
+from ledger_service.deps import Admin, Reader
 from ledger_service.rules import service
 from ledger_service.rules.schemas import EvaluateIn, Evaluation, RuleSetIn, RuleSetList, RuleSetOut
 from ledger_service.rules.service import RuleBook
-from ledger_service.schemas_common import ProgramCode
 from services.auth import Principal, require
-from services.db import Database
+from services.deps import DB, ProgramPath
 from services.errors import Unprocessable
 from services.openapi import problems
 
 router = APIRouter(prefix="/v1/programs/{code}/rules", tags=["rules"])
-Code = Annotated[ProgramCode, Path()]
 
 
 async def _book(request: Request) -> RuleBook:
     book: RuleBook = request.app.state.rules
     return book
-
-
-async def _db(request: Request) -> Database:
-    db: Database = request.app.state.db
-    return db
 
 
 @router.post(
@@ -47,10 +41,10 @@ async def _db(request: Request) -> Database:
     ),
 )
 async def create_rules(
-    code: Code,
+    code: ProgramPath,
     body: RuleSetIn,
-    principal: Annotated[Principal, Depends(require("ledger:admin"))],
-    db: Annotated[Database, Depends(_db)],
+    principal: Admin,
+    db: DB,
     book: Annotated[RuleBook, Depends(_book)],
 ) -> RuleSetOut:
     principal.require_program(code)
@@ -64,9 +58,7 @@ async def create_rules(
     responses=problems("program_not_found", "program_forbidden"),
 )
 async def list_rules(
-    code: Code,
-    principal: Annotated[Principal, Depends(require("ledger:read"))],
-    book: Annotated[RuleBook, Depends(_book)],
+    code: ProgramPath, principal: Reader, book: Annotated[RuleBook, Depends(_book)]
 ) -> RuleSetList:
     principal.require_program(code)
     return await service.list_rule_sets(book, code)
@@ -89,7 +81,7 @@ async def list_rules(
     ),
 )
 async def evaluate(
-    code: Code,
+    code: ProgramPath,
     body: EvaluateIn,
     principal: Annotated[Principal, Depends(require("ledger:read", "ledger:earn"))],
     book: Annotated[RuleBook, Depends(_book)],

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from ledger_service.postings.schemas import EarnIn
 from ledger_service.schemas_common import ProgramCode, Reference
-from services.validation import StrictBody, Timestamp
+from services.validation import StrictBody, Timestamp, body_examples
 
 Text = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 Channel = Literal["pos", "online", "app"]
@@ -107,7 +107,9 @@ class RuleSetIn(Strict):
     rules: list[Rule] = Field(default_factory=list, max_length=200)
     caps: Caps = Field(default_factory=Caps)
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_RULE_SET]})
+    model_config = body_examples(
+        EXAMPLE_RULE_SET,
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> RuleSetIn:
@@ -138,24 +140,19 @@ class EvaluateIn(EarnIn):
     program: ProgramCode | None = None  # type: ignore[assignment]
     reference: Reference | None = None  # type: ignore[assignment]
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "program": "WLT",
-                    "member_ref": "m-10001",
-                    "reference": "order-7781",
-                    "purchase": {
-                        "amount_minor": 12345,
-                        "currency": "CNY",
-                        "merchant_id": "M-COFFEE-01",
-                        "mcc": "5814",
-                        "channel": "pos",
-                    },
-                    "occurred_at": "2026-11-15T10:00:00Z",
-                }
-            ]
+    model_config = body_examples(
+        {
+            "program": "WLT",
+            "member_ref": "m-10001",
+            "reference": "order-7781",
+            "purchase": {
+                "amount_minor": 12345,
+                "currency": "CNY",
+                "merchant_id": "M-COFFEE-01",
+                "mcc": "5814",
+                "channel": "pos",
+            },
+            "occurred_at": "2026-11-15T10:00:00Z",
         },
     )
 

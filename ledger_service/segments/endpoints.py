@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
 
-from ledger_service.schemas_common import ProgramCode
+from ledger_service.deps import Admin
 from ledger_service.segments import service
 from ledger_service.segments.schemas import (
     SegmentCode,
@@ -17,15 +17,12 @@ from ledger_service.segments.schemas import (
     SegmentPage,
     SegmentRefresh,
 )
-from services.auth import Principal, require
+from services.deps import Cursor, ProgramPath
 from services.openapi import problems
 
 router = APIRouter(tags=["segments"])
-Admin = Annotated[Principal, Depends(require("ledger:admin"))]
-Program = Annotated[ProgramCode, Path()]
 Segment = Annotated[SegmentCode, Path()]
 Limit = Annotated[int, Query(ge=1, le=1000)]
-Cursor = Annotated[str | None, Query(max_length=64)]
 
 
 @router.post(
@@ -35,7 +32,9 @@ Cursor = Annotated[str | None, Query(max_length=64)]
     summary="Create a segment from criteria; it is evaluated at once on the current profiles",
     responses=problems("program_not_found", "program_forbidden", "segment_exists", "invalid_criteria"),
 )
-async def create_segment(request: Request, code: Program, body: SegmentIn, principal: Admin) -> SegmentOut:
+async def create_segment(
+    request: Request, code: ProgramPath, body: SegmentIn, principal: Admin
+) -> SegmentOut:
     principal.require_program(code)
     return await service.create(request.app.state.db, code, body)
 
@@ -47,7 +46,7 @@ async def create_segment(request: Request, code: Program, body: SegmentIn, princ
     responses=problems("invalid_cursor", "program_not_found", "program_forbidden"),
 )
 async def list_segments(
-    request: Request, code: Program, principal: Admin, limit: Limit = 100, cursor: Cursor = None
+    request: Request, code: ProgramPath, principal: Admin, limit: Limit = 100, cursor: Cursor = None
 ) -> SegmentPage:
     principal.require_program(code)
     return await service.list_segments(request.app.state.db, code, limit, cursor)
@@ -59,7 +58,7 @@ async def list_segments(
     summary="One segment: criteria, member_count, refreshed_at",
     responses=problems("program_not_found", "program_forbidden", "segment_not_found"),
 )
-async def get_segment(request: Request, code: Program, segment: Segment, principal: Admin) -> SegmentOut:
+async def get_segment(request: Request, code: ProgramPath, segment: Segment, principal: Admin) -> SegmentOut:
     principal.require_program(code)
     return await service.get(request.app.state.db, code, segment)
 
@@ -75,7 +74,7 @@ async def get_segment(request: Request, code: Program, segment: Segment, princip
 )
 async def segment_members(
     request: Request,
-    code: Program,
+    code: ProgramPath,
     segment: Segment,
     principal: Admin,
     limit: Limit = 100,
@@ -98,7 +97,7 @@ async def segment_members(
     responses=problems("program_not_found", "program_forbidden", "segment_not_found"),
 )
 async def refresh_segment(
-    request: Request, code: Program, segment: Segment, principal: Admin
+    request: Request, code: ProgramPath, segment: Segment, principal: Admin
 ) -> SegmentRefresh:
     principal.require_program(code)
     return await service.refresh(request.app.state.db, code, segment)

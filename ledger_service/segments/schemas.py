@@ -5,29 +5,24 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints
 
-from services.validation import StrictBody
+from services.validation import StrictBody, body_examples
 
 SegmentCode = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
 
 
 class SegmentIn(StrictBody):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "code": "dormant-high-value",
-                    "name": "High value, no earn for 90 days",
-                    "criteria": {
-                        "all": [
-                            {"field": "days_since_last_earn", "op": "gte", "value": 90},
-                            {"field": "lifetime_earned", "op": "gte", "value": 10000},
-                        ]
-                    },
-                }
-            ]
+    model_config = body_examples(
+        {
+            "code": "dormant-high-value",
+            "name": "High value, no earn for 90 days",
+            "criteria": {
+                "all": [
+                    {"field": "days_since_last_earn", "op": "gte", "value": 90},
+                    {"field": "lifetime_earned", "op": "gte", "value": 10000},
+                ]
+            },
         },
     )
 

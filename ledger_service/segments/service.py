@@ -24,7 +24,7 @@ from ledger_service.segments.schemas import (
 )
 from services.db import Database
 from services.errors import Conflict, NotFound, Unprocessable
-from services.pagination import decode_cursor, encode_cursor
+from services.pagination import decode_cursor, page_of
 
 EXPORT_PAGE = 10_000
 
@@ -102,10 +102,8 @@ async def list_segments(db: Database, program: str, limit: int, cursor: str | No
     after = decode_cursor(cursor) or 0
     async with db.driver() as conn:
         rows = await repository.list_page(conn, program, after, limit + 1)
-    page = rows[:limit]
-    return SegmentPage(
-        data=[_out(r) for r in page], next_cursor=encode_cursor(page[-1]["id"]) if len(rows) > limit else None
-    )
+    page, next_cursor = page_of(rows, limit, "id")
+    return SegmentPage(data=[_out(r) for r in page], next_cursor=next_cursor)
 
 
 async def refresh(db: Database, program: str, code: str) -> SegmentRefresh:
@@ -133,10 +131,10 @@ async def members(db: Database, program: str, code: str, limit: int, cursor: str
     after = decode_cursor(cursor) or 0
     async with db.driver() as conn:
         rows = await repository.members(conn, row["id"], after, limit + 1)
-    page = rows[:limit]
+    page, next_cursor = page_of(rows, limit, "account_id")
     return SegmentMemberPage(
         data=[SegmentMember(member_ref=r["member_ref"], entered_at=r["entered_at"]) for r in page],
-        next_cursor=encode_cursor(page[-1]["account_id"]) if len(rows) > limit else None,
+        next_cursor=next_cursor,
     )
 
 

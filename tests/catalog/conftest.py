@@ -12,7 +12,7 @@ from services.auth import SCOPES, create_api_key
 from services.db import Database
 from services.keyfiles import SERVICE_LEDGER_SCOPES
 from tests.catalog.helpers import KEEPALIVE_S, catalog_env
-from tests.harness import ServiceProcess
+from tests.harness import ServiceProcess, api_client
 
 
 @pytest.fixture(scope="session")
@@ -56,12 +56,8 @@ def live_catalog(
 async def ledger_http(
     live_ledger: ServiceProcess, catalog_admin_key: str
 ) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(
-        base_url=live_ledger.url,
-        headers={"Authorization": f"Bearer {catalog_admin_key}"},
-        timeout=60,
-        limits=httpx.Limits(keepalive_expiry=KEEPALIVE_S),
-    ) as client:
+    limits = httpx.Limits(keepalive_expiry=KEEPALIVE_S)
+    async with api_client(live_ledger.url, catalog_admin_key, limits=limits) as client:
         yield client
 
 
@@ -70,10 +66,5 @@ async def catalog_http(
     live_catalog: ServiceProcess, catalog_admin_key: str
 ) -> AsyncIterator[httpx.AsyncClient]:
     limits = httpx.Limits(max_connections=250, max_keepalive_connections=250, keepalive_expiry=KEEPALIVE_S)
-    async with httpx.AsyncClient(
-        base_url=live_catalog.url,
-        headers={"Authorization": f"Bearer {catalog_admin_key}"},
-        timeout=60,
-        limits=limits,
-    ) as client:
+    async with api_client(live_catalog.url, catalog_admin_key, limits=limits) as client:
         yield client

@@ -15,6 +15,7 @@ import httpx
 from services.auth import create_api_key
 from services.db import Database
 from tests.conftest import assert_problem, move, new_key, post, unique_code
+from tests.harness import api_client
 
 __all__ = ["assert_problem", "new_key", "unique_code"]
 
@@ -33,12 +34,7 @@ FAST_SAGAS = {
 
 
 def client(base_url: str, key: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        base_url=base_url,
-        headers={"Authorization": f"Bearer {key}"},
-        timeout=60,
-        limits=httpx.Limits(keepalive_expiry=KEEPALIVE_S),
-    )
+    return api_client(base_url, key, limits=httpx.Limits(keepalive_expiry=KEEPALIVE_S))
 
 
 def catalog_env(ledger_url: str, ledger_key: str, **extra: str) -> dict[str, str]:
@@ -102,6 +98,14 @@ async def upload_codes(catalog: httpx.AsyncClient, sku: str, n: int) -> list[str
     r = await catalog.post(f"/v1/rewards/{sku}/codes", json={"codes": codes})
     assert r.status_code == 201, r.text
     return codes
+
+
+async def voucher_reward(
+    catalog: httpx.AsyncClient, program: str, codes: int, **overrides: Any
+) -> tuple[str, list[str]]:
+    """A voucher reward (create_reward's fields) with `codes` codes uploaded: its sku and the codes."""
+    reward = await create_reward(catalog, program, type="voucher", **overrides)
+    return reward["sku"], await upload_codes(catalog, reward["sku"], codes)
 
 
 async def redeem(

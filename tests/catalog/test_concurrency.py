@@ -19,6 +19,7 @@ from tests.catalog.helpers import (
     new_program,
     redeem,
     upload_codes,
+    voucher_reward,
 )
 from tests.catalog.invariants import check_catalog_invariants
 
@@ -34,9 +35,8 @@ async def test_200_members_race_for_50_vouchers(
     catalog_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient, catalog_db: Database
 ) -> None:
     program = await new_program(ledger_http)
-    reward = await create_reward(catalog_http, program, type="voucher", price_points=100, stock=50)
-    sku = reward["sku"]
-    codes = await upload_codes(catalog_http, sku, 60)  # more codes than stock: the stock decides
+    # more codes than stock: the stock decides
+    sku, codes = await voucher_reward(catalog_http, program, 60, price_points=100, stock=50)
     members = [f"race-{i:03d}" for i in range(200)]
     await _gather_in_chunks([earn(ledger_http, program, m, 100) for m in members])
 
@@ -106,15 +106,12 @@ async def test_a_member_races_their_own_points(
 ) -> None:
     """Stock is reserved before the debit; every debit the ledger refuses gives its stock back."""
     program = await new_program(ledger_http)
-    reward = await create_reward(catalog_http, program, type="voucher", price_points=100, stock=10)
-    await upload_codes(catalog_http, reward["sku"], 10)
+    sku, _ = await voucher_reward(catalog_http, program, 10, price_points=100, stock=10)
     await earn(ledger_http, program, "thrifty", 250)
-    responses = await asyncio.gather(
-        *(redeem(catalog_http, reward["sku"], program, "thrifty") for _ in range(10))
-    )
+    responses = await asyncio.gather(*(redeem(catalog_http, sku, program, "thrifty") for _ in range(10)))
     assert Counter(r.status_code for r in responses) == {201: 2, 422: 8}
     assert {r.json()["code"] for r in responses if r.status_code == 422} == {"insufficient_points"}
-    after = await get_reward(catalog_http, reward["sku"])
+    after = await get_reward(catalog_http, sku)
     assert after["stock"] == 8 and after["codes_available"] == 8
     assert (await balance(ledger_http, program, "thrifty"))["balance"] == 50
     await check_catalog_invariants(catalog_db, [program])
@@ -124,12 +121,11 @@ async def test_one_idempotency_key_sent_ten_times_at_once_applies_once(
     catalog_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient, catalog_db: Database
 ) -> None:
     program = await new_program(ledger_http)
-    reward = await create_reward(catalog_http, program, type="voucher", price_points=10, stock=5)
-    await upload_codes(catalog_http, reward["sku"], 5)
+    sku, _ = await voucher_reward(catalog_http, program, 5, price_points=10, stock=5)
     await earn(ledger_http, program, "twice", 100)
     key = new_key()
     responses = await asyncio.gather(
-        *(redeem(catalog_http, reward["sku"], program, "twice", key=key) for _ in range(10))
+        *(redeem(catalog_http, sku, program, "twice", key=key) for _ in range(10))
     )
     firsts = [r for r in responses if r.status_code == 201 and "Idempotent-Replayed" not in r.headers]
     assert len(firsts) == 1, [(r.status_code, r.headers.get("Idempotent-Replayed")) for r in responses]
@@ -139,8 +135,8 @@ async def test_one_idempotency_key_sent_ten_times_at_once_applies_once(
         else:
             assert r.status_code == 409 and r.json()["code"] == "idempotency_key_in_use", r.text
             assert r.headers["Retry-After"]
-    replay = await redeem(catalog_http, reward["sku"], program, "twice", key=key)
+    replay = await redeem(catalog_http, sku, program, "twice", key=key)
     assert replay.status_code == 201 and replay.json() == firsts[0].json()
     assert (await balance(ledger_http, program, "twice"))["balance"] == 90
-    assert (await get_reward(catalog_http, reward["sku"]))["stock"] == 4
+    assert (await get_reward(catalog_http, sku))["stock"] == 4
     await check_catalog_invariants(catalog_db, [program])

@@ -21,14 +21,13 @@ from tests.catalog.helpers import (
     cancel,
     catalog_env,
     client,
-    create_reward,
     earn,
     get_redemption,
     get_reward,
     new_key,
     new_program,
     redeem,
-    upload_codes,
+    voucher_reward,
     wait_for,
 )
 from tests.catalog.invariants import check_catalog_invariants
@@ -103,9 +102,7 @@ async def test_killed_mid_saga_then_restarted(
 
     # 1. Killed after the ledger posted the burn, before the catalog recorded it.
     p1, cat1 = catalogs.start(f"crash_after_debit:{a}")
-    reward = await create_reward(cat1, program, type="voucher", price_points=100, stock=10)
-    sku = reward["sku"]
-    await upload_codes(cat1, sku, 10)
+    sku, _ = await voucher_reward(cat1, program, 10, price_points=100, stock=10)
     key_a = new_key()
     with pytest.raises(httpx.TransportError):
         await redeem(cat1, sku, program, a, key=key_a)

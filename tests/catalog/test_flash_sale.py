@@ -15,7 +15,7 @@ import httpx
 import orjson
 
 from services.db import Database
-from tests.catalog.helpers import create_reward, get_reward, new_key, new_program, upload_codes
+from tests.catalog.helpers import get_reward, new_key, new_program, voucher_reward
 from tests.catalog.invariants import check_catalog_invariants
 
 MEMBERS = 2_000
@@ -50,9 +50,8 @@ async def test_2000_members_race_for_500_voucher_codes(
     catalog_admin_key: str,
 ) -> None:
     program = await new_program(ledger_http)
-    reward = await create_reward(catalog_http, program, type="voucher", price_points=PRICE, stock=CODES)
-    sku = reward["sku"]
-    codes = set(await upload_codes(catalog_http, sku, CODES))
+    sku, uploaded = await voucher_reward(catalog_http, program, CODES, price_points=PRICE, stock=CODES)
+    codes = set(uploaded)
     members = [f"flash-{i:04d}" for i in range(MEMBERS)]
     auth = {"Authorization": f"Bearer {catalog_admin_key}"}
     connector = aiohttp.TCPConnector(limit=0)  # every member on a connection of their own, all at once

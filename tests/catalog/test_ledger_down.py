@@ -22,14 +22,13 @@ from tests.catalog.helpers import (
     cancel,
     catalog_env,
     client,
-    create_reward,
     earn,
     get_redemption,
     get_reward,
     new_key,
     new_program,
     redeem,
-    upload_codes,
+    voucher_reward,
     wait_for,
 )
 from tests.catalog.invariants import check_catalog_invariants
@@ -60,9 +59,7 @@ async def test_ledger_down_fails_cleanly_and_refunds_later(
 ) -> None:
     ledger, cat = own_ledger_and_catalog
     program = await new_program(ledger_http)  # through the session ledger: same database
-    reward = await create_reward(cat, program, type="voucher", price_points=100, stock=3)
-    sku = reward["sku"]
-    await upload_codes(cat, sku, 3)
+    sku, _ = await voucher_reward(cat, program, 3, price_points=100, stock=3)
     await earn(ledger_http, program, "down-m1", 500)
     done = await redeem(cat, sku, program, "down-m1")
     assert done.status_code == 201, done.text

@@ -20,7 +20,7 @@ from tests.catalog.helpers import (
     new_key,
     new_program,
     redeem,
-    upload_codes,
+    voucher_reward,
 )
 from tests.catalog.invariants import check_catalog_invariants
 
@@ -29,11 +29,9 @@ async def test_voucher_redemption_and_idempotency(
     catalog_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient, catalog_db: Database
 ) -> None:
     program = await new_program(ledger_http)
-    reward = await create_reward(
-        catalog_http, program, type="voucher", price_points=100, cash_price_minor=500, stock=5
+    sku, codes = await voucher_reward(
+        catalog_http, program, 5, price_points=100, cash_price_minor=500, stock=5
     )
-    sku = reward["sku"]
-    codes = await upload_codes(catalog_http, sku, 5)
     await earn(ledger_http, program, "v-m1", 1000)
 
     key = new_key()
@@ -130,14 +128,13 @@ async def test_codes_shown_only_to_the_redeemer(
     catalog_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient, catalog_db: Database
 ) -> None:
     program = await new_program(ledger_http)
-    reward = await create_reward(catalog_http, program, type="voucher", price_points=10)
-    await upload_codes(catalog_http, reward["sku"], 3)
+    sku, _ = await voucher_reward(catalog_http, program, 3, price_points=10)
     await earn(ledger_http, program, "c-m1", 100)
     _, pos = await make_key(catalog_db, ["catalog:write", "catalog:read"])
     _, reader = await make_key(catalog_db, ["catalog:read"])
     _, other_pos = await make_key(catalog_db, ["catalog:write", "catalog:read"])
 
-    r = await redeem(catalog_http, reward["sku"], program, "c-m1", auth=pos)
+    r = await redeem(catalog_http, sku, program, "c-m1", auth=pos)
     assert r.status_code == 201, r.text
     codes = r.json()["voucher_codes"]
     rid = r.json()["id"]
@@ -158,15 +155,13 @@ async def test_codes_shown_only_to_the_redeemer(
     listing = await catalog_http.get("/v1/redemptions", params={"member_ref": "c-m1"}, headers=h(pos))
     assert [x["voucher_codes"] for x in listing.json()["data"]] == [codes]
 
-    assert_problem(
-        await redeem(catalog_http, reward["sku"], program, "c-m1", auth=reader), 403, "insufficient_scope"
-    )
+    assert_problem(await redeem(catalog_http, sku, program, "c-m1", auth=reader), 403, "insufficient_scope")
     assert_problem(await cancel(catalog_http, rid, auth=reader), 403, "insufficient_scope")
     assert_problem(await cancel(catalog_http, rid, auth=other_pos), 403, "not_redeemer")
     # an Idempotency-Key is scoped to its API key: another key's identical key is a new request
     key = new_key()
-    a = await redeem(catalog_http, reward["sku"], program, "c-m1", key=key, auth=pos)
-    b = await redeem(catalog_http, reward["sku"], program, "c-m1", key=key, auth=other_pos)
+    a = await redeem(catalog_http, sku, program, "c-m1", key=key, auth=pos)
+    b = await redeem(catalog_http, sku, program, "c-m1", key=key, auth=other_pos)
     assert a.status_code == b.status_code == 201
     assert a.json()["id"] != b.json()["id"] and "Idempotent-Replayed" not in b.headers
     assert set(a.json()["voucher_codes"]).isdisjoint(b.json()["voucher_codes"])
@@ -177,11 +172,7 @@ async def test_cancel_refunds_restocks_and_replays(
     catalog_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient, catalog_db: Database
 ) -> None:
     program = await new_program(ledger_http)
-    reward = await create_reward(
-        catalog_http, program, type="voucher", price_points=300, stock=2, per_member_limit=1
-    )
-    sku = reward["sku"]
-    await upload_codes(catalog_http, sku, 4)
+    sku, _ = await voucher_reward(catalog_http, program, 4, price_points=300, stock=2, per_member_limit=1)
     await earn(ledger_http, program, "x-m1", 1000)
     redeem_key = new_key()
     r = await redeem(catalog_http, sku, program, "x-m1", key=redeem_key)

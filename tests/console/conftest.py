@@ -12,6 +12,7 @@ import pytest
 from services.auth import SCOPES, create_api_key
 from tests.browser import browser  # noqa: F401 (the session's one browser)
 from tests.console.forms import BASE
+from tests.harness import api_client
 from tests.stack import Stack
 
 
@@ -32,7 +33,5 @@ async def console(ledger_app: Any) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 async def api(stack: Stack, console_admin_key: str) -> AsyncIterator[httpx.AsyncClient]:
     """The ledger process's API, as an admin: to set up data and to check the console against."""
-    async with httpx.AsyncClient(
-        base_url=stack.ledger.url, headers={"Authorization": f"Bearer {console_admin_key}"}, timeout=30
-    ) as client:
+    async with api_client(stack.ledger.url, console_admin_key, timeout=30) as client:
         yield client

@@ -11,7 +11,7 @@ import pytest
 
 from services.auth import create_api_key
 from services.keyfiles import SERVICE_LEDGER_SCOPES
-from tests.harness import ServiceProcess
+from tests.harness import ServiceProcess, api_client
 
 # Fast retries and recovery, so the failure scenarios finish in seconds.
 FAST_SAGA_ENV = {
@@ -64,21 +64,14 @@ def live_conversion(
 
 @pytest.fixture(scope="session")
 async def ledger_http(live_ledger: Any, admin_key: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(
-        base_url=live_ledger.url, headers={"Authorization": f"Bearer {admin_key}"}, timeout=30
-    ) as client:
+    async with api_client(live_ledger.url, admin_key, timeout=30) as client:
         yield client
 
 
 @pytest.fixture(scope="session")
 async def conv_http(live_conversion: ServiceProcess, admin_key: str) -> AsyncIterator[httpx.AsyncClient]:
     limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
-    async with httpx.AsyncClient(
-        base_url=live_conversion.url,
-        headers={"Authorization": f"Bearer {admin_key}"},
-        timeout=60,
-        limits=limits,
-    ) as client:
+    async with api_client(live_conversion.url, admin_key, limits=limits) as client:
         yield client
 
 

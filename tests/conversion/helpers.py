@@ -41,6 +41,13 @@ async def put_rate(conv: httpx.AsyncClient, src: str, dst: str, **body: Any) -> 
     return data
 
 
+async def rated_pair(conv: httpx.AsyncClient, ledger: httpx.AsyncClient, **rate: Any) -> tuple[str, str]:
+    """Two new programs and a direct rate from the first to the second (put_rate's fields)."""
+    src, dst = await program(ledger), await program(ledger)
+    await put_rate(conv, src, dst, **rate)
+    return src, dst
+
+
 async def convert(conv: httpx.AsyncClient, body: dict[str, Any], key: str | None = None) -> httpx.Response:
     return await conv.post("/v1/conversions", json=body, headers={"Idempotency-Key": key or new_key()})
 

@@ -8,14 +8,13 @@ import json
 import httpx
 
 from tests.conftest import assert_problem, new_key
-from tests.conversion.helpers import program, put_rate
+from tests.conversion.helpers import rated_pair
 
 
 async def test_bad_text_and_timestamps_are_422(
     conv_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient
 ) -> None:
-    src, dst = await program(ledger_http), await program(ledger_http)
-    await put_rate(conv_http, src, dst)
+    src, dst = await rated_pair(conv_http, ledger_http)
     headers = {"Content-Type": "application/json", "Idempotency-Key": new_key()}
     quote = {"from_program": src, "to_program": dst, "from_points": 500}
     for path, body in [

@@ -7,7 +7,7 @@ import asyncio
 import httpx
 
 from tests.conftest import assert_problem, new_key
-from tests.conversion.helpers import balance, convert, events, fund, program, put_rate
+from tests.conversion.helpers import balance, convert, events, fund, program, put_rate, rated_pair
 from tests.conversion.invariants import check_conversion_invariants
 
 MAX_POINTS = 2**63 - 1
@@ -79,8 +79,9 @@ async def test_conversion_end_to_end_exact_amounts_and_fee(
 async def test_conversion_by_to_points_and_by_quote(
     conv_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient
 ) -> None:
-    src, dst = await program(ledger_http), await program(ledger_http)
-    await put_rate(conv_http, src, dst, from_points=5, to_points=1, fee_bps=200, min_from_points=1)
+    src, dst = await rated_pair(
+        conv_http, ledger_http, from_points=5, to_points=1, fee_bps=200, min_from_points=1
+    )
     await fund(ledger_http, src, "m-q", 20_000)
 
     # the smallest from_points that yields at least 980 is 5000
@@ -112,8 +113,7 @@ async def test_conversion_by_to_points_and_by_quote(
 async def test_replay_of_the_conversion_request(
     conv_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient
 ) -> None:
-    src, dst = await program(ledger_http), await program(ledger_http)
-    await put_rate(conv_http, src, dst)
+    src, dst = await rated_pair(conv_http, ledger_http)
     await fund(ledger_http, src, "m-r", 5000)
     body = {"from_program": src, "to_program": dst, "member_ref": "m-r", "from_points": 5000}
     key = new_key()
@@ -160,8 +160,9 @@ async def test_replay_of_the_conversion_request(
 async def test_50_concurrent_conversions_where_points_cover_20(
     conv_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient, db
 ) -> None:
-    src, dst = await program(ledger_http), await program(ledger_http)
-    await put_rate(conv_http, src, dst, from_points=1, to_points=2, fee_bps=0, min_from_points=1)
+    src, dst = await rated_pair(
+        conv_http, ledger_http, from_points=1, to_points=2, fee_bps=0, min_from_points=1
+    )
     await fund(ledger_http, src, "m-c", 20 * 100)
     body = {"from_program": src, "to_program": dst, "member_ref": "m-c", "from_points": 100}
 
@@ -182,11 +183,9 @@ async def test_50_concurrent_conversions_where_points_cover_20(
 
 
 async def test_daily_limit_per_member(conv_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient) -> None:
-    src, dst = await program(ledger_http), await program(ledger_http)
-    await put_rate(
+    src, dst = await rated_pair(
         conv_http,
-        src,
-        dst,
+        ledger_http,
         from_points=1,
         to_points=1,
         fee_bps=0,

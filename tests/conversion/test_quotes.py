@@ -7,14 +7,15 @@ import asyncio
 import httpx
 
 from tests.conftest import assert_problem, unique_code
-from tests.conversion.helpers import balance, convert, fund, program, put_rate
+from tests.conversion.helpers import balance, convert, fund, rated_pair
 
 
 async def test_quote_amounts_and_rounding(
     conv_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient
 ) -> None:
-    src, dst = await program(ledger_http), await program(ledger_http)
-    await put_rate(conv_http, src, dst, from_points=3, to_points=2, fee_bps=150, min_from_points=10)
+    src, dst = await rated_pair(
+        conv_http, ledger_http, from_points=3, to_points=2, fee_bps=150, min_from_points=10
+    )
     base = {"from_program": src, "to_program": dst, "member_ref": "m-1"}
 
     q = (await conv_http.post("/v1/quotes", json={**base, "from_points": 1001})).json()
@@ -43,8 +44,7 @@ async def test_quote_amounts_and_rounding(
 
 
 async def test_expired_quote(conv_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient) -> None:
-    src, dst = await program(ledger_http), await program(ledger_http)
-    await put_rate(conv_http, src, dst, min_from_points=1)
+    src, dst = await rated_pair(conv_http, ledger_http, min_from_points=1)
     await fund(ledger_http, src, "m-exp", 5000)
     q = await conv_http.post(
         "/v1/quotes",
@@ -69,11 +69,9 @@ async def test_expired_quote(conv_http: httpx.AsyncClient, ledger_http: httpx.As
 async def test_unknown_programs_and_bad_amounts(
     conv_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient
 ) -> None:
-    src, dst = await program(ledger_http), await program(ledger_http)
-    await put_rate(
+    src, dst = await rated_pair(
         conv_http,
-        src,
-        dst,
+        ledger_http,
         from_points=5,
         to_points=1,
         fee_bps=200,
@@ -145,8 +143,7 @@ async def test_unknown_programs_and_bad_amounts(
 async def test_auth(conv_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient, ledger_app) -> None:
     from tests.conftest import make_key
 
-    src, dst = await program(ledger_http), await program(ledger_http)
-    await put_rate(conv_http, src, dst, min_from_points=1)
+    src, dst = await rated_pair(conv_http, ledger_http, min_from_points=1)
     body = {"from_program": src, "to_program": dst, "member_ref": "m-auth", "from_points": 5000}
     url = str(conv_http.base_url)
     async with httpx.AsyncClient(base_url=url, timeout=30) as anon:

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import assert_problem, earn, member, new_key
+from tests.harness import api_client
 
 # Raw JSON text, so escapes reach the server as a client would send them: `\\u0000` is a NUL,
 # `\\ud800` alone an unpaired surrogate, NaN and Infinity what Python's json module (FastAPI's) takes.
@@ -119,9 +120,7 @@ async def test_a_timestamp_query_out_of_range_is_a_422(client: httpx.AsyncClient
 
 async def test_a_nul_in_metadata_is_answered_by_a_real_server(live_ledger, admin_key: str) -> None:
     """Against uvicorn: the earn used to get no answer at all (the connection was dropped)."""
-    async with httpx.AsyncClient(
-        base_url=live_ledger.url, headers={"Authorization": f"Bearer {admin_key}"}, timeout=30
-    ) as http:
+    async with api_client(live_ledger.url, admin_key, timeout=30) as http:
         code = "NULPROG"
         r = await http.post(
             "/v1/programs",

@@ -9,6 +9,7 @@ import httpx
 import orjson
 
 from tests.conftest import create_program, make_key, member, new_key
+from tests.harness import api_client
 from tests.ledger.invariants import check_ledger_invariants
 
 HEADER = (
@@ -227,9 +228,7 @@ async def test_ledger_process_killed_mid_batch_resumes_after_restart(
     env = {"JIFEN_BATCH_CHUNK_ROWS": "1000", "JIFEN_BATCH_INTERVAL_S": "0.05"}
     ledger = ServiceProcess("ledger", database_url, env=env).start()
     try:
-        async with httpx.AsyncClient(
-            base_url=ledger.url, headers={"Authorization": f"Bearer {admin_key}"}, timeout=60
-        ) as http:
+        async with api_client(ledger.url, admin_key) as http:
             r = await http.post(
                 "/v1/batches",
                 content=content,

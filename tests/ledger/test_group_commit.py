@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 from ledger_service.postings.engine import PostingEngine
 from services.errors import DomainError
 from tests.conftest import create_program, earn, make_key, member, new_key, post
-from tests.harness import ServiceProcess
+from tests.harness import ServiceProcess, api_client
 from tests.ledger.invariants import check_ledger_invariants
 
 
@@ -130,11 +130,8 @@ async def test_killed_mid_batch_every_request_applies_exactly_once(
     ]
     results: dict[str, int | str] = {}
     try:
-        async with httpx.AsyncClient(
-            base_url=ledger.url,
-            headers={"Authorization": f"Bearer {admin_key}"},
-            limits=httpx.Limits(max_connections=64),
-            timeout=10,
+        async with api_client(
+            ledger.url, admin_key, timeout=10, limits=httpx.Limits(max_connections=64)
         ) as http:
             sem = asyncio.Semaphore(64)
 

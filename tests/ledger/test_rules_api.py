@@ -136,7 +136,8 @@ async def test_member_caps_hold_under_concurrency(
     await check_ledger_invariants(ledger_app.state.db, program)
 
 
-async def test_tier_rules_use_the_members_tier(client: httpx.AsyncClient) -> None:
+async def _gold_doubles(client: httpx.AsyncClient) -> str:
+    """A program with a gold tier from 1,000 points, whose rules give 1 point per 100 and gold 2x."""
     program = await create_program(client, tiers=[{"code": "gold", "min_points": 1000}])
     await _rules(
         client,
@@ -147,6 +148,11 @@ async def test_tier_rules_use_the_members_tier(client: httpx.AsyncClient) -> Non
             "rules": [{"name": "gold 2x", "match": {"tier": "gold"}, "multiplier": "2"}],
         },
     )
+    return program
+
+
+async def test_tier_rules_use_the_members_tier(client: httpx.AsyncClient) -> None:
+    program = await _gold_doubles(client)
     assert (await post(client, "/v1/earn", _earn_body(program, "eve", 100000))).json()["points"] == 1000
     assert (await member(client, program, "eve"))["tier"] == "gold"
     assert (await post(client, "/v1/earn", _earn_body(program, "eve", 1000))).json()["points"] == 20
@@ -159,16 +165,7 @@ async def test_concurrent_earns_share_member_lookups(
     still gets its own member's tier), so the lookup costs no pooled connection per earn."""
     from ledger_service.rules import service
 
-    program = await create_program(client, tiers=[{"code": "gold", "min_points": 1000}])
-    await _rules(
-        client,
-        program,
-        {
-            "effective_from": START,
-            "base": {"points": 1, "per_amount_minor": 100},
-            "rules": [{"name": "gold 2x", "match": {"tier": "gold"}, "multiplier": "2"}],
-        },
-    )
+    program = await _gold_doubles(client)
     await earn(client, program, "gold-1", 1000)
     calls: list[list[str]] = []
     real = service.repository.members

@@ -1,0 +1,25 @@
+"""What the ledger's routes take: the callers by the scope each needs (DESIGN §2: the principal of a
+valid API key holding it, else 401/403 before the route runs), and a job's or report's `as_of`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import Depends, Query
+
+from services.auth import Principal, require
+from services.errors import Unprocessable
+from services.validation import Timestamp
+
+Reader = Annotated[Principal, Depends(require("ledger:read"))]
+Admin = Annotated[Principal, Depends(require("ledger:admin"))]
+Earner = Annotated[Principal, Depends(require("ledger:earn"))]
+Burner = Annotated[Principal, Depends(require("ledger:burn"))]
+AsOf = Annotated[Timestamp | None, Query(description="RFC 3339; default now")]
+
+
+def check_as_of(as_of: datetime | None) -> None:
+    """An `as_of` carries its offset (the ledger's days and periods are in each program's zone)."""
+    if as_of is not None and as_of.tzinfo is None:
+        raise Unprocessable("as_of needs a time zone (RFC 3339).", code="validation_error")

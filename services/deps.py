@@ -1,0 +1,25 @@
+"""FastAPI dependencies and parameters every service's routes share: the app's database, a program
+or member named in the path or the query, and the `?limit=&cursor=` of a list (DESIGN §3)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Path, Query, Request
+
+from services.conventions import MemberRef, ProgramCode
+from services.db import Database
+
+
+async def get_db(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+DB = Annotated[Database, Depends(get_db)]
+# A list's page size (default 50 where a route declares `limit: Limit = 50`) and its opaque cursor.
+Limit = Annotated[int, Query(ge=1, le=200)]
+Cursor = Annotated[str | None, Query(max_length=64)]
+ProgramPath = Annotated[ProgramCode, Path()]
+MemberPath = Annotated[MemberRef, Path()]
+ProgramQuery = Annotated[ProgramCode | None, Query()]  # a filter: one program, or all the key may see
