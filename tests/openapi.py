@@ -549,7 +549,7 @@ def schemathesis_run(url: str, key: str, *, max_examples: int, workdir: Path) ->
         str(Path(sys.executable).with_name("st")), "run", f"{url}/openapi.json",
         "--checks", ",".join(CHECKS), "--max-examples", str(max_examples),
         "--phases", "examples,coverage,fuzzing", "--seed", "1", "--workers", "1", "--no-shrink",
-        "--continue-on-failure", "-H", f"Authorization: Bearer {key}",
+        "--continue-on-failure", "--request-timeout", "60", "-H", f"Authorization: Bearer {key}",
         "--report", "json", "--report-json-path", str(report),
         "--exclude-path-regex", NOT_FUZZED,
     ]  # fmt: skip
