@@ -27,6 +27,7 @@ from services.db import Database
 log = logging.getLogger("jifen.ledger.coalescer")
 
 _BATCH = "SELECT i, status, body, replayed FROM ledger.execute_batch($1::jsonb)"
+ROOM_SHORT = "JF001"  # raised by ledger.take_partner_rooms
 
 
 @dataclass(frozen=True)
@@ -133,8 +134,13 @@ class Coalescer:
             async with self.db.driver() as conn:
                 rows = await conn.fetch(_BATCH, body)
         except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-            log.warning(
-                "batch failed as a whole; retrying one by one", extra={"size": len(batch), "error": repr(exc)}
+            # JF001: a partner's room on the connection's slot did not cover the batch, an expected
+            # turn to the exact check (ledger.take_partner_rooms), not a fault.
+            level = logging.INFO if getattr(exc, "sqlstate", None) == ROOM_SHORT else logging.WARNING
+            log.log(
+                level,
+                "batch failed as a whole; retrying one by one",
+                extra={"size": len(batch), "error": repr(exc)},
             )
             await asyncio.gather(*(self._one(p) for p in ordered))
             return

@@ -11,9 +11,9 @@ BEGIN
     -- opened before a migration changed the shape (or a new one) makes it again. Bump the number
     -- with every change of the columns below. (A setting, not a catalog lookup: this runs for every
     -- coalesced batch; like the table, it is undone when the transaction that set it rolls back.)
-    IF current_setting('jifen.earn_in', true) IS DISTINCT FROM '3' THEN
+    IF current_setting('jifen.earn_in', true) IS DISTINCT FROM '4' THEN
         DROP TABLE IF EXISTS pg_temp.earn_in;
-        PERFORM set_config('jifen.earn_in', '3', false);
+        PERFORM set_config('jifen.earn_in', '4', false);
         CREATE TEMP TABLE earn_in (
             i bigint NOT NULL,
             program_id int NOT NULL,
@@ -45,6 +45,8 @@ BEGIN
             partner_account bigint,        -- its partner:{code}:issued account, the other side
             cash numeric,                  -- what the partner pays for it, exact
             partner_checked boolean,       -- the partner is prepaid or has a credit limit (a check under its lock)
+            partner_terms_from timestamptz, -- effective_from of the partner's terms that priced it
+            coalesced boolean,             -- staged from a coalesced batch (ledger.earn_set)
             refused text,                  -- a partner check's code: not posted
             room_points numeric,           -- the partner's funds or credit left before this call
             room_cash numeric,
@@ -101,7 +103,7 @@ LANGUAGE sql AS $$
     )
     INSERT INTO earn_in (i, program_id, account_id, member_ref, points, kind, clearing, reference, metadata,
                          merchant_id, mcc, channel, rule_set_id, breakdown, caps, api_key_id, occurred_at,
-                         idem_key, request_hash, partner_id, partner_account, pending_days)
+                         idem_key, request_hash, partner_id, partner_account, pending_days, coalesced)
     SELECT f.i, f.program_id,
            -- ledger.member_id's lookup written out: a subquery costs a third of a function call.
            (SELECT m.id FROM ledger.accounts m
@@ -110,7 +112,7 @@ LANGUAGE sql AS $$
            f.a->>'clearing', f.a->>'reference', f.a->'metadata', f.a->'purchase'->>'merchant_id',
            f.a->'purchase'->>'mcc', f.a->'purchase'->>'channel',
            (f.a->>'rule_set_id')::bigint, f.a->'breakdown', f.a->'caps', f.api_key,
-           f.occ, f.key, f.h, (pp.r).partner_id, (pp.r).issued_account, (f.a->>'pending_days')::int
+           f.occ, f.key, f.h, (pp.r).partner_id, (pp.r).issued_account, (f.a->>'pending_days')::int, NOT p_checked
     FROM f
     LEFT JOIN pp ON pp.partner = f.partner AND pp.program_id = f.program_id AND pp.occ = f.occ
     WHERE p_checked
@@ -149,15 +151,25 @@ BEGIN
     IF partnered THEN
         PERFORM ledger.price_partner_earns();
     END IF;
-    SELECT coalesce(bool_or(caps IS NOT NULL OR external_id IS NOT NULL OR partner_checked), false)
+    -- A checked partner's earns in a coalesced batch take from its slot's room after the plain
+    -- posting (ledger.take_partner_rooms; short: the whole batch is retried one request at a time);
+    -- anywhere else they are checked exactly, before posting (ledger.partner_earns).
+    SELECT coalesce(bool_or(caps IS NOT NULL OR external_id IS NOT NULL
+                            OR (partner_checked AND coalesced IS NOT TRUE)), false)
     INTO checked FROM earn_in;
     IF NOT checked THEN
         PERFORM ledger.post_plain_earns();
+        IF partnered THEN
+            PERFORM ledger.take_partner_rooms();
+        END IF;
     ELSE
         PERFORM ledger.post_checked_earns();
     END IF;
     IF partnered THEN
         PERFORM ledger.count_partner_earns();
+        IF checked THEN
+            PERFORM ledger.allot_partner_rooms();
+        END IF;
     END IF;
     UPDATE ledger.accounts a SET pending = a.pending + s.points
     FROM (SELECT e.account_id, sum(ledger.lot_points(e.balance_after, e.points)) AS points FROM earn_in e

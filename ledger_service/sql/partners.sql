@@ -178,14 +178,15 @@ BEGIN
 END $$;
 
 -- The counters after posted partner earns (post_checked_earns, under the row lock partner_earns took).
--- Counts the posted partner rows: a checked partner's on its partner_programs row (locked by
--- ledger.partner_earns), an unchecked one's on this connection's slot, so that concurrent batches
--- earning for the same partner do not queue on one row (readers add the slots: ledger.partner_totals).
+-- Counts the posted partner rows: those ledger.partner_earns checked (room_points or room_cash set)
+-- on their partner_programs row, which it locked; an unchecked partner's on this connection's slot,
+-- so that concurrent batches earning for the same partner do not queue on one row (readers add the
+-- slots: ledger.partner_totals). ledger.take_partner_rooms counts the rest, on its slot.
 CREATE OR REPLACE FUNCTION ledger.count_partner_earns() RETURNS void
 LANGUAGE sql AS $$
     UPDATE ledger.partner_programs pp SET issued_points = pp.issued_points + s.points, open_cash = pp.open_cash + s.cash
     FROM (SELECT e.partner_id, e.program_id, sum(e.points) AS points, sum(e.cash) AS cash FROM earn_in e
-          WHERE e.posted AND e.partner_checked GROUP BY 1, 2) s
+          WHERE e.posted AND (e.room_points IS NOT NULL OR e.room_cash IS NOT NULL) GROUP BY 1, 2) s
     WHERE pp.partner_id = s.partner_id AND pp.program_id = s.program_id;
     INSERT INTO ledger.partner_slots AS x (partner_id, program_id, slot, issued_points, open_cash)
     SELECT e.partner_id, e.program_id, ledger.partner_slot(), sum(e.points), sum(e.cash) FROM earn_in e
@@ -207,13 +208,71 @@ $$;
 CREATE OR REPLACE FUNCTION ledger.price_partner_earns() RETURNS void
 LANGUAGE sql AS $$
     WITH d AS MATERIALIZED (  -- one lookup of the terms per partner, program and time
-        SELECT d.partner_id, d.program_id, d.occurred_at, t.issue_cash_minor, t.issue_points,
+        SELECT d.partner_id, d.program_id, d.occurred_at, t.issue_cash_minor, t.issue_points, t.effective_from,
                (t.funding = 'prepaid' OR t.credit_limit_minor IS NOT NULL) AS checked
         FROM (SELECT DISTINCT x.partner_id, x.program_id, x.occurred_at FROM earn_in x WHERE x.partner_id IS NOT NULL) d,
              LATERAL ledger.partner_terms_at(d.partner_id, d.program_id, d.occurred_at) t
     )
-    UPDATE earn_in e SET cash = e.points * d.issue_cash_minor::numeric / d.issue_points, partner_checked = d.checked
+    UPDATE earn_in e SET cash = e.points * d.issue_cash_minor::numeric / d.issue_points, partner_checked = d.checked,
+        partner_terms_from = d.effective_from
     FROM d WHERE e.partner_id = d.partner_id AND e.program_id = d.program_id AND e.occurred_at = d.occurred_at
+$$;
+
+-- A coalesced batch's earns at checked partners, posted by the plain path: each partner's total
+-- comes out of this connection's slot's room (prepaid points or credit cash), under that slot's row
+-- lock only, when the room was allotted under the terms that priced every row and covers the total;
+-- then it is counted on the slot. Otherwise the batch fails with JF001 and the caller retries its
+-- requests one at a time, each checked exactly (ledger.partner_earns) and re-allotting the rooms. The
+-- rooms never add up to more than the partner has left (ledger.allot_partner_rooms), so no room
+-- overdraws it, and a refusal is only ever made against the exact totals.
+CREATE OR REPLACE FUNCTION ledger.take_partner_rooms() RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE wanted int; taken int;
+BEGIN
+    SELECT count(DISTINCT (partner_id, program_id)) INTO wanted FROM earn_in WHERE posted AND partner_checked;
+    IF wanted = 0 THEN
+        RETURN;
+    END IF;
+    WITH n AS (
+        SELECT e.partner_id, e.program_id, sum(e.points) AS points, sum(e.cash) AS cash,
+               min(e.partner_terms_from) AS terms_from, count(DISTINCT e.partner_terms_from) AS versions
+        FROM earn_in e WHERE e.posted AND e.partner_checked GROUP BY 1, 2
+    )
+    UPDATE ledger.partner_slots s
+    SET room_points = s.room_points - n.points, room_cash = s.room_cash - n.cash,
+        issued_points = s.issued_points + n.points, open_cash = s.open_cash + n.cash
+    FROM n
+    WHERE s.partner_id = n.partner_id AND s.program_id = n.program_id AND s.slot = ledger.partner_slot()
+      AND n.versions = 1 AND s.room_terms = n.terms_from
+      AND (s.room_points IS NOT NULL OR s.room_cash IS NOT NULL)
+      AND (s.room_points IS NULL OR s.room_points >= n.points) AND (s.room_cash IS NULL OR s.room_cash >= n.cash);
+    GET DIAGNOSTICS taken = ROW_COUNT;
+    IF taken < wanted THEN
+        RAISE EXCEPTION USING ERRCODE = 'JF001', MESSAGE = 'partner_room_short',
+            DETAIL = 'A partner''s room on this slot does not cover the batch; retry its requests one at a time.';
+    END IF;
+END $$;
+
+-- After an exact check (ledger.partner_earns, every slot locked): each checked partner and program
+-- of earn_in gets what it has left under the terms in force now shared out over the 16 slots, so
+-- that the next coalesced batches take from their slot alone. Rounded down: never more than is left.
+CREATE OR REPLACE FUNCTION ledger.allot_partner_rooms() RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO ledger.partner_slots AS s (partner_id, program_id, slot, room_points, room_cash, room_terms)
+    SELECT tot.partner_id, tot.program_id, k.slot,
+           CASE WHEN t.funding = 'prepaid' THEN greatest(floor((tot.funded_points - tot.issued_points) / 16.0), 0) END,
+           CASE WHEN t.funding = 'postpaid' AND t.credit_limit_minor IS NOT NULL
+                THEN greatest(floor((t.credit_limit_minor - tot.open_cash) / 16), 0) END,
+           t.effective_from
+    FROM ledger.partner_totals tot
+    CROSS JOIN LATERAL ledger.partner_terms_at(tot.partner_id, tot.program_id, now()) t
+    CROSS JOIN generate_series(0, 15) k(slot)
+    WHERE (tot.partner_id, tot.program_id) IN (SELECT DISTINCT e.partner_id, e.program_id FROM earn_in e
+                                               WHERE e.room_points IS NOT NULL OR e.room_cash IS NOT NULL)
+      AND (t.funding = 'prepaid' OR t.credit_limit_minor IS NOT NULL)
+    ORDER BY 1, 2, 3
+    ON CONFLICT (partner_id, program_id, slot) DO UPDATE
+        SET room_points = EXCLUDED.room_points, room_cash = EXCLUDED.room_cash, room_terms = EXCLUDED.room_terms
 $$;
 
 -- A partner's counters for a program: its partner_programs row plus its slots.

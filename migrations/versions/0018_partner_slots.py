@@ -5,8 +5,10 @@ A postpaid partner without a credit limit needs no check when it funds an earn, 
 batch with such an earn queued on until commit, which stopped group commit from grouping. Those
 increments now go to one of several slot rows per partner and program (the connection's, by backend
 pid), and readers add the slots to the partner_programs row (ledger.partner_totals, in
-ledger_service/sql/partners.sql). Checked partners (prepaid, or a credit limit) keep their counters
-on partner_programs, under its row lock, and the check locks their slots too.
+ledger_service/sql/partners.sql). Checked partners (prepaid, or a credit limit) get a room on each
+slot, a share of what they may still issue: a coalesced batch takes from its slot's room under that
+row's lock only, and falls back to the exact check (every slot and the partner_programs row locked)
+when the room is short.
 
 Revision ID: 0018_partner_slots
 Revises: 0014_input_limits
@@ -26,6 +28,12 @@ CREATE TABLE ledger.partner_slots (
     slot smallint NOT NULL,
     issued_points bigint NOT NULL DEFAULT 0,   -- added to partner_programs.issued_points
     open_cash numeric NOT NULL DEFAULT 0,      -- added to partner_programs.open_cash
+    -- A checked partner's share of what it may still issue, allotted to this slot under the terms in
+    -- force from room_terms (prepaid points or credit cash; NULL: not that kind): a coalesced batch
+    -- takes from its slot's room under the slot's row lock alone (ledger.take_partner_rooms).
+    room_points bigint,
+    room_cash numeric,
+    room_terms timestamptz,
     PRIMARY KEY (partner_id, program_id, slot),
     FOREIGN KEY (partner_id, program_id) REFERENCES ledger.partner_programs (partner_id, program_id)
 );

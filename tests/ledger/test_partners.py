@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import httpx
+import pytest
 
 from ledger_service.partners.service import standings
 from services.auth import create_api_key
@@ -185,6 +188,59 @@ async def test_unchecked_partner_earns_count_on_slots_and_a_later_credit_limit_s
     await earn(client, program, "s1", 500, partner=partner)  # 4.00 CNY: 100.00 used
     one_more = {**body, "member_ref": "s2", "points": 1}
     assert_problem(await post(client, "/v1/earn", one_more), 422, "partner_credit_exceeded")
+    await check_ledger_invariants(ledger_app.state.db, program)
+
+
+async def test_concurrent_earns_take_slot_rooms_and_never_pass_the_credit_limit(
+    client: httpx.AsyncClient, program: str, ledger_app: Any
+) -> None:
+    """A 100.00 CNY credit limit at 80 fen per 100 points: after one exact earn has shared what is left
+    over the slots, 600 concurrent earns of 25 points (20 fen each) in coalesced batches: exactly 499
+    more fit, however the batches fall on slots, and some were taken from a slot's room."""
+    partner = await partner_with_terms(client, program, credit_limit_minor=10_000)
+    await earn(client, program, "r0", 25, partner=partner)  # the exact path allots the rooms
+    body = {"program": program, "points": 25, "reference": "r", "partner": partner}
+    responses = await asyncio.gather(
+        *(post(client, "/v1/earn", {**body, "member_ref": f"r{i % 97}"}) for i in range(600))
+    )
+    assert sorted(r.status_code for r in responses) == [201] * 499 + [422] * 101
+    assert all(r.json()["code"] == "partner_credit_exceeded" for r in responses if r.status_code == 422)
+    (row,) = (await client.get(f"/v1/partners/{partner}/position")).json()["programs"]
+    assert (row["issued_points"], row["credit_used_minor"]) == (12_500, 10_000)
+    await check_ledger_invariants(ledger_app.state.db, program)
+
+
+async def test_a_coalesced_batch_takes_from_its_slots_room_or_goes_one_by_one(
+    client: httpx.AsyncClient, program: str, ledger_app: Any
+) -> None:
+    """Credit limit 100.00 CNY: one exact earn shares the 99.20 left over 16 slots (620 fen each). A
+    batch of three earns (60 fen) comes out of the connection's slot alone; a batch of 32 (640 fen)
+    does not fit the slot and fails as a whole (JF001), for the caller to retry one by one."""
+    partner = await partner_with_terms(client, program, credit_limit_minor=10_000)
+    await earn(client, program, "b0", 100, partner=partner)
+
+    def batch(n: int, tag: str) -> str:
+        a = {"program": program, "points": 75, "reference": "b", "partner": partner}
+        return json.dumps([
+            {"k": key_id, "key": f"{tag}-{i}", "h": "00", "op": "earn", "a": {**a, "member_ref": f"b{i}"},
+             "p": None, "s": ["ledger:write"]}
+            for i in range(n)
+        ])  # fmt: skip
+
+    slot_sql = """SELECT s.issued_points, s.room_cash FROM ledger.partner_slots s JOIN ledger.partners p
+                  ON p.id = s.partner_id WHERE p.code = $1 AND s.slot = ledger.partner_slot()"""
+    async with ledger_app.state.db.driver() as conn:
+        key_id = await conn.fetchval("SELECT min(id) FROM auth.api_keys")
+        assert await conn.fetchrow(slot_sql, partner) == (0, 620)
+        rows = await conn.fetch("SELECT status FROM ledger.execute_batch($1::jsonb)", batch(3, "small"))
+        assert [r["status"] for r in rows] == [201] * 3
+        assert await conn.fetchrow(slot_sql, partner) == (225, 440)
+        with pytest.raises(asyncpg.PostgresError) as raised:
+            await conn.fetch("SELECT status FROM ledger.execute_batch($1::jsonb)", batch(32, "big"))
+        assert raised.value.sqlstate == "JF001"
+        assert await conn.fetchrow(slot_sql, partner) == (225, 440)
+    (row,) = (await client.get(f"/v1/partners/{partner}/position")).json()["programs"]
+    assert (row["issued_points"], row["credit_used_minor"]) == (325, 260)
     await check_ledger_invariants(ledger_app.state.db, program)
 
 
