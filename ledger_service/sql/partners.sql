@@ -196,10 +196,17 @@ LANGUAGE sql AS $$
         SET issued_points = x.issued_points + EXCLUDED.issued_points, open_cash = x.open_cash + EXCLUDED.open_cash;
 $$;
 
--- This connection's slot of partner counters (ledger.count_partner_earns): one of 16, by backend.
+-- How many slots a partner's counters and rooms are spread over: more than the connections of a
+-- usual deployment (two ledger workers of 16), so that consecutive backend pids rarely share one.
+CREATE OR REPLACE FUNCTION ledger.partner_slot_count() RETURNS int
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT 64
+$$;
+
+-- This connection's slot of partner counters (ledger.count_partner_earns), by backend pid.
 CREATE OR REPLACE FUNCTION ledger.partner_slot() RETURNS smallint
 LANGUAGE sql STABLE AS $$
-    SELECT (pg_backend_pid() % 16)::smallint
+    SELECT (pg_backend_pid() % ledger.partner_slot_count())::smallint
 $$;
 
 -- Each partner row of earn_in gets its cash at the issue price in force at its occurred_at, and
@@ -254,19 +261,20 @@ BEGIN
 END $$;
 
 -- After an exact check (ledger.partner_earns, every slot locked): each checked partner and program
--- of earn_in gets what it has left under the terms in force now shared out over the 16 slots, so
+-- of earn_in gets what it has left under the terms in force now shared out over the slots, so
 -- that the next coalesced batches take from their slot alone. Rounded down: never more than is left.
 CREATE OR REPLACE FUNCTION ledger.allot_partner_rooms() RETURNS void
 LANGUAGE sql AS $$
     INSERT INTO ledger.partner_slots AS s (partner_id, program_id, slot, room_points, room_cash, room_terms)
     SELECT tot.partner_id, tot.program_id, k.slot,
-           CASE WHEN t.funding = 'prepaid' THEN greatest(floor((tot.funded_points - tot.issued_points) / 16.0), 0) END,
+           CASE WHEN t.funding = 'prepaid'
+                THEN greatest(floor((tot.funded_points - tot.issued_points) / ledger.partner_slot_count()::numeric), 0) END,
            CASE WHEN t.funding = 'postpaid' AND t.credit_limit_minor IS NOT NULL
-                THEN greatest(floor((t.credit_limit_minor - tot.open_cash) / 16), 0) END,
+                THEN greatest(floor((t.credit_limit_minor - tot.open_cash) / ledger.partner_slot_count()), 0) END,
            t.effective_from
     FROM ledger.partner_totals tot
     CROSS JOIN LATERAL ledger.partner_terms_at(tot.partner_id, tot.program_id, now()) t
-    CROSS JOIN generate_series(0, 15) k(slot)
+    CROSS JOIN generate_series(0, ledger.partner_slot_count() - 1) k(slot)
     WHERE (tot.partner_id, tot.program_id) IN (SELECT DISTINCT e.partner_id, e.program_id FROM earn_in e
                                                WHERE e.room_points IS NOT NULL OR e.room_cash IS NOT NULL)
       AND (t.funding = 'prepaid' OR t.credit_limit_minor IS NOT NULL)
