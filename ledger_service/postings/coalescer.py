@@ -125,7 +125,9 @@ class Coalescer:
 
     async def _apply(self, batch: list[_Pending]) -> None:
         LEDGER_BATCH_SIZE.observe(len(batch))
-        if len(batch) == 1:
+        # A lone earn goes the batch's way too: at a checked partner that is the path that takes from a
+        # slot's room instead of locking the partner (ledger.take_partner_rooms).
+        if len(batch) == 1 and batch[0].request.op != "earn":
             await self._one(batch[0])
             return
         ordered = sorted(batch, key=lambda p: p.request.lock_order)

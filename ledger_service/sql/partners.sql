@@ -110,51 +110,71 @@ BEGIN
     END IF;
 END $$;
 
--- The partner rows of earn_in, after the member locks: each gets its cash at the issue price in force
--- at its occurred_at, and a prepaid partner's purchased points or a postpaid partner's credit limit
--- (for what is not on a statement yet) is checked against its counters, read under the row lock of
--- partner_programs (taken here, after the members, as every writer does). The rows are taken in
--- `i` order while they fit (set-based: the running sums), then any later row that still fits, one
--- at a time: the same answer as posting them one by one. A row that does not fit is marked refused;
--- it is not posted and its caller answers it (op_earn: the error; earn_set: ledger.execute, which
--- refuses it on its own; a batch file: a rejection). Rows of a re-sent file already posted are left
--- unchecked (they are duplicates, not refusals).
+-- The partner rows of earn_in, after the member locks: a prepaid partner's purchased points or a
+-- postpaid partner's credit limit (for what is not on a statement yet) is checked against its
+-- counters, read under the row lock of partner_programs (taken here, after the members, as every
+-- writer does). What the slots' rooms hold counts as used (ledger.take_partner_rooms keeps each
+-- slot's counted plus room constant, so that sum needs no slot lock); when the rows do not fit in
+-- what is left besides the rooms, the rooms are taken back first (every slot locked) and the rows
+-- checked against everything left. The rows are taken in `i` order while they fit (set-based: the
+-- running sums), then any later row that still fits, one at a time: the same answer as posting them
+-- one by one. A row that does not fit is marked refused; it is not posted and its caller answers it
+-- (op_earn: the error; earn_set: ledger.execute, which refuses it on its own; a batch file: a
+-- rejection). Rows of a re-sent file already posted are left unchecked (duplicates, not refusals).
 CREATE OR REPLACE FUNCTION ledger.partner_earns() RETURNS void
 LANGUAGE plpgsql AS $$
-DECLARE rr record; room jsonb := '{}'; left_points numeric; left_cash numeric;
+DECLARE rr record; room jsonb := '{}'; left_points numeric; left_cash numeric; pass int;
 BEGIN
-    -- The partner rows, then their slots (what unchecked earns counted while the terms had no check).
     PERFORM 1 FROM ledger.partner_programs pp
     WHERE (pp.partner_id, pp.program_id) IN (SELECT DISTINCT e.partner_id, e.program_id FROM earn_in e WHERE e.partner_checked)
     ORDER BY pp.partner_id, pp.program_id FOR UPDATE;
-    PERFORM 1 FROM ledger.partner_slots s
-    WHERE (s.partner_id, s.program_id) IN (SELECT DISTINCT e.partner_id, e.program_id FROM earn_in e WHERE e.partner_checked)
-    ORDER BY s.partner_id, s.program_id, s.slot FOR UPDATE;
-    WITH locked AS (
-        SELECT pp.* FROM ledger.partner_totals pp
-        WHERE (pp.partner_id, pp.program_id) IN (SELECT DISTINCT e.partner_id, e.program_id FROM earn_in e
-                                                 WHERE e.partner_checked)
-    ), priced AS (
-        SELECT e.i, e.partner_id, e.program_id, e.points, e.cash, t.funding, t.credit_limit_minor
-        FROM earn_in e, LATERAL ledger.partner_terms_at(e.partner_id, e.program_id, e.occurred_at) t
-        WHERE e.partner_checked
-          AND (e.external_id IS NULL OR NOT EXISTS (
-              SELECT 1 FROM ledger.transactions x
-              WHERE x.api_key_id = e.api_key_id AND x.external_id = e.external_id AND x.type = 'earn'))
-    ), run AS (
-        SELECT p.*, l.funded_points - l.issued_points AS room_points, l.open_cash,
-               sum(p.points) OVER w AS run_points, sum(p.cash) OVER w AS run_cash
-        FROM priced p JOIN locked l ON l.partner_id = p.partner_id AND l.program_id = p.program_id
-        WINDOW w AS (PARTITION BY p.partner_id, p.program_id ORDER BY p.i)
-    )
-    UPDATE earn_in e SET
-        refused = CASE
-            WHEN r.funding = 'prepaid' AND r.points > 0 AND r.run_points > r.room_points THEN 'partner_funds_exhausted'
-            WHEN r.funding = 'postpaid' AND r.credit_limit_minor IS NOT NULL AND r.cash > 0
-                 AND r.open_cash + r.run_cash > r.credit_limit_minor THEN 'partner_credit_exceeded' END,
-        room_points = CASE WHEN r.funding = 'prepaid' THEN r.room_points END,
-        room_cash = CASE WHEN r.funding = 'postpaid' THEN r.credit_limit_minor - r.open_cash END
-    FROM run r WHERE e.i = r.i;
+    FOR pass IN 1..2 LOOP
+        WITH locked AS (
+            SELECT pp.partner_id, pp.program_id, pp.funded_points,
+                   pp.issued_points + coalesce(s.issued, 0) + coalesce(s.room_points, 0) AS issued_points,
+                   pp.open_cash + coalesce(s.cash, 0) + coalesce(s.room_cash, 0) AS open_cash
+            FROM ledger.partner_programs pp
+            LEFT JOIN LATERAL (SELECT sum(x.issued_points) AS issued, sum(x.open_cash) AS cash,
+                                      sum(x.room_points) AS room_points, sum(x.room_cash) AS room_cash
+                               FROM ledger.partner_slots x
+                               WHERE x.partner_id = pp.partner_id AND x.program_id = pp.program_id) s ON true
+            WHERE (pp.partner_id, pp.program_id) IN (SELECT DISTINCT e.partner_id, e.program_id FROM earn_in e
+                                                     WHERE e.partner_checked)
+        ), priced AS (
+            SELECT e.i, e.partner_id, e.program_id, e.points, e.cash, t.funding, t.credit_limit_minor
+            FROM earn_in e, LATERAL ledger.partner_terms_at(e.partner_id, e.program_id, e.occurred_at) t
+            WHERE e.partner_checked
+              AND (e.external_id IS NULL OR NOT EXISTS (
+                  SELECT 1 FROM ledger.transactions x
+                  WHERE x.api_key_id = e.api_key_id AND x.external_id = e.external_id AND x.type = 'earn'))
+        ), run AS (
+            SELECT p.*, l.funded_points - l.issued_points AS room_points, l.open_cash,
+                   sum(p.points) OVER w AS run_points, sum(p.cash) OVER w AS run_cash
+            FROM priced p JOIN locked l ON l.partner_id = p.partner_id AND l.program_id = p.program_id
+            WINDOW w AS (PARTITION BY p.partner_id, p.program_id ORDER BY p.i)
+        )
+        UPDATE earn_in e SET
+            refused = CASE
+                WHEN r.funding = 'prepaid' AND r.points > 0 AND r.run_points > r.room_points THEN 'partner_funds_exhausted'
+                WHEN r.funding = 'postpaid' AND r.credit_limit_minor IS NOT NULL AND r.cash > 0
+                     AND r.open_cash + r.run_cash > r.credit_limit_minor THEN 'partner_credit_exceeded' END,
+            room_points = CASE WHEN r.funding = 'prepaid' THEN r.room_points END,
+            room_cash = CASE WHEN r.funding = 'postpaid' THEN r.credit_limit_minor - r.open_cash END
+        FROM run r WHERE e.i = r.i;
+
+        EXIT WHEN pass = 2 OR NOT EXISTS (SELECT 1 FROM earn_in WHERE refused IS NOT NULL);
+        -- Not all fit besides the rooms: the rooms of these partners come back (their slots locked,
+        -- in order), and the rows are checked again against all that is left.
+        WITH back AS (
+            SELECT s.partner_id, s.program_id, s.slot FROM ledger.partner_slots s
+            WHERE (s.partner_id, s.program_id) IN (SELECT DISTINCT e.partner_id, e.program_id FROM earn_in e
+                                                   WHERE e.refused IS NOT NULL)
+            ORDER BY s.partner_id, s.program_id, s.slot FOR UPDATE
+        )
+        UPDATE ledger.partner_slots s SET room_points = NULL, room_cash = NULL, room_terms = NULL
+        FROM back b WHERE s.partner_id = b.partner_id AND s.program_id = b.program_id AND s.slot = b.slot;
+        UPDATE earn_in SET refused = NULL WHERE refused IS NOT NULL;
+    END LOOP;
 
     IF NOT EXISTS (SELECT 1 FROM earn_in WHERE refused IS NOT NULL) THEN
         RETURN;
@@ -260,28 +280,48 @@ BEGIN
     END IF;
 END $$;
 
--- After an exact check (ledger.partner_earns, every slot locked): each checked partner and program
--- of earn_in gets what it has left under the terms in force now shared out over the slots, so
--- that the next coalesced batches take from their slot alone. Rounded down: never more than is left.
+-- After an exact check (ledger.partner_earns), for each checked partner and program of earn_in whose
+-- slots are missing, under other terms, or one of them dry (below a quarter of the average): every
+-- slot locked, in order, and half of what the partner has left under the terms in force now shared
+-- out over them, rounded down, so that the next coalesced batches take from their slot alone and an
+-- exact check still finds the other half. Otherwise the rooms stay (no slot lock).
 CREATE OR REPLACE FUNCTION ledger.allot_partner_rooms() RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+DECLARE pairs jsonb;
+BEGIN
+    SELECT jsonb_agg(jsonb_build_array(pp.partner_id, pp.program_id)) INTO pairs
+    FROM ledger.partner_programs pp
+    CROSS JOIN LATERAL ledger.partner_terms_at(pp.partner_id, pp.program_id, now()) t
+    WHERE (pp.partner_id, pp.program_id) IN (SELECT DISTINCT e.partner_id, e.program_id FROM earn_in e
+                                             WHERE e.room_points IS NOT NULL OR e.room_cash IS NOT NULL)
+      AND (t.funding = 'prepaid' OR t.credit_limit_minor IS NOT NULL)
+      AND (SELECT count(*) < ledger.partner_slot_count()
+                  OR bool_or(x.room_terms IS DISTINCT FROM t.effective_from)
+                  OR min(coalesce(x.room_points, x.room_cash, 0)) * 4 < avg(coalesce(x.room_points, x.room_cash, 0))
+                  OR max(coalesce(x.room_points, x.room_cash, 0)) = 0
+           FROM ledger.partner_slots x WHERE x.partner_id = pp.partner_id AND x.program_id = pp.program_id);
+    IF pairs IS NULL THEN
+        RETURN;
+    END IF;
+    PERFORM 1 FROM ledger.partner_slots s
+    WHERE (s.partner_id, s.program_id) IN (SELECT (x->>0)::int, (x->>1)::int FROM jsonb_array_elements(pairs) x)
+    ORDER BY s.partner_id, s.program_id, s.slot FOR UPDATE;
+    -- A new statement, so it reads the slots as they are now that they are locked.
     INSERT INTO ledger.partner_slots AS s (partner_id, program_id, slot, room_points, room_cash, room_terms)
     SELECT tot.partner_id, tot.program_id, k.slot,
            CASE WHEN t.funding = 'prepaid'
-                THEN greatest(floor((tot.funded_points - tot.issued_points) / ledger.partner_slot_count()::numeric), 0) END,
-           CASE WHEN t.funding = 'postpaid' AND t.credit_limit_minor IS NOT NULL
-                THEN greatest(floor((t.credit_limit_minor - tot.open_cash) / ledger.partner_slot_count()), 0) END,
+                THEN greatest(floor((tot.funded_points - tot.issued_points) / (2 * ledger.partner_slot_count())::numeric), 0) END,
+           CASE WHEN t.funding = 'postpaid'
+                THEN greatest(floor((t.credit_limit_minor - tot.open_cash) / (2 * ledger.partner_slot_count())), 0) END,
            t.effective_from
     FROM ledger.partner_totals tot
     CROSS JOIN LATERAL ledger.partner_terms_at(tot.partner_id, tot.program_id, now()) t
     CROSS JOIN generate_series(0, ledger.partner_slot_count() - 1) k(slot)
-    WHERE (tot.partner_id, tot.program_id) IN (SELECT DISTINCT e.partner_id, e.program_id FROM earn_in e
-                                               WHERE e.room_points IS NOT NULL OR e.room_cash IS NOT NULL)
-      AND (t.funding = 'prepaid' OR t.credit_limit_minor IS NOT NULL)
+    WHERE (tot.partner_id, tot.program_id) IN (SELECT (x->>0)::int, (x->>1)::int FROM jsonb_array_elements(pairs) x)
     ORDER BY 1, 2, 3
     ON CONFLICT (partner_id, program_id, slot) DO UPDATE
-        SET room_points = EXCLUDED.room_points, room_cash = EXCLUDED.room_cash, room_terms = EXCLUDED.room_terms
-$$;
+        SET room_points = EXCLUDED.room_points, room_cash = EXCLUDED.room_cash, room_terms = EXCLUDED.room_terms;
+END $$;
 
 -- A partner's counters for a program: its partner_programs row plus its slots.
 CREATE OR REPLACE VIEW ledger.partner_totals AS

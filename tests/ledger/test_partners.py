@@ -213,9 +213,9 @@ async def test_concurrent_earns_take_slot_rooms_and_never_pass_the_credit_limit(
 async def test_a_coalesced_batch_takes_from_its_slots_room_or_goes_one_by_one(
     client: httpx.AsyncClient, program: str, ledger_app: Any
 ) -> None:
-    """Credit limit 100.00 CNY: one exact earn shares the 99.20 left over 64 slots (155 fen each). A
-    batch of two earns of 75 points (120 fen) comes out of the connection's slot alone; a batch of 32
-    does not fit the slot and fails as a whole (JF001), for the caller to retry one by one."""
+    """Credit limit 100.00 CNY: one exact earn shares half of the 99.20 left over 64 slots (77 fen
+    each). A batch with an earn of 75 points (60 fen) comes out of the connection's slot alone; a batch
+    of 32 does not fit the slot and fails as a whole (JF001), for the caller to retry one by one."""
     partner = await partner_with_terms(client, program, credit_limit_minor=10_000)
     await earn(client, program, "b0", 100, partner=partner)
 
@@ -231,16 +231,16 @@ async def test_a_coalesced_batch_takes_from_its_slots_room_or_goes_one_by_one(
                   ON p.id = s.partner_id WHERE p.code = $1 AND s.slot = ledger.partner_slot()"""
     async with ledger_app.state.db.driver() as conn:
         key_id = await conn.fetchval("SELECT min(id) FROM auth.api_keys")
-        assert await conn.fetchrow(slot_sql, partner) == (0, 155)
-        rows = await conn.fetch("SELECT status FROM ledger.execute_batch($1::jsonb)", batch(2, "small"))
-        assert [r["status"] for r in rows] == [201] * 2
-        assert await conn.fetchrow(slot_sql, partner) == (150, 35)
+        assert await conn.fetchrow(slot_sql, partner) == (0, 77)
+        rows = await conn.fetch("SELECT status FROM ledger.execute_batch($1::jsonb)", batch(1, "small"))
+        assert [r["status"] for r in rows] == [201]
+        assert await conn.fetchrow(slot_sql, partner) == (75, 17)
         with pytest.raises(asyncpg.PostgresError) as raised:
             await conn.fetch("SELECT status FROM ledger.execute_batch($1::jsonb)", batch(32, "big"))
         assert raised.value.sqlstate == "JF001"
-        assert await conn.fetchrow(slot_sql, partner) == (150, 35)
+        assert await conn.fetchrow(slot_sql, partner) == (75, 17)
     (row,) = (await client.get(f"/v1/partners/{partner}/position")).json()["programs"]
-    assert (row["issued_points"], row["credit_used_minor"]) == (250, 200)
+    assert (row["issued_points"], row["credit_used_minor"]) == (175, 140)
     await check_ledger_invariants(ledger_app.state.db, program)
 
 
