@@ -215,6 +215,8 @@ async def _setup(args: argparse.Namespace, ledger_url: str, catalog_url: str, se
                 "code": PROGRAM,
                 "name": "Bench",
                 "cash_value": {"points": 100, "cash_minor": 100, "currency": "CNY"},
+                # Members are funded with 10**12 points each, in one earn.
+                "max_points_per_transaction": 10**13,
             },
         )
         r.raise_for_status()

@@ -131,6 +131,7 @@ async def _setup(ledger_url: str, conversion_url: str, secret: str, members: int
                 "code": code,
                 "name": f"Benchmark {code}",
                 "cash_value": {"points": 500, "cash_minor": cash, "currency": "CNY"},
+                "max_points_per_transaction": 10 * FUNDING,  # members are funded in one earn each
             }
             r = await client.post(f"{ledger_url}/v1/programs", json=body)
             if r.status_code != 201:
