@@ -129,15 +129,10 @@ BEGIN
     WHERE (pp.partner_id, pp.program_id) IN (SELECT DISTINCT e.partner_id, e.program_id FROM earn_in e WHERE e.partner_checked)
     ORDER BY pp.partner_id, pp.program_id FOR UPDATE;
     FOR pass IN 1..2 LOOP
-        WITH locked AS (
-            SELECT pp.partner_id, pp.program_id, pp.funded_points,
-                   pp.issued_points + coalesce(s.issued, 0) + coalesce(s.room_points, 0) AS issued_points,
-                   pp.open_cash + coalesce(s.cash, 0) + coalesce(s.room_cash, 0) AS open_cash
-            FROM ledger.partner_programs pp
-            LEFT JOIN LATERAL (SELECT sum(x.issued_points) AS issued, sum(x.open_cash) AS cash,
-                                      sum(x.room_points) AS room_points, sum(x.room_cash) AS room_cash
-                               FROM ledger.partner_slots x
-                               WHERE x.partner_id = pp.partner_id AND x.program_id = pp.program_id) s ON true
+        WITH locked AS (  -- the rooms count as used
+            SELECT pp.partner_id, pp.program_id, pp.funded_points, pp.issued_points + pp.room_points AS issued_points,
+                   pp.open_cash + pp.room_cash AS open_cash
+            FROM ledger.partner_totals pp
             WHERE (pp.partner_id, pp.program_id) IN (SELECT DISTINCT e.partner_id, e.program_id FROM earn_in e
                                                      WHERE e.partner_checked)
         ), priced AS (
@@ -327,9 +322,12 @@ END $$;
 CREATE OR REPLACE VIEW ledger.partner_totals AS
     SELECT pp.partner_id, pp.program_id, pp.issued_account, pp.accepted_account, pp.funded_points,
            pp.issued_points + coalesce(s.issued_points, 0) AS issued_points,
-           pp.open_cash + coalesce(s.open_cash, 0) AS open_cash
+           pp.open_cash + coalesce(s.open_cash, 0) AS open_cash,
+           coalesce(s.room_points, 0) AS room_points,  -- allotted to the slots, not yet issued
+           coalesce(s.room_cash, 0) AS room_cash
     FROM ledger.partner_programs pp
-    LEFT JOIN LATERAL (SELECT sum(x.issued_points)::bigint AS issued_points, sum(x.open_cash) AS open_cash
+    LEFT JOIN LATERAL (SELECT sum(x.issued_points)::bigint AS issued_points, sum(x.open_cash) AS open_cash,
+                              sum(x.room_points) AS room_points, sum(x.room_cash) AS room_cash
                        FROM ledger.partner_slots x
                        WHERE x.partner_id = pp.partner_id AND x.program_id = pp.program_id) s ON true;
 
