@@ -11,9 +11,9 @@ BEGIN
     -- opened before a migration changed the shape (or a new one) makes it again. Bump the number
     -- with every change of the columns below. (A setting, not a catalog lookup: this runs for every
     -- coalesced batch; like the table, it is undone when the transaction that set it rolls back.)
-    IF current_setting('jifen.earn_in', true) IS DISTINCT FROM '4' THEN
+    IF current_setting('jifen.earn_in', true) IS DISTINCT FROM '5' THEN
         DROP TABLE IF EXISTS pg_temp.earn_in;
-        PERFORM set_config('jifen.earn_in', '4', false);
+        PERFORM set_config('jifen.earn_in', '5', false);
         CREATE TEMP TABLE earn_in (
             i bigint NOT NULL,
             program_id int NOT NULL,
@@ -43,7 +43,9 @@ BEGIN
             held bigint,
             partner_id int,                -- the issuer partner funding it (ledger.partner_earns)
             partner_account bigint,        -- its partner:{code}:issued account, the other side
-            cash numeric,                  -- what the partner pays for it, exact
+            cash numeric,                  -- what the partner pays for it, exact: points at the issue price
+            issue_cash_minor bigint,       -- the issue price in force at occurred_at: issue_cash_minor fen
+            issue_points bigint,           -- for issue_points points
             partner_checked boolean,       -- the partner is prepaid or has a credit limit (a check under its lock)
             partner_terms_from timestamptz, -- effective_from of the partner's terms that priced it
             coalesced boolean,             -- staged from a coalesced batch (ledger.earn_set)
@@ -81,7 +83,8 @@ $$;
 -- on, whose key's advisory lock this transaction gets. The others are left to ledger.execute,
 -- which answers them one by one (replay, key reuse or in use, unknown or forbidden program, points
 -- above the program's max_points_per_transaction, a partner that is unknown, suspended, no issuer or
--- without terms).
+-- without terms). A partner row is priced here: its cash at the issue price in force at its
+-- occurred_at, and whether those terms check it (prepaid, or a credit limit).
 CREATE OR REPLACE FUNCTION ledger.stage_earns(p_requests jsonb, p_checked boolean) RETURNS void
 LANGUAGE sql AS $$
     WITH f AS MATERIALIZED (
@@ -97,13 +100,20 @@ LANGUAGE sql AS $$
         JOIN ledger.programs g ON g.code = u.a->>'program'
     ), pp AS MATERIALIZED (
         -- One partner lookup per partner, program and time (a batch's earns share now()), none
-        -- for the rows without a partner (MATERIALIZED: else the call moves up to every joined row).
-        SELECT d.partner, d.program_id, d.occ, ledger.partner_row(d.partner, d.program_id, 'issuer', d.occ, p_checked) AS r
-        FROM (SELECT DISTINCT f.partner, f.program_id, f.occ FROM f WHERE f.partner IS NOT NULL) d
+        -- for the rows without a partner (MATERIALIZED: else the call moves up to every joined row),
+        -- with the terms in force that price its rows and say whether they are checked.
+        SELECT q.partner, q.program_id, q.occ, (q.r).partner_id, (q.r).issued_account, t.issue_cash_minor,
+               t.issue_points, t.effective_from, (t.funding = 'prepaid' OR t.credit_limit_minor IS NOT NULL) AS checked
+        FROM (SELECT d.partner, d.program_id, d.occ,
+                     ledger.partner_row(d.partner, d.program_id, 'issuer', d.occ, p_checked) AS r
+              FROM (SELECT DISTINCT f.partner, f.program_id, f.occ FROM f WHERE f.partner IS NOT NULL) d
+              OFFSET 0) q
+        LEFT JOIN LATERAL ledger.partner_terms_at((q.r).partner_id, q.program_id, q.occ) t ON true
     )
     INSERT INTO earn_in (i, program_id, account_id, member_ref, points, kind, clearing, reference, metadata,
                          merchant_id, mcc, channel, rule_set_id, breakdown, caps, api_key_id, occurred_at,
-                         idem_key, request_hash, partner_id, partner_account, pending_days, coalesced)
+                         idem_key, request_hash, partner_id, partner_account, cash, issue_cash_minor, issue_points,
+                         partner_checked, partner_terms_from, pending_days, coalesced)
     SELECT f.i, f.program_id,
            -- ledger.member_id's lookup written out: a subquery costs a third of a function call.
            (SELECT m.id FROM ledger.accounts m
@@ -112,12 +122,14 @@ LANGUAGE sql AS $$
            f.a->>'clearing', f.a->>'reference', f.a->'metadata', f.a->'purchase'->>'merchant_id',
            f.a->'purchase'->>'mcc', f.a->'purchase'->>'channel',
            (f.a->>'rule_set_id')::bigint, f.a->'breakdown', f.a->'caps', f.api_key,
-           f.occ, f.key, f.h, (pp.r).partner_id, (pp.r).issued_account, (f.a->>'pending_days')::int, NOT p_checked
+           f.occ, f.key, f.h, pp.partner_id, pp.issued_account,
+           (f.a->>'points')::bigint * pp.issue_cash_minor::numeric / pp.issue_points, pp.issue_cash_minor,
+           pp.issue_points, pp.checked, pp.effective_from, (f.a->>'pending_days')::int, NOT p_checked
     FROM f
     LEFT JOIN pp ON pp.partner = f.partner AND pp.program_id = f.program_id AND pp.occ = f.occ
     WHERE p_checked
        OR ((f.a->>'points')::numeric BETWEEN 0 AND f.max_points_per_transaction
-           AND (f.partner IS NULL OR (pp.r).partner_id IS NOT NULL)
+           AND (f.partner IS NULL OR pp.partner_id IS NOT NULL)
            AND (jsonb_typeof(f.p) IS DISTINCT FROM 'array' OR f.code IN (SELECT jsonb_array_elements_text(f.p)))
            AND NOT EXISTS (SELECT 1 FROM ledger.idempotency_keys k WHERE k.api_key_id = f.api_key AND k.key = f.key)
            AND pg_try_advisory_xact_lock(hashtextextended('idem:' || f.api_key || ':' || f.key, 0)))
@@ -140,23 +152,27 @@ $$;
 --  account; its prepaid funds or credit limit are checked after step 2 (ledger.partner_earns), and a
 --  row refused there is not posted (posted stays false, refused says why).
 -- Steps 1 to 5 are ledger.post_checked_earns, or, when no row has caps, an external_id or a checked
--- partner (prepaid or with a credit limit): API earns on the hot path, ledger.post_plain_earns, the
--- same effect in one statement. Partner rows are priced first (ledger.price_partner_earns) and
--- counted after (ledger.count_partner_earns).
+-- partner (prepaid or with a credit limit) outside a coalesced batch: API earns on the hot path,
+-- ledger.post_plain_earns, the same effect in one statement. Partner rows come priced
+-- (ledger.stage_earns; a batch file's by ledger.price_partner_earns here) and are counted after
+-- posting: on the plain path by ledger.take_partner_rooms, else by ledger.count_partner_earns.
 CREATE OR REPLACE FUNCTION ledger.post_earns() RETURNS void
 LANGUAGE plpgsql AS $$
-DECLARE qualifying int; checked boolean; partnered boolean;
+DECLARE qualifying int; checked boolean; partnered boolean; unpriced boolean;
 BEGIN
-    partnered := EXISTS (SELECT 1 FROM earn_in WHERE partner_id IS NOT NULL);
-    IF partnered THEN
-        PERFORM ledger.price_partner_earns();
-    END IF;
-    -- A checked partner's earns in a coalesced batch take from its slot's room after the plain
+    -- A checked partner's earns in a coalesced batch take from their slot's room after the plain
     -- posting (ledger.take_partner_rooms; short: the whole batch is retried one request at a time);
     -- anywhere else they are checked exactly, before posting (ledger.partner_earns).
-    SELECT coalesce(bool_or(caps IS NOT NULL OR external_id IS NOT NULL
-                            OR (partner_checked AND coalesced IS NOT TRUE)), false)
-    INTO checked FROM earn_in;
+    SELECT coalesce(bool_or(partner_id IS NOT NULL), false),
+           coalesce(bool_or(partner_id IS NOT NULL AND partner_checked IS NULL), false),
+           coalesce(bool_or(caps IS NOT NULL OR external_id IS NOT NULL OR (partner_checked AND coalesced IS NOT TRUE)), false)
+    INTO partnered, unpriced, checked FROM earn_in;
+    IF unpriced THEN
+        PERFORM ledger.price_partner_earns();
+        SELECT coalesce(bool_or(caps IS NOT NULL OR external_id IS NOT NULL
+                                OR (partner_checked AND coalesced IS NOT TRUE)), false)
+        INTO checked FROM earn_in;
+    END IF;
     IF NOT checked THEN
         PERFORM ledger.post_plain_earns();
         IF partnered THEN
@@ -164,10 +180,8 @@ BEGIN
         END IF;
     ELSE
         PERFORM ledger.post_checked_earns();
-    END IF;
-    IF partnered THEN
-        PERFORM ledger.count_partner_earns();
-        IF checked THEN
+        IF partnered THEN
+            PERFORM ledger.count_partner_earns();
             PERFORM ledger.allot_partner_rooms();
         END IF;
     END IF;
@@ -342,8 +356,9 @@ $$;
 -- after the member's rule-priced earns already posted and the rows before it. Set-based: the day
 -- cap clamps the running sum of the asked points, the month cap the running sum of that; the
 -- breakdown then records, per row, what was already earned before it and what each cap left.
--- (Rows without caps in the same call are not counted by the rows with caps after them; only a
--- rule-set change inside one batch could mix the two for one member.)
+-- A partner row's cash follows its capped points. (Rows without caps in the same call are not
+-- counted by the rows with caps after them; only a rule-set change inside one batch could mix the
+-- two for one member.)
 CREATE OR REPLACE FUNCTION ledger.cap_earns() RETURNS void
 LANGUAGE sql AS $$
     WITH c AS (
@@ -395,7 +410,7 @@ LANGUAGE sql AS $$
                     ELSE least(s.after_day, greatest(s.cm - s.month_used, 0)) END AS pts
         FROM steps s
     )
-    UPDATE earn_in e SET points = f.pts,
+    UPDATE earn_in e SET points = f.pts, cash = f.pts * e.issue_cash_minor::numeric / e.issue_points,
         breakdown = CASE WHEN e.breakdown IS NULL THEN NULL ELSE jsonb_set(jsonb_set(e.breakdown, '{caps_applied}',
             coalesce(e.breakdown->'caps_applied', '[]')
             || CASE WHEN f.after_day < f.p THEN jsonb_build_array(jsonb_build_object(

@@ -196,7 +196,7 @@ END $$;
 -- Counts the posted partner rows: those ledger.partner_earns checked (room_points or room_cash set)
 -- on their partner_programs row, which it locked; an unchecked partner's on this connection's slot,
 -- so that concurrent batches earning for the same partner do not queue on one row (readers add the
--- slots: ledger.partner_totals). ledger.take_partner_rooms counts the rest, on its slot.
+-- slots: ledger.partner_totals). On the plain path ledger.take_partner_rooms counts instead.
 CREATE OR REPLACE FUNCTION ledger.count_partner_earns() RETURNS void
 LANGUAGE sql AS $$
     UPDATE ledger.partner_programs pp SET issued_points = pp.issued_points + s.points, open_cash = pp.open_cash + s.cash
@@ -224,52 +224,62 @@ LANGUAGE sql STABLE AS $$
     SELECT (pg_backend_pid() % ledger.partner_slot_count())::smallint
 $$;
 
--- Each partner row of earn_in gets its cash at the issue price in force at its occurred_at, and
--- whether its terms check anything (prepaid, or a credit limit): ledger.partner_earns then checks it
--- under the partner's lock; the others only count.
+-- The partner rows of earn_in not priced when staged (a batch file's) get their cash at the issue
+-- price in force at their occurred_at, and whether their terms check anything (prepaid, or a credit
+-- limit): ledger.partner_earns then checks them under the partner's lock; the others only count.
 CREATE OR REPLACE FUNCTION ledger.price_partner_earns() RETURNS void
 LANGUAGE sql AS $$
     WITH d AS MATERIALIZED (  -- one lookup of the terms per partner, program and time
         SELECT d.partner_id, d.program_id, d.occurred_at, t.issue_cash_minor, t.issue_points, t.effective_from,
                (t.funding = 'prepaid' OR t.credit_limit_minor IS NOT NULL) AS checked
-        FROM (SELECT DISTINCT x.partner_id, x.program_id, x.occurred_at FROM earn_in x WHERE x.partner_id IS NOT NULL) d,
+        FROM (SELECT DISTINCT x.partner_id, x.program_id, x.occurred_at FROM earn_in x
+              WHERE x.partner_id IS NOT NULL AND x.partner_checked IS NULL) d,
              LATERAL ledger.partner_terms_at(d.partner_id, d.program_id, d.occurred_at) t
     )
-    UPDATE earn_in e SET cash = e.points * d.issue_cash_minor::numeric / d.issue_points, partner_checked = d.checked,
+    UPDATE earn_in e SET cash = e.points * d.issue_cash_minor::numeric / d.issue_points,
+        issue_cash_minor = d.issue_cash_minor, issue_points = d.issue_points, partner_checked = d.checked,
         partner_terms_from = d.effective_from
     FROM d WHERE e.partner_id = d.partner_id AND e.program_id = d.program_id AND e.occurred_at = d.occurred_at
+      AND e.partner_checked IS NULL
 $$;
 
--- A coalesced batch's earns at checked partners, posted by the plain path: each partner's total
--- comes out of this connection's slot's room (prepaid points or credit cash), under that slot's row
--- lock only, when the room was allotted under the terms that priced every row and covers the total;
--- then it is counted on the slot. Otherwise the batch fails with JF001 and the caller retries its
--- requests one at a time, each checked exactly (ledger.partner_earns) and re-allotting the rooms. The
--- rooms never add up to more than the partner has left (ledger.allot_partner_rooms), so no room
--- overdraws it, and a refusal is only ever made against the exact totals.
+-- The partner rows of a coalesced batch, posted by the plain path, counted on this connection's
+-- slot in one statement. An unchecked partner's (postpaid, no credit limit) are simply added. A
+-- checked partner's total comes out of the slot's room (prepaid points or credit cash), under that
+-- slot's row lock only, when the room was allotted under the terms that priced every row and covers
+-- the total. Otherwise (no room, too little, other terms, or checked and unchecked rows of one
+-- partner) the batch fails with JF001 and the caller retries its requests one at a time, each
+-- checked exactly (ledger.partner_earns) and re-allotting the rooms. The rooms never add up to more
+-- than the partner has left (ledger.allot_partner_rooms), so no room overdraws it, and a refusal is
+-- only ever made against the exact totals.
 CREATE OR REPLACE FUNCTION ledger.take_partner_rooms() RETURNS void
 LANGUAGE plpgsql AS $$
-DECLARE wanted int; taken int;
+DECLARE short bigint;
 BEGIN
-    SELECT count(DISTINCT (partner_id, program_id)) INTO wanted FROM earn_in WHERE posted AND partner_checked;
-    IF wanted = 0 THEN
-        RETURN;
-    END IF;
-    WITH n AS (
+    WITH n AS MATERIALIZED (
         SELECT e.partner_id, e.program_id, sum(e.points) AS points, sum(e.cash) AS cash,
+               bool_or(e.partner_checked) AS checked, bool_and(e.partner_checked) AS all_checked,
                min(e.partner_terms_from) AS terms_from, count(DISTINCT e.partner_terms_from) AS versions
-        FROM earn_in e WHERE e.posted AND e.partner_checked GROUP BY 1, 2
+        FROM earn_in e WHERE e.posted AND e.partner_id IS NOT NULL GROUP BY 1, 2
+    ), took AS (
+        UPDATE ledger.partner_slots s
+        SET room_points = s.room_points - n.points, room_cash = s.room_cash - n.cash,
+            issued_points = s.issued_points + n.points, open_cash = s.open_cash + n.cash
+        FROM n
+        WHERE n.checked AND n.all_checked AND n.versions = 1
+          AND s.partner_id = n.partner_id AND s.program_id = n.program_id AND s.slot = ledger.partner_slot()
+          AND s.room_terms = n.terms_from AND (s.room_points IS NOT NULL OR s.room_cash IS NOT NULL)
+          AND (s.room_points IS NULL OR s.room_points >= n.points) AND (s.room_cash IS NULL OR s.room_cash >= n.cash)
+        RETURNING 1
+    ), counted AS (
+        INSERT INTO ledger.partner_slots AS x (partner_id, program_id, slot, issued_points, open_cash)
+        SELECT n.partner_id, n.program_id, ledger.partner_slot(), n.points, n.cash FROM n WHERE NOT n.checked
+        ORDER BY 1, 2
+        ON CONFLICT (partner_id, program_id, slot) DO UPDATE
+            SET issued_points = x.issued_points + EXCLUDED.issued_points, open_cash = x.open_cash + EXCLUDED.open_cash
     )
-    UPDATE ledger.partner_slots s
-    SET room_points = s.room_points - n.points, room_cash = s.room_cash - n.cash,
-        issued_points = s.issued_points + n.points, open_cash = s.open_cash + n.cash
-    FROM n
-    WHERE s.partner_id = n.partner_id AND s.program_id = n.program_id AND s.slot = ledger.partner_slot()
-      AND n.versions = 1 AND s.room_terms = n.terms_from
-      AND (s.room_points IS NOT NULL OR s.room_cash IS NOT NULL)
-      AND (s.room_points IS NULL OR s.room_points >= n.points) AND (s.room_cash IS NULL OR s.room_cash >= n.cash);
-    GET DIAGNOSTICS taken = ROW_COUNT;
-    IF taken < wanted THEN
+    SELECT (SELECT count(*) FROM n WHERE n.checked) - (SELECT count(*) FROM took) INTO short;
+    IF short > 0 THEN
         RAISE EXCEPTION USING ERRCODE = 'JF001', MESSAGE = 'partner_room_short',
             DETAIL = 'A partner''s room on this slot does not cover the batch; retry its requests one at a time.';
     END IF;

@@ -255,6 +255,35 @@ async def test_postpaid_credit_limit(client: httpx.AsyncClient, program: str) ->
     assert position["programs"][0]["credit_used_minor"] == 1000
 
 
+async def test_a_capped_partner_earn_counts_the_cash_of_the_points_it_got(
+    client: httpx.AsyncClient, program: str
+) -> None:
+    """A rule-priced earn of 2,000 points cut to 1,000 by the day cap: the partner owes 8.00 CNY for
+    the 1,000 it funded, and only that counts against its 20.00 CNY credit limit."""
+    r = await client.post(
+        f"/v1/programs/{program}/rules",
+        json={
+            "effective_from": "2020-01-01T00:00:00Z",
+            "base": {"points": 1, "per_amount_minor": 100},
+            "caps": {"per_member_per_day": 1000},
+        },
+    )
+    assert r.status_code == 201, r.text
+    partner = await partner_with_terms(client, program, credit_limit_minor=2000)
+    body = {
+        "program": program,
+        "member_ref": "cap1",
+        "reference": "r",
+        "partner": partner,
+        "purchase": {"amount_minor": 200000, "currency": "CNY"},
+    }
+    r = await post(client, "/v1/earn", body)
+    assert r.status_code == 201, r.text
+    assert r.json()["points"] == 1000
+    (row,) = (await client.get(f"/v1/partners/{partner}/position")).json()["programs"]
+    assert (row["issued_points"], row["credit_used_minor"]) == (1000, 800)
+
+
 async def test_a_batch_file_names_partners_and_rejects_beyond_the_funds(
     client: httpx.AsyncClient, program: str, ledger_app: Any
 ) -> None:
