@@ -137,6 +137,8 @@ class PostingEngine:
         LEDGER_OPERATIONS.labels(op, "replayed" if replayed else "applied").inc()
         if not replayed:
             points = (derived or args).get("points")
+            if points is None and derived and "variants" in derived:  # priced by the ledger
+                points = orjson.loads(body).get("points")
             if isinstance(points, int):
                 LEDGER_POINTS.labels(op).inc(abs(points))
         return Outcome(status, body, replayed)

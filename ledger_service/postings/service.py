@@ -17,7 +17,7 @@ from ledger_service.postings.schemas import (
     TransferIn,
     VoidIn,
 )
-from ledger_service.rules.service import RuleBook
+from ledger_service.rules.service import RuleBook, VariantEarn
 from services.auth import Principal
 from services.errors import Unprocessable
 
@@ -59,17 +59,18 @@ async def earn(
     if body.points is None:
         assert body.purchase is not None
         at = body.occurred_at or now
-        priced = await rules.price(body.program, body.member_ref, body.purchase, at)
-        derived = {
-            "points": priced.points,
-            "breakdown": priced.breakdown,
-            "rule_set_id": priced.rule_set_id,
-            "occurred_at": at.isoformat(),
-        }
+        priced = await rules.price_earn(body.program, body.member_ref, body.purchase, at)
+        derived = {"rule_set_id": priced.rule_set_id, "occurred_at": at.isoformat()}
+        if isinstance(priced, VariantEarn):
+            derived["conditions"] = priced.variants.conditions
+            derived["variants"] = priced.variants.variants
+        else:
+            derived["points"] = priced.points
+            derived["breakdown"] = priced.breakdown
+            if "pending_days" in priced.breakdown:
+                derived["pending_days"] = priced.breakdown["pending_days"]
         if priced.member_caps:
             derived["caps"] = priced.member_caps
-        if "pending_days" in priced.breakdown:
-            derived["pending_days"] = priced.breakdown["pending_days"]
     return await engine.execute("earn", args, principal, key, derived)
 
 

@@ -46,11 +46,21 @@ def _wanted(value: str | list[str] | None) -> set[str]:
     return set() if value is None else {value} if isinstance(value, str) else set(value)
 
 
-def matches(match: Match, purchase: Purchase, member: Member) -> bool:
+def matches_purchase(match: Match, purchase: Purchase) -> bool:
     return (
         _listed(match.merchant_id, purchase.merchant_id)
         and _listed(match.mcc, purchase.mcc)
         and _listed(match.channel, purchase.channel)
+    )
+
+
+def names_member(match: Match) -> bool:
+    return match.tier is not None or match.segment is not None
+
+
+def matches(match: Match, purchase: Purchase, member: Member) -> bool:
+    return (
+        matches_purchase(match, purchase)
         and _listed(match.tier, member.tier)
         and (match.segment is None or bool(_wanted(match.segment) & member.segments))
     )
@@ -77,14 +87,56 @@ def round_ratio(numerator: int, denominator: int, rounding: str) -> int:
 
 def needs_member(rule_set: RuleSetIn) -> bool:
     """Whether pricing needs the member's tier or segments (one lookup), or matches purchases only."""
-    return any(r.match.tier is not None or r.match.segment is not None for r in rule_set.rules)
+    return any(names_member(r.match) for r in rule_set.rules)
 
 
 def price(rule_set: RuleSetIn, version: int, purchase: Purchase, member: Member, at: datetime) -> Priced:
+    hits = [r for r in rule_set.rules if active(r, at) and matches(r.match, purchase, member)]
+    return _priced(rule_set, version, purchase, member, hits)
+
+
+# More rules naming the member than this, and an earn is priced after reading the member instead.
+MAX_MEMBER_CONDITIONS = 4
+
+
+@dataclass(frozen=True)
+class Variants:
+    """A purchase priced for every member it could be, so that the ledger picks the price in the
+    earn's own statement instead of a read of the member before it. `conditions` are the rules
+    that match the purchase and name the member (tier, segments); variant `mask` is the price when
+    exactly the conditions whose bit is set in `mask` hold. Each variant's breakdown leaves `tier`
+    and `matched_segments` to the ledger; `segments` lists the segments its rules name."""
+
+    conditions: list[dict[str, list[str]]]
+    variants: list[dict[str, Any]]
+
+
+def price_variants(rule_set: RuleSetIn, version: int, purchase: Purchase, at: datetime) -> Variants | None:
+    """None when more than MAX_MEMBER_CONDITIONS rules would need deciding."""
+    candidates = [r for r in rule_set.rules if active(r, at) and matches_purchase(r.match, purchase)]
+    named = [r for r in candidates if names_member(r.match)]
+    if len(named) > MAX_MEMBER_CONDITIONS:
+        return None
+    conditions = []
+    for r in named:
+        named_by = (("tiers", r.match.tier), ("segments", r.match.segment))
+        conditions.append({k: sorted(_wanted(v)) for k, v in named_by if v is not None})
+    variants = []
+    for mask in range(1 << len(named)):
+        held = {id(r) for k, r in enumerate(named) if mask >> k & 1}
+        hits = [r for r in candidates if not names_member(r.match) or id(r) in held]
+        priced = _priced(rule_set, version, purchase, BASIC, hits)
+        segments = sorted(set().union(*(_wanted(r.match.segment) for r in hits)))
+        variants.append({"points": priced.points, "breakdown": priced.breakdown, "segments": segments})
+    return Variants(conditions, variants)
+
+
+def _priced(
+    rule_set: RuleSetIn, version: int, purchase: Purchase, member: Member, hits: list[Rule]
+) -> Priced:
     base = rule_set.base
     # Integer arithmetic only: amount * points * multiplier / per_amount, rounded once.
     raw = purchase.amount_minor * base.points
-    hits = [r for r in rule_set.rules if active(r, at) and matches(r.match, purchase, member)]
     best = max((r for r in hits if r.multiplier is not None), key=lambda r: r.multiplier or 0, default=None)
     num, den = (1, 1)
     if best is not None and best.multiplier is not None:

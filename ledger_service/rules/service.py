@@ -49,6 +49,15 @@ class PricedEarn:
     member_caps: dict[str, int] | None
 
 
+@dataclass(frozen=True)
+class VariantEarn:
+    """An earn priced for each member it could be; the ledger picks (ledger.earn_variant)."""
+
+    variants: engine.Variants
+    rule_set_id: int
+    member_caps: dict[str, int] | None
+
+
 def _missing(code: str) -> NotFound:
     return NotFound(f"No program with code {code}.", code="program_not_found")
 
@@ -129,8 +138,7 @@ class RuleBook:
         self._cache[code] = (now + CACHE_TTL_S, rules)
         return rules
 
-    async def price(self, code: str, member_ref: str, purchase: Purchase, at: datetime | None) -> PricedEarn:
-        when = at or datetime.now(UTC)
+    async def _version(self, code: str, purchase: Purchase, when: datetime) -> Version:
         rules = await self.program_rules(code)
         version = rules.at(when)
         if version is None:
@@ -143,20 +151,40 @@ class RuleBook:
                 f"Program {code} prices purchases in {rules.currency}, not {purchase.currency}.",
                 code="currency_mismatch",
             )
+        return version
+
+    async def price(self, code: str, member_ref: str, purchase: Purchase, at: datetime | None) -> PricedEarn:
+        """The price for this member, read first when a rule names tiers or segments (a dry run)."""
+        when = at or datetime.now(UTC)
+        version = await self._version(code, purchase, when)
         member = engine.BASIC
         if engine.needs_member(version.rules):
             member = await self.members.get(code, member_ref)
         priced = engine.price(version.rules, version.version, purchase, member, when)
-        caps = version.rules.caps
-        member_caps = {
-            k: v
-            for k, v in (
-                ("per_member_per_day", caps.per_member_per_day),
-                ("per_member_per_month", caps.per_member_per_month),
-            )
-            if v is not None
-        }
-        return PricedEarn(priced.points, priced.breakdown, version.id, member_caps or None)
+        return PricedEarn(priced.points, priced.breakdown, version.id, _member_caps(version.rules))
+
+    async def price_earn(
+        self, code: str, member_ref: str, purchase: Purchase, at: datetime
+    ) -> PricedEarn | VariantEarn:
+        """The price of an earn. When rules name tiers or segments, the member is not read here: the
+        earn carries a price for each case and the ledger picks the member's in the earn's own
+        transaction (one round trip, as for any earn), unless too many rules would need deciding."""
+        version = await self._version(code, purchase, at)
+        if engine.needs_member(version.rules):
+            variants = engine.price_variants(version.rules, version.version, purchase, at)
+            if variants is not None:
+                return VariantEarn(variants, version.id, _member_caps(version.rules))
+            member = await self.members.get(code, member_ref)
+        else:
+            member = engine.BASIC
+        priced = engine.price(version.rules, version.version, purchase, member, at)
+        return PricedEarn(priced.points, priced.breakdown, version.id, _member_caps(version.rules))
+
+
+def _member_caps(rules: RuleSetIn) -> dict[str, int] | None:
+    caps = rules.caps
+    found = {"per_member_per_day": caps.per_member_per_day, "per_member_per_month": caps.per_member_per_month}
+    return {k: v for k, v in found.items() if v is not None} or None
 
 
 async def create_rule_set(

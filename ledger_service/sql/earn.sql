@@ -76,6 +76,39 @@ LANGUAGE sql STABLE AS $$
     SELECT id FROM ledger.accounts WHERE program_id = p_program AND kind = 'member' AND member_ref = p_member
 $$;
 
+-- An earn priced for each member it could be (ledger_service.rules.engine.price_variants) becomes
+-- the earn of this member: `conditions` are rules that name tiers or segments, `variants` the price
+-- for each set of conditions that hold (index: a bit per condition). The member is read here, in
+-- the earn's transaction, instead of by the service before it; the breakdown gets the member's tier
+-- and the segments of its rules the member is in (sorted by code point, as Python sorts them).
+CREATE OR REPLACE FUNCTION ledger.earn_variant(a jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+DECLARE v_tier text; segs text[]; mask int := 0; k int := 0; c jsonb; v jsonb;
+BEGIN
+    SELECT coalesce(x.tier, 'basic'),
+           ARRAY(SELECT s.code FROM ledger.segment_members m JOIN ledger.segments s ON s.id = m.segment_id
+                 WHERE m.account_id = x.id)
+    INTO v_tier, segs
+    FROM (SELECT 1) one
+    LEFT JOIN (ledger.accounts x JOIN ledger.programs g ON g.id = x.program_id)
+           ON g.code = a->>'program' AND x.kind = 'member' AND x.member_ref = a->>'member_ref';
+    FOR c IN SELECT jsonb_array_elements(a->'conditions') LOOP
+        IF (NOT c ? 'tiers' OR c->'tiers' ? v_tier)
+           AND (NOT c ? 'segments' OR c->'segments' ?| segs) THEN
+            mask := mask | (1 << k);
+        END IF;
+        k := k + 1;
+    END LOOP;
+    v := a->'variants'->mask;
+    RETURN (a - 'conditions' - 'variants') || jsonb_build_object(
+        'points', v->'points',
+        'breakdown', (v->'breakdown') || jsonb_build_object('tier', v_tier, 'matched_segments',
+            coalesce((SELECT jsonb_agg(x ORDER BY x COLLATE "C") FROM jsonb_array_elements_text(v->'segments') x
+                      WHERE x = ANY (segs)), '[]')))
+        || CASE WHEN v->'breakdown' ? 'pending_days'
+                THEN jsonb_build_object('pending_days', v->'breakdown'->'pending_days') ELSE '{}' END;
+END $$;
+
 -- API earn requests ([{k, key, h, op, a, p}, ...], `a` the earn's arguments) as rows of earn_in, `i`
 -- their place in the array.
 -- With p_checked false (a coalesced batch), only the requests that are safe to apply set-based are
