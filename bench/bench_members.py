@@ -9,8 +9,9 @@ the segment sizes.
 
 Then earn throughput, in this process through the posting engine (pricing, group commit, the one
 set-based earn), with no HTTP in between: purchases priced by a plain rule set, and by one whose rule
-matches a segment (the member's segments read once per earn), in alternating rounds of the same
-length on the same members, so load on the machine falls on both alike.
+matches a segment (priced for members in and out of it, the ledger picking the member's in the
+earn's own statement), in alternating rounds of the same length on the same members, so load on the
+machine falls on both alike.
 
     .venv/bin/python bench/bench_members.py [--members 1000000] [--postings 10000000] [--chunk 5000]
 """

@@ -64,6 +64,7 @@ async def earn(
         if isinstance(priced, VariantEarn):
             derived["conditions"] = priced.variants.conditions
             derived["variants"] = priced.variants.variants
+            derived["shared"] = priced.variants.shared
         else:
             derived["points"] = priced.points
             derived["breakdown"] = priced.breakdown

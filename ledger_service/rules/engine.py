@@ -92,7 +92,11 @@ def needs_member(rule_set: RuleSetIn) -> bool:
 
 def price(rule_set: RuleSetIn, version: int, purchase: Purchase, member: Member, at: datetime) -> Priced:
     hits = [r for r in rule_set.rules if active(r, at) and matches(r.match, purchase, member)]
-    return _priced(rule_set, version, purchase, member, hits)
+    points, part = _by_rules(rule_set, purchase, hits)
+    breakdown = _shared(rule_set, version, purchase) | part
+    breakdown["tier"] = member.tier
+    breakdown["matched_segments"] = sorted(_segments(hits) & member.segments)
+    return Priced(points, breakdown)
 
 
 # More rules naming the member than this, and an earn is priced after reading the member instead.
@@ -104,11 +108,13 @@ class Variants:
     """A purchase priced for every member it could be, so that the ledger picks the price in the
     earn's own statement instead of a read of the member before it. `conditions` are the rules
     that match the purchase and name the member (tier, segments); variant `mask` is the price when
-    exactly the conditions whose bit is set in `mask` hold. Each variant's breakdown leaves `tier`
-    and `matched_segments` to the ledger; `segments` lists the segments its rules name."""
+    exactly the conditions whose bit is set in `mask` hold. A variant's breakdown holds what its
+    rules decide, `shared` what no rule changes; `tier` and `matched_segments` are left to the
+    ledger, and each variant's `segments` lists the segments its rules name."""
 
     conditions: list[dict[str, list[str]]]
     variants: list[dict[str, Any]]
+    shared: dict[str, Any]
 
 
 def price_variants(rule_set: RuleSetIn, version: int, purchase: Purchase, at: datetime) -> Variants | None:
@@ -123,17 +129,31 @@ def price_variants(rule_set: RuleSetIn, version: int, purchase: Purchase, at: da
         conditions.append({k: sorted(_wanted(v)) for k, v in named_by if v is not None})
     variants = []
     for mask in range(1 << len(named)):
-        held = {id(r) for k, r in enumerate(named) if mask >> k & 1}
+        held = {id(r) for k, r in enumerate(named) if mask >> k & 1}  # by identity: two rules may be alike
         hits = [r for r in candidates if not names_member(r.match) or id(r) in held]
-        priced = _priced(rule_set, version, purchase, BASIC, hits)
-        segments = sorted(set().union(*(_wanted(r.match.segment) for r in hits)))
-        variants.append({"points": priced.points, "breakdown": priced.breakdown, "segments": segments})
-    return Variants(conditions, variants)
+        points, part = _by_rules(rule_set, purchase, hits)
+        variants.append({"points": points, "breakdown": part, "segments": sorted(_segments(hits))})
+    return Variants(conditions, variants, _shared(rule_set, version, purchase))
 
 
-def _priced(
-    rule_set: RuleSetIn, version: int, purchase: Purchase, member: Member, hits: list[Rule]
-) -> Priced:
+def _segments(hits: list[Rule]) -> set[str]:
+    return set().union(*(_wanted(r.match.segment) for r in hits))
+
+
+def _shared(rule_set: RuleSetIn, version: int, purchase: Purchase) -> dict[str, Any]:
+    """The breakdown's part that no rule changes."""
+    base = rule_set.base
+    return {
+        "rule_set_version": version,
+        "amount_minor": purchase.amount_minor,
+        "base": {"points": base.points, "per_amount_minor": base.per_amount_minor},
+        "base_points": round_ratio(purchase.amount_minor * base.points, base.per_amount_minor, base.rounding),
+        "rounding": base.rounding,
+    }
+
+
+def _by_rules(rule_set: RuleSetIn, purchase: Purchase, hits: list[Rule]) -> tuple[int, dict[str, Any]]:
+    """The points of a purchase when exactly `hits` match, and the breakdown's part they decide."""
     base = rule_set.base
     # Integer arithmetic only: amount * points * multiplier / per_amount, rounded once.
     raw = purchase.amount_minor * base.points
@@ -150,22 +170,15 @@ def _priced(
     if cap is not None and total > cap:
         caps_applied.append({"cap": "per_transaction", "limit": cap, "points_after": cap})
         total = cap
-    breakdown: dict[str, Any] = {
-        "rule_set_version": version,
-        "amount_minor": purchase.amount_minor,
-        "base": {"points": base.points, "per_amount_minor": base.per_amount_minor},
-        "base_points": round_ratio(raw, base.per_amount_minor, base.rounding),
+    part: dict[str, Any] = {
         "multiplier": {"rule": best.name if best else None, "value": str(best.multiplier) if best else "1"},
-        "rounding": base.rounding,
         "multiplied_points": multiplied,
         "bonuses": bonuses,
         "matched_rules": [r.name for r in hits],
-        "tier": member.tier,
-        "matched_segments": sorted(set().union(*(_wanted(r.match.segment) for r in hits)) & member.segments),
         "caps_applied": caps_applied,
         "points": total,
     }
     pending = [r.pending_days for r in hits if r.pending_days is not None]
     if pending:  # absent: the program's pending_days
-        breakdown["pending_days"] = max(pending)
-    return Priced(total, breakdown)
+        part["pending_days"] = max(pending)
+    return total, part

@@ -51,7 +51,7 @@ class PricedEarn:
 
 @dataclass(frozen=True)
 class VariantEarn:
-    """An earn priced for each member it could be; the ledger picks (ledger.earn_variant)."""
+    """An earn priced for each member it could be; the ledger picks (ledger.stage_earns)."""
 
     variants: engine.Variants
     rule_set_id: int

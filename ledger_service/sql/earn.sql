@@ -76,39 +76,6 @@ LANGUAGE sql STABLE AS $$
     SELECT id FROM ledger.accounts WHERE program_id = p_program AND kind = 'member' AND member_ref = p_member
 $$;
 
--- An earn priced for each member it could be (ledger_service.rules.engine.price_variants) becomes
--- the earn of this member: `conditions` are rules that name tiers or segments, `variants` the price
--- for each set of conditions that hold (index: a bit per condition). The member is read here, in
--- the earn's transaction, instead of by the service before it; the breakdown gets the member's tier
--- and the segments of its rules the member is in (sorted by code point, as Python sorts them).
-CREATE OR REPLACE FUNCTION ledger.earn_variant(a jsonb) RETURNS jsonb
-LANGUAGE plpgsql STABLE AS $$
-DECLARE v_tier text; segs text[]; mask int := 0; k int := 0; c jsonb; v jsonb;
-BEGIN
-    SELECT coalesce(x.tier, 'basic'),
-           ARRAY(SELECT s.code FROM ledger.segment_members m JOIN ledger.segments s ON s.id = m.segment_id
-                 WHERE m.account_id = x.id)
-    INTO v_tier, segs
-    FROM (SELECT 1) one
-    LEFT JOIN (ledger.accounts x JOIN ledger.programs g ON g.id = x.program_id)
-           ON g.code = a->>'program' AND x.kind = 'member' AND x.member_ref = a->>'member_ref';
-    FOR c IN SELECT jsonb_array_elements(a->'conditions') LOOP
-        IF (NOT c ? 'tiers' OR c->'tiers' ? v_tier)
-           AND (NOT c ? 'segments' OR c->'segments' ?| segs) THEN
-            mask := mask | (1 << k);
-        END IF;
-        k := k + 1;
-    END LOOP;
-    v := a->'variants'->mask;
-    RETURN (a - 'conditions' - 'variants') || jsonb_build_object(
-        'points', v->'points',
-        'breakdown', (v->'breakdown') || jsonb_build_object('tier', v_tier, 'matched_segments',
-            coalesce((SELECT jsonb_agg(x ORDER BY x COLLATE "C") FROM jsonb_array_elements_text(v->'segments') x
-                      WHERE x = ANY (segs)), '[]')))
-        || CASE WHEN v->'breakdown' ? 'pending_days'
-                THEN jsonb_build_object('pending_days', v->'breakdown'->'pending_days') ELSE '{}' END;
-END $$;
-
 -- API earn requests ([{k, key, h, op, a, p}, ...], `a` the earn's arguments) as rows of earn_in, `i`
 -- their place in the array.
 -- With p_checked false (a coalesced batch), only the requests that are safe to apply set-based are
@@ -118,19 +85,46 @@ END $$;
 -- above the program's max_points_per_transaction, a partner that is unknown, suspended, no issuer or
 -- without terms). A partner row is priced here: its cash at the issue price in force at its
 -- occurred_at, and whether those terms check it (prepaid, or a credit limit).
+-- An earn priced for each member it could be (ledger_service.rules.engine.price_variants: no
+-- `points`, but `conditions`, its rules that name tiers or segments, and `variants`, the price for
+-- each set of conditions that hold, indexed by a bit per condition, whose breakdowns add to
+-- `shared`) becomes its member's earn here, in the earn's own statement: the member's tier and
+-- segments are read with its account, and the breakdown gets that tier and the segments of its
+-- rules the member is in (sorted by code point, as Python sorts them). A member not enrolled yet is
+-- basic and in no segment.
 CREATE OR REPLACE FUNCTION ledger.stage_earns(p_requests jsonb, p_checked boolean) RETURNS void
 LANGUAGE sql AS $$
     WITH f AS MATERIALIZED (
-        -- The first use of each key in the batch, then its program (a later use is never taken instead).
-        SELECT u.*, g.id AS program_id, g.code, g.max_points_per_transaction
+        -- The first use of each key in the batch, then its program (a later use is never taken
+        -- instead), and its points, breakdown and pending days: the request's, or its member's variant.
+        SELECT u.*, g.id AS program_id, g.code, g.max_points_per_transaction,
+               coalesce((u.a->>'points')::numeric, (w.v->>'points')::numeric) AS points,
+               coalesce(u.a->'breakdown', (u.a->'shared') || (w.v->'breakdown') || jsonb_build_object('tier', w.tier, 'matched_segments',
+                   coalesce((SELECT jsonb_agg(x ORDER BY x COLLATE "C") FROM jsonb_array_elements_text(w.v->'segments') x
+                             WHERE x = ANY (w.segs)), '[]'))) AS breakdown,
+               coalesce((u.a->>'pending_days')::int, (w.v->'breakdown'->>'pending_days')::int) AS pending_days
         FROM (SELECT DISTINCT ON (r.api_key, r.key) r.*, coalesce((r.a->>'occurred_at')::timestamptz, now()) AS occ,
                      r.a->>'partner' AS partner
               FROM (SELECT x.ord - 1 AS i, (x.r->>'k')::bigint AS api_key, x.r->>'key' AS key,
                            decode(x.r->>'h', 'hex') AS h, x.r->'a' AS a, x.r->'p' AS p
                     FROM jsonb_array_elements(p_requests) WITH ORDINALITY AS x(r, ord)
-                    WHERE x.r->>'op' = 'earn' AND jsonb_typeof(x.r->'a'->'points') = 'number') r
+                    WHERE x.r->>'op' = 'earn'
+                      AND (jsonb_typeof(x.r->'a'->'points') = 'number' OR x.r->'a' ? 'variants')) r
               ORDER BY r.api_key, r.key, r.i) u
         JOIN ledger.programs g ON g.code = u.a->>'program'
+        LEFT JOIN LATERAL (  -- the variant of this member: a bit per condition that holds
+            SELECT m.tier, m.segs, u.a->'variants'->(
+                       SELECT coalesce(bit_or(1 << (c.k - 1)::int), 0)
+                       FROM jsonb_array_elements(u.a->'conditions') WITH ORDINALITY c(c, k)
+                       WHERE (NOT c.c ? 'tiers' OR c.c->'tiers' ? m.tier)
+                         AND (NOT c.c ? 'segments' OR c.c->'segments' ?| m.segs)) AS v
+            FROM (SELECT coalesce(max(a.tier), 'basic') AS tier,
+                         ARRAY(SELECT s.code FROM ledger.segment_members sm JOIN ledger.segments s ON s.id = sm.segment_id
+                               WHERE sm.account_id = max(a.id)) AS segs
+                  FROM ledger.accounts a
+                  WHERE a.program_id = g.id AND a.kind = 'member' AND a.member_ref = u.a->>'member_ref') m
+            WHERE u.a ? 'variants'
+        ) w ON true
     ), pp AS MATERIALIZED (
         -- One partner lookup per partner, program and time (a batch's earns share now()), none
         -- for the rows without a partner (MATERIALIZED: else the call moves up to every joined row),
@@ -151,17 +145,17 @@ LANGUAGE sql AS $$
            -- ledger.member_id's lookup written out: a subquery costs a third of a function call.
            (SELECT m.id FROM ledger.accounts m
             WHERE m.program_id = f.program_id AND m.kind = 'member' AND m.member_ref = f.a->>'member_ref'),
-           f.a->>'member_ref', (f.a->>'points')::bigint, coalesce(f.a->>'kind', 'purchase'),
+           f.a->>'member_ref', f.points::bigint, coalesce(f.a->>'kind', 'purchase'),
            f.a->>'clearing', f.a->>'reference', f.a->'metadata', f.a->'purchase'->>'merchant_id',
            f.a->'purchase'->>'mcc', f.a->'purchase'->>'channel',
-           (f.a->>'rule_set_id')::bigint, f.a->'breakdown', f.a->'caps', f.api_key,
+           (f.a->>'rule_set_id')::bigint, f.breakdown, f.a->'caps', f.api_key,
            f.occ, f.key, f.h, pp.partner_id, pp.issued_account,
-           (f.a->>'points')::bigint * pp.issue_cash_minor::numeric / pp.issue_points, pp.issue_cash_minor,
-           pp.issue_points, pp.checked, pp.effective_from, (f.a->>'pending_days')::int, NOT p_checked
+           f.points * pp.issue_cash_minor / pp.issue_points, pp.issue_cash_minor,
+           pp.issue_points, pp.checked, pp.effective_from, f.pending_days, NOT p_checked
     FROM f
     LEFT JOIN pp ON pp.partner = f.partner AND pp.program_id = f.program_id AND pp.occ = f.occ
     WHERE p_checked
-       OR ((f.a->>'points')::numeric BETWEEN 0 AND f.max_points_per_transaction
+       OR (f.points BETWEEN 0 AND f.max_points_per_transaction
            AND (f.partner IS NULL OR pp.partner_id IS NOT NULL)
            AND (jsonb_typeof(f.p) IS DISTINCT FROM 'array' OR f.code IN (SELECT jsonb_array_elements_text(f.p)))
            AND NOT EXISTS (SELECT 1 FROM ledger.idempotency_keys k WHERE k.api_key_id = f.api_key AND k.key = f.key)
@@ -465,6 +459,10 @@ DECLARE
 BEGIN
     PERFORM ledger.earn_rows();
     PERFORM ledger.stage_earns(jsonb_build_array(jsonb_build_object('k', p_key, 'op', 'earn', 'a', a)), true);
+    IF a ? 'variants' THEN  -- priced for its member only now: its limit checked once it has points
+        PERFORM ledger.check_points_limit(jsonb_build_object('program', a->'program', 'points', e.points), p_programs)
+        FROM earn_in e;
+    END IF;
     PERFORM ledger.post_earns();
     SELECT CASE WHEN e.refused IS NULL THEN ledger.earn_json(e.txn, prog.code, e.balance_after, e.held, e.pending_after)
                 ELSE jsonb_build_object('refused', e.refused, 'partner', a->>'partner') END

@@ -28,9 +28,6 @@ BEGIN
     END IF;
     BEGIN
         status := 201;
-        IF p_op = 'earn' AND p_args ? 'variants' THEN
-            p_args := ledger.earn_variant(p_args);
-        END IF;
         IF p_op IN ('earn', 'burn', 'hold', 'transfer', 'adjust') THEN
             PERFORM ledger.check_points_limit(p_args, p_programs);
         END IF;
@@ -69,19 +66,13 @@ END $$;
 CREATE OR REPLACE FUNCTION ledger.execute_batch(p_requests jsonb)
 RETURNS TABLE (i int, status int, body text, replayed boolean)
 LANGUAGE plpgsql AS $$
-DECLARE r jsonb; res record; n int; done int[] := '{}'; earns boolean; others boolean; variants boolean;
+DECLARE r jsonb; res record; n int; done int[] := '{}'; earns boolean; others boolean;
 BEGIN
+    -- An earn priced for each member it could be (`variants`) is an earn like any other here.
     SELECT coalesce(bool_or(x.r->>'op' = 'earn'), false),
-           coalesce(bool_or(x.r->>'op' <> 'earn' OR jsonb_typeof(x.r->'a'->'points') IS DISTINCT FROM 'number'), false),
-           coalesce(bool_or(x.r->>'op' = 'earn' AND x.r->'a' ? 'variants'), false)
-    INTO earns, others, variants FROM jsonb_array_elements(p_requests) x(r);
-    -- Earns priced for each member they could be become this member's earn first (ledger.earn_variant).
-    IF variants THEN
-        SELECT jsonb_agg(CASE WHEN x.r->>'op' = 'earn' AND x.r->'a' ? 'variants'
-                              THEN jsonb_set(x.r, '{a}', ledger.earn_variant(x.r->'a')) ELSE x.r END ORDER BY x.ord),
-               bool_or(x.r->>'op' <> 'earn' OR jsonb_typeof(x.r->'a'->'points') IS DISTINCT FROM 'number')
-        INTO p_requests, others FROM jsonb_array_elements(p_requests) WITH ORDINALITY x(r, ord);
-    END IF;
+           coalesce(bool_or(x.r->>'op' <> 'earn' OR (jsonb_typeof(x.r->'a'->'points') IS DISTINCT FROM 'number'
+                                                     AND NOT x.r->'a' ? 'variants')), false)
+    INTO earns, others FROM jsonb_array_elements(p_requests) x(r);
     -- A batch with anything but plain earns takes its locks up front, in the order every writer
     -- uses: documents (holds, then transactions) by id, then member accounts by id. Without it the
     -- set-based earns lock their members before the other requests do, and a capture or reversal

@@ -1,9 +1,10 @@
 """Rules that name tiers or segments: an earn carries a price for each member it could be and the
-ledger picks the member's in the earn's transaction (ledger.earn_variant). It must price exactly as
+ledger picks the member's in the earn's transaction (ledger.stage_earns). It must price exactly as
 reading the member first does (the dry run, engine.price), for every tier and segment combination."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -123,7 +124,7 @@ def test_variants_are_the_prices_of_the_members_they_stand_for() -> None:
         got = found.variants[mask]
         assert got["points"] == want.points
         tail = {"tier": tier, "matched_segments": sorted(set(got["segments"]) & set(segments))}
-        assert {**got["breakdown"], **tail} == want.breakdown
+        assert {**found.shared, **got["breakdown"], **tail} == want.breakdown
 
 
 def test_too_many_member_rules_are_priced_after_reading_the_member() -> None:
@@ -131,3 +132,46 @@ def test_too_many_member_rules_are_priced_after_reading_the_member() -> None:
     rules = RuleSetIn.model_validate({**RULES, "rules": many, "effective_from": "2020-01-01T00:00:00Z"})
     purchase = Purchase.model_validate({"amount_minor": 999, "currency": "CNY"})
     assert engine.price_variants(rules, 1, purchase, datetime(2026, 1, 1, tzinfo=UTC)) is None
+
+
+async def test_the_points_limit_holds_for_the_members_variant(
+    client: httpx.AsyncClient, ledger_app: Any
+) -> None:
+    """The limit is checked on the points the member gets, which only the ledger knows: a vip's 3x goes
+    over it, a basic member's earn of the same purchase does not; a retry replays either answer."""
+    program = await create_program(client, tiers=TIERS, max_points_per_transaction=300)
+    r = await client.post(
+        f"/v1/programs/{program}/segments", json={"code": "vip", "name": "vip", "criteria": NOBODY}
+    )
+    assert r.status_code == 201, r.text
+    rules = {"base": RULES["base"], "rules": [RULES["rules"][1]], "effective_from": "2020-01-01T00:00:00Z"}
+    assert (await client.post(f"/v1/programs/{program}/rules", json=rules)).status_code == 201
+    for member in ("plain", "vip"):
+        await earn(client, program, member, 1)
+    await _place(ledger_app, program, "vip", "basic", ("vip",))
+    purchase = {"amount_minor": 15000, "currency": "CNY"}  # 150 points, 450 at 3x
+    for member, status in (("plain", 201), ("vip", 422)):
+        body = {"program": program, "member_ref": member, "purchase": purchase, "reference": "x"}
+        first = await post(client, "/v1/earn", body, key=f"limit-{member}")
+        assert first.status_code == status, first.text
+        again = await post(client, "/v1/earn", body, key=f"limit-{member}")
+        assert (again.status_code, again.json()) == (status, first.json())
+    assert first.json()["code"] == "points_limit_exceeded"
+    r = await client.get(f"/v1/programs/{program}/members/vip")
+    assert r.json()["balance"] == 1
+
+
+async def test_concurrent_variant_earns_at_one_member_all_count(
+    client: httpx.AsyncClient, ledger_app: Any
+) -> None:
+    program = await _program(client, ledger_app)
+    await earn(client, program, "hot", 1)
+    await _place(ledger_app, program, "hot", "gold", ("vip",))
+    purchase = {"amount_minor": 10000, "currency": "CNY", "merchant_id": "M2"}
+    body = {"program": program, "member_ref": "hot", "purchase": purchase, "reference": "x"}
+    answers = await asyncio.gather(*(post(client, "/v1/earn", body) for _ in range(60)))
+    assert {r.status_code for r in answers} == {201}
+    points = {r.json()["points"] for r in answers}
+    assert points == {307}, points  # 100 x 3 (vip beats gold's 2x) + 7 welcome back
+    member = (await client.get(f"/v1/programs/{program}/members/hot")).json()
+    assert (member["balance"], member["pending"]) == (1 + 60 * 307, 60 * 307)  # welcome back's 3 days
