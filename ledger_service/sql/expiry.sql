@@ -5,10 +5,10 @@
 -- and takes its points off accounts.pending). Each account's expired points go to breakage in one `expiry` transaction, or
 -- rollover_bps of them into a new lot for the next period. Running twice, or from two processes
 -- at once, expires nothing twice: `remaining` is re-read under the account lock.
--- A run is a fixed point (DESIGN §4): rolled-over points roll once (a rolled lot, the only kind with
--- no txn_id, goes all to breakage when it is due), and points whose rolled lot would itself be due
--- by p_as_of go to breakage at once, so a run as of T leaves no unheld lot due at T and a second
--- run with the same T changes nothing. p_program limits the run to one program (NULL: all).
+-- A run is a fixed point (DESIGN §4): rolled-over points roll once (a rolled lot, at this member or
+-- transferred to another, goes all to breakage when it is due), and points whose rolled lot would
+-- itself be due by p_as_of go to breakage at once, so a run as of T leaves no unheld lot due at T and
+-- a second run with the same T changes nothing. p_program limits the run to one program (NULL: all).
 CREATE OR REPLACE FUNCTION ledger.expire_lots(p_as_of timestamptz, p_limit int, p_after_at timestamptz, p_after_id bigint,
     p_program int,
     OUT next_at timestamptz, OUT next_id bigint, OUT lots int, OUT expired bigint, OUT rolled bigint,
@@ -51,7 +51,7 @@ BEGIN
                 ELSE x.take * p.rollover_bps / 10000 END,
            x.pending_until
     FROM (
-        SELECT d.lot_id, d.account_id, d.expires_at, a.program_id, l.txn_id IS NULL AS is_rolled,
+        SELECT d.lot_id, d.account_id, d.expires_at, a.program_id, l.rolled AS is_rolled,
                l.pending_until,
                CASE WHEN l.pending_until IS NOT NULL THEN l.remaining
                     ELSE least(l.remaining, greatest(a.cap - coalesce(sum(l.remaining) FILTER (
@@ -73,9 +73,9 @@ BEGIN
     WHERE a.id = s.account_id AND s.points <> 0;
 
     -- Rolled-over points stay the member's: a new lot per old expiry date (and release time), no posting.
-    INSERT INTO ledger.lots (account_id, program_id, txn_id, points, remaining, expires_at, pending_until)
+    INSERT INTO ledger.lots (account_id, program_id, txn_id, points, remaining, expires_at, pending_until, rolled)
     SELECT t.account_id, p.id, NULL, sum(t.roll), sum(t.roll), ledger.next_period(p, t.expires_at),
-           CASE WHEN t.pending_until > now() THEN t.pending_until END
+           CASE WHEN t.pending_until > now() THEN t.pending_until END, true
     FROM expiry_take t JOIN expiry_acc a ON a.account_id = t.account_id JOIN ledger.programs p ON p.id = a.program_id
     WHERE t.roll > 0
     GROUP BY t.account_id, p.id, t.expires_at, CASE WHEN t.pending_until > now() THEN t.pending_until END;

@@ -127,11 +127,12 @@ BEGIN
     RETURNING * INTO t;
     PERFORM ledger.post_pair(t.id, acc_from.id, acc_to.id, pts);
     PERFORM ledger.consume_lots(acc_from.id, t.id, pts, NULL);
-    -- The recipient's points keep the expiry dates of the sender's lots they came from.
+    -- The recipient's points keep the expiry dates of the sender's lots they came from, and whether
+    -- they were rolled over already (they roll once).
     backed := ledger.lot_points(acc_to.balance, pts);
-    INSERT INTO ledger.lots (account_id, program_id, txn_id, points, remaining, expires_at)
-    SELECT acc_to.id, prog.id, t.id, x.take, x.take, x.expires_at FROM (
-        SELECT l.expires_at,
+    INSERT INTO ledger.lots (account_id, program_id, txn_id, points, remaining, expires_at, rolled)
+    SELECT acc_to.id, prog.id, t.id, x.take, x.take, x.expires_at, x.rolled FROM (
+        SELECT l.expires_at, l.rolled,
                least(m.points, greatest(backed - coalesce(sum(m.points) OVER w, 0), 0)) AS take
         FROM ledger.lot_moves m JOIN ledger.lots l ON l.id = m.lot_id
         WHERE m.txn_id = t.id

@@ -209,3 +209,21 @@ async def test_jobs_respect_a_keys_programs(client: httpx.AsyncClient, raw_clien
     assert_problem(
         await client.post("/v1/jobs/expire", params={"program": "NOPE_NOPE"}), 404, "program_not_found"
     )
+
+
+async def test_transferred_rolled_over_points_do_not_roll_again(
+    client: httpx.AsyncClient, ledger_app
+) -> None:
+    """The recipient's lot of a transfer keeps the sender's expiry date and, now, that its points were
+    rolled over already: they used to roll a second time there (250 more points out of nothing)."""
+    program = await create_program(client, expiry={"policy": "rolling", "months": 1}, rollover_bps=5000)
+    await earn(client, program, "giver", 1000, occurred_at="2026-01-01T00:00:00Z")
+    first = await _expire(client, as_of="2026-02-15T00:00:00Z", program=program)
+    assert (first["expired_points"], first["rolled_over_points"]) == (500, 500)
+    body = {"program": program, "from_member_ref": "giver", "to_member_ref": "taker", "points": 500}
+    r = await post(client, "/v1/transfers", body)
+    assert r.status_code == 201, r.text
+    second = await _expire(client, as_of="2026-03-15T00:00:00Z", program=program)
+    assert (second["expired_points"], second["rolled_over_points"]) == (500, 0)
+    assert (await member(client, program, "taker"))["balance"] == 0
+    await check_ledger_invariants(ledger_app.state.db, program)
