@@ -600,16 +600,12 @@ def loopback_services(data_dir: Path, host: str, *names: str) -> tuple[Any, dict
 
 
 def wait_ready(name: str, base_url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
-    import httpx
+    from services.cli import wait_ready as poll_ready
 
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the {name} exited with code {proc.returncode} before it became ready")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{base_url}/readyz", timeout=1.0).status_code == 200:
-                return
-        time.sleep(0.2)
+    if poll_ready(base_url, proc, timeout_s=timeout_s):
+        return
+    if proc.poll() is not None:
+        raise RuntimeError(f"the {name} exited with code {proc.returncode} before it became ready")
     raise RuntimeError(f"the {name} was not ready within {timeout_s:.0f}s")
 
 
