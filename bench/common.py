@@ -625,6 +625,25 @@ def start_service(
     return proc
 
 
+def start_stack(
+    service: str, data_dir: Path, url: str, workers: dict[str, int], procs: dict[str, subprocess.Popen[bytes]]
+) -> tuple[str, str, dict[str, int], dict[str, str]]:
+    """Migrates the throwaway database and starts the ledger, then `service` with its own ledger key,
+    on loopback ports; each process goes into `procs` as it starts, for the caller to stop.
+    Returns the admin secret, the host, and the ports and base URLs by service."""
+    from services.migrate import upgrade
+
+    upgrade(url)
+    _, admin, service_key = asyncio.run(create_api_keys(url, service=service))
+    host = "127.0.0.1"
+    settings, ports, urls = loopback_services(data_dir, host, "ledger", service)
+    for name in ("ledger", service):
+        print(f"starting the {name} on {urls[name]} with {workers[name]} worker(s)", flush=True)
+        key = service_key if name == service else None
+        procs[name] = start_service(name, settings, url, workers=workers[name], ledger_key=key)
+    return admin, host, ports, urls
+
+
 def stop_process(proc: subprocess.Popen[bytes] | None, name: str | None = None) -> None:
     """SIGTERM, then SIGKILL after 20s (said on stderr when `name` is given)."""
     if proc is None or proc.poll() is not None:
