@@ -378,7 +378,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration <= 0 or args.clients < 1 or args.members < 1:
         parser.error("--duration must be > 0, --clients and --members >= 1")
 
-    from services.migrate import upgrade
     from services.settings import Settings
 
     args.catalog_workers = args.catalog_workers or Settings().service_workers("catalog")
@@ -386,14 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     procs: dict[str, subprocess.Popen[bytes]] = {}
     with common.throwaway_postgres("jifen-bench-catalog-") as (pg, data_dir, url):
         try:
-            upgrade(url)
-            _, admin, service_key = asyncio.run(common.create_api_keys(url, service="catalog"))
-            host = "127.0.0.1"
-            settings, ports, urls = common.loopback_services(data_dir, host, "ledger", "catalog")
-            procs["ledger"] = common.start_service("ledger", settings, url, workers=args.ledger_workers)
-            procs["catalog"] = common.start_service(
-                "catalog", settings, url, workers=args.catalog_workers, ledger_key=service_key
-            )
+            workers = {"ledger": args.ledger_workers, "catalog": args.catalog_workers}
+            admin, host, ports, urls = common.start_stack("catalog", data_dir, url, workers, procs)
             print(f"funding {args.members} members and creating the reward", flush=True)
             stock = asyncio.run(_setup(args, urls["ledger"], urls["catalog"], admin))
             if args.type == "voucher" and stock is not None and args.codes < stock:

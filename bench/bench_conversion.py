@@ -305,20 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration <= 0 or args.warmup < 0 or min(args.clients, args.members, args.workers) < 1:
         parser.error("--duration must be > 0, --warmup >= 0, --clients/--members/--workers >= 1")
 
-    from services.migrate import upgrade
-
     procs: dict[str, subprocess.Popen[bytes]] = {}
     with common.throwaway_postgres("jifen-bench-conv-") as (pg, data_dir, url):
         try:
-            upgrade(url)
-            _, secret, service_key = asyncio.run(common.create_api_keys(url, service="conversion"))
-
-            host = "127.0.0.1"
-            settings, ports, urls = common.loopback_services(data_dir, host, "ledger", "conversion")
-            for name in ("ledger", "conversion"):
-                print(f"starting the {name} on {urls[name]} with {workers[name]} worker(s)", flush=True)
-                key = service_key if name == "conversion" else None
-                procs[name] = common.start_service(name, settings, url, workers=workers[name], ledger_key=key)
+            secret, host, ports, urls = common.start_stack("conversion", data_dir, url, workers, procs)
             print(f"creating programs {SRC} -> {DST}, a rate, and {args.members} funded members", flush=True)
             asyncio.run(_setup(urls["ledger"], urls["conversion"], secret, args.members))
             args.pids = {

@@ -600,16 +600,12 @@ def loopback_services(data_dir: Path, host: str, *names: str) -> tuple[Any, dict
 
 
 def wait_ready(name: str, base_url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
-    import httpx
+    from services.cli import wait_ready as poll_ready
 
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the {name} exited with code {proc.returncode} before it became ready")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{base_url}/readyz", timeout=1.0).status_code == 200:
-                return
-        time.sleep(0.2)
+    if poll_ready(base_url, proc, timeout_s=timeout_s):
+        return
+    if proc.poll() is not None:
+        raise RuntimeError(f"the {name} exited with code {proc.returncode} before it became ready")
     raise RuntimeError(f"the {name} was not ready within {timeout_s:.0f}s")
 
 
@@ -627,6 +623,25 @@ def start_service(
         stop_process(proc)
         raise
     return proc
+
+
+def start_stack(
+    service: str, data_dir: Path, url: str, workers: dict[str, int], procs: dict[str, subprocess.Popen[bytes]]
+) -> tuple[str, str, dict[str, int], dict[str, str]]:
+    """Migrates the throwaway database and starts the ledger, then `service` with its own ledger key,
+    on loopback ports; each process goes into `procs` as it starts, for the caller to stop.
+    Returns the admin secret, the host, and the ports and base URLs by service."""
+    from services.migrate import upgrade
+
+    upgrade(url)
+    _, admin, service_key = asyncio.run(create_api_keys(url, service=service))
+    host = "127.0.0.1"
+    settings, ports, urls = loopback_services(data_dir, host, "ledger", service)
+    for name in ("ledger", service):
+        print(f"starting the {name} on {urls[name]} with {workers[name]} worker(s)", flush=True)
+        key = service_key if name == service else None
+        procs[name] = start_service(name, settings, url, workers=workers[name], ledger_key=key)
+    return admin, host, ports, urls
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None, name: str | None = None) -> None:

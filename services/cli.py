@@ -78,19 +78,26 @@ async def _bootstrap(url: str, settings: Settings, *, demo: bool) -> tuple[str, 
     return secret, service_keys, messages
 
 
-def _wait_ready(
-    port: int, host: str, proc: subprocess.Popen[bytes], stopping: Callable[[], bool], timeout_s: float = 60.0
+def wait_ready(
+    base_url: str,
+    proc: subprocess.Popen[bytes],
+    *,
+    timeout_s: float = 60.0,
+    interval_s: float = 0.2,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> bool:
+    """Polls `base_url`/readyz until it answers 200 (True), or the process exits, the time runs out or
+    `stopping()` says so (False: the caller tells which from `proc.poll()`)."""
     import httpx
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and not stopping() and proc.poll() is None:
         try:
-            if httpx.get(f"http://{host}:{port}/readyz", timeout=1.0).status_code == 200:
+            if httpx.get(f"{base_url}/readyz", timeout=1.0).status_code == 200:
                 return True
         except httpx.HTTPError:
             pass
-        time.sleep(0.2)
+        time.sleep(interval_s)
     return False
 
 
@@ -137,9 +144,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             workers = args.workers or settings.service_workers(s)
             procs[s] = spawn_service(s, settings, url, workers=workers, ledger_key=service_keys.get(s))
         for service in SERVICES:
-            if not _wait_ready(
-                settings.service_port(service), settings.host, procs[service], lambda: stopping
-            ):
+            base_url = f"http://{settings.host}:{settings.service_port(service)}"
+            if not wait_ready(base_url, procs[service], stopping=lambda: stopping):
                 if stopping:
                     return 0
                 print(f"{service} did not become ready; see its log above", file=sys.stderr)

@@ -118,6 +118,19 @@ async def create_program(client: httpx.AsyncClient, **overrides: Any) -> str:
     return str(body["code"])
 
 
+async def fetch_value(app: Any, sql: str, *args: Any) -> Any:
+    """One value read straight from the ledger's database (what the API does not show)."""
+    async with app.state.db.driver() as conn:
+        return await conn.fetchval(sql, *args)
+
+
+async def put_rules(client: httpx.AsyncClient, program: str, **rule_set: Any) -> None:
+    """Publishes the program's earning rules (`base`, `caps`, `rules`, ...), in force since 2020."""
+    body = {"effective_from": "2020-01-01T00:00:00Z", **rule_set}
+    r = await client.post(f"/v1/programs/{program}/rules", json=body)
+    assert r.status_code == 201, r.text
+
+
 async def post(
     client: httpx.AsyncClient,
     path: str,

@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 
+from services.cli import wait_ready
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -97,16 +99,10 @@ class ServiceProcess:
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.service} exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        if wait_ready(self.url, self.proc, timeout_s=timeout_s, interval_s=0.1):
+            return self
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.service} exited: {self.log_path.read_text()[-3000:]}")
         self.kill()
         raise RuntimeError(f"{self.service} did not become ready: {self.log_path.read_text()[-3000:]}")
 

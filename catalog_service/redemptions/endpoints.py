@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import APIRouter, Body, Depends, Query
 from starlette.responses import Response
 
 from catalog_service.common import Admin, Reader, Writer
@@ -19,23 +19,15 @@ from catalog_service.redemptions.schemas import (
     RedemptionStatus,
 )
 from services.conventions import MemberRef
-from services.deps import DB, Cursor, Limit, ProgramQuery
+from services.deps import DB, Cursor, Limit, ProgramQuery, Saga
 from services.errors import Unprocessable
 from services.idempotency import idempotency_key
 from services.openapi import problems
-from services.saga import SagaRunner
 
 router = APIRouter(prefix="/v1/redemptions", tags=["redemptions"])
 
 Key = Annotated[str, Depends(idempotency_key)]
 
-
-async def _saga(request: Request) -> SagaRunner:
-    saga: SagaRunner = request.app.state.saga
-    return saga
-
-
-Saga = Annotated[SagaRunner, Depends(_saga)]
 
 REDEEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     **problems(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from starlette.responses import Response
 
 from conversion_service.conversions import service
@@ -13,17 +13,11 @@ from conversion_service.conversions.schemas import ConversionIn, ConversionList,
 from conversion_service.deps import Admin, Ctx, Reader, Writer
 from conversion_service.quotes.endpoints import PRICING
 from conversion_service.schemas_common import MemberRef
-from services.deps import Cursor, Limit
+from services.deps import Cursor, Limit, Saga
 from services.idempotency import idempotency_key
 from services.openapi import problems
-from services.saga import SagaRunner
 
 router = APIRouter(prefix="/v1/conversions", tags=["conversions"])
-
-
-async def _saga(request: Request) -> SagaRunner:
-    saga: SagaRunner = request.app.state.saga
-    return saga
 
 
 _POST_RESPONSES = {
@@ -60,7 +54,7 @@ async def create_conversion(
     principal: Writer,
     key: Annotated[str, Depends(idempotency_key)],
     ctx: Ctx,
-    saga: Annotated[SagaRunner, Depends(_saga)],
+    saga: Saga,
 ) -> Response:
     return await service.create_conversion(ctx, saga, principal, body, key)
 
@@ -108,6 +102,6 @@ async def retry_conversion(
     conversion_id: UUID,
     principal: Admin,
     ctx: Ctx,
-    saga: Annotated[SagaRunner, Depends(_saga)],
+    saga: Saga,
 ) -> ConversionOut:
     return await service.retry_conversion(ctx, saga, principal, conversion_id)

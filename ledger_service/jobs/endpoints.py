@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
 from fastapi import APIRouter, Request
 
-from ledger_service.deps import Admin, AsOf, check_as_of
+from ledger_service.deps import Admin, AsOf, check_as_of, check_not_future
 from ledger_service.jobs import service
 from ledger_service.jobs.service import ExpiryRun, TierReview
 from services.deps import ProgramQuery
-from services.errors import Unprocessable
 from services.openapi import problems
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -34,10 +31,7 @@ async def expire(
 ) -> ExpiryRun:
     principal.require_job_scope(program)
     check_as_of(as_of)
-    if as_of is not None and as_of > datetime.now(UTC) + timedelta(seconds=5):
-        raise Unprocessable(
-            "as_of cannot be in the future: points would expire early.", code="as_of_in_future"
-        )
+    check_not_future(as_of, ": points would expire early")
     return await service.run_expiry(request.app.state.db, as_of, program=program)
 
 

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from fastapi import APIRouter, Request
 
-from fastapi import APIRouter, Depends, Query, Request
-
+from ledger_service.deps import Admin, AsOf, check_as_of, check_not_future
 from ledger_service.notices import service
 from ledger_service.notices.service import NoticeRun
-from ledger_service.schemas_common import ProgramCode
-from services.auth import Principal, require
-from services.errors import Unprocessable
+from services.deps import ProgramQuery
 from services.openapi import problems
-from services.validation import Timestamp
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -28,13 +23,11 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 )
 async def notices(
     request: Request,
-    principal: Annotated[Principal, Depends(require("ledger:admin"))],
-    as_of: Annotated[Timestamp | None, Query(description="RFC 3339; default now")] = None,
-    program: Annotated[ProgramCode | None, Query()] = None,
+    principal: Admin,
+    as_of: AsOf = None,
+    program: ProgramQuery = None,
 ) -> NoticeRun:
     principal.require_job_scope(program)
-    if as_of is not None and as_of.tzinfo is None:
-        raise Unprocessable("as_of needs a time zone (RFC 3339).", code="validation_error")
-    if as_of is not None and as_of > datetime.now(UTC) + timedelta(seconds=5):
-        raise Unprocessable("as_of cannot be in the future.", code="as_of_in_future")
+    check_as_of(as_of)
+    check_not_future(as_of)
     return await service.run_notices(request.app.state.db, program, as_of)

@@ -8,7 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.responses import Response
 
-from ledger_service.deps import Admin, Reader, check_as_of
+from ledger_service.deps import Admin, Reader, check_as_of, wants_csv
 from ledger_service.partners import service
 from ledger_service.partners.schemas import (
     FundingIn,
@@ -39,10 +39,6 @@ CSV = "text/csv"
 CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"content": {CSV: {}}, "description": "With `Accept: text/csv`: the lines as CSV"}
 }
-
-
-def _wants_csv(request: Request) -> bool:
-    return CSV in request.headers.get("accept", "")
 
 
 @router.post(
@@ -189,7 +185,7 @@ async def list_settlements(
 )
 async def get_settlement(request: Request, settlement_id: UUID, principal: Reader) -> Settlement | Response:
     found = await service.get_settlement(request.app.state.db, principal, settlement_id)
-    if _wants_csv(request):
+    if wants_csv(request):
         return Response(service.lines_csv(found.lines), media_type=CSV)
     return found
 
@@ -204,7 +200,7 @@ async def statements(
     request: Request, code: Code, principal: Reader, limit: Limit = 100, cursor: str | None = None
 ) -> StatementList | Response:
     page = await service.statements(request.app.state.db, principal, code, limit=limit, cursor=cursor)
-    if _wants_csv(request):
+    if wants_csv(request):
         headers = {"Link": f'<?cursor={page.next_cursor}>; rel="next"'} if page.next_cursor else None
         return Response(service.lines_csv(page.data), media_type=CSV, headers=headers)
     return page

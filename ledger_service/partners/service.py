@@ -9,7 +9,7 @@ import csv
 import io
 import math
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -17,6 +17,7 @@ from uuid import UUID
 import asyncpg
 import orjson
 
+from ledger_service.deps import check_not_future
 from ledger_service.partners import repository
 from ledger_service.partners.schemas import (
     CSV_COLUMNS,
@@ -44,8 +45,6 @@ from services.auth import Principal
 from services.db import Database
 from services.errors import Conflict, NotFound, Unprocessable
 from services.pagination import decode_cursor, encode_cursor, page_of
-
-CLOCK_SKEW = timedelta(seconds=5)
 
 
 def _partner_missing(code: str) -> NotFound:
@@ -177,12 +176,8 @@ def _line(row: asyncpg.Record | dict[str, Any]) -> StatementLine:
 async def settle(db: Database, as_of: datetime | None) -> Settlement:
     """Closes every partner period that ended by as_of. Each partner and program closes in its own
     database transaction under its own advisory lock, so two runs at once close each period once."""
-    now = datetime.now(UTC)
-    as_of = as_of or now
-    if as_of > now + CLOCK_SKEW:
-        raise Unprocessable(
-            "as_of cannot be in the future: open periods would close.", code="as_of_in_future"
-        )
+    check_not_future(as_of, ": open periods would close")
+    as_of = as_of or datetime.now(UTC)
     lines: list[StatementLine] = []
     async with db.driver() as conn:
         head = await repository.new_settlement(conn, as_of)

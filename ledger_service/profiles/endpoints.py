@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter, Request
 
-from fastapi import APIRouter, Depends, Path, Query, Request
-
+from ledger_service.deps import Admin, Reader
 from ledger_service.profiles import service
 from ledger_service.profiles.schemas import Profile, ProfileRun
-from ledger_service.schemas_common import MemberRef, ProgramCode
-from services.auth import Principal, require
+from services.deps import MemberPath, ProgramPath, ProgramQuery
 from services.openapi import problems
 
 router = APIRouter(tags=["members"])
@@ -26,9 +24,9 @@ router = APIRouter(tags=["members"])
 )
 async def profile(
     request: Request,
-    code: Annotated[ProgramCode, Path()],
-    member_ref: Annotated[MemberRef, Path()],
-    principal: Annotated[Principal, Depends(require("ledger:read"))],
+    code: ProgramPath,
+    member_ref: MemberPath,
+    principal: Reader,
 ) -> Profile:
     principal.require_program(code)
     return await service.profile(request.app.state.db, code, member_ref)
@@ -45,8 +43,8 @@ async def profile(
 )
 async def refresh_profiles(
     request: Request,
-    principal: Annotated[Principal, Depends(require("ledger:admin"))],
-    program: Annotated[ProgramCode | None, Query()] = None,
+    principal: Admin,
+    program: ProgramQuery = None,
 ) -> ProfileRun:
     principal.require_job_scope(program)
     return await service.run_profiles(request.app.state.db, program)

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
 
-from ledger_service.deps import Admin
+from ledger_service.deps import Admin, wants_csv
 from ledger_service.segments import service
 from ledger_service.segments.schemas import (
     SegmentCode,
@@ -82,7 +82,7 @@ async def segment_members(
 ) -> SegmentMemberPage | StreamingResponse:
     principal.require_program(code)
     db = request.app.state.db
-    if "text/csv" in request.headers.get("accept", ""):
+    if wants_csv(request):
         lines = await service.members_csv(db, code, segment)
         filename = f"{code}-{segment}.csv"
         headers = {"Content-Disposition": f'attachment; filename="{filename}"'}

@@ -11,7 +11,7 @@ import pytest
 from services.auth import SCOPES, create_api_key
 from services.db import Database
 from services.keyfiles import SERVICE_LEDGER_SCOPES
-from tests.catalog.helpers import KEEPALIVE_S, catalog_env
+from tests.catalog.helpers import KEEPALIVE_S, catalog_env, new_program
 from tests.harness import ServiceProcess, api_client
 
 
@@ -68,3 +68,9 @@ async def catalog_http(
     limits = httpx.Limits(max_connections=250, max_keepalive_connections=250, keepalive_expiry=KEEPALIVE_S)
     async with api_client(live_catalog.url, catalog_admin_key, limits=limits) as client:
         yield client
+
+
+@pytest.fixture
+async def program(ledger_http: httpx.AsyncClient) -> str:
+    """A new ledger program for the test (the ledger is shared by the session)."""
+    return await new_program(ledger_http)

@@ -16,7 +16,6 @@ from tests.catalog.helpers import (
     earn,
     get_reward,
     new_key,
-    new_program,
     redeem,
     upload_codes,
     voucher_reward,
@@ -32,9 +31,8 @@ async def _gather_in_chunks(coros: list, size: int = 50) -> list:
 
 
 async def test_200_members_race_for_50_vouchers(
-    catalog_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient, catalog_db: Database
+    catalog_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient, catalog_db: Database, program: str
 ) -> None:
-    program = await new_program(ledger_http)
     # more codes than stock: the stock decides
     sku, codes = await voucher_reward(catalog_http, program, 60, price_points=100, stock=50)
     members = [f"race-{i:03d}" for i in range(200)]
@@ -72,9 +70,8 @@ async def test_200_members_race_for_50_vouchers(
 
 
 async def test_one_member_races_past_the_per_member_limit(
-    catalog_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient, catalog_db: Database
+    catalog_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient, catalog_db: Database, program: str
 ) -> None:
-    program = await new_program(ledger_http)
     reward = await create_reward(catalog_http, program, price_points=10, stock=100, per_member_limit=3)
     unlimited = await create_reward(
         catalog_http, program, type="voucher", price_points=10, per_member_limit=2
@@ -102,10 +99,9 @@ async def test_one_member_races_past_the_per_member_limit(
 
 
 async def test_a_member_races_their_own_points(
-    catalog_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient, catalog_db: Database
+    catalog_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient, catalog_db: Database, program: str
 ) -> None:
     """Stock is reserved before the debit; every debit the ledger refuses gives its stock back."""
-    program = await new_program(ledger_http)
     sku, _ = await voucher_reward(catalog_http, program, 10, price_points=100, stock=10)
     await earn(ledger_http, program, "thrifty", 250)
     responses = await asyncio.gather(*(redeem(catalog_http, sku, program, "thrifty") for _ in range(10)))
@@ -118,9 +114,8 @@ async def test_a_member_races_their_own_points(
 
 
 async def test_one_idempotency_key_sent_ten_times_at_once_applies_once(
-    catalog_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient, catalog_db: Database
+    catalog_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient, catalog_db: Database, program: str
 ) -> None:
-    program = await new_program(ledger_http)
     sku, _ = await voucher_reward(catalog_http, program, 5, price_points=10, stock=5)
     await earn(ledger_http, program, "twice", 100)
     key = new_key()

@@ -8,7 +8,7 @@ dead process's lease (1 s here) has run out.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 
 import httpx
 import pytest
@@ -25,7 +25,6 @@ from tests.catalog.helpers import (
     get_redemption,
     get_reward,
     new_key,
-    new_program,
     redeem,
     voucher_reward,
     wait_for,
@@ -70,6 +69,14 @@ def _crashed(proc: ServiceProcess) -> None:
     assert proc.proc.wait(timeout=20) == 1  # the injected os._exit(1)
 
 
+async def _dies_during(proc: ServiceProcess, cat: httpx.AsyncClient, request: Awaitable[object]) -> None:
+    """`proc` exits by its injected fault while it answers `request`: the connection drops."""
+    with pytest.raises(httpx.TransportError):
+        await request
+    await cat.aclose()
+    _crashed(proc)
+
+
 async def _status_is(client: httpx.AsyncClient, rid: str, status: str) -> bool:
     return (await get_redemption(client, rid))["status"] == status
 
@@ -92,9 +99,8 @@ async def _burns_for(db: Database, rid: str) -> list:
 
 
 async def test_killed_mid_saga_then_restarted(
-    catalogs: Catalogs, ledger_http: httpx.AsyncClient, catalog_db: Database
+    catalogs: Catalogs, ledger_http: httpx.AsyncClient, catalog_db: Database, program: str
 ) -> None:
-    program = await new_program(ledger_http)
     tag = program.lower()
     a, b, c = f"{tag}-a", f"{tag}-b", f"{tag}-c"  # member refs unique to this run
     for m in (a, b, c):
@@ -104,10 +110,7 @@ async def test_killed_mid_saga_then_restarted(
     p1, cat1 = catalogs.start(f"crash_after_debit:{a}")
     sku, _ = await voucher_reward(cat1, program, 10, price_points=100, stock=10)
     key_a = new_key()
-    with pytest.raises(httpx.TransportError):
-        await redeem(cat1, sku, program, a, key=key_a)
-    await cat1.aclose()
-    _crashed(p1)
+    await _dies_during(p1, cat1, redeem(cat1, sku, program, a, key=key_a))
     row_a = await _redemption_of(catalog_db, a)
     assert row_a["status"] == "debiting"
     assert [tuple(t) for t in await _burns_for(catalog_db, str(row_a["id"]))] == [("burn", 100)]
@@ -130,10 +133,7 @@ async def test_killed_mid_saga_then_restarted(
     assert rb.status_code == 201, rb.text
     rid_b = rb.json()["id"]
     cancel_key = new_key()
-    with pytest.raises(httpx.TransportError):
-        await cancel(cat2, rid_b, key=cancel_key)
-    await cat2.aclose()
-    _crashed(p2)
+    await _dies_during(p2, cat2, cancel(cat2, rid_b, key=cancel_key))
     assert (await _redemption_of(catalog_db, b))["status"] == "cancelling"
 
     p3, cat3 = catalogs.start(f"crash_before_debit:{c}")
@@ -147,10 +147,7 @@ async def test_killed_mid_saga_then_restarted(
     # 3. Killed after reserving, before the burn was sent; meanwhile the member spends the points
     # elsewhere, so on restart the debit is refused and the redemption is undone.
     key_c = new_key()
-    with pytest.raises(httpx.TransportError):
-        await redeem(cat3, sku, program, c, key=key_c)
-    await cat3.aclose()
-    _crashed(p3)
+    await _dies_during(p3, cat3, redeem(cat3, sku, program, c, key=key_c))
     row_c = await _redemption_of(catalog_db, c)
     assert row_c["status"] == "debiting"
     async with catalog_db.driver() as conn:  # c's unit is still reserved while nobody drives it

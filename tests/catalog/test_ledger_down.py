@@ -26,7 +26,6 @@ from tests.catalog.helpers import (
     get_redemption,
     get_reward,
     new_key,
-    new_program,
     redeem,
     voucher_reward,
     wait_for,
@@ -56,9 +55,9 @@ async def test_ledger_down_fails_cleanly_and_refunds_later(
     own_ledger_and_catalog: tuple[ServiceProcess, httpx.AsyncClient],
     ledger_http: httpx.AsyncClient,
     catalog_db: Database,
+    program: str,  # through the session ledger: same database
 ) -> None:
     ledger, cat = own_ledger_and_catalog
-    program = await new_program(ledger_http)  # through the session ledger: same database
     sku, _ = await voucher_reward(cat, program, 3, price_points=100, stock=3)
     await earn(ledger_http, program, "down-m1", 500)
     done = await redeem(cat, sku, program, "down-m1")

@@ -26,9 +26,8 @@ from tests.catalog.invariants import check_catalog_invariants
 
 
 async def test_voucher_redemption_and_idempotency(
-    catalog_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient, catalog_db: Database
+    catalog_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient, catalog_db: Database, program: str
 ) -> None:
-    program = await new_program(ledger_http)
     sku, codes = await voucher_reward(
         catalog_http, program, 5, price_points=100, cash_price_minor=500, stock=5
     )
@@ -69,9 +68,8 @@ async def test_voucher_redemption_and_idempotency(
 
 
 async def test_refusals(
-    catalog_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient, catalog_db: Database
+    catalog_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient, catalog_db: Database, program: str
 ) -> None:
-    program = await new_program(ledger_http)
     other = await new_program(ledger_http)
     await earn(ledger_http, program, "r-m1", 250)
     gift = await create_reward(catalog_http, program, price_points=100, stock=3, per_member_limit=2)
@@ -125,9 +123,8 @@ async def test_refusals(
 
 
 async def test_codes_shown_only_to_the_redeemer(
-    catalog_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient, catalog_db: Database
+    catalog_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient, catalog_db: Database, program: str
 ) -> None:
-    program = await new_program(ledger_http)
     sku, _ = await voucher_reward(catalog_http, program, 3, price_points=10)
     await earn(ledger_http, program, "c-m1", 100)
     _, pos = await make_key(catalog_db, ["catalog:write", "catalog:read"])
@@ -169,9 +166,8 @@ async def test_codes_shown_only_to_the_redeemer(
 
 
 async def test_cancel_refunds_restocks_and_replays(
-    catalog_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient, catalog_db: Database
+    catalog_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient, catalog_db: Database, program: str
 ) -> None:
-    program = await new_program(ledger_http)
     sku, _ = await voucher_reward(catalog_http, program, 4, price_points=300, stock=2, per_member_limit=1)
     await earn(ledger_http, program, "x-m1", 1000)
     redeem_key = new_key()
@@ -228,9 +224,8 @@ async def test_cancel_refunds_restocks_and_replays(
 
 
 async def test_list_a_members_redemptions(
-    catalog_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient, catalog_db: Database
+    catalog_http: httpx.AsyncClient, ledger_http: httpx.AsyncClient, catalog_db: Database, program: str
 ) -> None:
-    program = await new_program(ledger_http)
     reward = await create_reward(catalog_http, program, price_points=10, type="service")
     await earn(ledger_http, program, "l-m1", 45)
     ids = []

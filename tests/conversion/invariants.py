@@ -11,24 +11,23 @@ from typing import Any
 _LEGS = """
 WITH legs AS (
     SELECT c.id, c.status, c.member_ref, c.from_points, c.to_points, c.debit_txn_id, c.credit_txn_id,
-        c.compensation_txn_id,
-        (SELECT count(*) FROM ledger.transactions t JOIN ledger.programs p ON p.id = t.program_id
-         WHERE t.type = 'burn' AND t.reference = c.id::text AND p.code = c.from_program
-           AND t.member_ref = c.member_ref) AS burns,
-        (SELECT coalesce(sum(t.points), 0)
-         FROM ledger.transactions t JOIN ledger.programs p ON p.id = t.program_id
-         WHERE t.type = 'burn' AND t.reference = c.id::text AND p.code = c.from_program) AS burned,
+        c.compensation_txn_id, debit.burns, debit.burned, credit.earns, credit.earned,
         (SELECT coalesce(sum(r.points), 0) FROM ledger.transactions r
          WHERE r.type = 'reversal' AND r.original_id = c.debit_txn_id) AS refunded,
-        (SELECT count(*) FROM ledger.transactions t JOIN ledger.programs p ON p.id = t.program_id
-         WHERE t.type = 'earn' AND t.reference = c.id::text AND p.code = c.to_program
-           AND t.member_ref = c.member_ref) AS earns,
-        (SELECT coalesce(sum(t.points), 0)
-         FROM ledger.transactions t JOIN ledger.programs p ON p.id = t.program_id
-         WHERE t.type = 'earn' AND t.reference = c.id::text AND p.code = c.to_program) AS earned,
         (SELECT count(*) FROM ledger.transactions t WHERE t.id = c.debit_txn_id) AS debit_found,
         (SELECT count(*) FROM ledger.transactions t WHERE t.id = c.credit_txn_id) AS credit_found
     FROM conversion.conversions c
+    -- each leg: the member's transactions (there must be one), and the points of all of them
+    CROSS JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE t.member_ref = c.member_ref) AS burns,
+            coalesce(sum(t.points), 0) AS burned
+        FROM ledger.transactions t JOIN ledger.programs p ON p.id = t.program_id
+        WHERE t.type = 'burn' AND t.reference = c.id::text AND p.code = c.from_program) debit
+    CROSS JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE t.member_ref = c.member_ref) AS earns,
+            coalesce(sum(t.points), 0) AS earned
+        FROM ledger.transactions t JOIN ledger.programs p ON p.id = t.program_id
+        WHERE t.type = 'earn' AND t.reference = c.id::text AND p.code = c.to_program) credit
     WHERE c.status IN ('completed', 'rejected', 'compensated', 'failed')
 )
 SELECT * FROM legs WHERE NOT CASE status

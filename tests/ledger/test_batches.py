@@ -8,7 +8,7 @@ from uuid import UUID
 import httpx
 import orjson
 
-from tests.conftest import create_program, make_key, member, new_key
+from tests.conftest import create_program, make_key, member, new_key, put_rules
 from tests.harness import api_client
 from tests.ledger.invariants import check_ledger_invariants
 
@@ -38,15 +38,12 @@ def csv_file(program: str, prefix: str) -> bytes:
 
 async def _program(client: httpx.AsyncClient) -> str:
     program = await create_program(client)
-    r = await client.post(
-        f"/v1/programs/{program}/rules",
-        json={
-            "effective_from": "2020-01-01T00:00:00Z",
-            "base": {"points": 1, "per_amount_minor": 100},
-            "rules": [{"name": "air 10x", "match": {"mcc": "4511"}, "multiplier": "10"}],
-        },
+    await put_rules(
+        client,
+        program,
+        base={"points": 1, "per_amount_minor": 100},
+        rules=[{"name": "air 10x", "match": {"mcc": "4511"}, "multiplier": "10"}],
     )
-    assert r.status_code == 201, r.text
     return program
 
 

@@ -9,16 +9,16 @@ from typing import Any
 import httpx
 
 from ledger_service.finance.service import add_months
-from tests.conftest import assert_problem, create_program, earn, make_key, move, post
+from tests.conftest import assert_problem, create_program, earn, fetch_value, make_key, move, post
 
 
 async def _balances(app: Any, program: str) -> int:
-    async with app.state.db.driver() as conn:
-        value: int = await conn.fetchval(
-            "SELECT coalesce(sum(a.balance), 0)::bigint FROM ledger.accounts a JOIN ledger.programs g"
-            " ON g.id = a.program_id WHERE g.code = $1 AND a.kind = 'member'",
-            program,
-        )
+    value: int = await fetch_value(
+        app,
+        "SELECT coalesce(sum(a.balance), 0)::bigint FROM ledger.accounts a JOIN ledger.programs g"
+        " ON g.id = a.program_id WHERE g.code = $1 AND a.kind = 'member'",
+        program,
+    )
     return value
 
 

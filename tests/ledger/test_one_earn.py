@@ -15,7 +15,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import create_program, new_key
+from tests.conftest import create_program, fetch_value, new_key
 from tests.ledger.test_batches import HEADER, upload, wait_done
 
 MEMBERS = ["ann", "ben", "neg"]
@@ -120,12 +120,11 @@ async def test_a_file_and_the_api_earn_alike(client: httpx.AsyncClient, ledger_a
 
 
 async def _rule_set(app: Any, program: str) -> int:
-    async with app.state.db.driver() as conn:
-        rule_set: int = await conn.fetchval(
-            "SELECT r.id FROM ledger.rule_sets r JOIN ledger.programs p ON p.id = r.program_id"
-            " WHERE p.code = $1",
-            program,
-        )
+    rule_set: int = await fetch_value(
+        app,
+        "SELECT r.id FROM ledger.rule_sets r JOIN ledger.programs p ON p.id = r.program_id WHERE p.code = $1",
+        program,
+    )
     return rule_set
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from ledger_service.partners.service import standings
 from services.auth import create_api_key
-from tests.conftest import assert_problem, create_program, earn, move, post
+from tests.conftest import assert_problem, create_program, earn, move, post, put_rules
 from tests.ledger.invariants import check_ledger_invariants
 from tests.ledger.partners_helpers import create_partner, fund, partner_with_terms, put_terms
 from tests.ledger.test_batches import upload, wait_done
@@ -260,15 +260,9 @@ async def test_a_capped_partner_earn_counts_the_cash_of_the_points_it_got(
 ) -> None:
     """A rule-priced earn of 2,000 points cut to 1,000 by the day cap: the partner owes 8.00 CNY for
     the 1,000 it funded, and only that counts against its 20.00 CNY credit limit."""
-    r = await client.post(
-        f"/v1/programs/{program}/rules",
-        json={
-            "effective_from": "2020-01-01T00:00:00Z",
-            "base": {"points": 1, "per_amount_minor": 100},
-            "caps": {"per_member_per_day": 1000},
-        },
+    await put_rules(
+        client, program, base={"points": 1, "per_amount_minor": 100}, caps={"per_member_per_day": 1000}
     )
-    assert r.status_code == 201, r.text
     partner = await partner_with_terms(client, program, credit_limit_minor=2000)
     body = {
         "program": program,

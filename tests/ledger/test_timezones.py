@@ -11,7 +11,7 @@ import httpx
 
 from ledger_service.profiles.service import refresh_program
 from ledger_service.segments.service import evaluate
-from tests.conftest import assert_problem, create_program, earn, member, post
+from tests.conftest import assert_problem, create_program, earn, member, post, put_rules
 
 SHANGHAI = "Asia/Shanghai"
 
@@ -33,15 +33,9 @@ async def _earn_purchase(client: httpx.AsyncClient, program: str, member_ref: st
 async def test_a_day_cap_resets_at_midnight_in_shanghai(client: httpx.AsyncClient) -> None:
     """1 point per CNY, 100 a day: the day ends at 16:00 UTC, not at 00:00 UTC."""
     program = await create_program(client, timezone=SHANGHAI)
-    r = await client.post(
-        f"/v1/programs/{program}/rules",
-        json={
-            "effective_from": "2020-01-01T00:00:00Z",
-            "base": {"points": 1, "per_amount_minor": 100},
-            "caps": {"per_member_per_day": 100},
-        },
+    await put_rules(
+        client, program, base={"points": 1, "per_amount_minor": 100}, caps={"per_member_per_day": 100}
     )
-    assert r.status_code == 201, r.text
     # 00:00 local on 10 June is 16:00 UTC on 9 June.
     assert await _earn_purchase(client, program, "d", "2025-06-09T15:59:59Z") == 100  # 9 June, 23:59:59 local
     assert await _earn_purchase(client, program, "d", "2025-06-09T15:59:59.999Z") == 0
@@ -96,18 +90,7 @@ async def test_a_fixed_31_december_expiry_happens_at_midnight_local_time(client:
     await _expire(client, program, "2024-12-31T16:00:00Z")
     assert (await member(client, program, "x"))["balance"] == 0
     # Earned at 00:30 local on 1 January (16:30 UTC on 31 Dec): next year's lot.
-    r = await post(
-        client,
-        "/v1/earn",
-        {
-            "program": program,
-            "member_ref": "y",
-            "points": 10,
-            "reference": "e",
-            "occurred_at": "2024-12-31T16:30:00Z",
-        },
-    )
-    assert r.status_code == 201
+    await earn(client, program, "y", 10, occurred_at="2024-12-31T16:30:00Z")
     assert [e["expires_at"] for e in (await member(client, program, "y"))["expiring"]] == [
         "2025-12-31T16:00:00Z"
     ]
@@ -116,18 +99,7 @@ async def test_a_fixed_31_december_expiry_happens_at_midnight_local_time(client:
 async def test_rolling_months_are_counted_on_the_local_calendar(client: httpx.AsyncClient) -> None:
     """31 January 20:00 UTC is 1 February 04:00 in Shanghai: one month later is 1 March 04:00 local."""
     program = await create_program(client, timezone=SHANGHAI, expiry={"policy": "rolling", "months": 1})
-    r = await post(
-        client,
-        "/v1/earn",
-        {
-            "program": program,
-            "member_ref": "r",
-            "points": 7,
-            "reference": "e",
-            "occurred_at": "2025-01-31T20:00:00Z",
-        },
-    )
-    assert r.status_code == 201
+    await earn(client, program, "r", 7, occurred_at="2025-01-31T20:00:00Z")
     assert [e["expires_at"] for e in (await member(client, program, "r"))["expiring"]] == [
         "2025-02-28T20:00:00Z"
     ]

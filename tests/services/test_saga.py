@@ -174,6 +174,17 @@ async def ledger() -> AsyncIterator[tuple[Ledger, LedgerClient]]:
         await client.aclose()
 
 
+@pytest.fixture
+def fake(ledger: tuple[Ledger, LedgerClient]) -> Ledger:
+    return ledger[0]
+
+
+@pytest.fixture
+def runner(db: Database, ledger: tuple[Ledger, LedgerClient]) -> SagaRunner:
+    """A runner of ItemSaga over the fake ledger, with short retries."""
+    return _runner(db, ledger[1])
+
+
 def _runner(db: Database, client: LedgerClient, definition: SagaDefinition | None = None) -> SagaRunner:
     timing = SagaTiming(lease_s=30.0, retry_base_s=0.2, retry_max_s=0.4, recovery_interval_s=0.05)
     return SagaRunner(definition or ItemSaga(), db, client, timing)
@@ -208,11 +219,7 @@ async def _events(db: Database, item_id: uuid.UUID) -> list[str]:
     return [r["event"] for r in rows]
 
 
-async def test_accepted_then_replayed_from_the_record(
-    db: Database, ledger: tuple[Ledger, LedgerClient]
-) -> None:
-    fake, client = ledger
-    runner = _runner(db, client)
+async def test_accepted_then_replayed_from_the_record(db: Database, fake: Ledger, runner: SagaRunner) -> None:
     key = uuid.uuid4().hex
     answer, item_id = await _start(runner, key)
     assert answer.status == 201 and answer.body["status"] == "done" and not answer.replayed
@@ -249,10 +256,8 @@ async def test_refusals_pass_the_ledgers_code_through_and_are_recorded(
 
 
 async def test_unreachable_ledger_waits_for_the_backoff_then_recovery_completes(
-    db: Database, ledger: tuple[Ledger, LedgerClient]
+    db: Database, fake: Ledger, runner: SagaRunner
 ) -> None:
-    fake, client = ledger
-    runner = _runner(db, client)
     fake.answer = down
     key = uuid.uuid4().hex
     answer, item_id = await _start(runner, key)
@@ -288,10 +293,8 @@ async def test_unreachable_ledger_waits_for_the_backoff_then_recovery_completes(
 
 
 async def test_retry_now_drives_a_waiting_saga_before_its_backoff_and_never_a_finished_one(
-    db: Database, ledger: tuple[Ledger, LedgerClient]
+    db: Database, fake: Ledger, runner: SagaRunner
 ) -> None:
-    fake, client = ledger
-    runner = _runner(db, client)
     runner.timing = SagaTiming(
         lease_s=30.0, retry_base_s=3600.0, retry_max_s=3600.0, recovery_interval_s=3600
     )
@@ -310,11 +313,7 @@ async def test_retry_now_drives_a_waiting_saga_before_its_backoff_and_never_a_fi
     assert await _events(db, item_id) == ["retry_scheduled", "done"]
 
 
-async def test_a_replay_while_the_saga_is_driven_is_in_use(
-    db: Database, ledger: tuple[Ledger, LedgerClient]
-) -> None:
-    fake, client = ledger
-    runner = _runner(db, client)
+async def test_a_replay_while_the_saga_is_driven_is_in_use(fake: Ledger, runner: SagaRunner) -> None:
     arrived, release = asyncio.Event(), asyncio.Event()
 
     async def slow(request: httpx.Request) -> httpx.Response:
