@@ -18,7 +18,6 @@ router = APIRouter(prefix="/v1/rewards", tags=["voucher codes"])
 @router.post(
     "/{sku}/codes",
     status_code=201,
-    response_model=CodesOut,
     summary="Upload voucher codes for a voucher reward (catalog:admin)",
     description=f"Up to {MAX_CODES_PER_UPLOAD} codes per upload, all stored or none. A code that repeats "
     "in the upload (`422 duplicate_codes`) or already exists anywhere in the catalog (`409 code_exists`) "

@@ -69,7 +69,6 @@ async def redeem(body: RedemptionIn, principal: Writer, key: Key, db: DB, saga: 
 
 @router.get(
     "",
-    response_model=RedemptionList,
     summary="Redemptions, newest first: a member's (member_ref), or by status",
     description="Without `member_ref`, every member's with the given `status` (one of the two is required; "
     "the ops console lists unfinished sagas so). "
@@ -95,7 +94,6 @@ async def list_redemptions(
 
 @router.get(
     "/{redemption_id}",
-    response_model=RedemptionDetail,
     summary="One redemption with its saga history",
     responses=problems("redemption_not_found"),
 )
@@ -133,7 +131,6 @@ async def cancel_redemption(
 
 @router.post(
     "/{redemption_id}/retry",
-    response_model=RedemptionDetail,
     summary="Retry an unfinished redemption now (catalog:admin)",
     description="For an operator (the ops console's saga page): the redemption's next attempt is made "
     "due at once and driven, instead of waiting for its backoff. Each step calls the ledger with the key "

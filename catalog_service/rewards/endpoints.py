@@ -23,7 +23,6 @@ Ledger = Annotated[LedgerClient, Depends(get_ledger)]
 @router.post(
     "",
     status_code=201,
-    response_model=RewardOut,
     summary="Create a reward (catalog:admin)",
     description="The program must exist in the ledger. `stock` null (or absent) is unlimited; a voucher "
     "reward is also limited by its uploaded codes.",
@@ -41,7 +40,6 @@ async def create_reward(body: RewardIn, principal: Admin, db: DB, ledger: Ledger
 
 @router.get(
     "",
-    response_model=RewardList,
     summary="Browse rewards",
     description="Filters combine. `active=true`: inside the active window now. `affordable_for=<member_ref>` "
     "(needs `program`): rewards whose unit price is within the member's available points, from one ledger "
@@ -83,16 +81,13 @@ async def list_rewards(
     )
 
 
-@router.get(
-    "/{sku}", response_model=RewardOut, summary="Get a reward", responses=problems("reward_not_found")
-)
+@router.get("/{sku}", summary="Get a reward", responses=problems("reward_not_found"))
 async def get_reward(sku: SkuPath, principal: Reader, db: DB) -> RewardOut:
     return await service.get(db, principal, sku)
 
 
 @router.patch(
     "/{sku}",
-    response_model=RewardOut,
     summary="Change a reward (catalog:admin)",
     description="`sku`, `type` and `program` are fixed. `stock` sets the units left to redeem (null: "
     "unlimited); units held by live redemptions are not counted in it. Null clears an optional field.",

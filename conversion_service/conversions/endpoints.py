@@ -61,7 +61,6 @@ async def create_conversion(
 
 @router.get(
     "/{conversion_id}",
-    response_model=ConversionOut,
     summary="A conversion: its status and history",
     responses=problems("conversion_not_found"),
 )
@@ -71,7 +70,6 @@ async def get_conversion(conversion_id: UUID, principal: Reader, ctx: Ctx) -> Co
 
 @router.get(
     "",
-    response_model=ConversionList,
     summary="Conversions, newest first: a member's (member_ref), or by status",
     responses=problems("invalid_cursor", "program_forbidden"),
 )
@@ -90,7 +88,6 @@ async def list_conversions(
 
 @router.post(
     "/{conversion_id}/retry",
-    response_model=ConversionOut,
     summary="Retry an unfinished conversion now (conversion:admin)",
     description="For an operator (the ops console's saga page): the conversion's next attempt is made "
     "due at once and driven, instead of waiting for its backoff. Each step calls the ledger with the key "

@@ -15,7 +15,6 @@ router = APIRouter(prefix="/v1/programs", tags=["programs"])
 
 @router.get(
     "/{code}/settings",
-    response_model=ProgramSettingsOut,
     summary="A program's conversion policy (derived rates allowed?)",
     responses=problems("program_not_found", "program_forbidden", "ledger_rejected", "ledger_unavailable"),
 )
@@ -26,7 +25,6 @@ async def get_program_settings(code: ProgramPath, principal: Reader, ctx: Ctx) -
 
 @router.put(
     "/{code}/settings",
-    response_model=ProgramSettingsOut,
     summary="Set a program's conversion policy (conversion:admin)",
     description="Whether rates from or to this program may be derived from the programs' cash values "
     "when no direct rate is published (both programs of a pair must allow it), and the fee of such "

@@ -31,7 +31,6 @@ PRICING = (
 @router.post(
     "",
     status_code=201,
-    response_model=QuoteOut,
     summary="Price a conversion by from_points or by the wished to_points; the rate holds until expires_at",
     description="Integer points only. The fee is `ceil(from_points * fee_bps / 10000)` source points and the "
     "member receives `floor((from_points - fee) * rate.to_points / rate.from_points)`: never more than "
@@ -44,6 +43,6 @@ async def create_quote(body: QuoteIn, principal: Writer, ctx: Ctx) -> QuoteOut:
     return await service.create_quote(ctx, principal, body)
 
 
-@router.get("/{quote_id}", response_model=QuoteOut, summary="A quote", responses=problems("quote_not_found"))
+@router.get("/{quote_id}", summary="A quote", responses=problems("quote_not_found"))
 async def get_quote(quote_id: UUID, principal: Reader, ctx: Ctx) -> QuoteOut:
     return await service.get_quote(ctx, principal, quote_id)

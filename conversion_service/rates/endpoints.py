@@ -30,7 +30,6 @@ At = Annotated[
 @router.put(
     "/{from_program}/{to_program}",
     status_code=201,
-    response_model=RateOut,
     summary="Publish a new version of the rate from one program to another (conversion:admin)",
     description="Creates a new version; earlier versions are kept and stay in force until this one's "
     "`effective_from`. Both programs must exist in the ledger.",
@@ -51,7 +50,6 @@ async def put_rate(from_program: From, to_program: To, body: RateIn, principal: 
 
 @router.get(
     "",
-    response_model=RateList,
     summary="The published rates in force (now, or at a given time)",
     description="One entry per pair: the latest version whose `effective_from` is not after `at`. "
     "Derived rates are not listed; read a pair with `GET /v1/rates/{from}/{to}`.",
@@ -73,7 +71,6 @@ async def list_rates(
 
 @router.get(
     "/{from_program}/{to_program}",
-    response_model=RateOut,
     summary="The rate in force for one pair: published (direct) or derived from cash values",
     description="`source` says which. A derived rate exists only when no rate is published and both "
     "programs allow derived rates (`PUT /v1/programs/{code}/settings`).",
@@ -89,7 +86,6 @@ async def get_rate(from_program: From, to_program: To, principal: Reader, ctx: C
 
 @router.get(
     "/{from_program}/{to_program}/versions",
-    response_model=RateList,
     summary="Every published version of a pair's rate, newest first",
     responses=problems("invalid_cursor"),
 )

@@ -24,7 +24,6 @@ KeyId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 @router.post(
     "",
     status_code=201,
-    response_model=ApiKeyCreated,
     summary="Create an API key; its secret is in this answer only",
     description="A caller grants only scopes it holds, and a key limited to programs creates keys "
     "limited to some of them (`403 insufficient_scope`, `403 program_forbidden`). Every program named "
@@ -45,7 +44,6 @@ async def create_key(request: Request, body: ApiKeyIn, principal: Admin) -> ApiK
 
 @router.get(
     "",
-    response_model=ApiKeyList,
     summary="API keys (never their secrets), oldest first",
     description="A key limited to programs sees the keys limited to some of its programs.",
     responses=problems("invalid_cursor"),
@@ -60,16 +58,13 @@ async def list_keys(
     return await apikeys.list_keys(request.app.state.db, principal, status=status, limit=limit, cursor=cursor)
 
 
-@router.get(
-    "/{key_id}", response_model=ApiKeyOut, summary="One API key", responses=problems("api_key_not_found")
-)
+@router.get("/{key_id}", summary="One API key", responses=problems("api_key_not_found"))
 async def get_key(request: Request, key_id: KeyId, principal: Admin) -> ApiKeyOut:
     return await apikeys.get(request.app.state.db, principal, key_id)
 
 
 @router.post(
     "/{key_id}/revoke",
-    response_model=ApiKeyOut,
     summary="Revoke an API key: every service refuses it within a second",
     description="Revoking a revoked key changes nothing and answers the same.",
     responses=problems("api_key_not_found"),
@@ -81,7 +76,6 @@ async def revoke_key(request: Request, key_id: KeyId, principal: Admin) -> ApiKe
 @router.post(
     "/{key_id}/rotate",
     status_code=201,
-    response_model=ApiKeyCreated,
     summary="Replace an API key's secret: a new key with the same name, scopes and programs",
     description="The old key is revoked in the same transaction; the new secret is in this answer only. "
     "A revoked key cannot be rotated (`409 api_key_revoked`).",

@@ -69,7 +69,6 @@ async def upload(
 
 @router.get(
     "",
-    response_model=BatchList,
     summary="Batches, newest first",
     description="The batches this API key uploaded (an admin key: every batch), paginated; `status` filters.",
     responses=problems("invalid_cursor"),
@@ -88,7 +87,6 @@ async def list_batches(
 
 @router.get(
     "/{batch_id}",
-    response_model=BatchOut,
     summary="A batch's status, counts and progress",
     responses=problems("batch_not_found", "batch_forbidden"),
 )
@@ -102,7 +100,6 @@ async def get_batch(
 
 @router.get(
     "/{batch_id}/rejections",
-    response_model=RejectionPage,
     summary="Rejected rows with their line number in the file and reason",
     description="`reason` filters to one reason (an unknown reason is a 422); the counts per reason are "
     "in the batch's `rejected_by_reason`.",

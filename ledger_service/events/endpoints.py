@@ -17,7 +17,6 @@ router = APIRouter(tags=["events"])
 
 @router.get(
     "/v1/events",
-    response_model=EventPage,
     summary="The event feed: every committed transaction, and member events, once, in commit order",
     description="Poll with `after` = the last `next_cursor`. A key limited to programs sees only theirs. "
     "`type` (repeatable) keeps only those event types: transaction.earn, ..., points.expiring, "
@@ -38,7 +37,6 @@ async def events(
 @router.post(
     "/v1/webhooks",
     status_code=201,
-    response_model=WebhookOut,
     summary="Subscribe a URL to the event feed",
     description="Each event is POSTed as JSON with `Jifen-Signature: t=<unix time>,v1=<hex>` where v1 is "
     "HMAC-SHA256(secret, `<t>.<body>`). Delivery is in order per subscriber, retried with exponential "
@@ -51,7 +49,6 @@ async def create_webhook(request: Request, body: WebhookIn, principal: Admin) ->
 
 @router.get(
     "/v1/webhooks",
-    response_model=WebhookList,
     summary="Webhook subscriptions",
     responses=problems(),
 )
@@ -61,7 +58,6 @@ async def list_webhooks(request: Request, principal: Reader) -> WebhookList:
 
 @router.get(
     "/v1/webhooks/{webhook_id}",
-    response_model=WebhookOut,
     summary="A subscription and its delivery state",
     responses=problems("webhook_not_found"),
 )
@@ -71,7 +67,6 @@ async def get_webhook(request: Request, webhook_id: UUID, principal: Reader) -> 
 
 @router.delete(
     "/v1/webhooks/{webhook_id}",
-    response_model=WebhookOut,
     summary="Stop a subscription",
     responses=problems("webhook_not_found"),
 )

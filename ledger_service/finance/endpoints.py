@@ -25,7 +25,6 @@ To = Annotated[
 
 @router.get(
     "/v1/programs/{code}/liability",
-    response_model=RollForward,
     response_model_by_alias=True,
     summary="The liability roll-forward: opening, issued, redeemed, expired, adjusted, closing per period",
     description="One row per calendar month or day (in the program's time zone) covering [from, to), "
@@ -48,7 +47,6 @@ async def liability(
 
 @router.get(
     "/v1/programs/{code}/liability/aging",
-    response_model=Aging,
     summary="Outstanding points and cash by when they expire: 0-3m, 3-6m, 6-12m, 12m+, never",
     description="Open lots bucketed by expiry counted from `as_of` (default now; not in the past). Lots "
     "already due count in 0-3m. Members below zero hold no lots: their sum is `negative_balances`, so "
@@ -68,7 +66,6 @@ async def aging(
 
 @router.get(
     "/v1/programs/{code}/cohorts",
-    response_model=Cohorts,
     response_model_by_alias=True,
     summary="Issuance cohorts by month: issued, redeemed, expired, outstanding and redemption curves",
     description="The lots of earns issued in each month of [from, to), what became of their points, and "

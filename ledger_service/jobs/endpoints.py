@@ -15,7 +15,6 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 @router.post(
     "/expire",
-    response_model=ExpiryRun,
     summary="Expire every lot due up to as_of (default now)",
     description="Unconsumed points of lots past their expiry go to the program's breakage account, or "
     "`rollover_bps` of them into a new lot for the next period. Safe to run twice or from two processes "
@@ -37,7 +36,6 @@ async def expire(
 
 @router.post(
     "/tier-review",
-    response_model=TierReview,
     summary="Recompute every member's tier (upgrades and downgrades)",
     description="`program` runs it for one program; a key limited to programs must name one of them.",
     responses=problems("program_not_found", "program_forbidden", "program_required"),

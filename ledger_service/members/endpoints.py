@@ -27,7 +27,6 @@ READ_ERRORS = problems(
 
 @router.get(
     "/v1/programs/{code}/members/{member_ref}",
-    response_model=MemberOut,
     summary="A member's balance, held and available points, tier and upcoming expiry",
     responses=READ_ERRORS,
 )
@@ -43,7 +42,6 @@ async def get_member(
 
 @router.get(
     "/v1/programs/{code}/members/{member_ref}/transactions",
-    response_model=Statement,
     summary="A member's statement: balance movements, newest first",
     responses=READ_ERRORS,
 )
@@ -61,7 +59,6 @@ async def get_statement(
 
 @router.get(
     "/v1/programs/{code}/members/{member_ref}/tiers",
-    response_model=TierHistory,
     summary="A member's tier changes, newest first",
     responses=READ_ERRORS,
 )
@@ -79,7 +76,6 @@ async def get_tier_history(
 
 @router.get(
     "/v1/transactions/{transaction_id}",
-    response_model=TransactionDetail,
     summary="One transaction with its postings",
     responses=READ_ERRORS,
     tags=["points"],
@@ -90,7 +86,6 @@ async def get_transaction(transaction_id: UUID, principal: Reader, db: DB) -> Tr
 
 @router.get(
     "/v1/holds/{hold_id}",
-    response_model=HoldOut,
     summary="One hold and its status",
     responses=READ_ERRORS,
     tags=["holds"],

@@ -15,7 +15,6 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 @router.post(
     "/notices",
-    response_model=NoticeRun,
     summary="Send points.expiring events for lots within the programs' expiry_notices_days",
     description="Once per lot and threshold, whoever runs it and however often (it also runs on a "
     "schedule, JIFEN_NOTICE_INTERVAL_S). A key limited to programs must name one of them.",

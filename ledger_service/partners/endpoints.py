@@ -44,7 +44,6 @@ CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
 @router.post(
     "/v1/partners",
     status_code=201,
-    response_model=PartnerOut,
     summary="Register a coalition partner (issuer, acceptor or both)",
     responses=problems("partner_exists"),
 )
@@ -54,7 +53,6 @@ async def create_partner(request: Request, body: PartnerIn, _: Admin) -> Partner
 
 @router.get(
     "/v1/partners",
-    response_model=PartnerList,
     summary="Partners, oldest first",
     responses=problems("invalid_cursor"),
 )
@@ -66,7 +64,6 @@ async def list_partners(
 
 @router.get(
     "/v1/partners/{code}",
-    response_model=PartnerOut,
     summary="One partner",
     responses=problems("partner_not_found", "partner_forbidden"),
 )
@@ -76,7 +73,6 @@ async def get_partner(request: Request, code: Code, principal: Reader) -> Partne
 
 @router.patch(
     "/v1/partners/{code}",
-    response_model=PartnerOut,
     summary="Rename, change roles, suspend or reactivate a partner",
     description="A suspended partner's earns, burns, holds and captures are `422 partner_suspended`.",
     responses=problems("partner_not_found"),
@@ -88,7 +84,6 @@ async def update_partner(request: Request, code: Code, body: PartnerPatch, _: Ad
 @router.put(
     "/v1/partners/{code}/terms/{program}",
     status_code=201,
-    response_model=TermsOut,
     summary="A new version of the partner's terms for a program, in force from effective_from",
     description="Versions are never edited. A version may not start inside a period already settled "
     "(`422 terms_in_closed_period`); two versions cannot start at the same instant "
@@ -110,7 +105,6 @@ async def put_terms(
 
 @router.get(
     "/v1/partners/{code}/terms",
-    response_model=TermsList,
     summary="Every version of the partner's terms, per program",
     responses=problems("partner_not_found", "partner_forbidden"),
 )
@@ -147,7 +141,6 @@ async def fund(
 @router.post(
     "/v1/settlements",
     status_code=201,
-    response_model=Settlement,
     summary="Close every partner period that ended by as_of into statement lines",
     description="Idempotent and safe from two processes at once: a period closes once; run again, it "
     "closes nothing (`lines: []`). Periods are in each program's time zone. A transaction belongs to "
@@ -167,7 +160,6 @@ async def settle(
 
 @router.get(
     "/v1/settlements",
-    response_model=SettlementList,
     summary="Settlement runs and the lines they closed, newest first",
     responses=problems("invalid_cursor"),
 )
@@ -208,7 +200,6 @@ async def statements(
 
 @router.get(
     "/v1/partners/{code}/position",
-    response_model=Position,
     summary="A partner's open periods so far, prepaid points and credit used, per program",
     responses=problems("partner_not_found", "partner_forbidden"),
 )

@@ -15,7 +15,6 @@ router = APIRouter(tags=["members"])
 
 @router.get(
     "/v1/programs/{code}/members/{member_ref}/profile",
-    response_model=Profile,
     summary="A member's behaviour profile and tags, computed from the ledger",
     description="Recency, frequency and points over 30 / 90 / 365 days, lifetime figures, top merchant "
     "categories and channels, expiring points and tags; recomputed for the member on each read "
@@ -34,7 +33,6 @@ async def profile(
 
 @router.post(
     "/v1/jobs/profiles",
-    response_model=ProfileRun,
     tags=["jobs"],
     summary="Refresh member profiles (one program or all), then re-evaluate their segments",
     description="Runs on a schedule too (JIFEN_PROFILE_REFRESH_INTERVAL_S). A key limited to programs "

@@ -16,7 +16,6 @@ router = APIRouter(prefix="/v1/programs", tags=["programs"])
 @router.post(
     "",
     status_code=201,
-    response_model=ProgramOut,
     summary="Create a program (a points currency)",
     responses=problems("program_exists"),
 )
@@ -25,14 +24,13 @@ async def create_program(body: ProgramIn, principal: Admin, db: DB) -> ProgramOu
     return await service.create_program(db, body)
 
 
-@router.get("", response_model=ProgramList, summary="List programs", responses=problems("invalid_cursor"))
+@router.get("", summary="List programs", responses=problems("invalid_cursor"))
 async def list_programs(principal: Reader, db: DB, limit: Limit = 50, cursor: Cursor = None) -> ProgramList:
     return await service.list_programs(db, principal, limit=limit, cursor=cursor)
 
 
 @router.get(
     "/{code}",
-    response_model=ProgramOut,
     summary="Get a program",
     responses=problems("program_not_found", "program_forbidden"),
 )
@@ -43,7 +41,6 @@ async def get_program(code: ProgramPath, principal: Reader, db: DB) -> ProgramOu
 
 @router.patch(
     "/{code}",
-    response_model=ProgramOut,
     summary="Change a program's name, cash value, expiry, tiers or negative-balance policy",
     responses=problems("program_not_found", "program_forbidden"),
 )

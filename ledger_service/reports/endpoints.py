@@ -20,7 +20,6 @@ router = APIRouter(tags=["reports"])
 
 @router.get(
     "/v1/programs/{code}/report",
-    response_model=Report,
     response_model_by_alias=True,
     summary="Issued, redeemed, expired, reversed, outstanding and liability for a period",
     description="Every figure is a sum over postings, for transactions created in [from, to). "

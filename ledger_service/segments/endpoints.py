@@ -28,7 +28,6 @@ Limit = Annotated[int, Query(ge=1, le=1000)]
 @router.post(
     "/v1/programs/{code}/segments",
     status_code=201,
-    response_model=SegmentOut,
     summary="Create a segment from criteria; it is evaluated at once on the current profiles",
     responses=problems("program_not_found", "program_forbidden", "segment_exists", "invalid_criteria"),
 )
@@ -41,7 +40,6 @@ async def create_segment(
 
 @router.get(
     "/v1/programs/{code}/segments",
-    response_model=SegmentPage,
     summary="A program's segments with their member counts",
     responses=problems("invalid_cursor", "program_not_found", "program_forbidden"),
 )
@@ -54,7 +52,6 @@ async def list_segments(
 
 @router.get(
     "/v1/programs/{code}/segments/{segment}",
-    response_model=SegmentOut,
     summary="One segment: criteria, member_count, refreshed_at",
     responses=problems("program_not_found", "program_forbidden", "segment_not_found"),
 )
@@ -92,7 +89,6 @@ async def segment_members(
 
 @router.post(
     "/v1/programs/{code}/segments/{segment}/refresh",
-    response_model=SegmentRefresh,
     summary="Recompute the program's profiles, then re-evaluate this segment on them",
     responses=problems("program_not_found", "program_forbidden", "segment_not_found"),
 )
