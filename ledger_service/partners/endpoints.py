@@ -26,7 +26,7 @@ from ledger_service.partners.schemas import (
     TermsOut,
 )
 from ledger_service.schemas_common import PartnerCode
-from services.deps import ProgramPath
+from services.deps import Cursor, ProgramPath
 from services.idempotency import idempotency_key
 from services.openapi import problems
 from services.validation import Timestamp
@@ -57,7 +57,7 @@ async def create_partner(request: Request, body: PartnerIn, _: Admin) -> Partner
     responses=problems("invalid_cursor"),
 )
 async def list_partners(
-    request: Request, principal: Reader, limit: Limit = 50, cursor: str | None = None
+    request: Request, principal: Reader, limit: Limit = 50, cursor: Cursor = None
 ) -> PartnerList:
     return await service.list_partners(request.app.state.db, principal, limit=limit, cursor=cursor)
 
@@ -164,7 +164,7 @@ async def settle(
     responses=problems("invalid_cursor"),
 )
 async def list_settlements(
-    request: Request, principal: Reader, limit: Limit = 20, cursor: str | None = None
+    request: Request, principal: Reader, limit: Limit = 20, cursor: Cursor = None
 ) -> SettlementList:
     return await service.list_settlements(request.app.state.db, principal, limit=limit, cursor=cursor)
 
@@ -189,7 +189,7 @@ async def get_settlement(request: Request, settlement_id: UUID, principal: Reade
     responses={**problems("invalid_cursor", "partner_not_found", "partner_forbidden"), **CSV_RESPONSE},
 )
 async def statements(
-    request: Request, code: Code, principal: Reader, limit: Limit = 100, cursor: str | None = None
+    request: Request, code: Code, principal: Reader, limit: Limit = 100, cursor: Cursor = None
 ) -> StatementList | Response:
     page = await service.statements(request.app.state.db, principal, code, limit=limit, cursor=cursor)
     if wants_csv(request):

@@ -358,3 +358,9 @@ async def test_a_key_bound_to_an_unknown_partner_is_refused(
     known = await create_partner(client, ["issuer"])
     r = await client.post("/v1/api-keys", json={**body, "partner": known})
     assert r.status_code == 201 and r.json()["partner"] == known
+
+
+async def test_partner_list_cursors_are_capped_like_every_list(client: httpx.AsyncClient) -> None:
+    for path in ("/v1/partners", "/v1/settlements"):
+        r = await client.get(path, params={"cursor": "x" * 65})
+        assert r.status_code == 422, (path, r.text)
