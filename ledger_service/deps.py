@@ -24,12 +24,6 @@ def wants_csv(request: Request) -> bool:
     return "text/csv" in request.headers.get("accept", "")
 
 
-def check_as_of(as_of: datetime | None) -> None:
-    """An `as_of` carries its offset (the ledger's days and periods are in each program's zone)."""
-    if as_of is not None and as_of.tzinfo is None:
-        raise Unprocessable("as_of needs a time zone (RFC 3339).", code="validation_error")
-
-
 # How far a job's `as_of` may be ahead of this clock: the caller's clock may run a little fast.
 AS_OF_SKEW = timedelta(seconds=5)
 

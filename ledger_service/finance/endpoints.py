@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from ledger_service.deps import AsOf, Reader, check_as_of
+from ledger_service.deps import AsOf, Reader
 from ledger_service.finance import service
 from ledger_service.finance.schemas import Aging, Cohorts, Period, RollForward
 from services.deps import ProgramPath
@@ -60,7 +60,6 @@ async def aging(
     as_of: AsOf = None,
 ) -> Aging:
     principal.require_program(code)
-    check_as_of(as_of)
     return await service.aging(request.app.state.db, code, as_of)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from ledger_service.deps import Admin, AsOf, check_as_of, check_not_future
+from ledger_service.deps import Admin, AsOf, check_not_future
 from ledger_service.notices import service
 from ledger_service.notices.service import NoticeRun
 from services.deps import ProgramQuery
@@ -27,6 +27,5 @@ async def notices(
     program: ProgramQuery = None,
 ) -> NoticeRun:
     principal.require_job_scope(program)
-    check_as_of(as_of)
     check_not_future(as_of)
     return await service.run_notices(request.app.state.db, program, as_of)

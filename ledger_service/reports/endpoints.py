@@ -39,8 +39,6 @@ async def report(
     principal.require_program(code)
     start = start or datetime(1970, 1, 1, tzinfo=UTC)
     end = end or datetime.now(UTC)
-    if start.tzinfo is None or end.tzinfo is None:
-        raise Unprocessable("from and to need a time zone (RFC 3339).", code="validation_error")
     if start >= end:
         raise Unprocessable("from must be before to.", code="invalid_period")
     return await service.report(request.app.state.db, code, start, end)

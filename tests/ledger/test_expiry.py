@@ -227,3 +227,9 @@ async def test_transferred_rolled_over_points_do_not_roll_again(
     assert (second["expired_points"], second["rolled_over_points"]) == (500, 0)
     assert (await member(client, program, "taker"))["balance"] == 0
     await check_ledger_invariants(ledger_app.state.db, program)
+
+
+async def test_an_as_of_without_offset_is_refused_by_validation(client: httpx.AsyncClient) -> None:
+    for path in ("/v1/jobs/expire", "/v1/jobs/notices", "/v1/settlements"):
+        r = await client.post(path, params={"as_of": "2026-01-01T00:00:00"})
+        assert_problem(r, 422, "validation_error")
