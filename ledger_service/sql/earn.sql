@@ -124,6 +124,7 @@ LANGUAGE sql AS $$
                   FROM ledger.accounts a
                   WHERE a.program_id = g.id AND a.kind = 'member' AND a.member_ref = u.a->>'member_ref') m
             WHERE u.a ? 'variants'
+            OFFSET 0  -- kept a subquery: its test gates it, instead of filtering after the join
         ) w ON true
     ), pp AS MATERIALIZED (
         -- One partner lookup per partner, program and time (a batch's earns share now()), none
