@@ -135,13 +135,17 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 
 def cmd_placement(args: argparse.Namespace) -> int:
-    """The tables' Citus placement (ledger_service/placement.py), or with --citus the calls applying it."""
+    """The tables' Citus placement (ledger_service/placement.py); with --citus the calls applying it,
+    with --markdown the tables of docs/scale-out.md."""
     from collections import Counter
 
-    from ledger_service.placement import KNOWN_GAPS, PLACEMENTS, citus_commands
+    from ledger_service.placement import KNOWN_GAPS, PLACEMENTS, citus_commands, markdown
 
     if args.citus:
         print("\n".join(citus_commands(shard_count=args.shards)))
+        return 0
+    if args.markdown:
+        print("\n".join(markdown()))
         return 0
     width = max(len(p.table) for p in PLACEMENTS)
     for p in PLACEMENTS:
@@ -205,5 +209,6 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     up.set_defaults(func=cmd_upload)
     placement = sub.add_parser("placement", help="where each table goes on Citus (docs/scale-out.md)")
     placement.add_argument("--citus", action="store_true", help="print the Citus calls that apply it")
+    placement.add_argument("--markdown", action="store_true", help="the tables of docs/scale-out.md")
     placement.add_argument("--shards", type=int, default=32, help="citus.shard_count for --citus")
     placement.set_defaults(func=cmd_placement)

@@ -173,11 +173,11 @@ def of_kind(kind: Kind) -> list[Placement]:
 class Rule(StrEnum):
     """A Citus rule a distributed table breaks (or a foreign key between placements Citus refuses)."""
 
-    NO_KEY_COLUMN = "no member_key column"
-    KEY_COLUMN_TYPE = "member_key is not integer NOT NULL"
-    UNIQUE_WITHOUT_KEY = "primary key, unique or exclusion constraint or unique index without member_key"
-    TRIGGER = "trigger on a distributed table"
-    FOREIGN_KEY = "foreign key Citus refuses"
+    NO_KEY_COLUMN = "no member_key"
+    KEY_COLUMN_TYPE = "member_key not integer NOT NULL"  # co-located tables must agree on the type
+    UNIQUE_WITHOUT_KEY = "unique without member_key"  # primary key, unique or exclusion constraint, index
+    TRIGGER = "trigger"
+    FOREIGN_KEY = "foreign key refused"  # between two placements, as Citus refuses it
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -244,4 +244,23 @@ def citus_commands(shard_count: int = DEFAULT_SHARD_COUNT) -> list[str]:
             f" WHERE NOT EXISTS (SELECT 1 FROM pg_dist_partition"
             f" WHERE logicalrelid = {_literal(p.table)}::regclass);"
         )
+    return lines
+
+
+def markdown() -> list[str]:
+    """The placement and the known gaps as Markdown tables (docs/scale-out.md holds them verbatim)."""
+    lines = ["| table | placement | rows' `member_key` | why |", "|---|---|---|---|"]
+    for p in PLACEMENTS:
+        key = (p.key or "the row's member") if p.kind is Kind.DISTRIBUTED else ""
+        lines.append(f"| `{p.table}` | {p.kind} | {key} | {p.reason} |")
+    rules = [rule for rule in Rule if any(gap.rule is rule for gap in KNOWN_GAPS)]
+    lines += ["", "| table | " + " | ".join(rules) + " |", "|---|" + "---|" * len(rules)]
+    for table in sorted({gap.table for gap in KNOWN_GAPS}, key=list(BY_TABLE).index):
+        cells = [
+            ", ".join(
+                f"`{gap.name}`" for gap in sorted(KNOWN_GAPS) if gap.table == table and gap.rule is rule
+            )
+            for rule in rules
+        ]
+        lines.append(f"| `{table}` | " + " | ".join(cells) + " |")
     return lines

@@ -24,10 +24,12 @@ from ledger_service.placement import (
     Placement,
     Rule,
     citus_commands,
+    markdown,
     member_key,
     of_kind,
 )
 from services.cli import main
+from services.settings import REPO_ROOT as ROOT
 
 _TABLES = """
 SELECT n.nspname || '.' || c.relname AS name
@@ -207,3 +209,10 @@ def test_jifen_placement_prints_the_table_and_the_calls(capsys: pytest.CaptureFi
     assert f"{len(KNOWN_GAPS)} known gaps" in table
     assert main(["placement", "--citus", "--shards", "16"]) == 0
     assert capsys.readouterr().out.splitlines() == citus_commands(shard_count=16)
+
+
+def test_docs_hold_the_generated_tables() -> None:
+    text = (ROOT / "docs" / "scale-out.md").read_text()
+    for table in "\n".join(markdown()).split("\n\n"):
+        assert table in text, "regenerate them: jifen placement --markdown"
+    assert f"**{len(KNOWN_GAPS)} known gaps**" in text
