@@ -134,6 +134,29 @@ def cmd_upload(args: argparse.Namespace) -> int:
     return 0 if batch["status"] == "completed" and not batch["rejected"] else 1
 
 
+def cmd_placement(args: argparse.Namespace) -> int:
+    """The tables' Citus placement (ledger_service/placement.py); with --citus the calls applying it,
+    with --markdown the tables of docs/scale-out.md."""
+    from collections import Counter
+
+    from ledger_service.placement import KNOWN_GAPS, PLACEMENTS, citus_commands, markdown
+
+    if args.citus:
+        print("\n".join(citus_commands(shard_count=args.shards)))
+        return 0
+    if args.markdown:
+        print("\n".join(markdown()))
+        return 0
+    width = max(len(p.table) for p in PLACEMENTS)
+    for p in PLACEMENTS:
+        print(f"{p.table:<{width}}  {p.kind:<17}  {p.column or '':<10}  {p.reason}")
+    by_rule = Counter(gap.rule for gap in KNOWN_GAPS)
+    print(f"\n{len(KNOWN_GAPS)} known gaps block distribution (docs/scale-out.md):")
+    for rule, count in sorted(by_rule.items()):
+        print(f"  {count:>3}  {rule}")
+    return 0
+
+
 async def prepare_run(db: Database, *, demo: bool) -> list[str]:
     """`jifen run`, after migrating and before starting the services: the demo programs and their
     earning rules, if asked for and not loaded yet. Returns what to print once the services are up."""
@@ -159,8 +182,8 @@ async def partner_exists(db: Database, code: str) -> bool:
 
 
 def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """The ledger's subcommands of `jifen`: `batch generate` and `batch upload`, `partners ...` and
-    `settle` (ledger_service/partners/cli.py)."""
+    """The ledger's subcommands of `jifen`: `batch generate` and `batch upload`, `placement`,
+    `partners ...` and `settle` (ledger_service/partners/cli.py)."""
     from ledger_service.partners import cli as partners_cli
 
     partners_cli.register_commands(sub)
@@ -184,3 +207,8 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--key", default=None, help="API key with ledger:batch (default JIFEN_API_KEY or the admin key)"
     )
     up.set_defaults(func=cmd_upload)
+    placement = sub.add_parser("placement", help="where each table goes on Citus (docs/scale-out.md)")
+    placement.add_argument("--citus", action="store_true", help="print the Citus calls that apply it")
+    placement.add_argument("--markdown", action="store_true", help="the tables of docs/scale-out.md")
+    placement.add_argument("--shards", type=int, default=32, help="citus.shard_count for --citus")
+    placement.set_defaults(func=cmd_placement)
