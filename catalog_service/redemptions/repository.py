@@ -16,10 +16,24 @@ from uuid import UUID
 import asyncpg
 import orjson
 
+from services.idempotency import IdempotencyStore
+from services.saga import Answer, Operation
+
 _REWARD = """
 SELECT id, sku, type, program, price_points, cash_price_minor, currency, stock, per_member_limit,
        (coalesce(active_from <= now(), true) AND coalesce(now() < active_to, true)) AS active
 FROM catalog.rewards WHERE sku = $1
+"""
+# The reward as _REWARD reads it, and `claim`: it is sold out for this request ($7 sku, $8 program, $9
+# quantity), and nothing else refuses it first (service._refused_at_sight, in the same order).
+_REWARD_SOLD_OUT = """
+SELECT *, (program = $8 AND active AND (per_member_limit IS NULL OR $9 <= per_member_limit)
+           AND stock < $9) AS claim
+FROM (
+    SELECT id, sku, type, program, price_points, cash_price_minor, currency, stock, per_member_limit,
+           (coalesce(active_from <= now(), true) AND coalesce(now() < active_to, true)) AS active
+    FROM catalog.rewards WHERE sku = $7
+) r
 """
 # Stock: a decrement under the reward's row lock, never below zero: the column's CHECK refuses it.
 _TAKE_STOCK = "UPDATE catalog.rewards SET stock = stock - {quantity:d} WHERE id = {reward_id:d}"
@@ -125,6 +139,24 @@ def _json(value: Any) -> str | None:
 
 async def reward_for_redemption(conn: asyncpg.Connection, sku: str) -> asyncpg.Record | None:
     return await conn.fetchrow(_REWARD, sku)
+
+
+async def reward_or_sold_out(
+    conn: asyncpg.Connection,
+    store: IdempotencyStore,
+    op: Operation,
+    sku: str,
+    program: str,
+    quantity: int,
+    refusal: Answer,
+) -> tuple[asyncpg.Record | None, bool | None]:
+    """The reward (reward_for_redemption) and, in the same statement, `refusal` recorded as the key's
+    answer if the reward is sold out for this request: (reward, IdempotencyStore.claim_new_when's
+    outcome)."""
+    return await store.claim_new_when(
+        conn, _REWARD_SOLD_OUT, (sku, program, quantity), op.api_key_id, op.key, op.request_hash,
+        refusal.status, refusal.body,
+    )  # fmt: skip
 
 
 def take_stock_sql(reward_id: int, quantity: int) -> str:

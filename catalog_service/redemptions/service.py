@@ -162,17 +162,22 @@ async def redeem(
     redemption_id = uuid4()
 
     reward: asyncpg.Record | None = None
+    op = Operation(principal.key_id, key, request_hash, redemption_id)
+    sold_out = Answer.problem(_out_of_stock(body.sku, body.quantity))
 
-    async def screen(conn: asyncpg.Connection) -> DomainError | None:
+    async def screen(conn: asyncpg.Connection) -> DomainError | Answer | None:
+        # Once a flash sale has sold out, most requests are this refusal: recorded by the statement that
+        # reads the reward, one round trip. A known key is answered through the runner (its replay).
         nonlocal reward
-        reward = await repository.reward_for_redemption(conn, body.sku)
-        return _refused_at_sight(reward, body)
+        reward, recorded = await repository.reward_or_sold_out(
+            conn, saga.store, op, body.sku, body.program, body.quantity, sold_out
+        )
+        return sold_out if recorded else _refused_at_sight(reward, body)
 
     async def reserve(conn: asyncpg.Connection) -> asyncpg.Record:
         assert reward is not None  # _refused_at_sight refuses an unknown reward
         return await _reserve(conn, reward, redemption_id, body, principal, key, saga.lease_s)
 
-    op = Operation(principal.key_id, key, request_hash, redemption_id)
     # no savepoint: a refusal found while reserving has written nothing (repository.reserve)
     answer = await saga.start(op, reserve, last=_take_stock, screen=screen)
     if not answer.replayed:
