@@ -90,7 +90,9 @@ async def _flash_setup(ledger_url: str, catalog_url: str, secret: str, members: 
         (await catalog.post(f"/v1/rewards/{FLASH_SKU}/codes", json={"codes": batch})).raise_for_status()
 
 
-async def _flash_sale(host: str, port: int, secret: str, members: int) -> dict[str, Any]:
+async def _flash_sale(
+    host: str, port: int, secret: str, members: int, pids: dict[str, int | None]
+) -> dict[str, Any]:
     """One connection per member, opened (and used once) before the sale opens; then every member sends
     one redemption at the same moment. Latency counts from that moment."""
     import orjson
@@ -103,6 +105,7 @@ async def _flash_sale(host: str, port: int, secret: str, members: int) -> dict[s
         statuses: Counter[str] = Counter()
         codes: list[str] = []
         latencies: list[float] = []
+        by_status: dict[int, list[float]] = {}
         opened = 0.0
 
         async def member(i: int, conn: common.RawConnection) -> None:
@@ -116,6 +119,7 @@ async def _flash_sale(host: str, port: int, secret: str, members: int) -> dict[s
                 statuses[f"no response ({exc})"] += 1
                 return
             latencies.append(time.monotonic() - opened)
+            by_status.setdefault(status, []).append(latencies[-1])
             answer = orjson.loads(data)
             if status == 201:
                 codes.extend(answer["voucher_codes"])
@@ -123,16 +127,20 @@ async def _flash_sale(host: str, port: int, secret: str, members: int) -> dict[s
 
         tasks = [asyncio.create_task(member(i, c)) for i, c in enumerate(conns)]
         await asyncio.sleep(0.2)  # every task is waiting at the gate
+        cpu0 = {name: common.tree_cpu_s(pid) for name, pid in pids.items()}
         opened = time.monotonic()
         gate.set()
         await asyncio.gather(*tasks)
         makespan = time.monotonic() - opened
+        cpu_s = {name: common.tree_cpu_s(pid) - cpu0[name] for name, pid in pids.items()}
     finally:
         for c in conns:
             c.close()
     latencies.sort()
+    per_status = {str(k): common.latency_ms(sorted(v), "p50", "p99") for k, v in sorted(by_status.items())}
     return {"statuses": dict(statuses), "codes": codes, "makespan_s": makespan,
-            "latency_ms": common.latency_ms(latencies, "p50", "p99")}  # fmt: skip
+            "latency_ms": common.latency_ms(latencies, "p50", "p99"), "latency_ms_by_status": per_status,
+            "cpu_pct": {name: 100.0 * t / makespan for name, t in cpu_s.items()}}  # fmt: skip
 
 
 async def _flash_verify(url: str, sale: dict[str, Any], members: int, stock: int) -> dict[str, Any]:
@@ -174,11 +182,17 @@ async def _flash_verify(url: str, sale: dict[str, Any], members: int, stock: int
 
 
 def _run_flash(
-    args: argparse.Namespace, urls: dict[str, str], host: str, port: int, secret: str, url: str
+    args: argparse.Namespace,
+    urls: dict[str, str],
+    host: str,
+    port: int,
+    secret: str,
+    url: str,
+    pids: dict[str, int | None],
 ) -> dict[str, Any]:
     print(f"flash sale: funding {args.flash_members} members, {args.flash_codes} codes", flush=True)
     asyncio.run(_flash_setup(urls["ledger"], urls["catalog"], secret, args.flash_members, args.flash_codes))
-    sale = asyncio.run(_flash_sale(host, port, secret, args.flash_members))
+    sale = asyncio.run(_flash_sale(host, port, secret, args.flash_members, pids))
     verify = asyncio.run(_flash_verify(url, sale, args.flash_members, args.flash_codes))
     lm = sale["latency_ms"]
     print()
@@ -187,11 +201,15 @@ def _run_flash(
         f"  answered in   {sale['makespan_s']:.2f}s  ({args.flash_members / sale['makespan_s']:.0f} answers/s)"
     )
     print(f"  latency ms    p50 {lm['p50']:.2f}  p99 {lm['p99']:.2f}  (from the moment the sale opened)")
+    for status, sl in sale["latency_ms_by_status"].items():
+        print(f"    {status}         p50 {sl['p50']:.2f}  p99 {sl['p99']:.2f}")
+    print(f"  server CPU    {common.cpu_text(sale['cpu_pct'])}  (% of one core, during the sale)")
     print(f"  answers       {sale['statuses']}")
     print(f"  verify        {'OK' if verify['ok'] else 'FAILED'}")
     common.print_failed_checks(verify["checks"])
     return {"members": args.flash_members, "codes": args.flash_codes, "makespan_s": sale["makespan_s"],
-            "latency_ms": lm, "statuses": sale["statuses"], "verify": verify}  # fmt: skip
+            "latency_ms": lm, "latency_ms_by_status": sale["latency_ms_by_status"], "cpu_pct": sale["cpu_pct"],
+            "statuses": sale["statuses"], "verify": verify}  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
@@ -199,16 +217,12 @@ def _run_flash(
 # --------------------------------------------------------------------------------------------------
 
 
-async def _setup(args: argparse.Namespace, ledger_url: str, catalog_url: str, secret: str) -> int | None:
-    """Program, funded members, the reward and its codes. Returns the reward's initial stock."""
+async def _create_program(ledger_url: str, secret: str) -> None:
     import httpx
 
-    headers = {"Authorization": f"Bearer {secret}"}
-    limits = httpx.Limits(max_connections=32)
-    async with (
-        httpx.AsyncClient(base_url=ledger_url, headers=headers, timeout=60, limits=limits) as ledger,
-        httpx.AsyncClient(base_url=catalog_url, headers=headers, timeout=120) as catalog,
-    ):
+    async with httpx.AsyncClient(
+        base_url=ledger_url, headers={"Authorization": f"Bearer {secret}"}
+    ) as ledger:
         r = await ledger.post(
             "/v1/programs",
             json={
@@ -220,6 +234,19 @@ async def _setup(args: argparse.Namespace, ledger_url: str, catalog_url: str, se
             },
         )
         r.raise_for_status()
+
+
+async def _setup(args: argparse.Namespace, ledger_url: str, catalog_url: str, secret: str) -> int | None:
+    """Program, funded members, the reward and its codes. Returns the reward's initial stock."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {secret}"}
+    limits = httpx.Limits(max_connections=32)
+    await _create_program(ledger_url, secret)
+    async with (
+        httpx.AsyncClient(base_url=ledger_url, headers=headers, timeout=60, limits=limits) as ledger,
+        httpx.AsyncClient(base_url=catalog_url, headers=headers, timeout=120) as catalog,
+    ):
         sem = asyncio.Semaphore(32)
 
         async def fund(i: int) -> None:
@@ -349,6 +376,13 @@ def _report(args: argparse.Namespace, load: dict[str, Any], verify: dict[str, An
     return result
 
 
+def _write(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    if args.json:
+        print(json.dumps({"bench_catalog": result}, sort_keys=True, default=str))
+    if args.result is not None:
+        args.result.write_text(json.dumps({"bench_catalog": result}, sort_keys=True, default=str))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Benchmark POST /v1/redemptions on a throwaway catalog + ledger"
@@ -373,10 +407,15 @@ def main(argv: list[str] | None = None) -> int:
         "--flash-members", type=int, default=2000, help="flash sale: members at once (0: none)"
     )
     parser.add_argument("--flash-codes", type=int, default=500, help="flash sale: codes (and stock)")
+    parser.add_argument(
+        "--flash-only", action="store_true", help="only the flash sale (no load phase before it)"
+    )
     parser.add_argument("--result", type=Path, default=None, help="write the result as JSON to this file")
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.clients < 1 or args.members < 1:
         parser.error("--duration must be > 0, --clients and --members >= 1")
+    if args.flash_only and args.flash_members < 1:
+        parser.error("--flash-only needs --flash-members >= 1")
 
     from services.settings import Settings
 
@@ -387,6 +426,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             workers = {"ledger": args.ledger_workers, "catalog": args.catalog_workers}
             admin, host, ports, urls = common.start_stack("catalog", data_dir, url, workers, procs)
+            pids = {name: p.pid for name, p in procs.items()} | {"postgres": common.postmaster_pid(pg.pgdata)}
+            if args.flash_only:
+                asyncio.run(_create_program(urls["ledger"], admin))
+                flash = _run_flash(args, urls, host, ports["catalog"], admin, url, pids)
+                result = {"flash_sale": flash}
+                _write(args, result)
+                return 0 if flash["verify"]["ok"] else 1
             print(f"funding {args.members} members and creating the reward", flush=True)
             stock = asyncio.run(_setup(args, urls["ledger"], urls["catalog"], admin))
             if args.type == "voucher" and stock is not None and args.codes < stock:
@@ -395,19 +441,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"driving POST /v1/redemptions: {args.clients} clients, {args.warmup}s + {args.duration}s",
                 flush=True,
             )
-            pids = {name: p.pid for name, p in procs.items()} | {"postgres": common.postmaster_pid(pg.pgdata)}
             load = _run_load(args, host, ports["catalog"], admin, pids)
             observed_201 = load["everything"].get(201, 0)
             verify = asyncio.run(_verify(url, observed_201, len(load["unknown_keys"]), stock))
             result = _report(args, load, verify)
             ok = verify["ok"] and observed_201 > 0
             if args.flash_members > 0:
-                result["flash_sale"] = _run_flash(args, urls, host, ports["catalog"], admin, url)
+                result["flash_sale"] = _run_flash(args, urls, host, ports["catalog"], admin, url, pids)
                 ok = ok and result["flash_sale"]["verify"]["ok"]
-            if args.json:
-                print(json.dumps({"bench_catalog": result}, sort_keys=True, default=str))
-            if args.result is not None:
-                args.result.write_text(json.dumps({"bench_catalog": result}, sort_keys=True, default=str))
+            _write(args, result)
             return 0 if ok else 1
         finally:
             for name in ("catalog", "ledger"):

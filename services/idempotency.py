@@ -10,6 +10,7 @@ runner (services.saga). Every service's table has the same shape (`IDEMPOTENCY_T
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -134,6 +135,18 @@ i AS (
 )
 SELECT l.got, EXISTS (SELECT 1 FROM i) AS inserted FROM l
 """
+        # claim_new after a read ($7 on) that decides whether to record: only if its row says `claim`.
+        self._claim_when = f"""
+WITH s AS MATERIALIZED ({{reading}}),
+l AS (SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0)) AS got FROM s WHERE s.claim),
+i AS (
+    INSERT INTO {schema}.idempotency_keys (api_key_id, key, request_hash, status, body)
+    SELECT $2, $3, $4, $5, $6::jsonb FROM l WHERE l.got
+    ON CONFLICT (api_key_id, key) DO NOTHING
+    RETURNING 1
+)
+SELECT s.*, (SELECT got FROM l) AS claimed, EXISTS (SELECT 1 FROM i) AS recorded FROM s
+"""
         self._finish = (
             f"UPDATE {schema}.idempotency_keys SET status = $3, body = $4::jsonb"
             f" WHERE api_key_id = $1 AND key = $2 AND status = {PENDING}"
@@ -165,6 +178,34 @@ SELECT l.got, EXISTS (SELECT 1 FROM i) AS inserted FROM l
         if bytes(row["request_hash"]) != request_hash:
             raise IdempotencyReused()
         return StoredResponse(row["status"], orjson.loads(row["body"]))
+
+    async def claim_new_when(
+        self,
+        conn: asyncpg.Connection,
+        reading: str,
+        reading_args: Sequence[Any],
+        api_key_id: int,
+        key: str,
+        request_hash: bytes,
+        status: int,
+        body: Any,
+    ) -> tuple[asyncpg.Record | None, bool | None]:
+        """A read and, in the same statement, claim_new of (status, body) if the read says so: `reading`
+        is a SELECT of at most one row with a boolean column `claim`, its parameters numbered from $7
+        (`reading_args`). One round trip for a read that decides at once to answer (a refusal seen in
+        what it read), in autocommit. Returns the row read (None if none) and None when it did not say
+        `claim`, True when the answer was recorded, False when the key was known (nothing recorded: ask
+        claim_new for what it holds)."""
+        sql = self._claim_when.replace("{reading}", reading)
+        row = await conn.fetchrow(
+            sql, self._lock_id(api_key_id, key), api_key_id, key, request_hash, status,
+            orjson.dumps(body).decode(), *reading_args,
+        )  # fmt: skip
+        if row is None or row["claimed"] is None:
+            return row, None
+        if not row["claimed"]:
+            raise IdempotencyInUse()
+        return row, bool(row["recorded"])
 
     async def lookup(
         self, conn: asyncpg.Connection, api_key_id: int, key: str, request_hash: bytes | None = None

@@ -357,7 +357,7 @@ ORDER BY next_attempt_at LIMIT $1
         savepoint: bool = False,
         keep_interim: bool = False,
         last: Callable[[asyncpg.Record], CommitWith | None] | None = None,
-        screen: Callable[[asyncpg.Connection], Awaitable[DomainError | None]] | None = None,
+        screen: Callable[[asyncpg.Connection], Awaitable[DomainError | Answer | None]] | None = None,
     ) -> Answer:
         """Runs an operation on saga `op.saga_id` exactly once per Idempotency-Key, and answers it.
 
@@ -372,11 +372,14 @@ ORDER BY next_attempt_at LIMIT $1
         `screen(conn)` reads first, on the same connection, outside the transaction: a refusal it returns
         is recorded as the key's answer in one statement and nothing else is written (a known key still
         answers as it would: its replay, or 409 in use / reused). One connection for the whole start
-        matters when every request of a flash sale wants one at the same moment."""
+        matters when every request of a flash sale wants one at the same moment. An Answer it returns is
+        one it recorded as the key's answer itself (in the statement that read what refuses it)."""
         pending = {self.pointer: str(op.saga_id)}
         stored: StoredResponse | None = None
         async with self.db.driver() as conn:
             screened = None if screen is None else await screen(conn)
+            if isinstance(screened, Answer):
+                return self._out(screened)
             if screened is not None:
                 answer, stored = await self._record_refusal(conn, op, screened)
                 if stored is None:

@@ -2,10 +2,10 @@
 
 Locks are taken in this order: redemption row, then member usage row (allowance), then reward row
 (stock), then voucher codes. A new redemption takes no existing redemption row, and its codes before the
-reward row: codes it claims are available ones, which no other transaction waits for (claims skip locked
-codes, and a release or void touches only codes of its own redemption), so that cannot deadlock. The
-reward row is the one hot lock (every redemption of a limited reward decrements it), so a reservation
-takes it last, just before COMMIT.
+allowance and the reward row: codes it claims are available ones, which no other transaction waits for
+(claims skip locked codes, and a release or void touches only codes of its own redemption), so that
+cannot deadlock. The reward row is the one hot lock (every redemption of a limited reward decrements
+it), so a reservation takes it last, just before COMMIT.
 """
 
 from __future__ import annotations
@@ -16,41 +16,69 @@ from uuid import UUID
 import asyncpg
 import orjson
 
+from services.idempotency import IdempotencyStore
+from services.saga import Answer, Operation
+
 _REWARD = """
 SELECT id, sku, type, program, price_points, cash_price_minor, currency, stock, per_member_limit,
        (coalesce(active_from <= now(), true) AND coalesce(now() < active_to, true)) AS active
 FROM catalog.rewards WHERE sku = $1
 """
+# The reward as _REWARD reads it, and `claim`: it is sold out for this request ($7 sku, $8 program, $9
+# quantity), and nothing else refuses it first (service._refused_at_sight, in the same order).
+_REWARD_SOLD_OUT = """
+SELECT *, (program = $8 AND active AND (per_member_limit IS NULL OR $9 <= per_member_limit)
+           AND stock < $9) AS claim
+FROM (
+    SELECT id, sku, type, program, price_points, cash_price_minor, currency, stock, per_member_limit,
+           (coalesce(active_from <= now(), true) AND coalesce(now() < active_to, true)) AS active
+    FROM catalog.rewards WHERE sku = $7
+) r
+"""
 # Stock: a decrement under the reward's row lock, never below zero: the column's CHECK refuses it.
 _TAKE_STOCK = "UPDATE catalog.rewards SET stock = stock - {quantity:d} WHERE id = {reward_id:d}"
 _STOCK_CHECK = "rewards_stock_check"
-# Allowance: the member's usage row, incremented only while it stays within the limit (NULL: none).
-_TAKE_ALLOWANCE = """
-INSERT INTO catalog.member_usage AS u (reward_id, member_ref, used) VALUES ($1, $2, $3)
-ON CONFLICT (reward_id, member_ref) DO UPDATE SET used = u.used + EXCLUDED.used
-    WHERE $4::bigint IS NULL OR u.used + EXCLUDED.used <= $4
-RETURNING used
-"""
-# Codes: claim `q` available codes nobody else is claiming right now.
-_CLAIM_CODES = """
-UPDATE catalog.voucher_codes SET status = 'reserved', redemption_id = $3
-WHERE id = ANY (ARRAY(
-    SELECT id FROM catalog.voucher_codes WHERE reward_id = $1 AND status = 'available'
-    ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED))
-RETURNING id
-"""
-_INSERT = """
-WITH r AS (
+# The whole reservation but the stock, in one statement (the stock is taken by the statement sent with
+# the COMMIT, take_stock_sql). Its codes first ($16: the reward is a voucher): `q` available codes nobody
+# else is claiming right now (SKIP LOCKED: concurrent claims never wait for each other). Only if there are
+# enough, the member's allowance: the usage row, incremented only while it stays within the limit ($17,
+# NULL: none). Only if that was taken, the redemption (`debiting`, leased), its event, and the codes
+# become its own. So a refusal writes nothing, and needs no savepoint to roll back to: `enough` false is
+# out of codes, unless `over` (the member's usage as this statement sees it) says the limit is what
+# refuses, which is checked first on the way in; `enough` with no row is the limit.
+_RESERVE = """
+WITH pick AS MATERIALIZED (
+    SELECT id FROM catalog.voucher_codes
+    WHERE $16::boolean AND reward_id = $2 AND status = 'available'
+    ORDER BY id LIMIT $7 FOR UPDATE SKIP LOCKED
+), enough AS (
+    SELECT NOT $16::boolean OR count(*) = $7 AS ok FROM pick
+), a AS (
+    INSERT INTO catalog.member_usage AS u (reward_id, member_ref, used)
+    SELECT $2, $6, $7 FROM enough WHERE enough.ok
+    ON CONFLICT (reward_id, member_ref) DO UPDATE SET used = u.used + EXCLUDED.used
+        WHERE $17::bigint IS NULL OR u.used + EXCLUDED.used <= $17
+    RETURNING used
+), r AS (
     INSERT INTO catalog.redemptions (id, reward_id, sku, reward_type, program, member_ref, quantity, points,
         cash_minor, currency, stock_taken, status, api_key_id, idempotency_key, lease_until)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'debiting', $12, $13,
-            now() + make_interval(secs => $14))
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'debiting', $12, $13,
+           now() + make_interval(secs => $14)
+    FROM a
     RETURNING *
 ), e AS (
     INSERT INTO catalog.redemption_events (redemption_id, status, event, detail)
     SELECT id, status, 'reserved', $15::jsonb FROM r
+), c AS (
+    UPDATE catalog.voucher_codes v SET status = 'reserved', redemption_id = r.id
+    FROM r WHERE v.id IN (SELECT id FROM pick)
 )
-SELECT * FROM r
+SELECT enough.ok AS enough,
+       $17::bigint IS NOT NULL AND coalesce((
+           SELECT used FROM catalog.member_usage WHERE reward_id = $2 AND member_ref = $6), 0) + $7 > $17
+           AS over,
+       r.*
+FROM enough LEFT JOIN r ON true
 """
 _GET = "SELECT * FROM catalog.redemptions WHERE id = $1"
 _LOCK = "SELECT * FROM catalog.redemptions WHERE id = $1 FOR UPDATE"
@@ -113,6 +141,24 @@ async def reward_for_redemption(conn: asyncpg.Connection, sku: str) -> asyncpg.R
     return await conn.fetchrow(_REWARD, sku)
 
 
+async def reward_or_sold_out(
+    conn: asyncpg.Connection,
+    store: IdempotencyStore,
+    op: Operation,
+    sku: str,
+    program: str,
+    quantity: int,
+    refusal: Answer,
+) -> tuple[asyncpg.Record | None, bool | None]:
+    """The reward (reward_for_redemption) and, in the same statement, `refusal` recorded as the key's
+    answer if the reward is sold out for this request: (reward, IdempotencyStore.claim_new_when's
+    outcome)."""
+    return await store.claim_new_when(
+        conn, _REWARD_SOLD_OUT, (sku, program, quantity), op.api_key_id, op.key, op.request_hash,
+        refusal.status, refusal.body,
+    )  # fmt: skip
+
+
 def take_stock_sql(reward_id: int, quantity: int) -> str:
     """The decrement as one statement without parameters (integers only), to be sent with a COMMIT."""
     return _TAKE_STOCK.format(reward_id=int(reward_id), quantity=int(quantity))
@@ -123,25 +169,21 @@ def is_stock_exhausted(exc: asyncpg.PostgresError) -> bool:
     return isinstance(exc, asyncpg.CheckViolationError) and exc.constraint_name == _STOCK_CHECK
 
 
-async def take_allowance(
-    conn: asyncpg.Connection, reward_id: int, member_ref: str, quantity: int, limit: int | None
-) -> bool:
-    return await conn.fetchval(_TAKE_ALLOWANCE, reward_id, member_ref, quantity, limit) is not None
-
-
-async def claim_codes(conn: asyncpg.Connection, reward_id: int, quantity: int, redemption_id: UUID) -> int:
-    return len(await conn.fetch(_CLAIM_CODES, reward_id, quantity, redemption_id))
-
-
-async def insert(conn: asyncpg.Connection, v: dict[str, Any], *, lease_s: float) -> asyncpg.Record:
+async def reserve(
+    conn: asyncpg.Connection, v: dict[str, Any], *, limit: int | None, voucher: bool, lease_s: float
+) -> tuple[asyncpg.Record | None, str | None]:
+    """The reservation (_RESERVE): the redemption row, or None and what refused it (`limit_exceeded`,
+    `out_of_stock`); nothing is written then."""
     row = await conn.fetchrow(
-        _INSERT,
+        _RESERVE,
         v["id"], v["reward_id"], v["sku"], v["reward_type"], v["program"], v["member_ref"], v["quantity"],
         v["points"], v["cash_minor"], v["currency"], v["stock_taken"], v["api_key_id"], v["idempotency_key"],
-        lease_s, _json({"stock_taken": v["stock_taken"], "quantity": v["quantity"]}),
+        lease_s, _json({"stock_taken": v["stock_taken"], "quantity": v["quantity"]}), voucher, limit,
     )  # fmt: skip
     assert row is not None
-    return row
+    if row["id"] is not None:
+        return row, None
+    return None, "out_of_stock" if not row["enough"] and not row["over"] else "limit_exceeded"
 
 
 # --- saga steps (their statuses are stored by the saga runner, services/saga.py) -------------------

@@ -8,7 +8,7 @@ replay of a pending record whose saga lost its process drives the saga first; on
 being driven gets `409 idempotency_key_in_use`. A refusal is recorded and replayed like a success: one the
 reward alone shows (unknown or inactive, sold out, more than a member may hold) before anything is
 reserved, in one statement with the key; one found while reserving (the member's allowance, the last
-codes or units taken meanwhile) rolls the reservation back and is recorded then.
+codes or units taken meanwhile) has written nothing, or is rolled back (the stock), and is recorded then.
 """
 
 from __future__ import annotations
@@ -92,21 +92,16 @@ async def _reserve(
     """Every reservation of a redemption, in the transaction that records its Idempotency-Key pending
     (the reward as read just before it, outside: nothing here depends on reading it again inside).
 
-    The reward's row (the hot lock of a limited reward) is taken last, by the statement sent with the
-    COMMIT (_take_stock), so it is held for no round trip to this process: a statement sent while it is
-    held would wait for this process's event loop as well as for PostgreSQL, and in a flash sale the
-    requests queued on that lock were the whole latency. Codes are claimed before, with SKIP LOCKED, so
-    concurrent claims never wait for each other; a request that then loses on stock gives them back
+    One statement (repository.reserve): the codes, claimed with SKIP LOCKED so concurrent claims never
+    wait for each other, the member's allowance and the redemption row; a refusal writes nothing. The
+    reward's row (the hot lock of a limited reward) is taken last, by the statement sent with the COMMIT
+    (_take_stock), so it is held for no round trip to this process: a statement sent while it is held
+    would wait for this process's event loop as well as for PostgreSQL, and in a flash sale the requests
+    queued on that lock were the whole latency. A request that then loses on stock gives its codes back
     with its rollback."""
     limit: int | None = reward["per_member_limit"]
-    if not await repository.take_allowance(conn, reward["id"], body.member_ref, body.quantity, limit):
-        raise _refusal(
-            422,
-            "limit_exceeded",
-            f"Member {body.member_ref} would hold more than {limit} of reward {body.sku}.",
-        )
     limited = reward["stock"] is not None
-    row = await repository.insert(
+    row, refused = await repository.reserve(
         conn,
         {
             "id": redemption_id,
@@ -125,14 +120,18 @@ async def _reserve(
             "api_key_id": principal.key_id,
             "idempotency_key": key,
         },
+        limit=limit,
+        voucher=reward["type"] == "voucher",
         lease_s=lease_s,
     )
-    if reward["type"] == "voucher":
-        claimed = await repository.claim_codes(conn, reward["id"], body.quantity, redemption_id)
-        if claimed < body.quantity:
-            raise _refusal(
-                409, "out_of_stock", f"Reward {body.sku} has fewer than {body.quantity} codes left."
-            )
+    if refused == "limit_exceeded":
+        raise _refusal(
+            422,
+            "limit_exceeded",
+            f"Member {body.member_ref} would hold more than {limit} of reward {body.sku}.",
+        )
+    if row is None:
+        raise _refusal(409, "out_of_stock", f"Reward {body.sku} has fewer than {body.quantity} codes left.")
     return row  # the stock itself is taken by the statement sent with the COMMIT (_take_stock)
 
 
@@ -163,19 +162,24 @@ async def redeem(
     redemption_id = uuid4()
 
     reward: asyncpg.Record | None = None
+    op = Operation(principal.key_id, key, request_hash, redemption_id)
+    sold_out = Answer.problem(_out_of_stock(body.sku, body.quantity))
 
-    async def screen(conn: asyncpg.Connection) -> DomainError | None:
+    async def screen(conn: asyncpg.Connection) -> DomainError | Answer | None:
+        # Once a flash sale has sold out, most requests are this refusal: recorded by the statement that
+        # reads the reward, one round trip. A known key is answered through the runner (its replay).
         nonlocal reward
-        reward = await repository.reward_for_redemption(conn, body.sku)
-        return _refused_at_sight(reward, body)
+        reward, recorded = await repository.reward_or_sold_out(
+            conn, saga.store, op, body.sku, body.program, body.quantity, sold_out
+        )
+        return sold_out if recorded else _refused_at_sight(reward, body)
 
     async def reserve(conn: asyncpg.Connection) -> asyncpg.Record:
         assert reward is not None  # _refused_at_sight refuses an unknown reward
         return await _reserve(conn, reward, redemption_id, body, principal, key, saga.lease_s)
 
-    op = Operation(principal.key_id, key, request_hash, redemption_id)
-    # a refusal undoes every reservation
-    answer = await saga.start(op, reserve, savepoint=True, last=_take_stock, screen=screen)
+    # no savepoint: a refusal found while reserving has written nothing (repository.reserve)
+    answer = await saga.start(op, reserve, last=_take_stock, screen=screen)
     if not answer.replayed:
         REDEMPTIONS.labels(_outcome(answer)).inc()
     return answer

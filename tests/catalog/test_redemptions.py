@@ -118,6 +118,10 @@ async def test_refusals(
     first = await redeem(catalog_http, roomy["sku"], program, "r-m1", 2, key=key)
     second = await redeem(catalog_http, roomy["sku"], program, "r-m1", 2, key=key)
     assert first.json() == second.json() and second.headers["Idempotent-Replayed"] == "true"
+    # the key of a sold-out refusal, with another request: reused, whatever that request would get
+    assert_problem(
+        await redeem(catalog_http, roomy["sku"], program, "r-m2", 2, key=key), 409, "idempotency_key_reused"
+    )
     assert (await balance(ledger_http, program, "r-m1"))["available"] == 50
     await check_catalog_invariants(catalog_db, [program])
 
