@@ -24,6 +24,7 @@ from services.errors import Unprocessable
 from services.fastlane import AppState, fast_lane
 from services.idempotency import idempotency_key
 from services.openapi import problems
+from services.saga import SagaRunner
 
 router = APIRouter(prefix="/v1/redemptions", tags=["redemptions"])
 
