@@ -10,8 +10,9 @@ the segment sizes.
 Then earn throughput, in this process through the posting engine (pricing, group commit, the one
 set-based earn), with no HTTP in between: purchases priced by a plain rule set, and by one whose rule
 matches a segment (priced for members in and out of it, the ledger picking the member's in the
-earn's own statement), in alternating rounds of the same length on the same members, so load on the
-machine falls on both alike.
+earn's own statement), in alternating rounds of the same length on the same members of the loaded
+program (the plain rules are its version in force an hour ago, which earns back-dated two hours take),
+so both sides post into the same data and load on the machine falls on both alike.
 
     .venv/bin/python bench/bench_members.py [--members 1000000] [--postings 10000000] [--chunk 5000]
 """
@@ -23,7 +24,7 @@ import asyncio
 import itertools
 import secrets
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from common import BackendMemory, load_sql, migrated_database
@@ -40,7 +41,7 @@ from ledger_service.segments import service as segments
 from ledger_service.segments.schemas import SegmentIn
 from services.auth import Principal, create_api_key
 
-PROGRAM, PLAIN = "MEMB", "PLAIN"
+PROGRAM = "MEMB"
 
 # Members m1..mN, then P/2 transactions (6 in 7 earns), 2 postings each, spread over 400 days; no
 # outbox rows (triggers off while loading) and one lot per member with a positive balance.
@@ -111,11 +112,11 @@ SEGMENTS = [
 BASE = {"points": 1, "per_amount_minor": 100}
 
 
-def _rules(segment: str | None) -> RuleSetIn:
+def _rules(segment: str | None, effective_from: datetime) -> RuleSetIn:
     rules = []
     if segment is not None:
         rules = [{"name": "campaign", "match": {"segment": segment}, "multiplier": Decimal(2)}]
-    return RuleSetIn.model_validate({"effective_from": "2020-01-01T00:00:00Z", "base": BASE, "rules": rules})
+    return RuleSetIn.model_validate({"effective_from": effective_from, "base": BASE, "rules": rules})
 
 
 def _program(code: str) -> ProgramIn:
@@ -125,10 +126,11 @@ def _program(code: str) -> ProgramIn:
 
 
 async def _earn_round(
-    engine: PostingEngine, book: RuleBook, principal: Principal, program: str, members: list[str],
+    engine: PostingEngine, book: RuleBook, principal: Principal, members: list[str], at: str | None,
     clients: int, seconds: float,
 ) -> int:  # fmt: skip
-    """Earns of 123.45 CNY by `clients` concurrent callers for `seconds`; returns how many posted."""
+    """Earns of 123.45 CNY by `clients` concurrent callers for `seconds`, occurred `at` (None: now, under
+    the segment rule; else under the plain version in force then); returns how many posted."""
     deadline = time.perf_counter() + seconds
     refs = itertools.cycle(members)
     done = 0
@@ -137,7 +139,7 @@ async def _earn_round(
         nonlocal done
         while time.perf_counter() < deadline:
             body = EarnIn.model_validate(
-                {"program": program, "member_ref": next(refs), "reference": "bench",
+                {"program": PROGRAM, "member_ref": next(refs), "reference": "bench", "occurred_at": at,
                  "purchase": {"amount_minor": 12345, "currency": "CNY", "channel": "app"}}
             )  # fmt: skip
             outcome = await earn(engine, book, body, principal, secrets.token_hex(12))
@@ -153,8 +155,7 @@ async def main(args: argparse.Namespace) -> None:
         key_id, _ = await create_api_key(db, name="bench", scopes=["ledger:admin"])
         principal = Principal(key_id=key_id, name="bench", scopes=frozenset({"ledger:admin"}), programs=None)
         book = RuleBook(db)
-        for code in (PROGRAM, PLAIN):
-            await create_program(db, _program(code))
+        await create_program(db, _program(PROGRAM))
         for body in SEGMENTS:
             await segments.create(db, PROGRAM, SegmentIn.model_validate(body))
         started = time.perf_counter()
@@ -196,7 +197,9 @@ async def main(args: argparse.Namespace) -> None:
         print("segments: " + ", ".join(f"{r['code']} {r['member_count']:,}" for r in sizes))
         memory.report("the refresh")
 
-        # Earn throughput: the same members in both programs, members of the campaign's segment.
+        # Earn throughput: members of the campaign's segment, in this program, so that both sides post
+        # into the same data. The plain rules are the version in force an hour ago (the earns of those
+        # rounds carry an occurred_at then), the segment rule the version in force now.
         async with db.driver() as conn:
             members = [
                 r["member_ref"]
@@ -206,29 +209,25 @@ async def main(args: argparse.Namespace) -> None:
                     args.earn_members,
                 )
             ]
-            await conn.execute(
-                "INSERT INTO ledger.accounts (program_id, kind, member_ref)"
-                " SELECT p.id, 'member', m FROM ledger.programs p, unnest($1::text[]) m WHERE p.code = $2",
-                members,
-                PLAIN,
-            )
-        await create_rule_set(db, book, PROGRAM, _rules("app-recent"), key_id)
-        await create_rule_set(db, book, PLAIN, _rules(None), key_id)
+        now = datetime.now(UTC)
+        await create_rule_set(db, book, PROGRAM, _rules(None, datetime(2020, 1, 1, tzinfo=UTC)), key_id)
+        await create_rule_set(db, book, PROGRAM, _rules("app-recent", now - timedelta(hours=1)), key_id)
+        plain_at, seg_at = (now - timedelta(hours=2)).isoformat(), None
         engine = PostingEngine(db)
-        for code in (PLAIN, PROGRAM):  # warm up: statements prepared, rules cached
-            await _earn_round(engine, book, principal, code, members, args.clients, 2.0)
-        totals = {PLAIN: 0, PROGRAM: 0}
+        for at in (plain_at, seg_at):  # warm up: statements prepared, rules cached
+            await _earn_round(engine, book, principal, members, at, args.clients, 2.0)
+        totals = {plain_at: 0, seg_at: 0}
         for i in range(args.rounds):
-            for code in (PLAIN, PROGRAM) if i % 2 == 0 else (PROGRAM, PLAIN):
-                totals[code] += await _earn_round(
-                    engine, book, principal, code, members, args.clients, args.round_seconds
+            for at in (plain_at, seg_at) if i % 2 == 0 else (seg_at, plain_at):
+                totals[at] += await _earn_round(
+                    engine, book, principal, members, at, args.clients, args.round_seconds
                 )
         window = args.rounds * args.round_seconds
-        plain, seg = totals[PLAIN] / window, totals[PROGRAM] / window
+        plain, seg = totals[plain_at] / window, totals[seg_at] / window
         print(
             f"earn throughput, {args.rounds} alternating rounds of {args.round_seconds:.0f} s each,"
-            f" {args.clients} concurrent callers, {len(members):,} members: plain rules {plain:,.0f} earns/s,"
-            f" segment-matching rule {seg:,.0f} earns/s ({seg / plain:.1%} of plain)"
+            f" {args.clients} concurrent callers, {len(members):,} members of one program: plain rules"
+            f" {plain:,.0f} earns/s, segment-matching rule {seg:,.0f} earns/s ({seg / plain:.1%} of plain)"
         )
         async with db.driver() as conn:
             doubled = await conn.fetchval(
