@@ -40,7 +40,9 @@ BEGIN
 
     WITH locked AS (
         SELECT a.id, a.program_id, a.member_ref, greatest(a.balance - a.held - a.pending, 0) AS cap
-        FROM ledger.accounts a WHERE a.id IN (SELECT DISTINCT account_id FROM expiry_due)
+        -- = ANY (ARRAY(...)): one index probe per account, whatever the planner guesses of a temp
+        -- table (it has no statistics).
+        FROM ledger.accounts a WHERE a.id = ANY (ARRAY(SELECT DISTINCT account_id FROM expiry_due))
         ORDER BY a.id FOR UPDATE SKIP LOCKED
     )
     INSERT INTO expiry_acc SELECT * FROM locked;
